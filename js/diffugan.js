@@ -1,0 +1,26 @@
+// DiffuGAN frontend extension. For now: give every DiffuGAN node a stage colour so a graph shows at a glance
+// which stage each node belongs to. (Heatmap preview and click-to-emphasize widgets come with the workflows issue.)
+import { app } from "../../scripts/app.js";
+
+const STAGE_COLORS = {
+  "DiffuGAN/Style": ["#2f3b55", "#3c4d70"],
+  "DiffuGAN/StyleGAN": ["#2d4a3e", "#3a5f50"],
+  "DiffuGAN/Importance": ["#553a2f", "#70503c"],
+  "DiffuGAN/ControlNet": ["#4a2d4a", "#5f3a5f"],
+  "DiffuGAN/DiT": ["#4a442d", "#5f573a"],
+};
+
+app.registerExtension({
+  name: "DiffuGAN.StageColors",
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    const colors = STAGE_COLORS[nodeData.category];
+    if (!colors) return;
+    const onNodeCreated = nodeType.prototype.onNodeCreated;
+    nodeType.prototype.onNodeCreated = function () {
+      const r = onNodeCreated?.apply(this, arguments);
+      this.color = colors[0];
+      this.bgcolor = colors[1];
+      return r;
+    };
+  },
+});

@@ -1,0 +1,1 @@
+"""Pure PyTorch models of the DiffuGAN pack, one file per stage. Nothing here imports ComfyUI."""

@@ -1,0 +1,21 @@
+"""ComfyUI adapters, one file per stage. The only part of the pack that imports ComfyUI.
+
+Node style: ComfyUI's V3 node API (`comfy_api.latest`), which the pinned ComfyUI 0.3.75 supports fully (its own
+core nodes such as Canny and DifferentialDiffusion use it). Every node of every stage file is listed here.
+"""
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from . import importance
+
+STAGES = [importance]
+
+
+def all_nodes() -> list[type[io.ComfyNode]]:
+    return [node for stage in STAGES for node in stage.NODES]
+
+
+class DiffuGANExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return all_nodes()

@@ -1,0 +1,203 @@
+"""Test harness for the real ComfyUI: where it lives, a server started on a free loopback port, an HTTP/WS client.
+
+Nothing here mocks ComfyUI: the server is the pinned ComfyUI installed by scripts/setup_env.sh.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+COMFY_DIR = Path(os.environ.get("DIFFUGAN_COMFYUI", ROOT / ".comfyui" / "ComfyUI"))
+ARTIFACTS = Path(os.environ.get("DIFFUGAN_TEST_ARTIFACTS", ROOT / "tests" / "artifacts"))
+
+
+def require_comfyui() -> Path:
+    if not (COMFY_DIR / "main.py").is_file():
+        pytest.fail(
+            f"the pinned ComfyUI is not at {COMFY_DIR}; run `bash scripts/setup_env.sh` (or set DIFFUGAN_COMFYUI)",
+            pytrace=False,
+        )
+    return COMFY_DIR
+
+
+def make_base_dir(base: Path) -> Path:
+    """A ComfyUI --base-directory with this pack linked in, as a user would install it."""
+    for sub in ("custom_nodes", "models", "input", "output", "temp", "user/default"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    link = base / "custom_nodes" / "DiffuGAN"
+    if not link.exists():
+        link.symlink_to(ROOT, target_is_directory=True)
+    # Skip the first-run tutorial/template dialogs in the frontend.
+    settings = base / "user" / "default" / "comfy.settings.json"
+    if not settings.exists():
+        settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))
+    return base
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ComfyServer:
+    """A real ComfyUI process (`main.py --cpu`) on 127.0.0.1:<free port>, with its own base directory."""
+
+    def __init__(self, base: Path, startup_timeout: float = 300.0):
+        import requests
+
+        self.base = make_base_dir(base)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = base / "server.log"
+        self._log = open(self.log_path, "w")
+        cmd = [
+            sys.executable, str(require_comfyui() / "main.py"), "--cpu",
+            "--listen", "127.0.0.1", "--port", str(self.port),
+            "--base-directory", str(base), "--disable-auto-launch",
+            "--database-url", "sqlite:///:memory:",
+        ]
+        self.proc = subprocess.Popen(cmd, cwd=COMFY_DIR, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited with {self.proc.returncode} during start-up:\n{self.log_tail()}")
+            try:
+                if requests.get(self.url + "/system_stats", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"ComfyUI did not answer within {startup_timeout:.0f}s:\n{self.log_tail()}")
+            time.sleep(0.5)
+
+    def log_tail(self, n: int = 60) -> str:
+        self._log.flush()
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+    # --- client side -------------------------------------------------------------------------------------------
+    def get(self, path: str, **kw):
+        import requests
+
+        r = requests.get(self.url + path, timeout=kw.pop("timeout", 30), **kw)
+        r.raise_for_status()
+        return r.json()
+
+    def run_prompt(self, prompt: dict, timeout: float = 600.0) -> "PromptRun":
+        """Queue an API-format prompt over HTTP, follow it over /ws, return its history entry and ws events."""
+        import requests
+        import websocket
+
+        client_id = uuid.uuid4().hex
+        ws = websocket.create_connection(f"ws://127.0.0.1:{self.port}/ws?clientId={client_id}", timeout=timeout)
+        try:
+            r = requests.post(self.url + "/prompt", json={"prompt": prompt, "client_id": client_id}, timeout=30)
+            body = r.json()
+            if r.status_code != 200:
+                return PromptRun(None, body, [], self)
+            prompt_id = body["prompt_id"]
+            events, deadline = [], time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                raw = ws.recv()
+                if isinstance(raw, bytes):  # binary preview frames
+                    continue
+                msg = json.loads(raw)
+                events.append(msg)
+                data = msg.get("data", {})
+                if data.get("prompt_id") != prompt_id:
+                    continue
+                if msg["type"] in ("execution_success", "execution_error", "execution_interrupted"):
+                    break
+                if msg["type"] == "executing" and data.get("node") is None:
+                    break
+            else:
+                raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout}s:\n{self.log_tail()}")
+        finally:
+            ws.close()
+        history = self.get(f"/history/{prompt_id}").get(prompt_id)
+        return PromptRun(prompt_id, history, events, self)
+
+
+class PromptRun:
+    def __init__(self, prompt_id, history, events, server: ComfyServer):
+        self.prompt_id, self.history, self.events, self.server = prompt_id, history, events, server
+
+    @property
+    def ok(self) -> bool:
+        return self.prompt_id is not None and self.history is not None and self.history["status"]["status_str"] == "success"
+
+    def error(self) -> str:
+        """The error a user would see: a validation error from /prompt or the execution error's message."""
+        if self.prompt_id is None:
+            return json.dumps(self.history)
+        for kind, data in (self.history or {}).get("status", {}).get("messages", []):
+            if kind == "execution_error":
+                return f"{data.get('node_type')}: {data.get('exception_message')}"
+        return ""
+
+    def output_images(self, node_id: str) -> list[Path]:
+        assert self.ok, f"prompt failed: {self.error()}\n{self.server.log_tail()}"
+        out = []
+        for img in self.history["outputs"][node_id]["images"]:
+            folder = {"output": "output", "temp": "temp"}[img["type"]]
+            out.append(self.server.base / folder / img.get("subfolder", "") / img["filename"])
+        return out
+
+
+def save_artifact(src: Path, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    dst = ARTIFACTS / name
+    shutil.copyfile(src, dst)
+    return dst
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+def open_frontend(server: ComfyServer, user_data_dir: Path, timeout: float = 120.0):
+    """The real ComfyUI frontend in headless Chromium (Debian packages), with the app booted. Returns a driver."""
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        if os.environ.get("CI"):
+            pytest.fail("chromium/chromedriver missing in CI: scripts/setup_env.sh installs them", pytrace=False)
+        pytest.skip("chromium + chromium-driver not installed (scripts/setup_env.sh installs them as root)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-quic", "--no-first-run", "--window-size=1600,1000", f"--user-data-dir={user_data_dir}"):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver.set_script_timeout(timeout)
+    driver.get(server.url + "/")
+    WebDriverWait(driver, timeout).until(
+        lambda d: d.execute_script("return !!(window.app && window.app.graph && window.LiteGraph)")
+    )
+    return driver
