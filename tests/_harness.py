@@ -53,11 +53,11 @@ def free_port() -> int:
 class ComfyServer:
     """A real ComfyUI process (`main.py --cpu`) on 127.0.0.1:<free port>, with its own base directory."""
 
-    def __init__(self, base: Path, startup_timeout: float = 300.0):
+    def __init__(self, base: Path, startup_timeout: float = 300.0, port: int | None = None):
         import requests
 
         self.base = make_base_dir(base)
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = base / "server.log"
         self._log = open(self.log_path, "w")
@@ -124,6 +124,7 @@ class ComfyServer:
                 if isinstance(raw, bytes):  # binary preview frames
                     continue
                 msg = json.loads(raw)
+                msg["t"] = time.monotonic()  # arrival time, for per-node timings
                 events.append(msg)
                 data = msg.get("data", {})
                 if data.get("prompt_id") != prompt_id:
@@ -156,6 +157,13 @@ class PromptRun:
             if kind == "execution_error":
                 return f"{data.get('node_type')}: {data.get('exception_message')}"
         return ""
+
+    def node_seconds(self) -> dict[str, float]:
+        """Wall time per executed node, from the `executing` events' arrival times."""
+        marks = [(e["data"].get("node"), e["t"]) for e in self.events if e["type"] == "executing"]
+        end = self.events[-1]["t"] if self.events else 0.0
+        return {node: (marks[i + 1][1] if i + 1 < len(marks) else end) - t
+                for i, (node, t) in enumerate(marks) if node is not None}
 
     def output_images(self, node_id: str) -> list[Path]:
         assert self.ok, f"prompt failed: {self.error()}\n{self.server.log_tail()}"
