@@ -1,0 +1,542 @@
+"""StyleGAN coarse generator: StyleGAN2 (config-f, StyleGAN2-ADA incl. conditional) and StyleGAN3 (-T / -R).
+
+Pure PyTorch, no CUDA extensions. Parameter and buffer names follow the NVlabs code (stylegan2-ada-pytorch,
+stylegan3) so their checkpoints load with strict key and shape checks. The StyleGAN3 synthesis network lives
+in `stylegan3.py`; the mapping network, shared ops and the StyleGAN2 synthesis network are here.
+
+Shapes: z (N, z_dim); c (N, c_dim); w (N, w_dim); ws / W+ (N, num_ws, w_dim); images (N, C, H, W) in [-1, 1].
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NoiseMode = Literal["const", "random", "none"]
+LRELU_GAIN = math.sqrt(2.0)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Ops (exact pure-torch equivalents of NVlabs' upfirdn2d / bias_act / conv2d_resample reference paths)
+# --------------------------------------------------------------------------------------------------------------
+def setup_filter(taps, normalize: bool = True, gain: float = 1.0, separable: bool | None = None) -> torch.Tensor:
+    """FIR filter as used by `upfirdn2d`: 1-D taps become a 2-D outer product unless long (>= 8 taps)."""
+    f = torch.as_tensor(taps if taps is not None else 1.0, dtype=torch.float32)
+    if f.ndim == 0:
+        f = f[None]
+    if separable is None:
+        separable = f.ndim == 1 and f.numel() >= 8
+    if f.ndim == 1 and not separable:
+        f = torch.outer(f, f)
+    if normalize:
+        f = f / f.sum()
+    return f * (gain ** (f.ndim / 2))
+
+
+def upfirdn2d(x: torch.Tensor, f: torch.Tensor | None, up: int = 1, down: int = 1, padding=0,
+              flip_filter: bool = False, gain: float = 1.0) -> torch.Tensor:
+    """Upsample by zero insertion, pad (or crop, for negative padding), FIR-filter, downsample by decimation.
+
+    padding: int, (px, py) or (px0, px1, py0, py1) in the upsampled domain. f: (fh, fw) or separable (taps,).
+    """
+    if f is None:
+        f = torch.ones(1, 1, dtype=torch.float32, device=x.device)
+    px0, px1, py0, py1 = _padding4(padding)
+    n, c, h, w = x.shape
+    if up > 1:  # zero insertion
+        x = x.reshape(n, c, h, 1, w, 1)
+        x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1])
+        x = x.reshape(n, c, h * up, w * up)
+    x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
+    x = x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
+    f = (f * (gain ** (f.ndim / 2))).to(x.dtype)
+    if not flip_filter:  # conv2d correlates; a FIR filter convolves
+        f = f.flip(list(range(f.ndim)))
+    if f.ndim == 2:
+        x = F.conv2d(x, f[None, None].expand(c, 1, *f.shape), groups=c)
+    else:
+        x = F.conv2d(x, f[None, None, None].expand(c, 1, 1, -1), groups=c)  # rows
+        x = F.conv2d(x, f[None, None, :, None].expand(c, 1, -1, 1), groups=c)  # columns
+    return x[:, :, ::down, ::down] if down > 1 else x
+
+
+def _padding4(padding) -> tuple[int, int, int, int]:
+    if isinstance(padding, int):
+        return padding, padding, padding, padding
+    if len(padding) == 2:
+        return padding[0], padding[0], padding[1], padding[1]
+    return tuple(padding)
+
+
+def upsample2d(x: torch.Tensor, f: torch.Tensor, up: int = 2) -> torch.Tensor:
+    """2x upsampling with the FIR filter f, keeping the signal centred (as in StyleGAN2's skip path)."""
+    fw = f.shape[-1]
+    p = ((fw + up - 1) // 2, (fw - up) // 2)
+    return upfirdn2d(x, f, up=up, padding=(p[0], p[1], p[0], p[1]), gain=up * up)
+
+
+def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, act: str = "linear", gain: float | None = None,
+             clamp: float | None = None, alpha: float = 0.2) -> torch.Tensor:
+    """Bias (over dim 1), activation ('linear' | 'lrelu' | 'relu'), gain (default: sqrt 2 for lrelu/relu), clamp."""
+    if b is not None:
+        x = x + b.reshape([-1 if i == 1 else 1 for i in range(x.ndim)])
+    if act == "lrelu":
+        x = F.leaky_relu(x, alpha)
+    elif act == "relu":
+        x = F.relu(x)
+    elif act != "linear":
+        raise ValueError(f"unsupported activation {act!r} (supported: linear, lrelu, relu)")
+    if gain is None:
+        gain = 1.0 if act == "linear" else LRELU_GAIN
+    if gain != 1:
+        x = x * gain
+    if clamp is not None and clamp >= 0:
+        x = x.clamp(-clamp, clamp)
+    return x
+
+
+def conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: torch.Tensor | None = None, up: int = 1, padding: int = 0,
+                    groups: int = 1) -> torch.Tensor:
+    """Convolution with optional 2x upsampling through a transposed convolution followed by the FIR filter f.
+    The only resampling StyleGAN2's generator needs (up in {1, 2}, no down).
+
+    up == 1 correlates (F.conv2d). up == 2 applies the weights as a true transposed convolution, without the
+    spatial flip that correlation would need: NVlabs' layers do exactly this (their `flip_weight = up == 1`), so
+    the trained 3x3 kernels of up-sampling layers only reproduce their images this way."""
+    if up == 1:
+        return F.conv2d(x, w, padding=padding, groups=groups)
+    out_ch, in_per_group, kh, kw = w.shape
+    fw = f.shape[-1]
+    # Padding in the upsampled domain, as for upfirdn2d, then shifted by the transposed convolution's footprint.
+    px0 = padding + (fw + up - 1) // 2 - (kw - 1)
+    px1 = padding + (fw - up) // 2 - (kw - up)
+    pxt = max(min(-px0, -px1), 0)
+    # conv_transpose2d wants (in, out/groups, kh, kw) per group.
+    wt = w.reshape(groups, out_ch // groups, in_per_group, kh, kw).transpose(1, 2)
+    wt = wt.reshape(groups * in_per_group, out_ch // groups, kh, kw)
+    x = F.conv_transpose2d(x, wt, stride=up, padding=pxt, groups=groups)
+    return upfirdn2d(x, f, padding=(px0 + pxt, px1 + pxt, px0 + pxt, px1 + pxt), gain=up * up)
+
+
+def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:
+    return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
+
+
+def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, noise: torch.Tensor | None = None,
+                     up: int = 1, padding: int = 0, resample_filter: torch.Tensor | None = None,
+                     demodulate: bool = True) -> torch.Tensor:
+    """StyleGAN2 modulated convolution as one grouped convolution (one group per sample).
+
+    x (N, I, H, W); weight (O, I, k, k); styles (N, I); noise broadcastable to the output; returns (N, O, H', W').
+    """
+    n = x.shape[0]
+    out_ch, in_ch, kh, kw = weight.shape
+    if x.dtype == torch.float16 and demodulate:  # pre-normalise against fp16 overflow (cancels under demodulation)
+        weight = weight * (1 / math.sqrt(in_ch * kh * kw) / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True))
+        styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
+    w = weight.unsqueeze(0) * styles.reshape(n, 1, in_ch, 1, 1)  # (N, O, I, k, k)
+    if demodulate:
+        w = w * (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt().reshape(n, out_ch, 1, 1, 1)
+    x = x.reshape(1, n * in_ch, *x.shape[2:])
+    x = conv2d_resample(x, w.reshape(n * out_ch, in_ch, kh, kw).to(x.dtype), f=resample_filter, up=up,
+                        padding=padding, groups=n)
+    x = x.reshape(n, out_ch, *x.shape[2:])
+    return x.add_(noise.to(x.dtype)) if noise is not None else x
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Layers
+# --------------------------------------------------------------------------------------------------------------
+class FullyConnectedLayer(nn.Module):
+    """Linear layer with equalized learning rate: weights stored / lr_multiplier, scaled at run time."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str = "linear",
+                 lr_multiplier: float = 1.0, weight_init: float = 1.0, bias_init=0.0):
+        super().__init__()
+        self.in_features, self.out_features, self.activation = in_features, out_features, activation
+        self.weight = nn.Parameter(torch.randn(out_features, in_features) * (weight_init / lr_multiplier))
+        init = torch.as_tensor(np.broadcast_to(np.asarray(bias_init, dtype=np.float32), [out_features]).copy())
+        self.bias = nn.Parameter(init / lr_multiplier) if bias else None
+        self.weight_gain = lr_multiplier / math.sqrt(in_features)
+        self.bias_gain = lr_multiplier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.to(x.dtype) * self.weight_gain
+        b = self.bias
+        if b is not None:
+            b = b.to(x.dtype)
+            if self.bias_gain != 1:
+                b = b * self.bias_gain
+        if self.activation == "linear" and b is not None:
+            return torch.addmm(b.unsqueeze(0), x, w.t())
+        return bias_act(x.matmul(w.t()), b, act=self.activation)
+
+
+class MappingNetwork(nn.Module):
+    """z (+ class embedding) -> w, broadcast to num_ws, with truncation toward the tracked mean `w_avg`.
+
+    StyleGAN2 uses 8 layers, StyleGAN3 2; both name them fc0..fc{L-1}, the label embedding `embed`.
+    """
+
+    def __init__(self, z_dim: int, c_dim: int, w_dim: int, num_ws: int, num_layers: int = 8,
+                 embed_features: int | None = None, layer_features: int | None = None, activation: str = "lrelu",
+                 lr_multiplier: float = 0.01, w_avg_beta: float | None = 0.998):
+        super().__init__()
+        self.z_dim, self.c_dim, self.w_dim, self.num_ws, self.num_layers = z_dim, c_dim, w_dim, num_ws, num_layers
+        embed_features = 0 if c_dim == 0 else (w_dim if embed_features is None else embed_features)
+        layer_features = w_dim if layer_features is None else layer_features
+        features = [z_dim + embed_features] + [layer_features] * (num_layers - 1) + [w_dim]
+        if c_dim > 0:
+            self.embed = FullyConnectedLayer(c_dim, embed_features)
+        for i in range(num_layers):
+            setattr(self, f"fc{i}", FullyConnectedLayer(features[i], features[i + 1], activation=activation,
+                                                        lr_multiplier=lr_multiplier))
+        self.register_buffer("w_avg", torch.zeros(w_dim))
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None, truncation_psi: float = 1.0,
+                truncation_cutoff: int | None = None) -> torch.Tensor:
+        x = normalize_2nd_moment(z.float()) if self.z_dim > 0 else None
+        if self.c_dim > 0:
+            if c is None:
+                raise ValueError(f"this generator is conditional (c_dim={self.c_dim}); give a class label")
+            y = normalize_2nd_moment(self.embed(c.float()))
+            x = torch.cat([x, y], dim=1) if x is not None else y
+        for i in range(self.num_layers):
+            x = getattr(self, f"fc{i}")(x)
+        ws = x.unsqueeze(1).repeat(1, self.num_ws, 1)  # (N, num_ws, w_dim)
+        return truncate(ws, self.w_avg, truncation_psi, truncation_cutoff)
+
+
+def truncate(ws: torch.Tensor, w_avg: torch.Tensor, psi: float, cutoff: int | None = None) -> torch.Tensor:
+    """Pull W+ toward w_avg: psi = 1 leaves it, 0 gives w_avg; only the first `cutoff` layers if given."""
+    if psi == 1:
+        return ws
+    cutoff = ws.shape[1] if cutoff is None else cutoff
+    out = ws.clone()
+    out[:, :cutoff] = w_avg.lerp(ws[:, :cutoff], psi)
+    return out
+
+
+class SynthesisLayer(nn.Module):
+    """StyleGAN2 modulated 3x3 conv (+ optional 2x up), per-pixel noise, bias, lrelu."""
+
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, kernel_size: int = 3,
+                 up: int = 1, use_noise: bool = True, activation: str = "lrelu", resample_filter=(1, 3, 3, 1),
+                 conv_clamp: float | None = None, channels_last: bool = False):
+        super().__init__()
+        self.resolution, self.up, self.use_noise, self.activation = resolution, up, use_noise, activation
+        self.conv_clamp, self.padding = conv_clamp, kernel_size // 2
+        self.register_buffer("resample_filter", setup_filter(resample_filter))
+        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        if use_noise:
+            self.register_buffer("noise_const", torch.randn(resolution, resolution))
+            self.noise_strength = nn.Parameter(torch.zeros([]))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: NoiseMode = "const", gain: float = 1.0,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        styles = self.affine(w)
+        noise = None
+        if self.use_noise and noise_mode == "random":
+            noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, generator=generator,
+                                device=x.device if generator is None else generator.device).to(x.device)
+            noise = noise * self.noise_strength
+        elif self.use_noise and noise_mode == "const":
+            noise = self.noise_const * self.noise_strength
+        x = modulated_conv2d(x, self.weight, styles, noise, up=self.up, padding=self.padding,
+                             resample_filter=self.resample_filter)
+        clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        return bias_act(x, self.bias.to(x.dtype), act=self.activation, gain=LRELU_GAIN * gain, clamp=clamp)
+
+
+class ToRGBLayer(nn.Module):
+    """1x1 modulated conv to image channels, no demodulation, no activation."""
+
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, kernel_size: int = 1,
+                 conv_clamp: float | None = None, channels_last: bool = False):
+        super().__init__()
+        self.conv_clamp = conv_clamp
+        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.weight_gain = 1 / math.sqrt(in_channels * kernel_size ** 2)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        styles = self.affine(w) * self.weight_gain
+        x = modulated_conv2d(x, self.weight, styles, demodulate=False)
+        return bias_act(x, self.bias.to(x.dtype), clamp=self.conv_clamp)
+
+
+class Conv2dLayer(nn.Module):
+    """Plain equalized-lr conv; in the generator only the 1x1 up-sampling skip of the 'resnet' architecture."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True,
+                 activation: str = "linear", up: int = 1, resample_filter=(1, 3, 3, 1),
+                 conv_clamp: float | None = None, channels_last: bool = False):
+        super().__init__()
+        self.activation, self.up, self.conv_clamp, self.padding = activation, up, conv_clamp, kernel_size // 2
+        self.register_buffer("resample_filter", setup_filter(resample_filter))
+        self.weight_gain = 1 / math.sqrt(in_channels * kernel_size ** 2)
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+
+    def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
+        w = (self.weight * self.weight_gain).to(x.dtype)
+        if self.up > 1 and w.shape[-1] == 1:  # 1x1: convolve first, then upsample (exactly equivalent)
+            x = upsample2d(F.conv2d(x, w), self.resample_filter, self.up)
+        else:
+            x = conv2d_resample(x, w, self.resample_filter, up=self.up, padding=self.padding)
+        act_gain = (1.0 if self.activation == "linear" else LRELU_GAIN) * gain
+        clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        b = self.bias.to(x.dtype) if self.bias is not None else None
+        return bias_act(x, b, act=self.activation, gain=act_gain, clamp=clamp)
+
+
+class SynthesisBlock(nn.Module):
+    """One resolution of the StyleGAN2 synthesis network: [const | conv0 (2x up)] -> conv1 -> torgb."""
+
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, img_channels: int,
+                 is_last: bool, architecture: str = "skip", resample_filter=(1, 3, 3, 1), conv_clamp=256,
+                 use_fp16: bool = False, fp16_channels_last: bool = False, fused_modconv_default=True,
+                 **layer_kwargs):
+        super().__init__()
+        if architecture not in ("orig", "skip", "resnet"):
+            raise ValueError(f"unknown StyleGAN2 block architecture {architecture!r} (orig, skip, resnet)")
+        self.in_channels, self.resolution, self.is_last, self.architecture = in_channels, resolution, is_last, architecture
+        self.use_fp16 = use_fp16
+        self.register_buffer("resample_filter", setup_filter(resample_filter))
+        self.num_conv = self.num_torgb = 0
+        if in_channels == 0:
+            self.const = nn.Parameter(torch.randn(out_channels, resolution, resolution))
+        else:
+            self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, resolution, up=2,
+                                        resample_filter=resample_filter, conv_clamp=conv_clamp, **layer_kwargs)
+            self.num_conv += 1
+        self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim, resolution, conv_clamp=conv_clamp,
+                                    **layer_kwargs)
+        self.num_conv += 1
+        if is_last or architecture == "skip":
+            self.torgb = ToRGBLayer(out_channels, img_channels, w_dim, conv_clamp=conv_clamp)
+            self.num_torgb += 1
+        if in_channels != 0 and architecture == "resnet":
+            self.skip = Conv2dLayer(in_channels, out_channels, kernel_size=1, bias=False, up=2,
+                                    resample_filter=resample_filter)
+
+    def forward(self, x, img, ws: torch.Tensor, dtype: torch.dtype, noise_mode: NoiseMode = "const",
+                generator: torch.Generator | None = None):
+        w_iter = iter(ws.unbind(dim=1))
+        kw = dict(noise_mode=noise_mode, generator=generator)
+        if self.in_channels == 0:
+            x = self.const.to(dtype).unsqueeze(0).repeat(ws.shape[0], 1, 1, 1)
+            x = self.conv1(x, next(w_iter), **kw)
+        elif self.architecture == "resnet":
+            x = x.to(dtype)
+            y = self.skip(x, gain=math.sqrt(0.5))
+            x = self.conv0(x, next(w_iter), **kw)
+            x = y.add_(self.conv1(x, next(w_iter), gain=math.sqrt(0.5), **kw))
+        else:
+            x = x.to(dtype)
+            x = self.conv0(x, next(w_iter), **kw)
+            x = self.conv1(x, next(w_iter), **kw)
+        if img is not None:
+            img = upsample2d(img, self.resample_filter)
+        if self.is_last or self.architecture == "skip":
+            y = self.torgb(x, next(w_iter)).float()
+            img = img.add_(y) if img is not None else y
+        return x, img
+
+
+class SynthesisNetwork(nn.Module):
+    """StyleGAN2 synthesis: blocks b4, b8, ..., b{img_resolution}; W+ slices overlap by one (torgb shares)."""
+
+    def __init__(self, w_dim: int, img_resolution: int, img_channels: int, channel_base: int = 32768,
+                 channel_max: int = 512, num_fp16_res: int = 4, **block_kwargs):
+        super().__init__()
+        if img_resolution < 4 or img_resolution & (img_resolution - 1):
+            raise ValueError(f"StyleGAN2 resolution must be a power of two >= 4, got {img_resolution}")
+        self.w_dim, self.img_resolution, self.img_channels = w_dim, img_resolution, img_channels
+        log2 = int(math.log2(img_resolution))
+        self.block_resolutions = [2 ** i for i in range(2, log2 + 1)]
+        channels = {r: min(channel_base // r, channel_max) for r in self.block_resolutions}
+        fp16_resolution = max(2 ** (log2 + 1 - num_fp16_res), 8)
+        self.num_ws = 0
+        for res in self.block_resolutions:
+            block = SynthesisBlock(channels[res // 2] if res > 4 else 0, channels[res], w_dim, res, img_channels,
+                                   is_last=res == img_resolution, use_fp16=res >= fp16_resolution, **block_kwargs)
+            self.num_ws += block.num_conv + (block.num_torgb if res == img_resolution else 0)
+            setattr(self, f"b{res}", block)
+
+    def forward(self, ws: torch.Tensor, noise_mode: NoiseMode = "const", generator: torch.Generator | None = None,
+                fp16: bool = False) -> torch.Tensor:
+        ws = ws.float()
+        x = img = None
+        w_idx = 0
+        for res in self.block_resolutions:
+            block = getattr(self, f"b{res}")
+            dtype = torch.float16 if fp16 and block.use_fp16 else torch.float32
+            x, img = block(x, img, ws.narrow(1, w_idx, block.num_conv + block.num_torgb), dtype,
+                           noise_mode=noise_mode, generator=generator)
+            w_idx += block.num_conv
+        return img
+
+    def layer_names(self) -> list[str]:
+        """Human names of the W+ rows, e.g. 'b8.conv0' (for style-mixing layer ranges)."""
+        names = []
+        for res in self.block_resolutions:
+            names += [f"b{res}.conv0"] * (res > 4) + [f"b{res}.conv1"]
+        return names + [f"b{self.img_resolution}.torgb"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Generator and its configuration
+# --------------------------------------------------------------------------------------------------------------
+ARCHITECTURES = ("stylegan2", "stylegan3")
+
+
+@dataclass(frozen=True)
+class StyleGANConfig:
+    """Everything needed to rebuild a generator; `synthesis_kwargs` / `mapping_kwargs` use NVlabs' names."""
+
+    arch: str
+    z_dim: int
+    c_dim: int
+    w_dim: int
+    img_resolution: int
+    img_channels: int
+    mapping_kwargs: dict[str, Any] = field(default_factory=dict)
+    synthesis_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"unknown StyleGAN architecture {self.arch!r}; supported: {', '.join(ARCHITECTURES)}")
+
+
+class Generator(nn.Module):
+    """mapping (z, c -> W+) + synthesis (W+ -> image). Names as NVlabs' `G_ema`."""
+
+    def __init__(self, config: StyleGANConfig):
+        super().__init__()
+        self.config = config
+        self.z_dim, self.c_dim, self.w_dim = config.z_dim, config.c_dim, config.w_dim
+        self.img_resolution, self.img_channels = config.img_resolution, config.img_channels
+        if config.arch == "stylegan2":
+            synthesis_cls = SynthesisNetwork
+        else:
+            from .stylegan3 import SynthesisNetwork3 as synthesis_cls  # stylegan3 imports this module's ops
+        self.synthesis = synthesis_cls(w_dim=config.w_dim, img_resolution=config.img_resolution,
+                                       img_channels=config.img_channels, **config.synthesis_kwargs)
+        self.num_ws = self.synthesis.num_ws
+        mapping_defaults = {"num_layers": 8 if config.arch == "stylegan2" else 2}
+        self.mapping = MappingNetwork(config.z_dim, config.c_dim, config.w_dim, self.num_ws,
+                                      **{**mapping_defaults, **config.mapping_kwargs})
+
+    def forward(self, z, c=None, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
+                noise_mode: NoiseMode = "const", generator: torch.Generator | None = None) -> torch.Tensor:
+        ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
+        return self.synthesis(ws, noise_mode=noise_mode, generator=generator)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading: NVIDIA pickles (G_ema, else G), our safetensors (config in metadata)
+# --------------------------------------------------------------------------------------------------------------
+SUPPORTED = "StyleGAN2 (config-f, NVlabs legacy-converted), StyleGAN2-ADA (incl. conditional), StyleGAN3-T/-R"
+SAFETENSORS_FORMAT = "diffugan.stylegan.v1"
+_TOP_LEVEL_KWARGS = ("z_dim", "c_dim", "w_dim", "img_resolution", "img_channels", "mapping_kwargs", "synthesis_kwargs")
+
+
+def config_from_pickle_record(record, source: str) -> StyleGANConfig:
+    """Read the architecture off an NVlabs Generator record: its constructor kwargs and its submodule names."""
+    from .checkpoints import CheckpointError, record_child
+
+    if record.class_name != "Generator":
+        raise CheckpointError(f"{source}: the network is a '{record.class_name}', not a StyleGAN Generator")
+    kwargs = dict(record.state.get("_init_kwargs") or {})
+    if record.state.get("_init_args"):
+        raise CheckpointError(f"{source}: unexpected positional constructor arguments; supported: {SUPPORTED}")
+    synthesis = record_child(record, "synthesis")
+    children = set((synthesis.state.get("_modules") or {}) if synthesis is not None else ())
+    if "b4" in children:
+        arch = "stylegan2"
+    elif "input" in children and any(c.startswith("L0_") for c in children):
+        arch = "stylegan3"
+    else:
+        raise CheckpointError(
+            f"{source}: unknown generator layout (synthesis submodules: {', '.join(sorted(children)) or 'none'}); "
+            f"supported: {SUPPORTED}")
+    missing = [k for k in _TOP_LEVEL_KWARGS[:5] if k not in kwargs]
+    if missing:
+        raise CheckpointError(f"{source}: the Generator record lacks {', '.join(missing)}; supported: {SUPPORTED}")
+    synthesis_kwargs = {k: v for k, v in kwargs.items() if k not in _TOP_LEVEL_KWARGS}
+    synthesis_kwargs.update(kwargs.get("synthesis_kwargs") or {})  # stylegan2-ada-pytorch nests them
+    return StyleGANConfig(arch, int(kwargs["z_dim"]), int(kwargs["c_dim"]), int(kwargs["w_dim"]),
+                          int(kwargs["img_resolution"]), int(kwargs["img_channels"]),
+                          dict(kwargs.get("mapping_kwargs") or {}), _plain(synthesis_kwargs))
+
+
+def _plain(d: dict) -> dict:
+    """Turn numpy scalars from a pickle into Python numbers so configs serialise as JSON."""
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in d.items()}
+
+
+def build_generator(config: StyleGANConfig, source: str) -> Generator:
+    from .checkpoints import CheckpointError
+
+    try:
+        return Generator(config)
+    except TypeError as e:  # an unknown constructor setting: a variant we do not implement (e.g. StyleGAN-XL)
+        raise CheckpointError(f"{source}: unsupported {config.arch} variant ({e}); supported: {SUPPORTED}") from None
+
+
+def load_stylegan(path, device: str | torch.device = "cpu") -> Generator:
+    """Load a generator from an NVIDIA `.pkl` or a DiffuGAN `.safetensors`, strictly, without executing code."""
+    from pathlib import Path
+
+    from . import checkpoints as ck
+
+    path = Path(path)
+    source = path.name
+    suffix = path.suffix.lower()
+    if suffix == ".pkl":
+        data = ck.load_nvidia_pickle(path)
+        record = None
+        if isinstance(data, dict):
+            record = data.get("G_ema") if isinstance(data.get("G_ema"), ck.PersistentRecord) else data.get("G")
+        if not isinstance(record, ck.PersistentRecord):
+            keys = ", ".join(map(str, data)) if isinstance(data, dict) else type(data).__name__
+            raise ck.CheckpointError(f"{source}: no 'G_ema' or 'G' network in the pickle (found: {keys}); "
+                                     f"supported: {SUPPORTED}")
+        config = config_from_pickle_record(record, source)
+        tensors = ck.record_tensors(record)
+    elif suffix == ".safetensors":
+        tensors, meta = ck.load_safetensors(path)
+        if meta.get("format") != SAFETENSORS_FORMAT or "config" not in meta:
+            raise ck.CheckpointError(
+                f"{source}: no DiffuGAN StyleGAN metadata (format={meta.get('format')!r}); convert NVIDIA pickles "
+                "with scripts/convert_stylegan.py")
+        try:
+            config = StyleGANConfig(**json.loads(meta["config"]))
+        except (TypeError, ValueError) as e:
+            raise ck.CheckpointError(f"{source}: bad architecture metadata ({e})") from None
+    else:
+        raise ck.CheckpointError(f"{source}: unsupported file type '{suffix}'; use an NVIDIA .pkl or a .safetensors "
+                                 "written by scripts/convert_stylegan.py")
+    G = build_generator(config, source)
+    tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+    ck.check_state_dict(G, tensors, source)
+    G.load_state_dict(tensors, strict=True)
+    return G.eval().requires_grad_(False).to(device)
+
+
+def save_stylegan_safetensors(G: Generator, path) -> None:
+    from dataclasses import asdict
+
+    from .checkpoints import save_safetensors
+
+    save_safetensors(path, G.state_dict(), {"format": SAFETENSORS_FORMAT, "config": asdict(G.config)})
