@@ -540,3 +540,34 @@ def save_stylegan_safetensors(G: Generator, path) -> None:
     from .checkpoints import save_safetensors
 
     save_safetensors(path, G.state_dict(), {"format": SAFETENSORS_FORMAT, "config": asdict(G.config)})
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Generation helpers: seeds, labels, style mixing
+# --------------------------------------------------------------------------------------------------------------
+def z_from_seeds(seeds: list[int], z_dim: int) -> torch.Tensor:
+    """One z per seed, drawn exactly as NVlabs' gen_images.py does (numpy RandomState(seed).randn), so a seed
+    gives the same image here as there."""
+    return torch.from_numpy(np.stack([np.random.RandomState(s).randn(z_dim) for s in seeds])).float()  # (N, z_dim)
+
+
+def class_one_hot(labels: list[int], c_dim: int) -> torch.Tensor | None:
+    if c_dim == 0:
+        return None
+    bad = [l for l in labels if not 0 <= l < c_dim]
+    if bad:
+        raise ValueError(f"class label {bad[0]} is out of range: this generator has {c_dim} classes (0..{c_dim - 1})")
+    return F.one_hot(torch.tensor(labels), c_dim).float()  # (N, c_dim)
+
+
+def mix_styles(ws_a: torch.Tensor, ws_b: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    """W+ of A with rows [start, end) taken from B (style mixing: coarse rows = pose/shape, fine rows = colour)."""
+    if ws_a.shape != ws_b.shape:
+        raise ValueError(f"style mixing needs W+ of equal shape, got {tuple(ws_a.shape)} and {tuple(ws_b.shape)}")
+    num_ws = ws_a.shape[1]
+    if not 0 <= start <= end <= num_ws:
+        raise ValueError(f"mixing layer range [{start}, {end}) is outside 0..{num_ws} (this generator has {num_ws} "
+                         "style layers)")
+    out = ws_a.clone()
+    out[:, start:end] = ws_b[:, start:end]
+    return out
