@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import importance
+from . import importance, stylegan
 
-STAGES = [importance]
+STAGES = [stylegan, importance]
 
 
 def all_nodes() -> list[type[io.ComfyNode]]:

@@ -30,3 +30,40 @@ def node_errors(display_name: str):
         yield
     except ValueError as e:
         raise ValueError(f"{display_name}: {e}") from None
+
+
+def register_model_folder(name: str, extensions: set[str]) -> None:
+    """Register ComfyUI/models/<name> (plus any paths extra_model_paths.yaml already gave it) for our files."""
+    import os
+
+    import folder_paths
+
+    default = os.path.join(folder_paths.models_dir, name)
+    paths, exts = folder_paths.folder_names_and_paths.get(name, ([], set()))
+    if default not in paths:
+        paths.insert(0, default)
+    folder_paths.folder_names_and_paths[name] = (paths, set(exts) | set(extensions))
+
+
+def model_file_or_error(folder: str, file_name: str, node: str, what: str) -> str:
+    """Full path of a model file, or an error that names the folder(s) to put it in."""
+    import folder_paths
+
+    path = folder_paths.get_full_path(folder, file_name) if file_name else None
+    if path is None:
+        places = ", ".join(folder_paths.get_folder_paths(folder))
+        available = folder_paths.get_filename_list(folder)
+        raise ValueError(
+            f"{node}: {what} '{file_name}' not found. Put it in the '{folder}' model folder ({places})"
+            + (f"; found there: {', '.join(available[:10])}" if available else "; that folder is empty")
+        )
+    return path
+
+
+def missing_model_message(folder: str, file_name: str, what: str) -> str | bool:
+    """For validate_inputs: True if the file exists, else the message that says where to put it."""
+    try:
+        model_file_or_error(folder, file_name, "", what)
+        return True
+    except ValueError as e:
+        return str(e).lstrip(": ")

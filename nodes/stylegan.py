@@ -1,0 +1,240 @@
+"""StyleGAN nodes (category DiffuGAN/StyleGAN): loader, generate, style mix, render from W.
+
+Custom types: DIFFUGAN_STYLEGAN (a loaded generator in ComfyUI's model management) and DIFFUGAN_W (W+ latents
+plus the identity of the generator that made them, so another generator refuses them with a clear error).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from comfy_api.latest import io
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.utils
+import folder_paths
+
+from ..models import checkpoints as ck
+from ..models import stylegan as sg
+from ._common import missing_model_message, model_file_or_error, nchw_to_image, node_errors, register_model_folder
+
+FOLDER = "stylegan"
+register_model_folder(FOLDER, {".pkl", ".safetensors"})
+
+StyleGANType = io.Custom("DIFFUGAN_STYLEGAN")
+WType = io.Custom("DIFFUGAN_W")
+NOISE_MODES = ["const", "random", "none"]
+CHUNK = 8  # images per forward pass: bounds memory, gives progress and interrupt points
+
+
+@dataclass
+class StyleGANModel:
+    """What flows on a DIFFUGAN_STYLEGAN wire."""
+
+    patcher: comfy.model_patcher.ModelPatcher
+    name: str
+
+    @property
+    def generator(self) -> sg.Generator:
+        return self.patcher.model
+
+    @property
+    def identity(self) -> str:
+        c = self.generator.config
+        return f"{self.name} ({c.arch}, {c.img_resolution}px, num_ws={self.generator.num_ws}, w_dim={c.w_dim})"
+
+
+def _load_on_device(model: StyleGANModel) -> tuple[sg.Generator, torch.device, bool]:
+    mm.load_models_gpu([model.patcher])
+    device = model.patcher.load_device
+    fp16 = device.type == "cuda" and mm.should_use_fp16(device)
+    return model.generator, device, fp16
+
+
+def _to_image(img: torch.Tensor) -> torch.Tensor:
+    """Generator output (N, C, H, W) in [-1, 1] -> IMAGE (N, H, W, 3) in [0, 1]."""
+    img = (img.float() * 0.5 + 0.5).clamp(0, 1)
+    if img.shape[1] == 1:
+        img = img.expand(-1, 3, -1, -1)
+    return nchw_to_image(img[:, :3]).to(mm.intermediate_device())
+
+
+def _render(model: StyleGANModel, ws: torch.Tensor, noise_mode: str, seed: int) -> torch.Tensor:
+    G, device, fp16 = _load_on_device(model)
+    pbar = comfy.utils.ProgressBar(ws.shape[0])
+    out = []
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    for i in range(0, ws.shape[0], CHUNK):
+        mm.throw_exception_if_processing_interrupted()
+        chunk = ws[i:i + CHUNK].to(device)
+        noise_gen = gen if noise_mode == "random" else None
+        with torch.inference_mode():
+            if noise_gen is not None:  # random noise drawn on CPU for determinism across devices
+                img = _render_random_noise(G, chunk, noise_gen, fp16)
+            else:
+                img = G.synthesis(chunk, noise_mode=noise_mode, fp16=fp16)
+        out.append(_to_image(img))
+        pbar.update(chunk.shape[0])
+    return torch.cat(out)
+
+
+def _render_random_noise(G, ws, gen, fp16):
+    if G.config.arch == "stylegan2":
+        return G.synthesis(ws, noise_mode="random", generator=gen, fp16=fp16)
+    return G.synthesis(ws, fp16=fp16)  # StyleGAN3 has no noise inputs
+
+
+def _w_payload(model: StyleGANModel, ws: torch.Tensor) -> dict:
+    return {"ws": ws.detach().float().cpu(), "model": model.identity,
+            "layer_names": model.generator.synthesis.layer_names()}
+
+
+def _check_w(model: StyleGANModel, w: dict, node: str, name: str = "w") -> torch.Tensor:
+    """W+ must fit the generator. W from another file of the same architecture is allowed (a known trick between
+    fine-tunes of one base model) but noted in the log, since it usually is a wiring mistake."""
+    ws = w["ws"]
+    G = model.generator
+    if tuple(ws.shape[1:]) != (G.num_ws, G.w_dim):
+        raise ValueError(f"{node}: '{name}' comes from {w['model']}, which does not fit {model.identity}: "
+                         f"W+ shape {tuple(ws.shape[1:])} vs ({G.num_ws}, {G.w_dim}). Use the same generator")
+    if w["model"] != model.identity:
+        logging.warning("%s: '%s' was made by %s but is rendered by %s", node, name, w["model"], model.identity)
+    return ws
+
+
+class StyleGANLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DiffuGANStyleGANLoader",
+            display_name="DiffuGAN StyleGAN Loader",
+            category="DiffuGAN/StyleGAN",
+            description=("Loads a StyleGAN2 / StyleGAN2-ADA / StyleGAN3 generator from models/stylegan: NVIDIA .pkl "
+                         "(read without executing the code it carries; G_ema is used) or a .safetensors made by "
+                         "scripts/convert_stylegan.py."),
+            inputs=[io.Combo.Input("ckpt_name", options=folder_paths.get_filename_list(FOLDER),
+                                   tooltip="A file in ComfyUI/models/stylegan")],
+            outputs=[StyleGANType.Output(display_name="stylegan")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, ckpt_name) -> bool | str:
+        return missing_model_message(FOLDER, ckpt_name, "StyleGAN checkpoint")
+
+    @classmethod
+    def execute(cls, ckpt_name) -> io.NodeOutput:
+        name = "DiffuGAN StyleGAN Loader"
+        path = model_file_or_error(FOLDER, ckpt_name, name, "StyleGAN checkpoint")
+        with node_errors(name):
+            G = sg.load_stylegan(path)
+        patcher = comfy.model_patcher.ModelPatcher(G, load_device=mm.get_torch_device(),
+                                                   offload_device=mm.unet_offload_device())
+        return io.NodeOutput(StyleGANModel(patcher, ckpt_name))
+
+
+class StyleGANGenerate(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DiffuGANStyleGANGenerate",
+            display_name="DiffuGAN StyleGAN Generate",
+            category="DiffuGAN/StyleGAN",
+            description=("Draws a batch of drafts from consecutive seeds (seed, seed+1, …; the same images NVIDIA's "
+                         "gen_images.py gives for those seeds). Also outputs their W+ for mixing and style injection."),
+            inputs=[
+                StyleGANType.Input("stylegan"),
+                io.Int.Input("seed", default=0, min=0, max=2**32 - 1, control_after_generate=True),
+                io.Int.Input("batch_size", default=1, min=1, max=64),
+                io.Float.Input("truncation_psi", default=0.7, min=-1.0, max=2.0, step=0.05,
+                               tooltip="'Temperature': 1 = full variety, 0 = the average image, 0.5–0.8 = typical."),
+                io.Int.Input("truncation_cutoff", default=0, min=0, max=64,
+                             tooltip="Truncate only the first N style layers (coarse structure); 0 = all layers."),
+                io.Combo.Input("noise_mode", options=NOISE_MODES, default="const",
+                               tooltip="StyleGAN2 per-pixel noise: const (stored), random (from the seed), none."),
+                io.Int.Input("class_label", default=0, min=0, max=100000,
+                             tooltip="Class for conditional generators (ignored by unconditional ones)."),
+            ],
+            outputs=[io.Image.Output(display_name="image"), WType.Output(display_name="w")],
+        )
+
+    @classmethod
+    def execute(cls, stylegan, seed, batch_size, truncation_psi, truncation_cutoff, noise_mode,
+                class_label) -> io.NodeOutput:
+        name = "DiffuGAN StyleGAN Generate"
+        G = stylegan.generator
+        with node_errors(name):
+            seeds = [(seed + i) % 2**32 for i in range(batch_size)]
+            z = sg.z_from_seeds(seeds, G.z_dim)
+            c = sg.class_one_hot([class_label] * batch_size, G.c_dim)
+            G, device, _ = _load_on_device(stylegan)
+            with torch.inference_mode():
+                ws = G.mapping(z.to(device), c.to(device) if c is not None else None, truncation_psi=truncation_psi,
+                               truncation_cutoff=truncation_cutoff or None)
+            image = _render(stylegan, ws, noise_mode, seed)
+        return io.NodeOutput(image, _w_payload(stylegan, ws))
+
+
+class StyleGANMix(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DiffuGANStyleGANMix",
+            display_name="DiffuGAN StyleGAN Style Mix",
+            category="DiffuGAN/StyleGAN",
+            description=("Style mixing: W+ of A with the style layers [layer_start, layer_end) taken from B. Early "
+                         "layers carry pose and shape, late layers colour and texture. A batch of 1 is broadcast."),
+            inputs=[
+                StyleGANType.Input("stylegan"),
+                WType.Input("w_a", tooltip="Keeps its styles outside the range."),
+                WType.Input("w_b", tooltip="Gives its styles inside the range."),
+                io.Int.Input("layer_start", default=0, min=0, max=64),
+                io.Int.Input("layer_end", default=4, min=0, max=64,
+                             tooltip="Exclusive; the generator's number of style layers is in the error if exceeded."),
+                io.Combo.Input("noise_mode", options=NOISE_MODES, default="const"),
+                io.Int.Input("noise_seed", default=0, min=0, max=2**32 - 1, tooltip="Used by noise_mode=random."),
+            ],
+            outputs=[io.Image.Output(display_name="image"), WType.Output(display_name="w")],
+        )
+
+    @classmethod
+    def execute(cls, stylegan, w_a, w_b, layer_start, layer_end, noise_mode, noise_seed) -> io.NodeOutput:
+        name = "DiffuGAN StyleGAN Style Mix"
+        a, b = _check_w(stylegan, w_a, name, "w_a"), _check_w(stylegan, w_b, name, "w_b")
+        if a.shape[0] != b.shape[0]:
+            if 1 not in (a.shape[0], b.shape[0]):
+                raise ValueError(f"{name}: 'w_a' has batch {a.shape[0]} and 'w_b' batch {b.shape[0]}; give equal "
+                                 "batches or a batch of 1 on one side")
+            n = max(a.shape[0], b.shape[0])
+            a, b = a.expand(n, -1, -1), b.expand(n, -1, -1)
+        with node_errors(name):
+            ws = sg.mix_styles(a, b, layer_start, layer_end)
+            image = _render(stylegan, ws, noise_mode, noise_seed)
+        return io.NodeOutput(image, _w_payload(stylegan, ws))
+
+
+class StyleGANFromW(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DiffuGANStyleGANFromW",
+            display_name="DiffuGAN StyleGAN From W",
+            category="DiffuGAN/StyleGAN",
+            description="Renders images from W+ latents (e.g. edited by style injection) with the generator that made them.",
+            inputs=[
+                StyleGANType.Input("stylegan"),
+                WType.Input("w"),
+                io.Combo.Input("noise_mode", options=NOISE_MODES, default="const"),
+                io.Int.Input("noise_seed", default=0, min=0, max=2**32 - 1, tooltip="Used by noise_mode=random."),
+            ],
+            outputs=[io.Image.Output(display_name="image")],
+        )
+
+    @classmethod
+    def execute(cls, stylegan, w, noise_mode, noise_seed) -> io.NodeOutput:
+        ws = _check_w(stylegan, w, "DiffuGAN StyleGAN From W")
+        return io.NodeOutput(_render(stylegan, ws, noise_mode, noise_seed))
+
+
+NODES = [StyleGANLoader, StyleGANGenerate, StyleGANMix, StyleGANFromW]
