@@ -3,9 +3,12 @@
     bash scripts/demo.sh            # run once, write output/demo/, print timings, stop the server
     bash scripts/demo.sh --serve    # same, then leave ComfyUI running for a browser at the printed URL
 
-What it runs today (said plainly): only the stages that have landed. The StyleGAN draft, DiT refiner, CLIP style
-and ControlNet stages are not in the pack yet, so the demo feeds a procedurally drawn draft with a painted
-emphasis mask into the importance preview. Each new stage adds its workflow here.
+What it runs today (said plainly): only the stages that have landed, and no trained weights yet. The StyleGAN
+workflow runs on a RANDOM-WEIGHT StyleGAN2 (64x64) that this script writes into the demo's models/stylegan folder
+as diffugan-random-stylegan2-64.safetensors: it shows the machinery (seeds, truncation, style mixing, timings), not
+pictures worth keeping. The importance preview gets a procedurally drawn draft with a painted emphasis mask.
+The DiT refiner, CLIP style and ControlNet stages are not in the pack yet; each adds its workflow here as it lands,
+and the model-zoo issue replaces the random generator with trained weights.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+import conftest  # noqa: E402,F401  (registers the pack as the package `diffugan`)
 from _harness import ComfyServer  # noqa: E402
 
 
@@ -34,6 +38,19 @@ def draw_example_draft(path: Path, size: int = 256) -> None:
     rgb = np.where(yy[..., None] < 0.55, sky, ground)
     alpha = np.where(yy >= 0.55, 0, 255).astype(np.uint8)
     Image.fromarray(np.dstack([(rgb.clip(0, 1) * 255).astype(np.uint8), alpha]), "RGBA").save(path)
+
+
+def write_random_stylegan(path: Path) -> None:
+    """A seeded random-weight StyleGAN2 in the real safetensors layout, so the workflow runs before the zoo exists."""
+    import torch
+
+    from diffugan.models import stylegan as sg
+
+    torch.manual_seed(0)
+    cfg = sg.StyleGANConfig("stylegan2", z_dim=128, c_dim=0, w_dim=128, img_resolution=64, img_channels=3,
+                            mapping_kwargs={"num_layers": 4}, synthesis_kwargs={"channel_base": 4096, "channel_max": 128})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sg.save_stylegan_safetensors(sg.Generator(cfg), path)
 
 
 def main() -> None:
@@ -51,6 +68,10 @@ def main() -> None:
           f"at {server.url} (log: {server.log_path})")
     try:
         draw_example_draft(base / "input" / "example.png")
+        random_gan = base / "models" / "stylegan" / "diffugan-random-stylegan2-64.safetensors"
+        if not random_gan.exists():
+            write_random_stylegan(random_gan)
+            print(f"wrote a RANDOM-WEIGHT StyleGAN2 (no trained weights yet): {random_gan}")
         for api_path in sorted((ROOT / "workflows" / "api").glob("*.json")):
             prompt = json.loads(api_path.read_text())
             t = time.monotonic()
