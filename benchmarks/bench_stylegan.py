@@ -1,0 +1,92 @@
+"""StyleGAN generation throughput: images/second for StyleGAN2 and StyleGAN3 at 256² and 1024², batch 1 and 8.
+
+Random weights at the real architectures' sizes (throughput does not depend on the weights): StyleGAN2 config-f
+(FFHQ 1024: channel_base 32768, 8 mapping layers; 256: the 'paper256' config, channel_base 16384) and
+StyleGAN3-T (channel_base 32768; 256: channel_base 16384, as NVlabs' configs). All cases run in one process, one
+after another, so the ratios printed at the end are measured side by side. Writes benchmarks/results/stylegan.json.
+
+    .venv/bin/python benchmarks/bench_stylegan.py [--quick] [--device cuda]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+import conftest  # noqa: E402,F401  (registers the pack as `diffugan`)
+from diffugan.models import stylegan as sg  # noqa: E402
+
+CONFIGS = {
+    ("stylegan2", 256): dict(mapping_kwargs={"num_layers": 8}, synthesis_kwargs={"channel_base": 16384, "channel_max": 512}),
+    ("stylegan2", 1024): dict(mapping_kwargs={"num_layers": 8}, synthesis_kwargs={"channel_base": 32768, "channel_max": 512}),
+    ("stylegan3", 256): dict(mapping_kwargs={"num_layers": 2}, synthesis_kwargs={"channel_base": 16384, "channel_max": 512}),
+    ("stylegan3", 1024): dict(mapping_kwargs={"num_layers": 2}, synthesis_kwargs={"channel_base": 32768, "channel_max": 512}),
+}
+
+
+def measure(G, batch: int, device, reps: int, fp16: bool) -> float:
+    z = sg.z_from_seeds(list(range(batch)), G.z_dim).to(device)
+    with torch.inference_mode():
+        G.synthesis(G.mapping(z), fp16=fp16)  # warm-up (allocations, kernel selection)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(reps):
+            G.synthesis(G.mapping(z, truncation_psi=0.7), fp16=fp16)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return (time.perf_counter() - t) / reps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--quick", action="store_true", help="256² only (CI-sized)")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    fp16 = device.type == "cuda"
+    results = []
+    for (arch, res), kw in CONFIGS.items():
+        if args.quick and res > 256:
+            continue
+        torch.manual_seed(0)
+        G = sg.Generator(sg.StyleGANConfig(arch, 512, 0, 512, res, 3, **kw)).eval().requires_grad_(False).to(device)
+        params = sum(p.numel() for p in G.parameters())
+        for batch in (1, 8):
+            reps = 3 if (res <= 256 or device.type == "cuda") else 1
+            secs = measure(G, batch, device, reps, fp16)
+            row = dict(arch=arch, resolution=res, batch=batch, seconds_per_batch=secs, images_per_second=batch / secs,
+                       params_millions=params / 1e6, reps=reps)
+            results.append(row)
+            print(f"{arch:9s} {res:5d}² batch {batch}: {batch / secs:8.3f} img/s  ({secs:.3f} s/batch, "
+                  f"{params / 1e6:.1f}M params)", flush=True)
+        del G
+    by = {(r["arch"], r["resolution"], r["batch"]): r["images_per_second"] for r in results}
+    ratios = {}
+    for res in sorted({r["resolution"] for r in results}):
+        for b in (1, 8):
+            ratios[f"sg2_over_sg3_{res}_b{b}"] = by[("stylegan2", res, b)] / by[("stylegan3", res, b)]
+        for arch in ("stylegan2", "stylegan3"):
+            ratios[f"{arch}_{res}_batch8_over_batch1"] = by[(arch, res, 8)] / by[(arch, res, 1)]
+    print("\nratios (same run):")
+    for k, v in ratios.items():
+        print(f"  {k:32s} {v:6.2f}x")
+    out = ROOT / "benchmarks" / "results" / "stylegan.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(dict(
+        benchmark="stylegan throughput", device=str(device), device_name=(torch.cuda.get_device_name(device)
+                                                                          if device.type == "cuda" else platform.processor() or platform.machine()),
+        torch=torch.__version__, threads=torch.get_num_threads(), fp16=fp16, weights="random (architecture-sized)",
+        results=results, ratios=ratios), indent=2) + "\n")
+    print(f"wrote {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
