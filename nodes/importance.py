@@ -1,6 +1,7 @@
 """Importance-stage nodes (category DiffuGAN/Importance): thin adapters over models/importance.py."""
 from __future__ import annotations
 
+import torch
 from comfy_api.latest import io, ui
 
 from ..models import importance as imp
@@ -36,4 +37,88 @@ class ImportancePreview(io.ComfyNode):
         return io.NodeOutput(out, ui=ui.PreviewImage(out, cls=cls))
 
 
-NODES = [ImportancePreview]
+class AnalyticImportance(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DiffuGANImportanceAnalytic",
+            display_name="DiffuGAN Importance (Analytic)",
+            category="DiffuGAN/Importance",
+            description=("Scores where detail matters from image statistics alone (no model): gradient, local "
+                         "contrast, multi-scale high-frequency energy and edge density, smoothed into regions, "
+                         "0..1 per image. Output is a stock MASK."),
+            inputs=[
+                io.Image.Input("image"),
+                io.Float.Input("smoothing", default=1.0, min=0.0, max=8.0, step=0.25,
+                               tooltip="Region size: 0 = per-pixel detail, higher = broader regions."),
+            ],
+            outputs=[io.Mask.Output(display_name="importance")],
+        )
+
+    @classmethod
+    def execute(cls, image, smoothing) -> io.NodeOutput:
+        with node_errors("DiffuGAN Importance (Analytic)"):
+            m = imp.analytic_importance(image_to_nchw(image), smoothing)
+        return io.NodeOutput(m[:, 0].to(image.device))
+
+
+class MergeEmphasis(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DiffuGANImportanceMerge",
+            display_name="DiffuGAN Merge Emphasis",
+            category="DiffuGAN/Importance",
+            description=("Adds what you say matters to the importance map: a painted MASK (stock mask editor) and/or "
+                         "clicked points as JSON [{\"x\": 120, \"y\": 80, \"radius\": 24, \"weight\": 1}] in "
+                         "image pixels (Gaussian blobs). max raises only, add adds, multiply gates the score."),
+            inputs=[
+                io.Mask.Input("importance"),
+                io.Combo.Input("mode", options=list(imp.MERGE_MODES), default="max"),
+                io.Float.Input("strength", default=1.0, min=0.0, max=1.0, step=0.05),
+                io.Mask.Input("user_mask", optional=True, tooltip="Painted emphasis; resized if of another size."),
+                io.String.Input("points", default="", multiline=True, optional=True,
+                                tooltip="JSON list of clicks: x, y (pixels), radius (pixels, default 32), weight."),
+            ],
+            outputs=[io.Mask.Output(display_name="importance")],
+        )
+
+    @classmethod
+    def execute(cls, importance, mode, strength, user_mask=None, points="") -> io.NodeOutput:
+        with node_errors("DiffuGAN Merge Emphasis"):
+            score = mask_to_n1hw(importance).float()
+            h, w = score.shape[-2:]
+            user = imp.points_to_mask(imp.parse_points(points or ""), h, w)
+            if user_mask is not None:
+                painted = imp.match_mask(mask_to_n1hw(user_mask).float(), score.shape[0], h, w, name="user_mask")
+                user = torch.maximum(user, painted)
+            out = imp.merge_emphasis(score, user, mode, strength)
+        return io.NodeOutput(out[:, 0])
+
+
+class ImportanceBudget(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DiffuGANImportanceBudget",
+            display_name="DiffuGAN Importance Budget",
+            category="DiffuGAN/Importance",
+            description=("Turns importance into a compute budget: K work levels (0 = least work, 1 = full work) "
+                         "whose mean is the budget, e.g. 0.3 = 30 % of the full-image work. More important regions "
+                         "never get less work. The refiner reads this level map as its step map."),
+            inputs=[
+                io.Mask.Input("importance"),
+                io.Int.Input("levels", default=4, min=2, max=64),
+                io.Float.Input("budget", default=0.3, min=0.0, max=1.0, step=0.05),
+            ],
+            outputs=[io.Mask.Output(display_name="levels")],
+        )
+
+    @classmethod
+    def execute(cls, importance, levels, budget) -> io.NodeOutput:
+        with node_errors("DiffuGAN Importance Budget"):
+            out = imp.budget_levels(mask_to_n1hw(importance).float(), levels, budget)
+        return io.NodeOutput(out[:, 0])
+
+
+NODES = [AnalyticImportance, MergeEmphasis, ImportanceBudget, ImportancePreview]

@@ -118,6 +118,7 @@ class ComfyServer:
             if r.status_code != 200:
                 return PromptRun(None, body, [], self)
             prompt_id = body["prompt_id"]
+            node_errors = body.get("node_errors") or {}
             events, deadline = [], time.monotonic() + timeout
             while time.monotonic() < deadline:
                 raw = ws.recv()
@@ -138,21 +139,28 @@ class ComfyServer:
         finally:
             ws.close()
         history = self.get(f"/history/{prompt_id}").get(prompt_id)
-        return PromptRun(prompt_id, history, events, self)
+        return PromptRun(prompt_id, history, events, self, node_errors)
 
 
 class PromptRun:
-    def __init__(self, prompt_id, history, events, server: ComfyServer):
+    """One queued prompt. ComfyUI runs the valid part of a graph and reports the invalid nodes in
+    `node_errors` of the /prompt answer: a run is ok only if nothing was invalid and execution succeeded."""
+
+    def __init__(self, prompt_id, history, events, server: ComfyServer, node_errors: dict | None = None):
         self.prompt_id, self.history, self.events, self.server = prompt_id, history, events, server
+        self.node_errors = node_errors or {}
 
     @property
     def ok(self) -> bool:
-        return self.prompt_id is not None and self.history is not None and self.history["status"]["status_str"] == "success"
+        return (self.prompt_id is not None and not self.node_errors and self.history is not None
+                and self.history["status"]["status_str"] == "success")
 
     def error(self) -> str:
         """The error a user would see: a validation error from /prompt or the execution error's message."""
         if self.prompt_id is None:
             return json.dumps(self.history)
+        if self.node_errors:
+            return json.dumps(self.node_errors)
         for kind, data in (self.history or {}).get("status", {}).get("messages", []):
             if kind == "execution_error":
                 return f"{data.get('node_type')}: {data.get('exception_message')}"

@@ -7,15 +7,16 @@ from PIL import Image
 
 from _harness import ROOT, save_artifact
 
-WORKFLOW = json.loads((ROOT / "workflows" / "api" / "importance_preview.json").read_text())
+WORKFLOW = json.loads((ROOT / "workflows" / "api" / "importance.json").read_text())
 
 
 def _write_input_with_painted_mask(server, name: str) -> None:
-    """An RGBA input as the stock mask editor saves it: alpha 0 where the user painted (LoadImage MASK = 1-alpha)."""
+    """An RGBA input as the stock mask editor saves it: alpha 0 where the user painted (LoadImage MASK = 1-alpha).
+    Flat green except a painted patch top-left; the workflow also clicks a point at (64, 48)."""
     rgb = np.zeros((64, 96, 3), np.uint8)
     rgb[..., 1] = 128
     alpha = np.full((64, 96), 255, np.uint8)
-    alpha[16:32, 24:48] = 0  # painted emphasis
+    alpha[4:20, 4:28] = 0  # painted emphasis
     Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(server.base / "input" / name)
 
 
@@ -24,31 +25,35 @@ def test_object_info_lists_pack_nodes(server):
     node = info["DiffuGANImportancePreview"]
     assert node["category"] == "DiffuGAN/Importance"
     assert node["output"] == ["IMAGE"]
+    assert info["DiffuGANImportanceAnalytic"]["output"] == ["MASK"]
     assert "DifferentialDiffusion" in info and "SamplerCustomAdvanced" in info  # the stock nodes we build on
 
 
-def test_importance_preview_workflow_runs_and_saves(server):
+def test_importance_workflow_runs_and_saves(server):
     _write_input_with_painted_mask(server, "example.png")
     run = server.run_prompt(WORKFLOW)
     assert run.ok, run.error()
-    [path] = run.output_images("3")
+    [path] = run.output_images("6")
     img = np.asarray(Image.open(path).convert("RGB")).astype(float) / 255
     assert img.shape == (64, 96, 3)
-    painted, rest = img[24, 36], img[60, 90]
+    painted, clicked, rest = img[12, 16], img[48, 64], img[40, 20]
     assert painted[0] > 0.4 and painted[0] > painted[2], painted  # red-ish where emphasis was painted
-    assert rest[2] > rest[0], rest  # blue-ish elsewhere
-    save_artifact(path, "e2e_importance_preview.png")
+    assert clicked[0] > 0.4 and clicked[0] > clicked[2], clicked  # and where the point was clicked
+    assert rest[2] > rest[0], rest  # blue-ish on the flat rest
+    save_artifact(path, "e2e_importance.png")
+    [levels] = run.output_images("8")
+    assert np.asarray(Image.open(levels)).shape == (64, 96, 3)
     # progress and execution reported over the websocket
     kinds = {e["type"] for e in run.events}
     assert {"execution_start", "executing", "executed"} <= kinds, kinds
     executed = [e["data"]["node"] for e in run.events if e["type"] == "executed"]
-    assert "2" in executed  # the preview node reports its UI image
+    assert "5" in executed  # the preview node reports its UI image
 
 
 def test_bad_input_gives_a_clear_error_not_a_crash(server):
     prompt = json.loads(json.dumps(WORKFLOW))
-    prompt["2"]["inputs"]["opacity"] = 2.0  # outside the declared range -> validation error from ComfyUI
+    prompt["5"]["inputs"]["opacity"] = 2.0  # outside the declared range -> validation error from ComfyUI
     run = server.run_prompt(prompt)
     assert not run.ok
-    assert "opacity" in run.error()
+    assert "opacity" in run.error() and "bigger than max of 1.0" in run.error()
     assert server.get("/system_stats")  # the server survived

@@ -1,4 +1,6 @@
 """Pure-torch tests of models/importance.py (no ComfyUI)."""
+import math
+
 import pytest
 import torch
 
@@ -60,3 +62,115 @@ def test_non_finite_inputs_are_refused(bad):
 def test_opacity_out_of_range_is_refused():
     with pytest.raises(ValueError, match="'opacity' must be in 0..1"):
         imp.heatmap_overlay(torch.rand(1, 3, 8, 8), torch.rand(1, 1, 8, 8), 1.5)
+
+
+# --- analytic scorer ------------------------------------------------------------------------------------------
+def _textured_and_flat(h=128, w=256):
+    g = torch.Generator().manual_seed(0)
+    image = torch.full((1, 3, h, w), 0.5)
+    image[..., :, : w // 2] = torch.rand(1, 3, h, w // 2, generator=g)  # textured left half, flat right half
+    return image
+
+
+def test_analytic_ranks_texture_above_flat():
+    m = imp.analytic_importance(_textured_and_flat())
+    assert m.shape == (1, 1, 128, 256)
+    left, right = m[..., 16:-16, 16:112].mean(), m[..., 16:-16, 144:240].mean()
+    assert left > 0.5 and right < 0.05, (float(left), float(right))
+    assert float(m.min()) >= 0 and float(m.max()) <= 1
+
+
+def test_analytic_preserves_sizes_and_batches_and_is_per_image():
+    a = _textured_and_flat(96, 160)
+    b = a.flip(-1) * 0.5  # texture on the other side, half the contrast
+    m = imp.analytic_importance(torch.cat([a, b]))
+    assert m.shape == (2, 1, 96, 160)
+    torch.testing.assert_close(imp.analytic_importance(a), m[:1])  # batching does not change a result
+    assert m[1, 0, 48, 150] > m[1, 0, 48, 10]  # each image normalised on its own
+    assert float(m[1].max()) > 0.9
+
+
+def test_analytic_flat_image_scores_zero_not_noise():
+    flat = torch.zeros(1, 3, 64, 96)
+    flat[:, 1] = 0.5
+    assert float(imp.analytic_importance(flat).max()) < 1e-3
+
+
+def test_analytic_rejects_non_finite():
+    x = torch.rand(1, 3, 32, 32)
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="'image' contains 1 NaN/inf"):
+        imp.analytic_importance(x)
+
+
+# --- user emphasis --------------------------------------------------------------------------------------------
+def test_points_parse_and_blobs():
+    pts = imp.parse_points('[{"x": 10, "y": 20, "radius": 8}, {"x": 50, "y": 5, "weight": 0.5}]')
+    assert pts == [{"x": 10.0, "y": 20.0, "radius": 8.0, "weight": 1.0},
+                   {"x": 50.0, "y": 5.0, "radius": 32.0, "weight": 0.5}]
+    m = imp.points_to_mask(pts[:1], 40, 64)
+    sigma2 = (8 / 2) ** 2  # sigma = radius / 2
+    near = float(m[0, 0, 19, 9])  # pixel centre (9.5, 19.5), 0.71 px from the click
+    assert abs(near - math.exp(-0.5 / (2 * sigma2))) < 1e-6
+    ring = float(m[0, 0, 19, 17])  # centre (17.5, 19.5): 7.5 px right, 0.5 up
+    assert abs(ring - math.exp(-(7.5 ** 2 + 0.25) / (2 * sigma2))) < 1e-6
+    assert imp.points_to_mask([], 4, 4).sum() == 0 and imp.parse_points("  ") == []
+
+
+@pytest.mark.parametrize("text,msg", [("[{x: 1}]", "not valid JSON"), ('[{"y": 1}]', "at least x and y"),
+                                      ('[{"x": 1, "y": 2, "radius": -3}]', "radius > 0"), ('"abc"', "JSON list")])
+def test_points_errors_are_clear(text, msg):
+    with pytest.raises(ValueError, match=msg):
+        imp.parse_points(text)
+
+
+def test_merge_modes_arithmetic():
+    score = torch.tensor([0.2, 0.6, 0.9]).view(1, 1, 1, 3)
+    user = torch.tensor([1.0, 0.0, 0.5]).view(1, 1, 1, 3)
+    torch.testing.assert_close(imp.merge_emphasis(score, user, "max", 0.8).flatten(), torch.tensor([0.8, 0.6, 0.9]))
+    torch.testing.assert_close(imp.merge_emphasis(score, user, "add", 0.5).flatten(), torch.tensor([0.7, 0.6, 1.0]))
+    torch.testing.assert_close(imp.merge_emphasis(score, user, "multiply", 1.0).flatten(), torch.tensor([0.2, 0.0, 0.45]))
+    torch.testing.assert_close(imp.merge_emphasis(score, user, "multiply", 0.5).flatten(), torch.tensor([0.2, 0.3, 0.675]))
+    for mode in imp.MERGE_MODES:
+        torch.testing.assert_close(imp.merge_emphasis(score, user, mode, 0.0), score)
+    with pytest.raises(ValueError, match="unknown merge mode 'avg'"):
+        imp.merge_emphasis(score, user, "avg")
+
+
+def test_merge_resizes_user_mask_of_other_size():
+    score = torch.zeros(2, 1, 32, 32)
+    user = torch.ones(1, 1, 8, 8)
+    assert imp.merge_emphasis(score, user, "max", 1.0).min() == 1.0
+
+
+# --- budget ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("budget", [0.1, 0.3, 0.5, 0.9])
+@pytest.mark.parametrize("levels", [2, 4, 8])
+def test_budget_mean_matches_and_levels_are_quantised(budget, levels):
+    g = torch.Generator().manual_seed(1)
+    m = torch.rand(2, 1, 64, 64, generator=g) ** 2
+    work = imp.budget_levels(m, levels, budget)
+    assert work.shape == m.shape
+    vals = torch.unique(work)
+    torch.testing.assert_close(vals * (levels - 1), torch.round(vals * (levels - 1)))
+    for i in range(2):
+        assert abs(float(work[i].mean()) - budget) < 1.0 / (levels - 1) / 4 + 0.02, float(work[i].mean())
+
+
+def test_budget_is_monotone_and_deterministic():
+    g = torch.Generator().manual_seed(2)
+    m = torch.rand(1, 1, 32, 32, generator=g)
+    w = imp.budget_levels(m, 4, 0.3)
+    order = torch.argsort(m.flatten())
+    assert (torch.diff(w.flatten()[order]) >= 0).all()  # more important never gets less work
+    torch.testing.assert_close(imp.budget_levels(m, 4, 0.3), w, rtol=0, atol=0)
+
+
+def test_budget_extremes_and_errors():
+    m = torch.zeros(1, 1, 8, 8)
+    assert float(imp.budget_levels(m, 4, 1.0).mean()) == 1.0  # even a blank map can be given full work
+    assert float(imp.budget_levels(torch.rand(1, 1, 8, 8), 4, 0.0).mean()) == 0.0
+    with pytest.raises(ValueError, match="'levels' must be at least 2"):
+        imp.budget_levels(m, 1, 0.5)
+    with pytest.raises(ValueError, match="'budget' must be in 0..1"):
+        imp.budget_levels(m, 4, 1.5)

@@ -17,6 +17,14 @@ SG2_COND = sg.StyleGANConfig("stylegan2", z_dim=8, c_dim=4, w_dim=16, img_resolu
                              mapping_kwargs={"num_layers": 2},
                              synthesis_kwargs={"channel_base": 128, "channel_max": 16, "architecture": "resnet"})
 
+SG3_T = sg.StyleGANConfig("stylegan3", z_dim=16, c_dim=0, w_dim=16, img_resolution=16, img_channels=3,
+                          synthesis_kwargs={"channel_base": 512, "channel_max": 32, "num_layers": 6,
+                                            "num_critical": 1, "margin_size": 4})
+SG3_R = sg.StyleGANConfig("stylegan3", z_dim=16, c_dim=2, w_dim=16, img_resolution=16, img_channels=3,
+                          synthesis_kwargs={"channel_base": 1024, "channel_max": 32, "num_layers": 6,
+                                            "num_critical": 1, "margin_size": 4, "conv_kernel": 1,
+                                            "use_radial_filters": True})
+
 
 def make_generator(config, seed=0):
     torch.manual_seed(seed)
@@ -39,7 +47,7 @@ def assert_same_weights(a, b):
 
 
 # --- formats --------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("config", [SG2, SG2_COND], ids=["sg2", "sg2_cond_resnet"])
+@pytest.mark.parametrize("config", [SG2, SG2_COND, SG3_T, SG3_R], ids=["sg2", "sg2_cond_resnet", "sg3_t", "sg3_r_cond"])
 @pytest.mark.parametrize("nested", [False, True], ids=["stylegan3-repo", "stylegan2-ada-repo"])
 def test_nvidia_pickle_loads_strictly_and_reproduces_images(tmp_path, config, nested):
     G = make_generator(config)
@@ -49,7 +57,7 @@ def test_nvidia_pickle_loads_strictly_and_reproduces_images(tmp_path, config, ne
     assert loaded.config == config
     assert_same_weights(G, loaded)  # every key consumed (strict) and identical
     z = sg.z_from_seeds([1, 2], config.z_dim)
-    c = sg.class_one_hot([0, 3], config.c_dim)
+    c = sg.class_one_hot([0, config.c_dim - 1], config.c_dim)
     torch.testing.assert_close(loaded(z, c), G(z, c), rtol=0, atol=0)
 
 
@@ -60,14 +68,15 @@ def test_pickle_prefers_g_ema_over_g(tmp_path):
     assert_same_weights(sg.load_stylegan(path), G_ema)
 
 
-def test_safetensors_round_trip_and_converter(tmp_path):
-    G = make_generator(SG2_COND)
+@pytest.mark.parametrize("config", [SG2_COND, SG3_R], ids=["sg2", "sg3"])
+def test_safetensors_round_trip(tmp_path, config):
+    G = make_generator(config)
     pkl = tmp_path / "net.pkl"
     write_nvidia_pickle(pkl, G)
     out = tmp_path / "net.safetensors"
     sg.save_stylegan_safetensors(sg.load_stylegan(pkl), out)
     loaded = sg.load_stylegan(out)
-    assert loaded.config == SG2_COND
+    assert loaded.config == config
     assert_same_weights(G, loaded)
 
 
@@ -200,8 +209,9 @@ def test_seeds_are_deterministic_and_match_nvlabs_gen_images():
     torch.testing.assert_close(G(z), G(z.clone()), rtol=0, atol=0)
 
 
-def test_psi_zero_gives_the_w_avg_image():
-    G = make_generator(SG2)
+@pytest.mark.parametrize("config", [SG2, SG3_T], ids=["sg2", "sg3"])
+def test_psi_zero_gives_the_w_avg_image(config):
+    G = make_generator(config)
     img_psi0 = G(sg.z_from_seeds([3, 4], 16), truncation_psi=0.0)
     w_avg_img = G.synthesis(G.mapping.w_avg.expand(1, G.num_ws, -1))
     # batch 2 vs batch 1 runs a different grouped convolution: equal up to float rounding
@@ -216,8 +226,9 @@ def test_truncation_cutoff_only_touches_the_first_layers():
     torch.testing.assert_close(cut[:, :3], G.mapping.w_avg.lerp(full[:, :3], 0.5))
 
 
-def test_style_mixing_crossover():
-    G = make_generator(SG2)
+@pytest.mark.parametrize("config", [SG2, SG3_T], ids=["sg2", "sg3"])
+def test_style_mixing_crossover(config):
+    G = make_generator(config)
     ws_a, ws_b = G.mapping(sg.z_from_seeds([1], 16)), G.mapping(sg.z_from_seeds([2], 16))
     img_a, img_b = G.synthesis(ws_a), G.synthesis(ws_b)
     n = G.num_ws
