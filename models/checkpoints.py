@@ -196,11 +196,21 @@ def load_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
         raise CheckpointError(f"{path.name}: not a readable safetensors file ({e}); it may be truncated") from None
 
 
+class ArgsRecord:
+    """Stand-in for `argparse.Namespace`, which training scripts (facebookresearch/DiT train.py) store under
+    'args': rebuilt as a plain attribute holder (its state is plain data), nothing of argparse is imported."""
+
+    def __repr__(self) -> str:
+        return f"ArgsRecord({self.__dict__})"
+
+
 def load_torch_weights(path: str | os.PathLike) -> Any:
-    """`torch.load(weights_only=True)`: tensors and plain containers only; a code-carrying pickle is refused."""
+    """`torch.load(weights_only=True)`: tensors and plain containers only (plus argparse records mapped to
+    ArgsRecord); a code-carrying pickle is refused."""
     path = Path(path)
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals([(ArgsRecord, "argparse.Namespace")]):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise UnsafePickleError(
             f"{path.name}: refused to load: the file holds more than weights ({str(e).splitlines()[0]}). "

@@ -1,0 +1,155 @@
+"""DiT model + checkpoint tests on small checkpoints written in facebookresearch/DiT's layout."""
+import argparse
+import pickle
+
+import pytest
+import torch
+
+from diffugan.models import checkpoints as ck
+from diffugan.models import dit
+
+TINY = dit.DiTConfig(depth=2, hidden_size=384, num_heads=6, patch_size=2, num_classes=10, input_size=8)
+
+# facebookresearch/DiT parameter names for one block (a fact of the file format, checked against their models.py)
+BLOCK_KEYS = ["adaLN_modulation.1.bias", "adaLN_modulation.1.weight", "attn.proj.bias", "attn.proj.weight",
+              "attn.qkv.bias", "attn.qkv.weight", "mlp.fc1.bias", "mlp.fc1.weight", "mlp.fc2.bias", "mlp.fc2.weight"]
+TOP_KEYS = ["final_layer.adaLN_modulation.1.bias", "final_layer.adaLN_modulation.1.weight", "final_layer.linear.bias",
+            "final_layer.linear.weight", "pos_embed", "t_embedder.mlp.0.bias", "t_embedder.mlp.0.weight",
+            "t_embedder.mlp.2.bias", "t_embedder.mlp.2.weight", "x_embedder.proj.bias", "x_embedder.proj.weight",
+            "y_embedder.embedding_table.weight"]
+
+
+def make_dit(config=TINY, seed=0):
+    torch.manual_seed(seed)
+    m = dit.DiT(config).eval().requires_grad_(False)
+    with torch.no_grad():  # leave adaLN-Zero's zeros behind so outputs depend on every weight
+        for name, p in m.named_parameters():
+            if name != "pos_embed":
+                p.add_(torch.randn_like(p) * 0.05)
+    return m
+
+
+def test_parameter_names_are_facebookresearch_names():
+    keys = sorted(make_dit().state_dict())
+    expected = sorted(TOP_KEYS + [f"blocks.{i}.{k}" for i in range(TINY.depth) for k in BLOCK_KEYS])
+    assert keys == expected
+    assert make_dit().state_dict()["y_embedder.embedding_table.weight"].shape == (11, 384)  # classes + null
+
+
+def test_state_dict_pt_loads_strictly_with_heads_from_the_name(tmp_path):
+    m = make_dit()
+    path = tmp_path / "DiT-S-2-64x64.pt"
+    torch.save(m.state_dict(), path)
+    loaded = dit.load_dit(path)
+    assert loaded.config == TINY
+    x, t, y = torch.randn(2, 4, 8, 8), torch.tensor([3.0, 900.0]), torch.tensor([1, 10])
+    torch.testing.assert_close(loaded(x, t, y), m(x, t, y), rtol=0, atol=0)
+
+
+def test_train_checkpoint_uses_ema_and_reads_the_args_record(tmp_path):
+    ema, raw = make_dit(seed=0), make_dit(seed=1)
+    path = tmp_path / "0400000.pt"
+    torch.save({"model": raw.state_dict(), "ema": ema.state_dict(), "opt": {"state": {}, "param_groups": []},
+                "args": argparse.Namespace(model="DiT-S/2", image_size=64, num_classes=10)}, path)
+    loaded = dit.load_dit(path)
+    for k, v in ema.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[k], v, rtol=0, atol=0)
+
+
+def test_safetensors_round_trip_keeps_the_config(tmp_path):
+    cfg = dit.DiTConfig(depth=1, hidden_size=96, num_heads=3, patch_size=4, num_classes=5, input_size=16, style_dim=8)
+    m = make_dit(cfg)
+    path = tmp_path / "mine.safetensors"
+    dit.save_dit_safetensors(m, path)
+    loaded = dit.load_dit(path)
+    assert loaded.config == cfg  # a non-standard head count survives through the metadata
+    style = torch.randn(1, 8)
+    x, t, y = torch.randn(1, 4, 16, 16), torch.tensor([10.0]), torch.tensor([2])
+    torch.testing.assert_close(loaded(x, t, y, style), m(x, t, y, style), rtol=0, atol=0)
+
+
+def test_non_standard_width_needs_heads_and_says_so(tmp_path):
+    m = make_dit(dit.DiTConfig(depth=1, hidden_size=96, num_heads=3, patch_size=2, num_classes=5, input_size=8))
+    path = tmp_path / "custom.pt"
+    torch.save(m.state_dict(), path)
+    with pytest.raises(ck.CheckpointError, match="custom.pt: hidden size 96 is not a standard DiT size.*choose it"):
+        dit.load_dit(path)
+    assert dit.load_dit(path, num_heads=3).config.num_heads == 3
+
+
+def test_wrong_shape_and_missing_keys_are_named(tmp_path):
+    sd = make_dit().state_dict()
+    sd["blocks.1.attn.qkv.weight"] = torch.zeros(1152, 400)
+    del sd["blocks.0.mlp.fc2.bias"]
+    path = tmp_path / "DiT-S-2-64x64.pt"
+    torch.save(sd, path)
+    with pytest.raises(ck.CheckpointError, match=r"blocks.1.attn.qkv.weight: expected \(1152, 384\), found \(1152, 400\)"
+                       r".*missing keys \(1\): blocks.0.mlp.fc2.bias"):
+        dit.load_dit(path)
+
+
+def test_not_a_dit_is_explained(tmp_path):
+    path = tmp_path / "unet.pt"
+    torch.save({"conv_in.weight": torch.zeros(1)}, path)
+    with pytest.raises(ck.CheckpointError, match="unet.pt: not a DiT checkpoint .*facebookresearch/DiT parameter names"):
+        dit.load_dit(path)
+
+
+class _Payload:
+    def __reduce__(self):
+        import os
+
+        return os.system, ("echo pwned",)
+
+
+def test_pickle_payload_in_a_pt_is_refused(tmp_path):
+    path = tmp_path / "DiT-XL-2-256x256.pt"
+    with open(path, "wb") as f:
+        torch.save({"pos_embed": torch.zeros(1), "x": _Payload()}, f)
+    with pytest.raises(ck.UnsafePickleError, match="DiT-XL-2-256x256.pt: refused to load"):
+        dit.load_dit(path)
+    raw = tmp_path / "raw.pt"
+    raw.write_bytes(pickle.dumps(_Payload()))  # a legacy (non-zip) pickle
+    with pytest.raises(ck.UnsafePickleError, match="raw.pt: refused to load"):
+        dit.load_dit(raw)
+
+
+def test_position_table_recomputed_at_any_grid_equals_the_stored_one():
+    m = make_dit()
+    stored = m.pos_embed[0]  # 4x4 grid for input_size 8, patch 2
+    torch.testing.assert_close(dit.sincos_pos_embed(384, 4, 4), stored, rtol=0, atol=0)
+    wide = dit.sincos_pos_embed(384, 3, 7).view(3, 7, 384)
+    square = dit.sincos_pos_embed(384, 7, 7).view(7, 7, 384)
+    torch.testing.assert_close(wide, square[:3], rtol=0, atol=0)  # a token's embedding depends on (row, col) only
+
+
+def test_non_square_and_other_sizes_run():
+    m = make_dit()
+    out = m(torch.randn(2, 4, 12, 20), torch.tensor([5.0, 50.0]), torch.tensor([0, 3]))
+    assert out.shape == (2, 8, 12, 20)
+    with pytest.raises(ValueError, match="latent size 9x20 is not divisible by the DiT patch size 2"):
+        m(torch.randn(1, 4, 9, 20), torch.tensor([5.0]), torch.tensor([0]))
+
+
+def test_fresh_dit_predicts_zero_and_batch_is_independent():
+    fresh = dit.DiT(TINY)
+    assert fresh(torch.randn(1, 4, 8, 8), torch.tensor([1.0]), torch.tensor([2])).abs().max() == 0
+    m = make_dit()
+    x, t, y = torch.randn(3, 4, 8, 8), torch.tensor([1.0, 400.0, 999.0]), torch.tensor([1, 2, 10])
+    full = m(x, t, y)
+    torch.testing.assert_close(m(x[1:2], t[1:2], y[1:2]), full[1:2], rtol=1e-5, atol=1e-5)
+
+
+def test_standard_configs_match_the_published_sizes():
+    xl = dit.standard_config("DiT-XL/2", 256)
+    assert (xl.depth, xl.hidden_size, xl.num_heads, xl.patch_size, xl.input_size) == (28, 1152, 16, 2, 32)
+    params = sum(p.numel() for p in dit.DiT(xl).parameters() if p.requires_grad)
+    assert abs(params / 1e6 - 675.1) < 0.5, params  # DiT-XL/2: 675M trainable parameters
+    with pytest.raises(ValueError, match="unknown DiT model 'DiT-XXL/2'"):
+        dit.standard_config("DiT-XXL/2")
+
+
+def test_schedule_is_dits_linear_betas():
+    b = dit.linear_betas()
+    assert b.shape == (1000,) and float(b[0]) == pytest.approx(1e-4) and float(b[-1]) == pytest.approx(0.02)
+    torch.testing.assert_close(b[1] - b[0], b[-1] - b[-2])
