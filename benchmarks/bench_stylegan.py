@@ -2,8 +2,10 @@
 
 Random weights at the real architectures' sizes (throughput does not depend on the weights): StyleGAN2 config-f
 (FFHQ 1024: channel_base 32768, 8 mapping layers; 256: the 'paper256' config, channel_base 16384) and
-StyleGAN3-T (channel_base 32768; 256: channel_base 16384, as NVlabs' configs). All cases run in one process, one
-after another, so the ratios printed at the end are measured side by side. Writes benchmarks/results/stylegan.json.
+StyleGAN3-T (channel_base 32768; 256: channel_base 16384, as NVlabs' configs). At 256², batch 1, the naive
+upfirdn2d (zero insertion + full convolution + decimation) is timed beside the fast one. All cases run in one
+process, one after another, so the ratios printed at the end are measured side by side.
+Writes benchmarks/results/stylegan.json.
 
     .venv/bin/python benchmarks/bench_stylegan.py [--quick] [--device cuda]
 """
@@ -67,9 +69,16 @@ def main() -> None:
             results.append(row)
             print(f"{arch:9s} {res:5d}² batch {batch}: {batch / secs:8.3f} img/s  ({secs:.3f} s/batch, "
                   f"{params / 1e6:.1f}M params)", flush=True)
+            if res == 256 and batch == 1:  # the naive resampling path, side by side
+                sg.FAST_RESAMPLING = False
+                naive = measure(G, batch, device, reps, fp16)
+                sg.FAST_RESAMPLING = True
+                results.append(dict(row, resampling="naive", seconds_per_batch=naive, images_per_second=1 / naive))
+                print(f"{arch:9s} {res:5d}² batch 1, naive resampling: {1 / naive:8.3f} img/s", flush=True)
         del G
-    by = {(r["arch"], r["resolution"], r["batch"]): r["images_per_second"] for r in results}
-    ratios = {}
+    by = {(r["arch"], r["resolution"], r["batch"]): r["images_per_second"] for r in results if "resampling" not in r}
+    naive = {r["arch"]: r["images_per_second"] for r in results if r.get("resampling") == "naive"}
+    ratios = {f"{arch}_256_fast_over_naive_resampling": by[(arch, 256, 1)] / v for arch, v in naive.items()}
     for res in sorted({r["resolution"] for r in results}):
         for b in (1, 8):
             ratios[f"sg2_over_sg3_{res}_b{b}"] = by[("stylegan2", res, b)] / by[("stylegan3", res, b)]
