@@ -110,7 +110,7 @@ class TimestepEmbedder(nn.Module):
                                  nn.Linear(hidden_size, hidden_size))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:  # (N,) -> (N, D)
-        return self.mlp(timestep_embedding(t, self.frequency_embedding_size))
+        return self.mlp(timestep_embedding(t, self.frequency_embedding_size).to(self.mlp[0].weight.dtype))
 
 
 class LabelEmbedder(nn.Module):

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import importance, stylegan
+from . import dit, importance, stylegan
 
-STAGES = [stylegan, importance]
+STAGES = [stylegan, importance, dit]
 
 
 def all_nodes() -> list[type[io.ComfyNode]]:

@@ -1,0 +1,87 @@
+"""The DiT as a stock MODEL inside the real ComfyUI: loader, conditioning, and ComfyUI's own samplers on it."""
+import os
+
+import pytest
+import torch
+
+from diffugan.models import dit
+
+CFG = dit.DiTConfig(depth=2, hidden_size=96, num_heads=3, patch_size=2, num_classes=10, input_size=8)
+
+
+def _dit(seed=0):
+    torch.manual_seed(seed)
+    m = dit.DiT(CFG).eval()
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name != "pos_embed":
+                p.add_(torch.randn_like(p) * 0.05)
+    return m
+
+
+@pytest.fixture(scope="module")
+def dit_file(comfy):
+    import folder_paths
+
+    folder = folder_paths.get_folder_paths("dit")[0]
+    os.makedirs(folder, exist_ok=True)
+    m = _dit()
+    dit.save_dit_safetensors(m, os.path.join(folder, "tiny-dit.safetensors"))
+    return m
+
+
+@pytest.fixture(scope="module")
+def model(run_node, dit_file):
+    return run_node("DiffuGANDiTLoader", ckpt_name="tiny-dit.safetensors", num_heads=0).args[0]
+
+
+def test_loader_gives_a_stock_model_with_dits_schedule(model):
+    import comfy.latent_formats
+    import comfy.model_patcher
+
+    assert isinstance(model, comfy.model_patcher.ModelPatcher)
+    base = model.model
+    assert isinstance(base.latent_format, comfy.latent_formats.SD15) and base.latent_format.scale_factor == 0.18215
+    acp = torch.cumprod(1 - dit.linear_betas(), 0)
+    torch.testing.assert_close(base.model_sampling.sigmas.double(), ((1 - acp) / acp).sqrt(), rtol=1e-5, atol=0)
+
+
+def test_apply_model_is_the_dit_epsilon(model, dit_file):
+    import comfy.conds
+
+    base = model.model
+    x = torch.randn(2, 4, 8, 8)
+    sigma = base.model_sampling.sigma(torch.tensor([100.0, 700.0]))
+    y = torch.tensor([3, 10])  # label 3 and the null class
+    denoised = base.apply_model(x, sigma, c_crossattn=torch.zeros(2, 1, 1), y=y)
+    t = base.model_sampling.timestep(sigma).float()
+    eps = dit_file(base.model_sampling.calculate_input(sigma, x), t, y)[:, :4]
+    torch.testing.assert_close(denoised, x - eps * sigma.view(-1, 1, 1, 1), rtol=1e-5, atol=1e-5)
+
+
+def _sample(comfy, model, positive, negative, cfg, seed=0, batch=1, h=8, w=8):
+    latent = {"samples": torch.zeros(batch, 4, h, w)}
+    return comfy.common_ksampler(model, seed, 4, cfg, "euler", "normal", positive, negative, latent)[0]["samples"]
+
+
+def test_stock_ksampler_samples_our_model_with_cfg_batches_and_non_square(comfy, run_node, model):
+    pos, neg = run_node("DiffuGANDiTConditioning", class_label=3).args
+    out = _sample(comfy, model, pos, neg, cfg=4.0, batch=2, h=8, w=12)
+    assert out.shape == (2, 4, 8, 12) and torch.isfinite(out).all()
+    again = _sample(comfy, model, pos, neg, cfg=4.0, batch=2, h=8, w=12)
+    torch.testing.assert_close(out, again, rtol=0, atol=0)  # same seed, same result
+    no_cfg = _sample(comfy, model, pos, neg, cfg=1.0, batch=2, h=8, w=12)
+    assert not torch.allclose(out, no_cfg)  # guidance changes the result
+    other = run_node("DiffuGANDiTConditioning", class_label=7).args[0]
+    assert not torch.allclose(out, _sample(comfy, model, other, neg, cfg=4.0, batch=2, h=8, w=12))
+
+
+def test_label_out_of_range_is_a_clear_error(comfy, run_node, model):
+    pos, neg = run_node("DiffuGANDiTConditioning", class_label=10).args
+    with pytest.raises(ValueError, match="DiT class label 10 is out of range: this model has 10 classes"):
+        _sample(comfy, model, pos, neg, cfg=2.0)
+
+
+def test_missing_file_names_the_folder(comfy, dit_file):
+    msg = comfy.NODE_CLASS_MAPPINGS["DiffuGANDiTLoader"].validate_inputs(ckpt_name="DiT-XL-2-256x256.pt", num_heads=0)
+    assert "DiT checkpoint 'DiT-XL-2-256x256.pt' not found. Put it in the 'dit' model folder" in msg
