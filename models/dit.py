@@ -377,3 +377,207 @@ def save_dit_safetensors(model: DiT, path) -> None:
     from .checkpoints import save_safetensors
 
     save_safetensors(path, model.state_dict(), {"format": SAFETENSORS_FORMAT, "config": asdict(model.config)})
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Region-adaptive refinement: per-token step counts, and a transformer pass over a subset of tokens
+# --------------------------------------------------------------------------------------------------------------
+def token_step_counts(step_map: torch.Tensor, patch_size: int, border: int = 1) -> torch.Tensor:
+    """Per-pixel step counts (N, 1, H, W) at latent resolution -> per-token counts (N, T): a token gets the
+    largest count of its p x p pixels, then `border` tokens of dilation so region edges get the higher count."""
+    n = F.max_pool2d(step_map.float(), patch_size)  # (N, 1, gh, gw)
+    if border > 0:
+        n = F.max_pool2d(n, 2 * border + 1, stride=1, padding=border)
+    return n.flatten(1).round().long()
+
+
+def evaluation_schedule(counts: torch.Tensor, total_steps: int) -> torch.Tensor:
+    """Which of the `total_steps` steps evaluate each token: a token with n steps is evaluated at steps
+    floor(j * K / n), j = 0..n-1 (evenly spaced, always including step 0). (N, T) -> (N, K, T) bool.
+
+    Between evaluations a token keeps its last prediction of the clean latent (x0), so with the Euler sampler it
+    follows exactly an n-step Euler schedule (the sub-sequence of the K sigmas at its evaluation steps), while all
+    tokens stay at the same noise level at every step (no seams in noise level across region borders)."""
+    if counts.min() < 0 or counts.max() > total_steps:
+        raise ValueError(f"step counts must be in 0..{total_steps}, got {int(counts.min())}..{int(counts.max())}")
+    k = torch.arange(total_steps, device=counts.device)
+    j_max = counts.clamp_min(1)[:, None, :]  # (N, 1, T)
+    # step i is an evaluation step of a token with n steps iff some j < n has floor(j*K/n) == i, i.e. iff
+    # ceil(i*n/K) < ceil((i+1)*n/K) (the count of evaluation points up to i grows at i)
+    before = torch.div(k[None, :, None] * j_max + total_steps - 1, total_steps, rounding_mode="floor")
+    after = torch.div((k[None, :, None] + 1) * j_max + total_steps - 1, total_steps, rounding_mode="floor")
+    return (after > before) & (counts[:, None, :] > 0)
+
+
+@dataclass
+class TokenCache:
+    """Per sample row: each block's keys and values for every token (for inactive tokens: from their last
+    evaluation), so active tokens still attend to the whole image."""
+
+    keys: list[torch.Tensor]  # per block (H, T, d_head)
+    values: list[torch.Tensor]
+
+
+def block_flops(config: DiTConfig, active: int, total: int) -> int:
+    """Multiply-adds x 2 of one DiT block for `active` query tokens attending over `total` tokens."""
+    d, hidden = config.hidden_size, int(config.hidden_size * config.mlp_ratio)
+    linear = 2 * active * (3 * d * d + d * d + 2 * d * hidden)
+    attention = 2 * 2 * active * total * d
+    return linear + attention
+
+
+def transformer_flops(config: DiTConfig, active: int, total: int) -> int:
+    """Counted FLOPs of a transformer pass (blocks, patch embedding and final layer) on `active` of `total` tokens."""
+    p2c = config.patch_size ** 2 * config.in_channels
+    embed = 2 * total * p2c * config.hidden_size
+    final = 2 * active * config.hidden_size * config.patch_size ** 2 * config.out_channels
+    return config.depth * block_flops(config, active, total) + embed + final
+
+
+def _block_subset(block: DiTBlock, x: torch.Tensor, c: torch.Tensor, idx: torch.Tensor | None,
+                  cache: list[tuple[torch.Tensor, torch.Tensor]], layer: int) -> torch.Tensor:
+    """One adaLN-Zero block for the tokens `idx` (all tokens if None), reading/writing the rows' K/V caches.
+
+    x: (R, A, D) hidden states of the active tokens; cache[layer]: (R, H, T, d_head) keys and values."""
+    r, a, d = x.shape
+    heads = block.attn.num_heads
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.adaLN_modulation(c).chunk(6, dim=1)
+    h = modulate(block.norm1(x), shift_msa, scale_msa)
+    q, k, v = block.attn.qkv(h).reshape(r, a, 3, heads, d // heads).permute(2, 0, 3, 1, 4)  # (R, H, A, dh)
+    if idx is None:
+        keys, values = k, v
+    else:
+        keys, values = cache[layer]
+        keys, values = keys.clone(), values.clone()
+        keys[:, :, idx], values[:, :, idx] = k, v  # (R, H, T, dh): fresh for active, cached for the rest
+    cache[layer] = (keys, values)
+    attn = F.scaled_dot_product_attention(q, keys, values)  # (R, H, A, dh)
+    x = x + gate_msa.unsqueeze(1) * block.attn.proj(attn.transpose(1, 2).reshape(r, a, d))
+    return x + gate_mlp.unsqueeze(1) * block.mlp(modulate(block.norm2(x), shift_mlp, scale_mlp))
+
+
+def forward_subset(model: DiT, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, style: torch.Tensor | None,
+                   idx: torch.Tensor | None, cache: list) -> torch.Tensor:
+    """The DiT on the tokens `idx` only (None = all tokens, which also fills `cache`), for rows sharing one
+    token set. x (R, C, H, W) -> (R, C_out, H, W); outside the active tokens the output is zero (not computed).
+    With idx None this is exactly `DiT.forward`."""
+    gh, gw = model.grid(x)
+    tokens = model.embed(x)  # (R, T, D); the patch embedding is cheap and keeps positions simple
+    if idx is not None:
+        tokens = tokens[:, idx]  # (R, A, D)
+    c = model.conditioning(t, y, style)
+    for layer, block in enumerate(model.blocks):
+        tokens = _block_subset(block, tokens, c, idx, cache, layer)
+    out = model.final_layer(tokens, c)  # (R, A, p*p*C_out)
+    if idx is not None:
+        full = out.new_zeros(out.shape[0], gh * gw, out.shape[-1])
+        full[:, idx] = out
+        out = full
+    return model.unpatchify(out, gh, gw)
+
+
+def token_pixels(mask: torch.Tensor, grid: tuple[int, int], patch_size: int) -> torch.Tensor:
+    """Token mask (R, T) bool -> pixel mask (R, 1, gh*p, gw*p)."""
+    gh, gw = grid
+    m = mask.view(mask.shape[0], 1, gh, gw)
+    return m.repeat_interleave(patch_size, 2).repeat_interleave(patch_size, 3)
+
+
+def step_counts_from_map(level_map: torch.Tensor, latent_hw: tuple[int, int], total_steps: int,
+                         min_steps: int) -> torch.Tensor:
+    """Importance / work-level map (N, 1, H, W) in 0..1 at any size -> per-latent-pixel step counts
+    min_steps + round(level * (total_steps - min_steps)), (N, 1, h, w) long."""
+    if not 0 <= min_steps <= total_steps:
+        raise ValueError(f"min_steps {min_steps} must be between 0 and the number of steps ({total_steps})")
+    m = level_map.float()
+    if m.shape[-2] % latent_hw[0] == 0 and m.shape[-1] % latent_hw[1] == 0:  # e.g. image -> latent (/8)
+        level = F.interpolate(m, size=latent_hw, mode="area")
+    else:
+        level = F.interpolate(m, size=latent_hw, mode="bilinear", antialias=True, align_corners=False)
+    return (min_steps + torch.round(level.clamp(0, 1) * (total_steps - min_steps))).long()
+
+
+class RegionAdaptiveState:
+    """Carries one region-adaptive sampling run: which tokens each step evaluates, each sample row's latest
+    clean-latent prediction (x0) and K/V cache, and the counted transformer FLOPs (actual vs dense).
+
+    Rows are identified by `row_keys` (a cond/uncond chunk id and the image index), so the conditional and the
+    unconditional pass of classifier-free guidance keep separate caches, and each image of a batch its own map.
+    Tokens with 0 steps keep x0 = the draft latent: the sampler returns them unchanged.
+    """
+
+    def __init__(self, model: DiT, counts: torch.Tensor, sigmas: torch.Tensor, draft: torch.Tensor | None,
+                 dense_every: int = 0):
+        self.model, self.sigmas = model, sigmas.detach().float().cpu()
+        self.total_steps = len(sigmas) - 1
+        self.counts = counts  # (B, T)
+        self.schedule = evaluation_schedule(counts.cpu(), self.total_steps)  # (B, K, T)
+        self.draft = draft
+        self.dense_every = dense_every
+        self.x0: dict = {}
+        self.cache: dict = {}
+        self.flops = 0
+        self.dense_flops = 0
+        self.evaluated_tokens = 0
+        self.total_tokens = 0
+
+    def step_index(self, sigma: float) -> int:
+        """The step this sigma belongs to (the last schedule sigma >= it; intermediate evaluations of
+        multi-stage samplers count to their step)."""
+        idx = (self.sigmas[:-1] >= sigma * (1 - 1e-5)).nonzero()
+        return int(idx.max()) if len(idx) else 0
+
+    def __call__(self, x: torch.Tensor, xc: torch.Tensor, sigma: torch.Tensor, t: torch.Tensor,
+                 y: torch.Tensor | None, style: torch.Tensor | None, row_keys: list, images: list[int],
+                 calc_denoised) -> torch.Tensor:
+        """Denoised prediction (R, C, H, W) for rows x (noisy latents; xc the model input), evaluating the
+        transformer only on the tokens scheduled at this step."""
+        step = self.step_index(float(sigma[0]))
+        model, cfg = self.model, self.model.config
+        grid = model.grid(x)
+        total = grid[0] * grid[1]
+        # Which tokens each image evaluates now; images with the same token set run as one batch (all of them on
+        # dense steps, so a uniform map batches exactly like the stock path).
+        groups: dict = {}
+        for image in sorted(set(images)):
+            rows = [r for r, j in enumerate(images) if j == image]
+            update = self.schedule[image % self.schedule.shape[0], step].to(x.device)  # (T,)
+            first = any(row_keys[r] not in self.cache for r in rows)
+            dense = first or (self.dense_every > 0 and step % self.dense_every == 0) or bool(update.all())
+            key = ("dense", first) if dense else ("subset", tuple(update.nonzero()[:, 0].tolist()))
+            groups.setdefault(key, []).append((image, rows, update))
+        out = torch.empty_like(x)
+        for key, members in groups.items():
+            rows = sorted(r for _, rs, _ in members for r in rs)
+            keys = [row_keys[r] for r in rows]
+            first = key == ("dense", True)
+            idx = None if key[0] == "dense" else torch.tensor(key[1], device=x.device, dtype=torch.long)
+            update = torch.stack([next(u for _, rs, u in members if r in rs) for r in rows])  # (R, T)
+            for r, k in zip(rows, keys):
+                if k not in self.x0:
+                    self.x0[k] = (self.draft[images[r] % self.draft.shape[0]].to(x) if self.draft is not None
+                                  else torch.zeros_like(x[0]))
+            x0 = torch.stack([self.x0[k] for k in keys])  # (R, C, H, W)
+            active = total if idx is None else len(idx)
+            if active > 0:
+                cache = [None] * cfg.depth if first else [  # per layer (R, H, T, dh) keys and values
+                    tuple(torch.stack(kv) for kv in zip(*(self.cache[k][layer] for k in keys)))
+                    for layer in range(cfg.depth)]
+                sel = torch.tensor(rows, device=x.device)
+                eps = forward_subset(model, xc[sel], t[sel], None if y is None else y[sel],
+                                     None if style is None else style[sel], idx, cache)[:, : x.shape[1]]
+                fresh = calc_denoised(eps.float(), x[sel], sigma[sel])
+                x0 = torch.where(token_pixels(update, grid, cfg.patch_size), fresh.to(x0.dtype), x0)
+                for i, k in enumerate(keys):
+                    self.cache[k] = [(kv[0][i], kv[1][i]) for kv in cache]
+                    self.x0[k] = x0[i]
+                self.flops += len(rows) * transformer_flops(cfg, active, total)
+            self.dense_flops += len(rows) * transformer_flops(cfg, total, total)
+            self.evaluated_tokens += len(rows) * active
+            self.total_tokens += len(rows) * total
+            out[rows] = x0
+        return out
+
+    def untouched_pixels(self, grid: tuple[int, int]) -> torch.Tensor:
+        """(B, 1, H, W) bool: latent pixels of tokens with 0 steps (their output must equal the draft)."""
+        return token_pixels(self.counts == 0, grid, self.model.config.patch_size)

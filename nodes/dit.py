@@ -7,8 +7,16 @@ SetLatentNoiseMask work with it unchanged.
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 from comfy_api.latest import io
+
+import comfy.k_diffusion.sampling as k_diffusion_sampling
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import latent_preview
 
 import comfy.conds
 import comfy.latent_formats
@@ -24,6 +32,7 @@ from ._common import missing_model_message, model_file_or_error, node_errors, re
 FOLDER = "dit"
 register_model_folder(FOLDER, {".pt", ".pth", ".safetensors"})
 NULL_LABEL = -1  # in conditioning: "the model's null class" (classifier-free guidance's unconditional side)
+REGION_KEY = "diffugan_regions"  # transformer_options entry carrying a RegionAdaptiveState
 
 
 class DiTModelConfig(comfy.supported_models_base.BASE):
@@ -58,6 +67,28 @@ class DiTModel(comfy.model_base.BaseModel):
     def __init__(self, dit: dit_model.DiT, device=None):
         super().__init__(DiTModelConfig(), comfy.model_base.ModelType.EPS, device=device)
         self.diffusion_model = DiTDiffusionModel(dit)
+
+    def _apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
+        state = transformer_options.get(REGION_KEY)
+        if state is None:
+            return super()._apply_model(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+        # Region-adaptive path: the same inputs as BaseModel prepares, then only scheduled tokens are evaluated.
+        mm.throw_exception_if_processing_interrupted()
+        ms, dtype, device = self.model_sampling, self.get_dtype(), x.device
+        sigma = t
+        xc = ms.calculate_input(sigma, x).to(dtype)
+        timestep = ms.timestep(sigma).float()
+        y = kwargs.get("y")
+        style = kwargs.get("style")
+        y = y.to(device) if y is not None else None
+        style = style.to(device=device, dtype=dtype) if style is not None else None
+        # Rows are [chunk 0 batch | chunk 1 batch | ...], one chunk per cond (e.g. positive, negative).
+        chunks = transformer_options.get("uuids") or list(range(len(transformer_options.get("cond_or_uncond", [0]))))
+        per = x.shape[0] // max(len(chunks), 1)
+        row_keys = [(chunks[r // per], r % per) for r in range(x.shape[0])]
+        images = [r % per for r in range(x.shape[0])]
+        return state(x, xc, sigma, timestep, y, style, row_keys, images,
+                     lambda eps, xx, s: ms.calculate_denoised(s, eps, xx))
 
     def extra_conds(self, **kwargs):
         out = super().extra_conds(**kwargs)
@@ -140,4 +171,132 @@ class DiTConditioning(io.ComfyNode):
         return io.NodeOutput(_conditioning(class_label), _conditioning(NULL_LABEL))
 
 
-NODES = [DiTLoader, DiTConditioning]
+# --------------------------------------------------------------------------------------------------------------
+# Region-adaptive refinement
+# --------------------------------------------------------------------------------------------------------------
+def region_adaptive_euler(model, x, sigmas, extra_args=None, callback=None, disable=None, importance=None,
+                          min_steps=0, border=1, dense_every=0):
+    """k-diffusion-style sampler: Euler, with each token evaluated only at its own steps (see
+    models/dit.evaluation_schedule); the rest reuse their last clean-latent prediction."""
+    extra_args = dict(extra_args or {})
+    base = getattr(getattr(model, "inner_model", None), "inner_model", None)
+    if not isinstance(base, DiTModel):
+        raise ValueError("DiffuGAN Region-Adaptive Sampler: needs a DiffuGAN DiT model (from DiffuGAN DiT Loader), "
+                         f"got {type(base).__name__}; for other models use a stock sampler")
+    dit = base.diffusion_model.dit
+    steps = len(sigmas) - 1
+    if steps < 1:
+        return x
+    level = importance.to(x.device)
+    if level.shape[0] not in (1, x.shape[0]):
+        raise ValueError(f"DiffuGAN Region-Adaptive Sampler: the importance map has batch {level.shape[0]} but the "
+                         f"latent has batch {x.shape[0]}; give one map per image or a single map")
+    counts = dit_model.token_step_counts(dit_model.step_counts_from_map(level, x.shape[-2:], steps, min_steps),
+                                         dit.config.patch_size, border)
+    draft = getattr(model, "latent_image", None)
+    state = dit_model.RegionAdaptiveState(dit, counts, sigmas, draft, dense_every)
+    model_options = dict(extra_args.get("model_options", {}))
+    model_options["transformer_options"] = {**model_options.get("transformer_options", {}), REGION_KEY: state}
+    extra_args["model_options"] = model_options
+    samples = k_diffusion_sampling.sample_euler(model, x, sigmas, extra_args=extra_args, callback=callback,
+                                                disable=disable)
+    if draft is not None and draft.shape[-2:] == samples.shape[-2:]:
+        keep = state.untouched_pixels(dit.grid(samples)).to(samples.device)
+        samples = torch.where(keep, draft.to(samples), samples)  # 0-step regions: exactly the draft
+    logging.info("DiffuGAN region-adaptive sampling: %d steps, %.1f%% of token evaluations, transformer FLOPs "
+                 "%.3g of %.3g dense (%.2fx fewer)", steps, 100 * state.evaluated_tokens / max(state.total_tokens, 1),
+                 state.flops, state.dense_flops, state.dense_flops / max(state.flops, 1))
+    return samples
+
+
+def _level_map(mask: torch.Tensor) -> torch.Tensor:
+    if mask.ndim == 2:
+        mask = mask[None]
+    if not torch.isfinite(mask).all():
+        raise ValueError("DiffuGAN Region-Adaptive Sampler: 'importance' contains NaN/inf values")
+    return mask[:, None].float().clamp(0, 1)  # (B, 1, H, W)
+
+
+REGION_INPUTS = [
+    io.Mask.Input("importance", tooltip="Where detail matters (0..1), e.g. from DiffuGAN Importance or its Budget "
+                                        "node: 1 gets every step, 0 gets min_steps."),
+    io.Int.Input("min_steps", default=0, min=0, max=1000,
+                 tooltip="Steps for the least important regions; 0 leaves them exactly as the draft."),
+    io.Int.Input("border", default=1, min=0, max=8,
+                 tooltip="Grow important regions by this many tokens so their edges get the same steps."),
+    io.Int.Input("dense_every", default=0, min=0, max=1000,
+                 tooltip="Every N steps evaluate all tokens (refreshes the cached context); 0 = only the first."),
+]
+
+
+class RegionSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DiffuGANRegionSampler",
+            display_name="DiffuGAN Region-Adaptive Sampler",
+            category="DiffuGAN/DiT",
+            description=("A SAMPLER for SamplerCustomAdvanced with a DiffuGAN DiT: Euler steps where each region gets "
+                         "its own step count from the importance map (the SIGMAS give the most steps). The "
+                         "transformer only computes the tokens whose step it is; others keep their last prediction "
+                         "and serve as attention context through cached keys/values. All tokens share one noise "
+                         "level at every step, so region borders get no noise seams."),
+            inputs=list(REGION_INPUTS),
+            outputs=[io.Sampler.Output(display_name="sampler")],
+        )
+
+    @classmethod
+    def execute(cls, importance, min_steps, border, dense_every) -> io.NodeOutput:
+        return io.NodeOutput(comfy.samplers.KSAMPLER(region_adaptive_euler, extra_options={
+            "importance": _level_map(importance), "min_steps": min_steps, "border": border,
+            "dense_every": dense_every}))
+
+
+class DiTRefine(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DiffuGANDiTRefine",
+            display_name="DiffuGAN DiT Refine",
+            category="DiffuGAN/DiT",
+            description=("Refines a draft latent (VAEEncode of the StyleGAN draft) with a DiT: important regions get "
+                         "up to max_steps, the rest as few as min_steps (0 = untouched), and compute falls with the "
+                         "number of active tokens. strength = how much noise is added (img2img denoise)."),
+            inputs=[
+                io.Model.Input("model"),
+                io.Conditioning.Input("positive"),
+                io.Conditioning.Input("negative"),
+                io.Latent.Input("latent"),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
+                io.Int.Input("max_steps", default=20, min=1, max=1000),
+                io.Float.Input("strength", default=0.6, min=0.0, max=1.0, step=0.01),
+                io.Float.Input("cfg", default=4.0, min=0.0, max=30.0, step=0.1),
+                io.Combo.Input("scheduler", options=list(comfy.samplers.SCHEDULER_NAMES), default="normal"),
+                *REGION_INPUTS,
+            ],
+            outputs=[io.Latent.Output(display_name="latent")],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, latent, seed, max_steps, strength, cfg, scheduler, importance,
+                min_steps, border, dense_every) -> io.NodeOutput:
+        if strength <= 0:
+            return io.NodeOutput(latent)
+        total = int(max_steps / strength) if strength < 1 else max_steps
+        sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, total).cpu()
+        sigmas = sigmas[-(max_steps + 1):]
+        sampler = comfy.samplers.KSAMPLER(region_adaptive_euler, extra_options={
+            "importance": _level_map(importance), "min_steps": min(min_steps, max_steps), "border": border,
+            "dense_every": dense_every})
+        latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+        noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
+        callback = latent_preview.prepare_callback(model, max_steps)
+        samples = comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, latent_image,
+                                             noise_mask=latent.get("noise_mask"), callback=callback,
+                                             disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+        out = dict(latent)
+        out["samples"] = samples
+        return io.NodeOutput(out)
+
+
+NODES = [DiTLoader, DiTConditioning, RegionSampler, DiTRefine]

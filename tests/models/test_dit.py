@@ -153,3 +153,53 @@ def test_schedule_is_dits_linear_betas():
     b = dit.linear_betas()
     assert b.shape == (1000,) and float(b[0]) == pytest.approx(1e-4) and float(b[-1]) == pytest.approx(0.02)
     torch.testing.assert_close(b[1] - b[0], b[-1] - b[-2])
+
+
+# --- region-adaptive pieces -----------------------------------------------------------------------------------
+def test_evaluation_schedule_counts_and_spacing():
+    counts = torch.tensor([[0, 1, 3, 5, 8]])
+    sched = dit.evaluation_schedule(counts, 8)[0]  # (K, T)
+    assert sched.sum(0).tolist() == [0, 1, 3, 5, 8]  # each token evaluated exactly n times
+    assert sched[0, 1:].all()  # step 0 evaluates every token that has steps
+    assert sched[:, 2].nonzero()[:, 0].tolist() == [0, 2, 5]  # floor(j * 8 / 3)
+    with pytest.raises(ValueError, match="step counts must be in 0..8"):
+        dit.evaluation_schedule(torch.tensor([[9]]), 8)
+
+
+def test_token_counts_take_the_patch_maximum_and_grow_by_the_border():
+    steps = torch.zeros(1, 1, 8, 8, dtype=torch.long)
+    steps[0, 0, 3, 3] = 6  # one latent pixel inside token (1, 1) of a 4x4 token grid
+    assert dit.token_step_counts(steps, 2, border=0).view(4, 4)[1, 1] == 6
+    assert (dit.token_step_counts(steps, 2, border=0) > 0).sum() == 1
+    grown = dit.token_step_counts(steps, 2, border=1).view(4, 4)
+    assert grown[:3, :3].eq(6).all() and grown[3].eq(0).all()
+
+
+def test_step_counts_from_an_image_sized_map():
+    m = torch.zeros(1, 1, 64, 96)
+    m[..., :32, :] = 1.0
+    counts = dit.step_counts_from_map(m, (8, 12), total_steps=10, min_steps=2)
+    assert counts.shape == (1, 1, 8, 12) and counts[..., :4, :].eq(10).all() and counts[..., 4:, :].eq(2).all()
+    with pytest.raises(ValueError, match="min_steps 11 must be between 0 and the number of steps"):
+        dit.step_counts_from_map(m, (8, 12), 10, 11)
+
+
+def test_subset_pass_with_fresh_cache_equals_dense_at_active_tokens():
+    m = make_dit()
+    x, t, y = torch.randn(2, 4, 8, 12), torch.tensor([5.0, 5.0]), torch.tensor([1, 10])
+    cache = [None] * TINY.depth
+    dense = dit.forward_subset(m, x, t, y, None, None, cache)
+    torch.testing.assert_close(dense, m(x, t, y), rtol=0, atol=0)
+    idx = torch.tensor([0, 3, 5, 20])
+    sub = dit.forward_subset(m, x, t, y, None, idx, cache)
+    mask = dit.token_pixels(torch.zeros(1, 24, dtype=torch.bool).index_fill(1, idx, True), (4, 6), 2)
+    torch.testing.assert_close(sub * mask, dense * mask, rtol=1e-5, atol=1e-5)
+
+
+def test_counted_flops_fall_with_the_active_fraction():
+    cfg = dit.standard_config("DiT-XL/2", 256)
+    dense = dit.transformer_flops(cfg, 256, 256)
+    # The DiT paper reports 118.6 "Gflops" for DiT-XL/2 at 256², counting multiply-adds; we count 2 per MAC.
+    assert abs(dense / 2 / 1e9 - 118.6) < 0.02 * 118.6, dense
+    quarter = dit.transformer_flops(cfg, 64, 256)
+    assert 0.24 < quarter / dense < 0.27  # linear layers dominate; attention keys stay at all 256 tokens
