@@ -69,3 +69,34 @@ def test_sampler_custom_advanced_runs_our_model(server, dit_file):
     }
     out = _latents(server, server.run_prompt(prompt), "9")
     assert out.shape == (2, 4, 8, 12) and torch.isfinite(out).all()
+
+
+def test_region_refine_node_and_region_sampler_on_the_server(server, dit_file):
+    prompt = _common() | {
+        "4": {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 96, "height": 64}},
+        "5": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 32, "height": 32}},
+        "6": {"class_type": "MaskComposite", "inputs": {"destination": ["4", 0], "source": ["5", 0], "x": 32, "y": 16,
+                                                        "operation": "add"}},
+        "7": {"class_type": "DiffuGANDiTRefine", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "negative": ["2", 1], "latent": ["3", 0], "seed": 3,
+            "max_steps": 6, "strength": 1.0, "cfg": 3.0, "scheduler": "normal", "importance": ["6", 0],
+            "min_steps": 1, "border": 0, "dense_every": 0}},
+        "8": {"class_type": "SaveLatent", "inputs": {"samples": ["7", 0], "filename_prefix": "latents/dit_refine"}},
+        "9": {"class_type": "DiffuGANRegionSampler", "inputs": {"importance": ["6", 0], "min_steps": 1, "border": 0,
+                                                                "dense_every": 0}},
+        "10": {"class_type": "CFGGuider", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["2", 1],
+                                                     "cfg": 3.0}},
+        "11": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "normal", "steps": 6,
+                                                          "denoise": 1.0}},
+        "12": {"class_type": "RandomNoise", "inputs": {"noise_seed": 3}},
+        "13": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["12", 0], "guider": ["10", 0],
+                                                                 "sampler": ["9", 0], "sigmas": ["11", 0],
+                                                                 "latent_image": ["3", 0]}},
+        "14": {"class_type": "SaveLatent", "inputs": {"samples": ["13", 0], "filename_prefix": "latents/dit_region"}},
+    }
+    run = server.run_prompt(prompt)
+    refined, custom = _latents(server, run, "8"), _latents(server, run, "14")
+    assert refined.shape == (2, 4, 8, 12) and torch.isfinite(refined).all()
+    torch.testing.assert_close(refined, custom, rtol=0, atol=0)  # the one-node Refine = the SAMPLER route
+    progress = [e["data"] for e in run.events if e["type"] == "progress" and e["data"]["node"] == "7"]
+    assert progress and progress[-1]["value"] == progress[-1]["max"] == 6
