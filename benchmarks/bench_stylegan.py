@@ -33,10 +33,11 @@ CONFIGS = {
 }
 
 
-def measure(G, batch: int, device, reps: int, fp16: bool) -> float:
+def measure(G, batch: int, device, reps: int, fp16: bool, warmup: bool = True) -> float:
     z = sg.z_from_seeds(list(range(batch)), G.z_dim).to(device)
     with torch.inference_mode():
-        G.synthesis(G.mapping(z), fp16=fp16)  # warm-up (allocations, kernel selection)
+        if warmup:  # allocations, kernel selection; negligible beside multi-second CPU runs, so skipped there
+            G.synthesis(G.mapping(z), fp16=fp16)
         if device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
@@ -62,8 +63,9 @@ def main() -> None:
         G = sg.Generator(sg.StyleGANConfig(arch, 512, 0, 512, res, 3, **kw)).eval().requires_grad_(False).to(device)
         params = sum(p.numel() for p in G.parameters())
         for batch in (1, 8):
-            reps = 3 if (res <= 256 or device.type == "cuda") else 1
-            secs = measure(G, batch, device, reps, fp16)
+            small = res <= 256 or device.type == "cuda"
+            reps = 3 if small else 1
+            secs = measure(G, batch, device, reps, fp16, warmup=small)
             row = dict(arch=arch, resolution=res, batch=batch, seconds_per_batch=secs, images_per_second=batch / secs,
                        params_millions=params / 1e6, reps=reps)
             results.append(row)
