@@ -107,6 +107,7 @@ def main() -> None:
     ap.add_argument("--area", type=float, default=0.2, help="fraction of the image marked important")
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--checkpoint", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "region_refine.json")
     args = ap.parse_args()
     torch.manual_seed(0)
     if args.checkpoint:
@@ -161,10 +162,11 @@ def main() -> None:
             print(f"batch {batch} cfg {cfg}: tokens evaluated {100 * row['token_evaluation_fraction']:.1f}%, "
                   f"FLOPs {flops_ratio:.2f}x fewer, wall {t_uniform:.2f}s -> {t_region:.2f}s "
                   f"({row['wall_speedup']:.2f}x); equal-FLOPs uniform = {eq_steps} steps: {t_fewer:.2f}s", flush=True)
-    out = ROOT / "benchmarks" / "results" / "region_refine.json"
+    out = args.out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(dict(
         benchmark="region-adaptive vs uniform DiT refinement", model=args.model, image_size=args.size,
+        command=" ".join(sys.argv),
         weights=weights, strength=args.strength, area=args.area, device="cpu",
         cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(), torch=torch.__version__,
         quality=("latent-space PSNR vs the full-step uniform reference is reported per row but means nothing with "
