@@ -77,26 +77,40 @@ def main() -> None:
                 sg.FAST_RESAMPLING = True
                 results.append(dict(row, resampling="naive", seconds_per_batch=naive, images_per_second=1 / naive))
                 print(f"{arch:9s} {res:5d}² batch 1, naive resampling: {1 / naive:8.3f} img/s", flush=True)
+            write(results, device, fp16, complete=False)
         del G
+    write(results, device, fp16, complete=True)
+
+
+def ratios_of(results: list[dict]) -> dict:
     by = {(r["arch"], r["resolution"], r["batch"]): r["images_per_second"] for r in results if "resampling" not in r}
     naive = {r["arch"]: r["images_per_second"] for r in results if r.get("resampling") == "naive"}
     ratios = {f"{arch}_256_fast_over_naive_resampling": by[(arch, 256, 1)] / v for arch, v in naive.items()}
-    for res in sorted({r["resolution"] for r in results}):
-        for b in (1, 8):
-            ratios[f"sg2_over_sg3_{res}_b{b}"] = by[("stylegan2", res, b)] / by[("stylegan3", res, b)]
-        for arch in ("stylegan2", "stylegan3"):
-            ratios[f"{arch}_{res}_batch8_over_batch1"] = by[(arch, res, 8)] / by[(arch, res, 1)]
-    print("\nratios (same run):")
-    for k, v in ratios.items():
-        print(f"  {k:32s} {v:6.2f}x")
+    for (arch, res, b), v in by.items():
+        other = "stylegan3" if arch == "stylegan2" else None
+        if other and (other, res, b) in by:
+            ratios[f"sg2_over_sg3_{res}_b{b}"] = v / by[(other, res, b)]
+        if b == 8 and (arch, res, 1) in by:
+            ratios[f"{arch}_{res}_batch8_over_batch1"] = v / by[(arch, res, 1)]
+    return ratios
+
+
+def write(results: list[dict], device, fp16: bool, complete: bool) -> None:
+    """Written after every case, so an interrupted run still leaves its measured rows."""
+    ratios = ratios_of(results)
+    if complete:
+        print("\nratios (same run):")
+        for k, v in ratios.items():
+            print(f"  {k:38s} {v:6.2f}x")
     out = ROOT / "benchmarks" / "results" / "stylegan.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     out.write_text(json.dumps(dict(
-        benchmark="stylegan throughput", device=str(device), device_name=(torch.cuda.get_device_name(device)
-                                                                          if device.type == "cuda" else platform.processor() or platform.machine()),
+        benchmark="stylegan throughput", complete=complete, device=str(device), device_name=name,
         torch=torch.__version__, threads=torch.get_num_threads(), fp16=fp16, weights="random (architecture-sized)",
         results=results, ratios=ratios), indent=2) + "\n")
-    print(f"wrote {out.relative_to(ROOT)}")
+    if complete:
+        print(f"wrote {out.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":
