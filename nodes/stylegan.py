@@ -69,21 +69,11 @@ def _render(model: StyleGANModel, ws: torch.Tensor, noise_mode: str, seed: int) 
     for i in range(0, ws.shape[0], CHUNK):
         mm.throw_exception_if_processing_interrupted()
         chunk = ws[i:i + CHUNK].to(device)
-        noise_gen = gen if noise_mode == "random" else None
-        with torch.inference_mode():
-            if noise_gen is not None:  # random noise drawn on CPU for determinism across devices
-                img = _render_random_noise(G, chunk, noise_gen, fp16)
-            else:
-                img = G.synthesis(chunk, noise_mode=noise_mode, fp16=fp16)
+        with torch.inference_mode():  # random noise is drawn on CPU from the seed: the same on every device
+            img = G.synthesis(chunk, noise_mode=noise_mode, generator=gen, fp16=fp16)
         out.append(_to_image(img))
         pbar.update(chunk.shape[0])
     return torch.cat(out)
-
-
-def _render_random_noise(G, ws, gen, fp16):
-    if G.config.arch == "stylegan2":
-        return G.synthesis(ws, noise_mode="random", generator=gen, fp16=fp16)
-    return G.synthesis(ws, fp16=fp16)  # StyleGAN3 has no noise inputs
 
 
 def _w_payload(model: StyleGANModel, ws: torch.Tensor) -> dict:
