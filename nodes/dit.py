@@ -1,4 +1,5 @@
-"""DiT refiner nodes (category DiffuGAN/DiT): a facebookresearch DiT as a stock ComfyUI MODEL, and its conditioning.
+"""DiT refiner nodes (category DiffuGAN/DiT): a facebookresearch DiT as a stock ComfyUI MODEL, its conditioning,
+and region-adaptive refinement (a SAMPLER for SamplerCustomAdvanced and a one-node Refine).
 
 The MODEL speaks SD1 latents (4 channels, scale 0.18215: DiT's VAE is the SD VAE) and DiT's discrete schedule
 (linear β 1e-4…0.02, 1000 steps), predicting ε. DiT's learned-variance channels are dropped: ComfyUI's samplers
@@ -12,19 +13,18 @@ import logging
 import torch
 from comfy_api.latest import io
 
-import comfy.k_diffusion.sampling as k_diffusion_sampling
-import comfy.sample
-import comfy.samplers
-import comfy.utils
-import latent_preview
-
 import comfy.conds
+import comfy.k_diffusion.sampling as k_diffusion_sampling
 import comfy.latent_formats
 import comfy.model_base
 import comfy.model_management as mm
 import comfy.model_patcher
+import comfy.sample
+import comfy.samplers
 import comfy.supported_models_base
+import comfy.utils
 import folder_paths
+import latent_preview
 
 from ..models import dit as dit_model
 from ._common import missing_model_message, model_file_or_error, node_errors, register_model_folder
