@@ -33,19 +33,34 @@ CONFIGS = {
 }
 
 
-def measure(G, batch: int, device, reps: int, fp16: bool, warmup: bool = True) -> float:
+def free_bytes(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def generate(G, z, fp16: bool, chunk: int) -> None:
+    """As the Generate node does: synthesis in chunks sized to the free memory."""
+    for i in range(0, z.shape[0], chunk):
+        G.synthesis(G.mapping(z[i:i + chunk], truncation_psi=0.7), fp16=fp16)
+
+
+def measure(G, batch: int, device, reps: int, fp16: bool, warmup: bool = True) -> tuple[float, int]:
     z = sg.z_from_seeds(list(range(batch)), G.z_dim).to(device)
+    chunk = sg.images_per_chunk(G.config, free_bytes(device))
     with torch.inference_mode():
         if warmup:  # allocations, kernel selection; negligible beside multi-second CPU runs, so skipped there
-            G.synthesis(G.mapping(z), fp16=fp16)
+            generate(G, z, fp16, chunk)
         if device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
         for _ in range(reps):
-            G.synthesis(G.mapping(z, truncation_psi=0.7), fp16=fp16)
+            generate(G, z, fp16, chunk)
         if device.type == "cuda":
             torch.cuda.synchronize()
-    return (time.perf_counter() - t) / reps
+    return (time.perf_counter() - t) / reps, min(chunk, batch)
 
 
 def main() -> None:
@@ -65,15 +80,15 @@ def main() -> None:
         for batch in (1, 8):
             small = res <= 256 or device.type == "cuda"
             reps = 3 if small else 1
-            secs = measure(G, batch, device, reps, fp16, warmup=small)
+            secs, chunk = measure(G, batch, device, reps, fp16, warmup=small)
             row = dict(arch=arch, resolution=res, batch=batch, seconds_per_batch=secs, images_per_second=batch / secs,
-                       params_millions=params / 1e6, reps=reps)
+                       params_millions=params / 1e6, reps=reps, images_per_forward=chunk)
             results.append(row)
             print(f"{arch:9s} {res:5d}² batch {batch}: {batch / secs:8.3f} img/s  ({secs:.3f} s/batch, "
-                  f"{params / 1e6:.1f}M params)", flush=True)
+                  f"{chunk} per forward, {params / 1e6:.1f}M params)", flush=True)
             if res == 256 and batch == 1:  # the naive resampling path, side by side
                 sg.FAST_RESAMPLING = False
-                naive = measure(G, batch, device, reps, fp16)
+                naive, _ = measure(G, batch, device, reps, fp16)
                 sg.FAST_RESAMPLING = True
                 results.append(dict(row, resampling="naive", seconds_per_batch=naive, images_per_second=1 / naive))
                 print(f"{arch:9s} {res:5d}² batch 1, naive resampling: {1 / naive:8.3f} img/s", flush=True)

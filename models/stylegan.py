@@ -613,3 +613,15 @@ def mix_styles(ws_a: torch.Tensor, ws_b: torch.Tensor, start: int, end: int) -> 
     out = ws_a.clone()
     out[:, start:end] = ws_b[:, start:end]
     return out
+
+
+# Peak activation memory per output pixel during synthesis (float32, inference), measured order of magnitude with
+# a 2x safety margin: StyleGAN3 keeps 2x-upsampled feature maps inside its alias-free nonlinearities.
+BYTES_PER_PIXEL = {"stylegan2": 2048, "stylegan3": 8192}
+
+
+def images_per_chunk(config: StyleGANConfig, free_bytes: float, most: int = 8) -> int:
+    """How many images to synthesise at once so that activations fit in half of `free_bytes` (1 at least).
+    A 1024² StyleGAN3 batch of 8 needs tens of GB on a CPU; generated one by one it fits."""
+    per_image = BYTES_PER_PIXEL[config.arch] * config.img_resolution ** 2
+    return int(max(1, min(most, free_bytes * 0.5 // per_image)))

@@ -66,9 +66,10 @@ def _render(model: StyleGANModel, ws: torch.Tensor, noise_mode: str, seed: int) 
     pbar = comfy.utils.ProgressBar(ws.shape[0])
     out = []
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    for i in range(0, ws.shape[0], CHUNK):
+    step = sg.images_per_chunk(G.config, mm.get_free_memory(device), most=CHUNK)  # big StyleGAN3s: one at a time
+    for i in range(0, ws.shape[0], step):
         mm.throw_exception_if_processing_interrupted()
-        chunk = ws[i:i + CHUNK].to(device)
+        chunk = ws[i:i + step].to(device)
         with torch.inference_mode():  # random noise is drawn on CPU from the seed: the same on every device
             img = G.synthesis(chunk, noise_mode=noise_mode, generator=gen, fp16=fp16)
         out.append(_to_image(img))
