@@ -93,7 +93,10 @@ class DiTModel(comfy.model_base.BaseModel):
     def extra_conds(self, **kwargs):
         out = super().extra_conds(**kwargs)
         config = self.diffusion_model.dit.config
-        label = kwargs.get("dit_label", NULL_LABEL)
+        if "dit_label" not in kwargs:
+            raise ValueError("a DiffuGAN DiT needs its conditioning from 'DiffuGAN DiT Conditioning' (class label); "
+                             "this conditioning came from another node (e.g. CLIPTextEncode), which a DiT cannot read")
+        label = kwargs["dit_label"]
         if label == NULL_LABEL:
             label = config.null_class
         elif not 0 <= label < config.num_classes:

@@ -85,3 +85,9 @@ def test_label_out_of_range_is_a_clear_error(comfy, run_node, model):
 def test_missing_file_names_the_folder(comfy, dit_file):
     msg = comfy.NODE_CLASS_MAPPINGS["DiffuGANDiTLoader"].validate_inputs(ckpt_name="DiT-XL-2-256x256.pt", num_heads=0)
     assert "DiT checkpoint 'DiT-XL-2-256x256.pt' not found. Put it in the 'dit' model folder" in msg
+
+
+def test_conditioning_from_another_node_is_refused(comfy, model):
+    text_cond = [[torch.zeros(1, 77, 768), {"pooled_output": torch.zeros(1, 768)}]]  # what CLIPTextEncode gives
+    with pytest.raises(ValueError, match="needs its conditioning from 'DiffuGAN DiT Conditioning'"):
+        _sample(comfy, model, text_cond, text_cond, cfg=2.0)
