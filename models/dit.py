@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SD_LATENT_SCALE = 0.18215
 NUM_TIMESTEPS = 1000
 BETA_START, BETA_END = 1e-4, 0.02
 

@@ -220,6 +220,12 @@ def _level_map(mask: torch.Tensor) -> torch.Tensor:
     return mask[:, None].float().clamp(0, 1)  # (B, 1, H, W)
 
 
+def region_sampler(importance: torch.Tensor, min_steps: int, border: int, dense_every: int):
+    """The SAMPLER object both region nodes use."""
+    return comfy.samplers.KSAMPLER(region_adaptive_euler, extra_options={
+        "importance": _level_map(importance), "min_steps": min_steps, "border": border, "dense_every": dense_every})
+
+
 REGION_INPUTS = [
     io.Mask.Input("importance", tooltip="Where detail matters (0..1), e.g. from DiffuGAN Importance or its Budget "
                                         "node: 1 gets every step, 0 gets min_steps."),
@@ -250,9 +256,7 @@ class RegionSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, importance, min_steps, border, dense_every) -> io.NodeOutput:
-        return io.NodeOutput(comfy.samplers.KSAMPLER(region_adaptive_euler, extra_options={
-            "importance": _level_map(importance), "min_steps": min_steps, "border": border,
-            "dense_every": dense_every}))
+        return io.NodeOutput(region_sampler(importance, min_steps, border, dense_every))
 
 
 class DiTRefine(io.ComfyNode):
@@ -288,9 +292,7 @@ class DiTRefine(io.ComfyNode):
         total = int(max_steps / strength) if strength < 1 else max_steps
         sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, total).cpu()
         sigmas = sigmas[-(max_steps + 1):]
-        sampler = comfy.samplers.KSAMPLER(region_adaptive_euler, extra_options={
-            "importance": _level_map(importance), "min_steps": min(min_steps, max_steps), "border": border,
-            "dense_every": dense_every})
+        sampler = region_sampler(importance, min(min_steps, max_steps), border, dense_every)
         latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
         noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
         callback = latent_preview.prepare_callback(model, max_steps)
