@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import dit, importance, stylegan
+from . import clip_style, dit, importance, stylegan
 
-STAGES = [stylegan, importance, dit]
+STAGES = [clip_style, stylegan, importance, dit]
 
 
 def all_nodes() -> list[type[io.ComfyNode]]:

@@ -54,7 +54,7 @@ def model_file_or_error(folder: str, file_name: str, node: str, what: str) -> st
         places = ", ".join(folder_paths.get_folder_paths(folder))
         available = folder_paths.get_filename_list(folder)
         raise ValueError(
-            f"{node}: {what} '{file_name}' not found. Put it in the '{folder}' model folder ({places})"
+            (f"{node}: " if node else "") + f"{what} '{file_name}' not found. Put it in the '{folder}' model folder ({places})"
             + (f"; found there: {', '.join(available[:10])}" if available else "; that folder is empty")
         )
     return path
@@ -66,4 +66,4 @@ def missing_model_message(folder: str, file_name: str, what: str) -> str | bool:
         model_file_or_error(folder, file_name, "", what)
         return True
     except ValueError as e:
-        return str(e).lstrip(": ")
+        return str(e)
