@@ -203,12 +203,11 @@ class StyleCLIP(nn.Module):
         self.embed_dim = int(model_cfg["embed_dim"])
         self.identity = identity or f"{arch} (untrained)"
 
-    @property
-    def device(self) -> torch.device:
+    def weights_device(self) -> torch.device:  # not `device`: ComfyUI's ModelPatcher sets that attribute
         return next(self.clip.parameters()).device
 
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        tokens = self.tokenizer(list(texts)).to(self.device)
+        tokens = self.tokenizer(list(texts)).to(self.weights_device())
         return F.normalize(self.clip.encode_text(tokens).float(), dim=-1)
 
     def pixels(self, images: torch.Tensor) -> torch.Tensor:
@@ -227,7 +226,7 @@ class StyleCLIP(nn.Module):
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) RGB in 0..1 -> (N, D) unit embeddings."""
-        x = self.pixels(images.to(self.device))
+        x = self.pixels(images.to(self.weights_device()))
         dtype = next(self.clip.visual.parameters()).dtype
         return F.normalize(self.clip.encode_image(x.to(dtype)).float(), dim=-1)
 
@@ -372,20 +371,33 @@ def clip_guided_delta(G: nn.Module, clip: StyleCLIP, ws: torch.Tensor, target: t
                       on_step: Callable[[int, float], None] | None = None) -> torch.Tensor:
     """StyleCLIP latent optimisation: the W+ offset minimising 1 - cos(CLIP(G(ws + delta)), target) +
     tether * mean(delta^2), by Adam from delta = 0. `on_step(i, loss)` reports progress and may raise to cancel.
-    Returns delta (N, num_ws, w_dim); the caller scales it by strength."""
-    ws = ws.detach().float()
-    delta = torch.zeros_like(ws, requires_grad=True)
-    opt = torch.optim.Adam([delta], lr=lr)
-    for i in range(steps):
-        with torch.enable_grad():
+    Returns delta (N, num_ws, w_dim); the caller scales it by strength. Works when called under
+    torch.inference_mode (as ComfyUI runs nodes): models and inputs made there are copied for autograd."""
+    with torch.inference_mode(False), torch.enable_grad():
+        G, clip = autograd_ready(G), autograd_ready(clip)
+        ws, target = ws.detach().float().clone(), target.detach().float().clone()
+        delta = torch.zeros_like(ws, requires_grad=True)
+        opt = torch.optim.Adam([delta], lr=lr)
+        for i in range(steps):
             sim = clip_similarity(G, clip, ws + delta, target, noise_mode)
             loss = (1 - sim).mean() + tether * delta.pow(2).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
-        opt.step()
-        if on_step is not None:
-            on_step(i, float(loss))
+            opt.step()
+            if on_step is not None:
+                on_step(i, float(loss.detach()))
     return delta.detach()
+
+
+def autograd_ready(module: nn.Module) -> nn.Module:
+    """The module itself, or a copy when its weights are inference tensors (created under torch.inference_mode),
+    which autograd cannot save for backward even when they need no gradient."""
+    if not any(t.is_inference() for t in list(module.parameters()) + list(module.buffers())):
+        return module
+    import copy
+
+    with torch.inference_mode(False):
+        return copy.deepcopy(module)
 
 
 @dataclass

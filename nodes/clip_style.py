@@ -98,7 +98,7 @@ class CLIPLoader(io.ComfyNode):
     def execute(cls, ckpt_name, architecture) -> io.NodeOutput:
         name = "DiffuGAN CLIP Style Loader"
         path = model_file_or_error(FOLDER, ckpt_name, name, "CLIP checkpoint")
-        with node_errors(name):
+        with node_errors(name), torch.inference_mode(False):  # plain tensors: style injection backpropagates
             model = cs.load_clip(path, architecture)
         patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
                                                    offload_device=mm.unet_offload_device())

@@ -118,7 +118,7 @@ class StyleGANLoader(io.ComfyNode):
     def execute(cls, ckpt_name) -> io.NodeOutput:
         name = "DiffuGAN StyleGAN Loader"
         path = model_file_or_error(FOLDER, ckpt_name, name, "StyleGAN checkpoint")
-        with node_errors(name):
+        with node_errors(name), torch.inference_mode(False):  # plain tensors: style injection backpropagates
             G = sg.load_stylegan(path)
         patcher = comfy.model_patcher.ModelPatcher(G, load_device=mm.get_torch_device(),
                                                    offload_device=mm.unet_offload_device())

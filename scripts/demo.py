@@ -6,9 +6,11 @@
 What it runs today (said plainly): only the stages that have landed, and no trained weights yet. The StyleGAN
 workflow runs on a RANDOM-WEIGHT StyleGAN2 (64x64) that this script writes into the demo's models/stylegan folder
 as diffugan-random-stylegan2-64.safetensors: it shows the machinery (seeds, truncation, style mixing, timings), not
-pictures worth keeping. The importance preview gets a procedurally drawn draft with a painted emphasis mask.
-The DiT refiner, CLIP style and ControlNet stages are not in the pack yet; each adds its workflow here as it lands,
-and the model-zoo issue replaces the random generator with trained weights.
+pictures worth keeping. The style workflow steers those drafts toward a prompt with a RANDOM-WEIGHT CLIP of the
+DiffuGAN-CLIP-Demo architecture (diffugan-random-clip-demo.safetensors, in models/clip_style): it exercises CLIP-guided
+W+ optimisation, but an untrained CLIP cannot know what "watercolor" looks like. The importance preview gets a
+procedurally drawn draft with a painted emphasis mask. The ViT ControlNet stage is not in the pack yet; the model-zoo
+issue replaces the random generator and CLIP with trained weights.
 """
 from __future__ import annotations
 
@@ -53,6 +55,18 @@ def write_random_stylegan(path: Path) -> None:
     sg.save_stylegan_safetensors(sg.Generator(cfg), path)
 
 
+def write_random_clip(path: Path) -> None:
+    """A seeded random-weight CLIP of our demo architecture, saved with its config, for the style workflow."""
+    import torch
+
+    from diffugan.models import clip_style as cs
+
+    torch.manual_seed(0)
+    cfg = cs.model_config("DiffuGAN-CLIP-Demo")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cs.save_clip_safetensors(cs.StyleCLIP(cs.build_clip(cfg, path.name), "DiffuGAN-CLIP-Demo", cfg), path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--serve", action="store_true", help="leave ComfyUI running for a browser after the demo")
@@ -72,6 +86,10 @@ def main() -> None:
         if not random_gan.exists():
             write_random_stylegan(random_gan)
             print(f"wrote a RANDOM-WEIGHT StyleGAN2 (no trained weights yet): {random_gan}")
+        random_clip = base / "models" / "clip_style" / "diffugan-random-clip-demo.safetensors"
+        if not random_clip.exists():
+            write_random_clip(random_clip)
+            print(f"wrote a RANDOM-WEIGHT CLIP (no trained weights yet): {random_clip}")
         for api_path in sorted((ROOT / "workflows" / "api").glob("*.json")):
             prompt = json.loads(api_path.read_text())
             t = time.monotonic()

@@ -53,7 +53,7 @@ def test_hub_folder_loads_with_its_config_and_matches_open_clip(hub_file, clip):
         pic = np.asarray(Image.fromarray(pic).resize((160, 96), Image.BILINEAR))  # smooth, so resamplers agree
         transform = open_clip.image_transform(32, is_train=False, mean=PREPROCESS["mean"], std=PREPROCESS["std"])
         theirs = F.normalize(ref.encode_image(transform(Image.fromarray(pic))[None]), dim=-1)
-        ours = clip.encode_images(torch.from_numpy(pic).float().div(255).permute(2, 0, 1)[None])
+        ours = clip.encode_images(torch.from_numpy(pic.copy()).float().div(255).permute(2, 0, 1)[None])
     assert float(ours @ theirs.T) > 0.99
 
 

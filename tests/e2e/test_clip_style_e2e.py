@@ -1,0 +1,61 @@
+"""The shipped style workflow on the real ComfyUI server: CLIP Style Loader -> Style Encode -> StyleGAN draft ->
+CLIP-guided Style Inject, with a tiny CLIP and StyleGAN written in their real formats."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from _harness import ROOT, save_artifact
+from clip_files import make_clip
+from diffugan.models import clip_style as cs
+from diffugan.models import stylegan as sg
+
+WORKFLOW = json.loads((ROOT / "workflows" / "api" / "style_draft.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def models(server):
+    clip_dir = server.base / "models" / "clip_style"
+    clip_dir.mkdir(parents=True, exist_ok=True)
+    clip = cs.StyleCLIP(make_clip(), "tiny-test", json.loads(json.dumps(__import__("clip_files").TINY)))
+    cs.save_clip_safetensors(clip, clip_dir / WORKFLOW["1"]["inputs"]["ckpt_name"])
+    torch.manual_seed(0)
+    cfg = sg.StyleGANConfig("stylegan2", z_dim=32, c_dim=0, w_dim=32, img_resolution=64, img_channels=3,
+                            mapping_kwargs={"num_layers": 2}, synthesis_kwargs={"channel_base": 1024, "channel_max": 64})
+    G = sg.Generator(cfg).eval().requires_grad_(False)
+    sg_dir = server.base / "models" / "stylegan"
+    sg_dir.mkdir(parents=True, exist_ok=True)
+    sg.save_stylegan_safetensors(G, sg_dir / WORKFLOW["3"]["inputs"]["ckpt_name"])
+    return cs.load_clip(clip_dir / WORKFLOW["1"]["inputs"]["ckpt_name"])
+
+
+def _read(path):
+    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).astype(np.float32) / 255).permute(2, 0, 1)
+
+
+def test_style_workflow_steers_drafts_toward_the_prompt(server, models):
+    run = server.run_prompt(WORKFLOW)
+    assert run.ok, run.error()
+    drafts, styled = run.output_images("6"), run.output_images("7")
+    assert len(drafts) == len(styled) == 2
+    target = cs.fuse(torch.cat([models.encode_texts([WORKFLOW["2"]["inputs"]["text"]]).detach()]), [1.0],
+                     models.encode_texts([WORKFLOW["2"]["inputs"]["negative"]]).detach(), [0.5])
+    with torch.no_grad():
+        before = models.encode_images(torch.stack([_read(p) for p in drafts])) @ target
+        after = models.encode_images(torch.stack([_read(p) for p in styled])) @ target
+    assert (after > before).all(), (before, after)  # read back from the saved 8-bit PNGs
+    save_artifact(styled[0], "e2e_style_injected.png")
+    progress = [e["data"] for e in run.events if e["type"] == "progress" and e["data"]["node"] == "5"]
+    assert any(p["value"] == p["max"] == 20 * 2 for p in progress), progress[-3:]  # steps x images
+
+
+def test_missing_mapper_and_clip_files_name_their_folders(server, models):
+    prompt = json.loads(json.dumps(WORKFLOW))
+    prompt["5"]["inputs"].update(mode="mapper", mapper="watercolor.safetensors")
+    prompt["1"]["inputs"]["ckpt_name"] = "ViT-B-32.safetensors"
+    run = server.run_prompt(prompt)
+    assert not run.ok
+    assert "style mapper 'watercolor.safetensors' not found. Put it in the 'diffugan_mappers' model folder" in run.error()
+    assert "CLIP checkpoint 'ViT-B-32.safetensors' not found. Put it in the 'clip_style' model folder" in run.error()
