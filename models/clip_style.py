@@ -439,10 +439,11 @@ def mapper_loss(mapper: StyleMapper, G: nn.Module, clip: StyleCLIP, ws: torch.Te
                 tether: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """StyleCLIP mapper objective on a batch: 1 - cos(CLIP(G(w + M(t, w))), t) + tether * mean((delta/std)^2).
     Returns (loss, per-image similarity)."""
-    delta = mapper(targets, ws)
+    delta = mapper(targets, ws)  # `mapper` may be wrapped in DistributedDataParallel
     emb = clip.encode_images(render_for_clip(G, ws + delta))
     sim = (emb * F.normalize(targets.float(), dim=-1)).sum(-1)
-    return (1 - sim).mean() + tether * (delta / mapper.w_std).pow(2).mean(), sim.detach()
+    std = getattr(mapper, "module", mapper).w_std
+    return (1 - sim).mean() + tether * (delta / std).pow(2).mean(), sim.detach()
 
 
 def w_statistics(G: nn.Module, n: int = 2000, seed: int = 0, truncation_psi: float = 1.0) -> tuple[torch.Tensor,

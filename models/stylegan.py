@@ -536,6 +536,12 @@ def build_generator(config: StyleGANConfig, source: str) -> Generator:
         raise CheckpointError(f"{source}: unsupported {config.arch} variant ({e}); supported: {SUPPORTED}") from None
 
 
+def describe(G: "Generator", name: str) -> str:
+    """Identity of a generator as W+ payloads and style mappers record it: file name plus the W+ shape."""
+    c = G.config
+    return f"{name} ({c.arch}, {c.img_resolution}px, num_ws={G.num_ws}, w_dim={c.w_dim})"
+
+
 def load_stylegan(path, device: str | torch.device = "cpu") -> Generator:
     """Load a generator from an NVIDIA `.pkl` or a DiffuGAN `.safetensors`, strictly, without executing code."""
     from pathlib import Path

@@ -28,6 +28,7 @@ import latent_preview
 
 from ..models import dit as dit_model
 from ._common import missing_model_message, model_file_or_error, node_errors, register_model_folder
+from .clip_style import StyleType
 
 FOLDER = "dit"
 register_model_folder(FOLDER, {".pt", ".pth", ".safetensors"})
@@ -105,6 +106,12 @@ class DiTModel(comfy.model_base.BaseModel):
         out["y"] = comfy.conds.CONDRegular(torch.tensor([label], dtype=torch.long))
         style = kwargs.get("dit_style")
         if style is not None:
+            if config.style_dim == 0:
+                raise ValueError("this DiT was not trained with style conditioning: disconnect 'style' from "
+                                 "'DiffuGAN DiT Conditioning' or load a DiT trained with it")
+            if style.shape[-1] != config.style_dim:
+                raise ValueError(f"the style embedding has {style.shape[-1]} dimensions but this DiT expects "
+                                 f"{config.style_dim}: encode the style with the CLIP the DiT was trained with")
             out["style"] = comfy.conds.CONDRegular(style)
         return out
 
@@ -150,9 +157,12 @@ class DiTLoader(io.ComfyNode):
         return io.NodeOutput(dit_to_comfy_model(dit))
 
 
-def _conditioning(label: int) -> list:
+def _conditioning(label: int, style=None) -> list:
     # The cross-attention tensor is unused by DiT but part of every CONDITIONING entry.
-    return [[torch.zeros(1, 1, 1), {"dit_label": label}]]
+    extra = {"dit_label": label}
+    if style is not None:
+        extra["dit_style"] = style.embedding.float().view(1, -1)
+    return [[torch.zeros(1, 1, 1), extra]]
 
 
 class DiTConditioning(io.ComfyNode):
@@ -164,14 +174,18 @@ class DiTConditioning(io.ComfyNode):
             category="DiffuGAN/DiT",
             description=("Class conditioning for a DiT as stock CONDITIONING: positive = the class (ImageNet index for "
                          "the released models, e.g. 207 golden retriever), negative = the null class for "
-                         "classifier-free guidance. class_label -1 makes both unconditional."),
-            inputs=[io.Int.Input("class_label", default=0, min=-1, max=100000)],
+                         "classifier-free guidance. class_label -1 makes both unconditional. An optional style "
+                         "(DiffuGAN Style Encode) conditions DiTs trained with it."),
+            inputs=[io.Int.Input("class_label", default=0, min=-1, max=100000),
+                    StyleType.Input("style", optional=True,
+                                    tooltip="For DiTs trained with style conditioning: the positive side gets the "
+                                            "style, the negative side none, so CFG pushes toward the style.")],
             outputs=[io.Conditioning.Output(display_name="positive"), io.Conditioning.Output(display_name="negative")],
         )
 
     @classmethod
-    def execute(cls, class_label) -> io.NodeOutput:
-        return io.NodeOutput(_conditioning(class_label), _conditioning(NULL_LABEL))
+    def execute(cls, class_label, style=None) -> io.NodeOutput:
+        return io.NodeOutput(_conditioning(class_label, style), _conditioning(NULL_LABEL))
 
 
 # --------------------------------------------------------------------------------------------------------------

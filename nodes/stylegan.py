@@ -42,8 +42,7 @@ class StyleGANModel:
 
     @property
     def identity(self) -> str:
-        c = self.generator.config
-        return f"{self.name} ({c.arch}, {c.img_resolution}px, num_ws={self.generator.num_ws}, w_dim={c.w_dim})"
+        return sg.describe(self.generator, self.name)
 
 
 def _load_on_device(model: StyleGANModel) -> tuple[sg.Generator, torch.device, bool]:

@@ -91,3 +91,31 @@ def test_conditioning_from_another_node_is_refused(comfy, model):
     text_cond = [[torch.zeros(1, 77, 768), {"pooled_output": torch.zeros(1, 768)}]]  # what CLIPTextEncode gives
     with pytest.raises(ValueError, match="needs its conditioning from 'DiffuGAN DiT Conditioning'"):
         _sample(comfy, model, text_cond, text_cond, cfg=2.0)
+
+
+def test_style_conditioning_reaches_a_dit_trained_with_it(comfy, run_node, model):
+    import folder_paths
+
+    from diffugan.models import clip_style as cs
+
+    cfg = dit.DiTConfig(depth=2, hidden_size=96, num_heads=3, patch_size=2, num_classes=10, input_size=8, style_dim=32)
+    torch.manual_seed(1)
+    styled = dit.DiT(cfg).eval()
+    with torch.no_grad():
+        for name, p in styled.named_parameters():
+            if name != "pos_embed":
+                p.add_(torch.randn_like(p) * 0.05)
+    dit.save_dit_safetensors(styled, os.path.join(folder_paths.get_folder_paths("dit")[0], "styled-dit.safetensors"))
+    styled_model = run_node("DiffuGANDiTLoader", ckpt_name="styled-dit.safetensors", num_heads=0).args[0]
+    style = cs.StyleEmbedding(torch.nn.functional.normalize(torch.randn(32), dim=0), "test #0", [])
+    pos, neg = run_node("DiffuGANDiTConditioning", class_label=3, style=style).args
+    plain_pos, _ = run_node("DiffuGANDiTConditioning", class_label=3).args
+    assert "dit_style" in pos[0][1] and "dit_style" not in neg[0][1]
+    with_style = _sample(comfy, styled_model, pos, neg, cfg=3.0, batch=2)
+    assert not torch.allclose(with_style, _sample(comfy, styled_model, plain_pos, neg, cfg=3.0, batch=2))
+    with pytest.raises(ValueError, match="this DiT was not trained with style conditioning"):
+        _sample(comfy, model, pos, neg, cfg=2.0)
+    short = cs.StyleEmbedding(torch.ones(16) / 4, "test #0", [])
+    pos16, _ = run_node("DiffuGANDiTConditioning", class_label=3, style=short).args
+    with pytest.raises(ValueError, match="the style embedding has 16 dimensions but this DiT expects 32"):
+        _sample(comfy, styled_model, pos16, neg, cfg=2.0)
