@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,11 @@ from torch import nn
 
 NUM_TIMESTEPS = 1000
 BETA_START, BETA_END = 1e-4, 0.02
+
+
+# A ControlNet hook: (embedded tokens (N, T, D), adaLN conditioning (N, D), token grid) -> residuals for the
+# outputs of the first blocks, or None.
+Control = Callable[[torch.Tensor, torch.Tensor, tuple[int, int]], "list[torch.Tensor] | None"]
 
 
 @dataclass(frozen=True)
@@ -268,14 +274,18 @@ class DiT(nn.Module):
         return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], c, gh * p, gw * p)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
-                style: torch.Tensor | None = None) -> torch.Tensor:
+                style: torch.Tensor | None = None, control: Control | None = None) -> torch.Tensor:
         """(N, C, H, W) -> (N, out_channels, H, W): predicted noise (first C channels) and, with learn_sigma,
-        the variance interpolation (last C)."""
+        the variance interpolation (last C). `control(tokens, c, grid)` may return residuals for the first blocks
+        (a ControlNet)."""
         gh, gw = self.grid(x)
         tokens = self.embed(x)  # (N, T, D)
         c = self.conditioning(t, y, style)  # (N, D)
-        for block in self.blocks:
+        residuals = control(tokens, c, (gh, gw)) if control is not None else None
+        for layer, block in enumerate(self.blocks):
             tokens = block(tokens, c)
+            if residuals is not None and layer < len(residuals):
+                tokens = tokens + residuals[layer]
         return self.unpatchify(self.final_layer(tokens, c), gh, gw)
 
 
@@ -456,17 +466,20 @@ def _block_subset(block: DiTBlock, x: torch.Tensor, c: torch.Tensor, idx: torch.
 
 
 def forward_subset(model: DiT, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, style: torch.Tensor | None,
-                   idx: torch.Tensor | None, cache: list) -> torch.Tensor:
+                   idx: torch.Tensor | None, cache: list, control: Control | None = None) -> torch.Tensor:
     """The DiT on the tokens `idx` only (None = all tokens, which also fills `cache`), for rows sharing one
     token set. x (R, C, H, W) -> (R, C_out, H, W); outside the active tokens the output is zero (not computed).
     With idx None this is exactly `DiT.forward`."""
     gh, gw = model.grid(x)
     tokens = model.embed(x)  # (R, T, D); the patch embedding is cheap and keeps positions simple
+    c = model.conditioning(t, y, style)
+    residuals = control(tokens, c, (gh, gw)) if control is not None else None  # on all tokens: it has its own budget
     if idx is not None:
         tokens = tokens[:, idx]  # (R, A, D)
-    c = model.conditioning(t, y, style)
     for layer, block in enumerate(model.blocks):
         tokens = _block_subset(block, tokens, c, idx, cache, layer)
+        if residuals is not None and layer < len(residuals):
+            tokens = tokens + (residuals[layer] if idx is None else residuals[layer][:, idx])
     out = model.final_layer(tokens, c)  # (R, A, p*p*C_out)
     if idx is not None:
         full = out.new_zeros(out.shape[0], gh * gw, out.shape[-1])

@@ -137,7 +137,7 @@ def main() -> None:
         mapper.load_state_dict(state["mapper"])
         opt.load_state_dict(state["opt"])
         start, log = state["step"], json.loads(state["log"])
-        print(f"resumed at step {start}")
+        print(f"resumed at step {start}", flush=True)
     model = torch.nn.parallel.DistributedDataParallel(mapper) if distributed else mapper
     gen = torch.Generator().manual_seed(args.seed * 1000 + rank + start)
 
@@ -157,8 +157,9 @@ def main() -> None:
         if rank == 0 and (step % args.eval_every == 0 or step == args.steps):
             ev = {"step": step, **evaluate(mapper, G, clip, held, prompts_emb, text_ws)}
             log["evals"].append(ev)
-            print(f"step {step}: loss {log['curve'][-1][1]:.4f} " +
-                  " ".join(f"{k} {v:.4f}" for k, v in ev.items() if k != "step") + f" ({time.time() - t0:.0f}s)")
+            print(f"step {step}: loss {float(loss):.4f} " +
+                  " ".join(f"{k} {v:.4f}" for k, v in ev.items() if k != "step") + f" ({time.time() - t0:.0f}s)",
+                  flush=True)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"mapper": mapper.state_dict(), "opt": opt.state_dict(), "step": step,
                         "log": json.dumps(log)}, state_path)

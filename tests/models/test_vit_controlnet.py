@@ -1,0 +1,196 @@
+"""Adaptive ViT ControlNet: identity guarantees, token budget, layer scale, strict loading, DiT compatibility."""
+import pytest
+import torch
+
+from diffugan.models import checkpoints as ck
+from diffugan.models import dit
+from diffugan.models import vit_controlnet as vc
+
+CFG = dit.DiTConfig(depth=4, hidden_size=64, num_heads=4, patch_size=2, num_classes=10, input_size=16)
+
+
+def _dit(seed=0):
+    torch.manual_seed(seed)
+    m = dit.DiT(CFG).eval()
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name != "pos_embed":
+                p.add_(torch.randn_like(p) * 0.05)
+    return m
+
+
+def _trained_like(net, seed=1):
+    """Non-zero projections, as after training."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for layer in [net.before_proj, *net.after_proj]:
+            layer.weight.normal_(0, 0.05)
+            layer.bias.normal_(0, 0.01)
+        net.layer_gain.uniform_(0.5, 1.5)
+    return net
+
+
+def _inputs(n=2, h=16, w=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, h, w, generator=g)
+    t = torch.tensor([500.0] * n)
+    y = torch.tensor([3] * n)
+    hint = (torch.rand(n, 3, h * 8, w * 8, generator=g) > 0.9).float()
+    return x, t, y, hint
+
+
+def _control(net, hint, settings, importance=None):
+    def control(tokens, c, grid):
+        return net.residuals(tokens, c, net.prepare_hint(hint, grid), grid, settings, importance)
+    return control
+
+
+def test_fresh_controlnet_copies_blocks_and_changes_nothing():
+    model = _dit()
+    net = vc.ViTControlNet.from_dit(model, depth=2)
+    for a, b in zip(model.blocks[:2], net.blocks):
+        for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+            assert ka == kb and torch.equal(va, vb)
+    x, t, y, hint = _inputs()
+    with torch.no_grad():
+        assert torch.equal(model(x, t, y, control=_control(net, hint, vc.ControlSettings())), model(x, t, y))
+
+
+def test_strength_zero_is_no_controlnet_and_strength_changes_the_output():
+    model = _dit()
+    net = _trained_like(vc.ViTControlNet.from_dit(model, depth=2))
+    x, t, y, hint = _inputs()
+    with torch.no_grad():
+        plain = model(x, t, y)
+        assert torch.equal(model(x, t, y, control=_control(net, hint, vc.ControlSettings(strength=0.0))), plain)
+        on = model(x, t, y, control=_control(net, hint, vc.ControlSettings(strength=1.0)))
+    assert (on - plain).abs().max() > 1e-3
+
+
+def test_full_budget_is_the_dense_path_and_gathering_all_tokens_agrees():
+    model = _dit()
+    net = _trained_like(vc.ViTControlNet.from_dit(model, depth=3))
+    x, t, y, hint = _inputs()
+    tokens, c = model.embed(x), model.conditioning(t, y)
+    grid = model.grid(x)
+    prepared = net.prepare_hint(hint, grid)
+    assert net.select(torch.rand(2, tokens.shape[1]), 1.0) is None  # budget 100 %: the dense code path itself
+    with torch.no_grad():
+        dense = net.residuals(tokens, c, prepared, grid, vc.ControlSettings(budget=1.0))
+        almost = net.residuals(tokens, c, prepared, grid, vc.ControlSettings(budget=1 - 1e-6))
+    # 1 - 1e-6 of 96 tokens still rounds up to all of them, through the same (dense) path
+    assert all(torch.equal(a, b) for a, b in zip(dense, almost))
+    idx = torch.arange(tokens.shape[1]).expand(2, -1)
+    net.select = lambda priority, budget: idx  # force the gather/scatter path over every token
+    with torch.no_grad():
+        gathered = net.residuals(tokens, c, prepared, grid, vc.ControlSettings(budget=1.0))
+    for a, b in zip(dense, gathered):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_budget_processes_the_most_important_tokens_only():
+    model = _dit()
+    net = _trained_like(vc.ViTControlNet.from_dit(model, depth=2))
+    x, t, y, hint = _inputs(n=2)
+    grid = model.grid(x)
+    tokens, c = model.embed(x), model.conditioning(t, y)
+    importance = torch.rand(2, tokens.shape[1], generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        res = net.residuals(tokens, c, net.prepare_hint(hint, grid), grid, vc.ControlSettings(budget=0.25),
+                            importance)
+    k = -(-tokens.shape[1] // 4)
+    for i in range(2):
+        touched = res[0][i].abs().sum(-1) > 0
+        assert int(touched.sum()) == k
+        assert set(touched.nonzero().flatten().tolist()) == set(importance[i].topk(k).indices.tolist())
+        assert all(torch.equal(r[i][~touched], torch.zeros_like(r[i][~touched])) for r in res)
+
+
+def test_edge_priority_picks_tokens_by_edge_density():
+    model = _dit()
+    net = _trained_like(vc.ViTControlNet.from_dit(model, depth=1))
+    x, t, y, _ = _inputs(n=1, h=16, w=16)
+    hint = torch.zeros(1, 3, 128, 128)
+    hint[..., :, 64:] = (torch.rand(1, 3, 128, 64) > 0.5).float()  # edges only in the right half
+    grid = model.grid(x)
+    with torch.no_grad():
+        res = net.residuals(model.embed(x), model.conditioning(t, y), net.prepare_hint(hint, grid), grid,
+                            vc.ControlSettings(budget=0.5, edge_priority=1.0))
+    touched = (res[0][0].abs().sum(-1) > 0).view(8, 8)
+    assert touched[:, 4:].all() and not touched[:, :4].any()
+
+
+def test_importance_modulation_and_edge_gain_scale_per_token():
+    model = _dit()
+    net = _trained_like(vc.ViTControlNet.from_dit(model, depth=1))
+    x, t, y, hint = _inputs(n=1, h=8, w=8)
+    grid = model.grid(x)
+    tokens, c = model.embed(x), model.conditioning(t, y)
+    prepared = net.prepare_hint(hint, grid)
+    importance = torch.linspace(0, 1, tokens.shape[1])[None]
+    with torch.no_grad():
+        base = net.residuals(tokens, c, prepared, grid, vc.ControlSettings(strength=2.0))[0]
+        mod = net.residuals(tokens, c, prepared, grid, vc.ControlSettings(strength=2.0, importance_modulation=1.0),
+                            importance)[0]
+        edge = net.residuals(tokens, c, prepared, grid, vc.ControlSettings(strength=2.0, edge_gain=2.0))[0]
+    torch.testing.assert_close(mod, base * importance[..., None], rtol=1e-5, atol=1e-6)
+    density = net.edge_density(prepared)
+    torch.testing.assert_close(edge, base * (1 + 2.0 * density)[..., None], rtol=1e-5, atol=1e-6)
+
+
+def test_cost_falls_with_the_budget():
+    net = vc.ViTControlNet.from_dit(dit.DiT(dit.standard_config("DiT-XL/2", 256)), depth=13)
+    dense = net.flops(256, 1.0)
+    quarter, tenth = net.flops(256, 0.25), net.flops(256, 0.10)
+    assert 3.0 < dense / quarter < 4.0 and dense / tenth > 7.0
+
+
+def test_odd_sized_and_grey_control_images_are_resized_to_the_grid():
+    net = vc.ViTControlNet.from_dit(_dit(), depth=1)
+    out = net.prepare_hint(torch.rand(1, 1, 77, 131), (8, 12))
+    assert out.shape == (1, 3, 128, 192)
+    with pytest.raises(ValueError, match="1, 3 or 4 channels"):
+        net.prepare_hint(torch.rand(1, 2, 16, 16), (1, 1))
+
+
+def test_batch_mismatch_is_a_clear_error():
+    model = _dit()
+    net = vc.ViTControlNet.from_dit(model, depth=1)
+    x, t, y, hint = _inputs(n=3)
+    with pytest.raises(ValueError, match=r"control image batch \(2\) does not match the latent batch \(3\)"):
+        model(x, t, y, control=_control(net, hint[:2], vc.ControlSettings()))
+
+
+def test_save_load_strict_and_mismatched_dit_refused(tmp_path):
+    model = _dit()
+    net = _trained_like(vc.ViTControlNet.from_dit(model, depth=2))
+    path = tmp_path / "cn.safetensors"
+    vc.save_controlnet(net, path, base="tiny")
+    loaded = vc.load_controlnet(path)
+    assert loaded.config == net.config
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), net.state_dict().values()))
+    loaded.check_fits(model)
+    other = dit.DiT(dit.DiTConfig(depth=6, hidden_size=96, num_heads=4, patch_size=2, num_classes=10, input_size=16))
+    with pytest.raises(ValueError, match=r"made for another DiT \(ControlNet vs DiT: hidden size 64 vs 96, depth 4 vs 6\)"):
+        loaded.check_fits(other)
+    sd = net.state_dict()
+    sd["after_proj.0.weight"] = torch.zeros(3, 3)
+    ck.save_safetensors(tmp_path / "bad.safetensors", sd, {"format": vc.SAFETENSORS_FORMAT,
+                                                            "config": vc.asdict(net.config)})
+    with pytest.raises(ck.CheckpointError, match=r"after_proj.0.weight: expected \(64, 64\), found \(3, 3\)"):
+        vc.load_controlnet(tmp_path / "bad.safetensors")
+    ck.save_safetensors(tmp_path / "sd_cn.safetensors", {"input_hint_block.0.weight": torch.zeros(1)}, {})
+    with pytest.raises(ck.CheckpointError, match="not a DiffuGAN ViT ControlNet"):
+        vc.load_controlnet(tmp_path / "sd_cn.safetensors")
+
+
+def test_region_adaptive_subset_pass_applies_the_same_residuals():
+    model = _dit()
+    net = _trained_like(vc.ViTControlNet.from_dit(model, depth=2))
+    x, t, y, hint = _inputs(n=1)
+    control = _control(net, hint, vc.ControlSettings(budget=0.5))
+    with torch.no_grad():
+        full = model(x, t, y, control=control)
+        cache = [None] * CFG.depth
+        subset_all = dit.forward_subset(model, x, t, y, None, None, cache, control=control)
+    torch.testing.assert_close(subset_all, full, rtol=1e-5, atol=1e-5)
