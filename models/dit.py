@@ -541,9 +541,10 @@ class RegionAdaptiveState:
 
     def __call__(self, x: torch.Tensor, xc: torch.Tensor, sigma: torch.Tensor, t: torch.Tensor,
                  y: torch.Tensor | None, style: torch.Tensor | None, row_keys: list, images: list[int],
-                 calc_denoised) -> torch.Tensor:
+                 calc_denoised, control_for: Callable[[list[int]], Control | None] | None = None) -> torch.Tensor:
         """Denoised prediction (R, C, H, W) for rows x (noisy latents; xc the model input), evaluating the
-        transformer only on the tokens scheduled at this step."""
+        transformer only on the tokens scheduled at this step. `control_for(rows)` gives a ControlNet hook for
+        those rows (or None)."""
         step = self.step_index(float(sigma[0]))
         model, cfg = self.model, self.model.config
         grid = model.grid(x)
@@ -577,7 +578,8 @@ class RegionAdaptiveState:
                     for layer in range(cfg.depth)]
                 sel = torch.tensor(rows, device=x.device)
                 eps = forward_subset(model, xc[sel], t[sel], None if y is None else y[sel],
-                                     None if style is None else style[sel], idx, cache)[:, : x.shape[1]]
+                                     None if style is None else style[sel], idx, cache,
+                                     None if control_for is None else control_for(rows))[:, : x.shape[1]]
                 fresh = calc_denoised(eps.float(), x[sel], sigma[sel])
                 x0 = torch.where(token_pixels(update, grid, cfg.patch_size), fresh.to(x0.dtype), x0)
                 for i, k in enumerate(keys):

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import clip_style, dit, importance, stylegan
+from . import clip_style, dit, importance, stylegan, vit_controlnet
 
-STAGES = [clip_style, stylegan, importance, dit]
+STAGES = [clip_style, stylegan, importance, vit_controlnet, dit]
 
 
 def all_nodes() -> list[type[io.ComfyNode]]:

@@ -29,6 +29,7 @@ import latent_preview
 from ..models import dit as dit_model
 from ._common import missing_model_message, model_file_or_error, node_errors, register_model_folder
 from .clip_style import StyleType
+from .vit_controlnet import control_hook
 
 FOLDER = "dit"
 register_model_folder(FOLDER, {".pt", ".pth", ".safetensors"})
@@ -48,6 +49,13 @@ class DiTModelConfig(comfy.supported_models_base.BASE):
         super().__init__({"disable_unet_model_creation": True})  # BaseModel gets our DiT, not a UNet
 
 
+def _row_images(rows: int, transformer_options: dict) -> list[int]:
+    """Image index of each row of a model call: rows are [chunk 0 batch | chunk 1 batch | ...], one chunk per cond
+    (e.g. positive, negative)."""
+    per = rows // max(len(transformer_options.get("cond_or_uncond", [0])), 1)
+    return [r % per for r in range(rows)]
+
+
 class DiTDiffusionModel(torch.nn.Module):
     """What BaseModel calls: (x, timesteps, context, y=labels, style=...) -> ε with the latent's channels."""
 
@@ -60,7 +68,8 @@ class DiTDiffusionModel(torch.nn.Module):
         return self.dit.x_embedder.proj.weight.dtype
 
     def forward(self, x, timesteps, context=None, y=None, style=None, control=None, transformer_options={}, **kw):
-        out = self.dit(x, timesteps, y, style)
+        hook = control_hook(transformer_options, _row_images(x.shape[0], transformer_options))  # ViT ControlNets
+        out = self.dit(x, timesteps, y, style, control=hook)
         return out[:, : self.dit.config.in_channels]  # ε; the learned-variance half is not used by these samplers
 
 
@@ -87,9 +96,10 @@ class DiTModel(comfy.model_base.BaseModel):
         chunks = transformer_options.get("uuids") or list(range(len(transformer_options.get("cond_or_uncond", [0]))))
         per = x.shape[0] // max(len(chunks), 1)
         row_keys = [(chunks[r // per], r % per) for r in range(x.shape[0])]
-        images = [r % per for r in range(x.shape[0])]
+        images = _row_images(x.shape[0], transformer_options)
         return state(x, xc, sigma, timestep, y, style, row_keys, images,
-                     lambda eps, xx, s: ms.calculate_denoised(s, eps, xx))
+                     lambda eps, xx, s: ms.calculate_denoised(s, eps, xx),
+                     control_for=lambda rows: control_hook(transformer_options, [images[r] for r in rows]))
 
     def extra_conds(self, **kwargs):
         out = super().extra_conds(**kwargs)
