@@ -9,8 +9,8 @@ as diffugan-random-stylegan2-64.safetensors: it shows the machinery (seeds, trun
 pictures worth keeping. The style workflow steers those drafts toward a prompt with a RANDOM-WEIGHT CLIP of the
 DiffuGAN-CLIP-Demo architecture (diffugan-random-clip-demo.safetensors, in models/clip_style): it exercises CLIP-guided
 W+ optimisation, but an untrained CLIP cannot know what "watercolor" looks like. The importance preview gets a
-procedurally drawn draft with a painted emphasis mask. The ViT ControlNet stage is not in the pack yet; the model-zoo
-issue replaces the random generator and CLIP with trained weights.
+procedurally drawn draft with a painted emphasis mask. The DiT refiner and ViT ControlNet have no workflow here yet
+(they need a VAE and trained weights); the model-zoo issue replaces the random generator and CLIP with trained weights.
 """
 from __future__ import annotations
 
