@@ -45,8 +45,9 @@ def register_model_folder(name: str, extensions: set[str]) -> None:
     folder_paths.folder_names_and_paths[name] = (paths, set(exts) | set(extensions))
 
 
-def model_file_or_error(folder: str, file_name: str, node: str, what: str) -> str:
-    """Full path of a model file, or an error that names the folder(s) to put it in."""
+def model_file_or_error(folder: str, file_name: str, node: str, what: str, expected: str = "") -> str:
+    """Full path of a model file, or an error that names the folder(s) to put it in (and, given `expected`, which
+    files belong there)."""
     import folder_paths
 
     path = folder_paths.get_full_path(folder, file_name) if file_name else None
@@ -56,14 +57,15 @@ def model_file_or_error(folder: str, file_name: str, node: str, what: str) -> st
         raise ValueError(
             (f"{node}: " if node else "") + f"{what} '{file_name}' not found. Put it in the '{folder}' model folder ({places})"
             + (f"; found there: {', '.join(available[:10])}" if available else "; that folder is empty")
+            + (f". Expected: {expected}" if expected else "")
         )
     return path
 
 
-def missing_model_message(folder: str, file_name: str, what: str) -> str | bool:
+def missing_model_message(folder: str, file_name: str, what: str, expected: str = "") -> str | bool:
     """For validate_inputs: True if the file exists, else the message that says where to put it."""
     try:
-        model_file_or_error(folder, file_name, "", what)
+        model_file_or_error(folder, file_name, "", what, expected)
         return True
     except ValueError as e:
         return str(e)

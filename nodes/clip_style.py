@@ -31,6 +31,9 @@ register_model_folder(MAPPER_FOLDER, {".safetensors"})
 ClipType = io.Custom("DIFFUGAN_CLIP")
 StyleType = io.Custom("DIFFUGAN_STYLE")
 NO_MAPPER = "none"
+EXPECTED = ("open_clip weights, e.g. a hub folder laion/CLIP-ViT-B-32-laion2B-s34B-b79K/ with "
+            "open_clip_pytorch_model.bin (or open_clip_model.safetensors) and open_clip_config.json, or a single file "
+            "named after its architecture such as ViT-B-32-laion2b_s34b_b79k.bin")
 
 
 @dataclass
@@ -92,12 +95,12 @@ class CLIPLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, ckpt_name, architecture) -> bool | str:
-        return missing_model_message(FOLDER, ckpt_name, "CLIP checkpoint")
+        return missing_model_message(FOLDER, ckpt_name, "CLIP checkpoint", EXPECTED)
 
     @classmethod
     def execute(cls, ckpt_name, architecture) -> io.NodeOutput:
         name = "DiffuGAN CLIP Style Loader"
-        path = model_file_or_error(FOLDER, ckpt_name, name, "CLIP checkpoint")
+        path = model_file_or_error(FOLDER, ckpt_name, name, "CLIP checkpoint", EXPECTED)
         with node_errors(name), torch.inference_mode(False):  # plain tensors: style injection backpropagates
             model = cs.load_clip(path, architecture)
         patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),

@@ -59,3 +59,4 @@ def test_missing_mapper_and_clip_files_name_their_folders(server, models):
     assert not run.ok
     assert "style mapper 'watercolor.safetensors' not found. Put it in the 'diffugan_mappers' model folder" in run.error()
     assert "CLIP checkpoint 'ViT-B-32.safetensors' not found. Put it in the 'clip_style' model folder" in run.error()
+    assert "open_clip_pytorch_model.bin" in run.error()  # says which files belong there
