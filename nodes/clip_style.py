@@ -243,7 +243,7 @@ class StyleInject(io.ComfyNode):
             return io.NodeOutput(_render(stylegan, ws, noise_mode, noise_seed), _w_payload(stylegan, ws))
         with node_errors(name):
             if mode == "clip_guided":
-                delta = cls._clip_guided(stylegan, ws, style, clip, steps, learning_rate, tether, name)
+                delta = cls._clip_guided(stylegan, ws, style, clip, steps, learning_rate, tether, noise_mode)
             elif mode == "mapper":
                 delta = cls._mapped(stylegan, ws, style, mapper, name)
             else:
@@ -252,7 +252,7 @@ class StyleInject(io.ComfyNode):
         return io.NodeOutput(_render(stylegan, out, noise_mode, noise_seed), _w_payload(stylegan, out))
 
     @staticmethod
-    def _clip_guided(stylegan, ws, style, clip, steps, lr, tether, name) -> torch.Tensor:
+    def _clip_guided(stylegan, ws, style, clip, steps, lr, tether, noise_mode) -> torch.Tensor:
         if clip is None:
             raise ValueError("mode clip_guided needs the 'clip' input: connect the CLIP loader that encoded the style")
         _check_style(style, clip.model.identity, "the 'clip' input")
@@ -266,11 +266,13 @@ class StyleInject(io.ComfyNode):
             mm.throw_exception_if_processing_interrupted()
             pbar.update(n)
 
+        # The optimisation sees the noise the render will use; 'random' noise is held fixed (const) while optimising.
+        opt_noise = "none" if noise_mode == "none" else "const"
         deltas = []
         for i in range(0, ws.shape[0], chunk):
             part = ws[i:i + chunk].to(device)
             deltas.append(cs.clip_guided_delta(
-                G, model, part, style.embedding.to(device), steps=steps, lr=lr, tether=tether,
+                G, model, part, style.embedding.to(device), steps=steps, lr=lr, tether=tether, noise_mode=opt_noise,
                 on_step=lambda j, loss, n=part.shape[0]: on_step(j, loss, n)).cpu())
         return torch.cat(deltas)
 

@@ -16,7 +16,6 @@ import comfy.model_patcher
 import comfy.utils
 import folder_paths
 
-from ..models import checkpoints as ck
 from ..models import stylegan as sg
 from ._common import missing_model_message, model_file_or_error, nchw_to_image, node_errors, register_model_folder
 

@@ -1,6 +1,5 @@
 """API-format prompts queued over HTTP to the real ComfyUI server; outputs read from /history and the disk."""
 import json
-from pathlib import Path
 
 import numpy as np
 from PIL import Image

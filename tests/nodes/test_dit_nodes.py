@@ -47,8 +47,6 @@ def test_loader_gives_a_stock_model_with_dits_schedule(model):
 
 
 def test_apply_model_is_the_dit_epsilon(model, dit_file):
-    import comfy.conds
-
     base = model.model
     x = torch.randn(2, 4, 8, 8)
     sigma = base.model_sampling.sigma(torch.tensor([100.0, 700.0]))
