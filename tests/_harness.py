@@ -138,7 +138,12 @@ class ComfyServer:
                 raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout}s:\n{self.log_tail()}")
         finally:
             ws.close()
-        history = self.get(f"/history/{prompt_id}").get(prompt_id)
+        # ComfyUI sends execution_success before its queue writes the history entry: wait for the entry.
+        history, deadline = None, time.monotonic() + 60
+        while history is None and time.monotonic() < deadline:
+            history = self.get(f"/history/{prompt_id}").get(prompt_id)
+            if history is None:
+                time.sleep(0.05)
         return PromptRun(prompt_id, history, events, self, node_errors)
 
 
@@ -161,7 +166,9 @@ class PromptRun:
             return json.dumps(self.history)
         if self.node_errors:
             return json.dumps(self.node_errors)
-        for kind, data in (self.history or {}).get("status", {}).get("messages", []):
+        if self.history is None:
+            return f"no history entry for prompt {self.prompt_id}:\n{self.server.log_tail()}"
+        for kind, data in self.history.get("status", {}).get("messages", []):
             if kind == "execution_error":
                 return f"{data.get('node_type')}: {data.get('exception_message')}"
         return ""
