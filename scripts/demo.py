@@ -9,8 +9,11 @@ as diffugan-random-stylegan2-64.safetensors: it shows the machinery (seeds, trun
 pictures worth keeping. The style workflow steers those drafts toward a prompt with a RANDOM-WEIGHT CLIP of the
 DiffuGAN-CLIP-Demo architecture (diffugan-random-clip-demo.safetensors, in models/clip_style): it exercises CLIP-guided
 W+ optimisation, but an untrained CLIP cannot know what "watercolor" looks like. The importance preview gets a
-procedurally drawn draft with a painted emphasis mask. The DiT refiner and ViT ControlNet have no workflow here yet
-(they need a VAE and trained weights); the model-zoo issue replaces the random generator and CLIP with trained weights.
+procedurally drawn draft with a painted emphasis mask. The coarse-to-fine workflow (draft -> VAE -> importance ->
+region-adaptive DiT refine -> VAE decode) runs on a RANDOM-WEIGHT DiT-S/2 and a RANDOM-WEIGHT VAE in ComfyUI's TAESD
+layout (diffugan-random-dit-s2-256.safetensors in models/dit, diffugan-random-taesd.safetensors in models/vae): its
+timings are real, its pictures are noise. The ViT ControlNet has no workflow here yet. The model-zoo issue replaces
+the random models with trained weights.
 """
 from __future__ import annotations
 
@@ -67,6 +70,22 @@ def write_random_clip(path: Path) -> None:
     cs.save_clip_safetensors(cs.StyleCLIP(cs.build_clip(cfg, path.name), "DiffuGAN-CLIP-Demo", cfg), path)
 
 
+def write_random_dit(path: Path) -> None:
+    """A seeded random-weight DiT-S/2 for 256x256 images (DiffuGAN safetensors, config in the metadata)."""
+    import torch
+
+    from diffugan.models import dit
+
+    torch.manual_seed(0)
+    model = dit.DiT(dit.standard_config("DiT-S/2", 256))
+    with torch.no_grad():  # adaLN-Zero starts at exactly zero output; give the random model something to do
+        for name, p in model.named_parameters():
+            if name != "pos_embed":
+                p.add_(torch.randn_like(p) * 0.02)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dit.save_dit_safetensors(model, path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--serve", action="store_true", help="leave ComfyUI running for a browser after the demo")
@@ -86,6 +105,16 @@ def main() -> None:
         if not random_gan.exists():
             write_random_stylegan(random_gan)
             print(f"wrote a RANDOM-WEIGHT StyleGAN2 (no trained weights yet): {random_gan}")
+        random_dit = base / "models" / "dit" / "diffugan-random-dit-s2-256.safetensors"
+        if not random_dit.exists():
+            write_random_dit(random_dit)
+            print(f"wrote a RANDOM-WEIGHT DiT-S/2 (no trained weights yet): {random_dit}")
+        random_vae = base / "models" / "vae" / "diffugan-random-taesd.safetensors"
+        if not random_vae.exists():
+            from vae_files import write_random_taesd_vae
+
+            write_random_taesd_vae(random_vae)
+            print(f"wrote a RANDOM-WEIGHT TAESD-layout VAE (no trained weights yet): {random_vae}")
         random_clip = base / "models" / "clip_style" / "diffugan-random-clip-demo.safetensors"
         if not random_clip.exists():
             write_random_clip(random_clip)
