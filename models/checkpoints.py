@@ -196,6 +196,25 @@ def load_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
         raise CheckpointError(f"{path.name}: not a readable safetensors file ({e}); it may be truncated") from None
 
 
+def load_config_safetensors(path: str | os.PathLike, fmt: str, what: str, config_cls, how: str = ""):
+    """One of our own model files: a .safetensors whose metadata names `fmt` and holds the JSON config.
+    Returns (tensors, config_cls(**config)); anything else is refused naming the file, and `how` says how such a
+    file is made."""
+    path = Path(path)
+    hint = f"; {how}" if how else ""
+    if path.suffix.lower() != ".safetensors":
+        raise CheckpointError(f"{path.name}: a {what} is a .safetensors file{hint}")
+    tensors, meta = load_safetensors(path)
+    if meta.get("format") != fmt or "config" not in meta:
+        raise CheckpointError(f"{path.name}: not a {what} (metadata format '{meta.get('format')}', expected "
+                              f"'{fmt}'){hint}")
+    try:
+        config = config_cls(**json.loads(meta["config"]))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path.name}: bad {what} config in the metadata ({e})") from None
+    return tensors, config
+
+
 class ArgsRecord:
     """Stand-in for `argparse.Namespace`, which training scripts (facebookresearch/DiT train.py) store under
     'args': rebuilt as a plain attribute holder (its state is plain data), nothing of argparse is imported."""

@@ -361,9 +361,9 @@ def render_for_clip(G: nn.Module, ws: torch.Tensor, noise_mode: str = "const") -
 
 def clip_similarity(G: nn.Module, clip: StyleCLIP, ws: torch.Tensor, target: torch.Tensor,
                     noise_mode: str = "const") -> torch.Tensor:
-    """cos(CLIP image embedding of G(ws), target) per image."""
+    """cos(CLIP image embedding of G(ws), target) per image; target (D,) for all images or (N, D), one each."""
     emb = clip.encode_images(render_for_clip(G, ws, noise_mode))
-    return emb @ F.normalize(target.float().to(emb.device), dim=-1)
+    return (emb * F.normalize(target.float().to(emb.device), dim=-1)).sum(-1)
 
 
 def clip_guided_delta(G: nn.Module, clip: StyleCLIP, ws: torch.Tensor, target: torch.Tensor, steps: int = 20,
@@ -440,8 +440,7 @@ def mapper_loss(mapper: StyleMapper, G: nn.Module, clip: StyleCLIP, ws: torch.Te
     """StyleCLIP mapper objective on a batch: 1 - cos(CLIP(G(w + M(t, w))), t) + tether * mean((delta/std)^2).
     Returns (loss, per-image similarity)."""
     delta = mapper(targets, ws)  # `mapper` may be wrapped in DistributedDataParallel
-    emb = clip.encode_images(render_for_clip(G, ws + delta))
-    sim = (emb * F.normalize(targets.float(), dim=-1)).sum(-1)
+    sim = clip_similarity(G, clip, ws + delta, targets)
     std = getattr(mapper, "module", mapper).w_std
     return (1 - sim).mean() + tether * (delta / std).pow(2).mean(), sim.detach()
 
@@ -466,15 +465,9 @@ def save_mapper(mapper: StyleMapper, path, extra: dict | None = None) -> None:
 
 
 def load_mapper(path) -> StyleMapper:
-    path = Path(path)
-    if path.suffix.lower() != ".safetensors":
-        raise ck.CheckpointError(f"{path.name}: style mappers are .safetensors files written by "
-                                 "scripts/train_style_mapper.py")
-    tensors, meta = ck.load_safetensors(path)
-    if meta.get("format") != MAPPER_FORMAT or "config" not in meta:
-        raise ck.CheckpointError(f"{path.name}: not a DiffuGAN style mapper (metadata format "
-                                 f"'{meta.get('format')}', expected '{MAPPER_FORMAT}')")
-    mapper = StyleMapper(MapperConfig(**json.loads(meta["config"])))
-    ck.check_state_dict(mapper, tensors, path.name)
+    tensors, config = ck.load_config_safetensors(path, MAPPER_FORMAT, "DiffuGAN style mapper", MapperConfig,
+                                                 "train one with scripts/train_style_mapper.py")
+    mapper = StyleMapper(config)
+    ck.check_state_dict(mapper, tensors, Path(path).name)
     mapper.load_state_dict(tensors, strict=True)
     return mapper.eval().requires_grad_(False)

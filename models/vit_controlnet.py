@@ -17,7 +17,6 @@ Strength 0 returns no residuals at all, so the DiT runs exactly as without the C
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -169,14 +168,8 @@ class ViTControlNet(nn.Module):
         k = tokens if budget >= 1 else max(1, math.ceil(budget * tokens - 1e-9))
         embed = 2 * tokens * c.hint_channels * c.hint_patch ** 2 * c.hidden_size
         proj = 2 * tokens * c.hidden_size ** 2 + c.depth * 2 * k * c.hidden_size ** 2
-        blocks = c.depth * block_flops(_BlockShape(c.hidden_size, c.mlp_ratio), k, k)
+        blocks = c.depth * block_flops(c, k, k)  # reads hidden_size and mlp_ratio, which this config shares
         return embed + proj + blocks
-
-
-@dataclass
-class _BlockShape:  # what block_flops reads off a DiT config
-    hidden_size: int
-    mlp_ratio: float
 
 
 def save_controlnet(net: ViTControlNet, path, base: str = "") -> None:
@@ -185,15 +178,10 @@ def save_controlnet(net: ViTControlNet, path, base: str = "") -> None:
 
 
 def load_controlnet(path) -> ViTControlNet:
-    path = Path(path)
-    if path.suffix.lower() != ".safetensors":
-        raise ck.CheckpointError(f"{path.name}: DiffuGAN ControlNets are .safetensors files (written by "
-                                 "scripts/train_controlnet.py)")
-    tensors, meta = ck.load_safetensors(path)
-    if meta.get("format") != SAFETENSORS_FORMAT or "config" not in meta:
-        raise ck.CheckpointError(f"{path.name}: not a DiffuGAN ViT ControlNet (metadata format '{meta.get('format')}', "
-                                 f"expected '{SAFETENSORS_FORMAT}'); Stable Diffusion ControlNets do not fit a DiT")
-    net = ViTControlNet(ControlNetConfig(**json.loads(meta["config"])))
-    ck.check_state_dict(net, tensors, path.name)
+    tensors, config = ck.load_config_safetensors(
+        path, SAFETENSORS_FORMAT, "DiffuGAN ViT ControlNet", ControlNetConfig,
+        "Stable Diffusion ControlNets do not fit a DiT; use one made for this DiT (vit_controlnet.save_controlnet)")
+    net = ViTControlNet(config)
+    ck.check_state_dict(net, tensors, Path(path).name)
     net.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True)
     return net.eval().requires_grad_(False)

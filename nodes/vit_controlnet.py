@@ -94,7 +94,7 @@ class ControlNetLoader(io.ComfyNode):
             node_id="DiffuGANControlNetLoader",
             display_name="DiffuGAN ViT ControlNet Loader",
             category="DiffuGAN/ControlNet",
-            description=("Loads a DiffuGAN ViT ControlNet (.safetensors from scripts/train_controlnet.py) from "
+            description=("Loads a DiffuGAN ViT ControlNet (.safetensors in DiffuGAN's ControlNet format) from "
                          "models/diffugan_controlnet. It belongs to one DiT: applying it to another is refused."),
             inputs=[io.Combo.Input("controlnet_name", options=folder_paths.get_filename_list(FOLDER),
                                    tooltip="A file in ComfyUI/models/diffugan_controlnet")],

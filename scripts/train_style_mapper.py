@@ -51,8 +51,8 @@ def evaluate(mapper, G, clip, held, prompts_emb, text_ws) -> dict:
     out = {}
     with torch.no_grad():
         w, t = held  # pairs: each w is steered toward the image embedding of another sample
-        zero = (clip.encode_images(cs.render_for_clip(G, w)) * t).sum(-1).mean()
-        mapped = (clip.encode_images(cs.render_for_clip(G, w + m(t, w))) * t).sum(-1).mean()
+        zero = cs.clip_similarity(G, clip, w, t).mean()
+        mapped = cs.clip_similarity(G, clip, w + m(t, w), t).mean()
         out.update(heldout_sim_without=float(zero), heldout_sim_with=float(mapped))
         if prompts_emb is not None:
             before, after = [], []

@@ -5,18 +5,14 @@ import torch
 from diffugan.models import checkpoints as ck
 from diffugan.models import dit
 from diffugan.models import vit_controlnet as vc
+from random_weights import perturb
 
 CFG = dit.DiTConfig(depth=4, hidden_size=64, num_heads=4, patch_size=2, num_classes=10, input_size=16)
 
 
 def _dit(seed=0):
     torch.manual_seed(seed)
-    m = dit.DiT(CFG).eval()
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if name != "pos_embed":
-                p.add_(torch.randn_like(p) * 0.05)
-    return m
+    return perturb(dit.DiT(CFG).eval())
 
 
 def _trained_like(net, seed=1):
@@ -194,3 +190,13 @@ def test_region_adaptive_subset_pass_applies_the_same_residuals():
         cache = [None] * CFG.depth
         subset_all = dit.forward_subset(model, x, t, y, None, None, cache, control=control)
     torch.testing.assert_close(subset_all, full, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_config_metadata_is_refused_naming_the_file(tmp_path):
+    net = vc.ViTControlNet.from_dit(_dit(), depth=1)
+    ck.save_safetensors(tmp_path / "odd.safetensors", net.state_dict(),
+                        {"format": vc.SAFETENSORS_FORMAT, "config": {"hidden_size": 64, "layers": 3}})
+    with pytest.raises(ck.CheckpointError, match="odd.safetensors: bad DiffuGAN ViT ControlNet config in the metadata"):
+        vc.load_controlnet(tmp_path / "odd.safetensors")
+    with pytest.raises(ck.CheckpointError, match="cn.pt: a DiffuGAN ViT ControlNet is a .safetensors file"):
+        vc.load_controlnet(tmp_path / "cn.pt")
