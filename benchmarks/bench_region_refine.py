@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 import conftest  # noqa: E402,F401  (registers the pack as `diffugan`)
 from diffugan.models import dit  # noqa: E402
+from random_weights import perturb  # noqa: E402
 
 
 def schedule(steps: int, strength: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,11 +114,7 @@ def main() -> None:
     if args.checkpoint:
         model, weights = dit.load_dit(args.checkpoint), f"trained: {args.checkpoint.name}"
     else:
-        model = dit.DiT(dit.standard_config(args.model, args.size)).eval()
-        with torch.no_grad():  # random weights: leave adaLN-Zero's zeros so every layer does work
-            for name, p in model.named_parameters():
-                if name != "pos_embed":
-                    p.add_(torch.randn_like(p) * 0.02)
+        model = perturb(dit.DiT(dit.standard_config(args.model, args.size)).eval(), 0.02)  # every layer does work
         weights = "random (speed only: quality figures need trained weights)"
     model.requires_grad_(False)
     cfgm = model.config

@@ -32,6 +32,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import conftest  # noqa: E402,F401  (registers the pack as the package `diffugan`)
 from _harness import ComfyServer  # noqa: E402
+from random_weights import perturb  # noqa: E402
+from vae_files import write_random_taesd_vae  # noqa: E402
 
 
 def draw_example_draft(path: Path, size: int = 256) -> None:
@@ -77,13 +79,17 @@ def write_random_dit(path: Path) -> None:
     from diffugan.models import dit
 
     torch.manual_seed(0)
-    model = dit.DiT(dit.standard_config("DiT-S/2", 256))
-    with torch.no_grad():  # adaLN-Zero starts at exactly zero output; give the random model something to do
-        for name, p in model.named_parameters():
-            if name != "pos_embed":
-                p.add_(torch.randn_like(p) * 0.02)
+    model = perturb(dit.DiT(dit.standard_config("DiT-S/2", 256)), 0.02)  # a fresh DiT outputs exactly zero
     path.parent.mkdir(parents=True, exist_ok=True)
     dit.save_dit_safetensors(model, path)
+
+
+RANDOM_MODELS = [  # (model folder, file name the shipped workflows use, writer, what it is)
+    ("stylegan", "diffugan-random-stylegan2-64.safetensors", write_random_stylegan, "StyleGAN2"),
+    ("dit", "diffugan-random-dit-s2-256.safetensors", write_random_dit, "DiT-S/2"),
+    ("vae", "diffugan-random-taesd.safetensors", write_random_taesd_vae, "TAESD-layout VAE"),
+    ("clip_style", "diffugan-random-clip-demo.safetensors", write_random_clip, "CLIP"),
+]
 
 
 def main() -> None:
@@ -101,24 +107,11 @@ def main() -> None:
           f"at {server.url} (log: {server.log_path})")
     try:
         draw_example_draft(base / "input" / "example.png")
-        random_gan = base / "models" / "stylegan" / "diffugan-random-stylegan2-64.safetensors"
-        if not random_gan.exists():
-            write_random_stylegan(random_gan)
-            print(f"wrote a RANDOM-WEIGHT StyleGAN2 (no trained weights yet): {random_gan}")
-        random_dit = base / "models" / "dit" / "diffugan-random-dit-s2-256.safetensors"
-        if not random_dit.exists():
-            write_random_dit(random_dit)
-            print(f"wrote a RANDOM-WEIGHT DiT-S/2 (no trained weights yet): {random_dit}")
-        random_vae = base / "models" / "vae" / "diffugan-random-taesd.safetensors"
-        if not random_vae.exists():
-            from vae_files import write_random_taesd_vae
-
-            write_random_taesd_vae(random_vae)
-            print(f"wrote a RANDOM-WEIGHT TAESD-layout VAE (no trained weights yet): {random_vae}")
-        random_clip = base / "models" / "clip_style" / "diffugan-random-clip-demo.safetensors"
-        if not random_clip.exists():
-            write_random_clip(random_clip)
-            print(f"wrote a RANDOM-WEIGHT CLIP (no trained weights yet): {random_clip}")
+        for folder, file_name, write, what in RANDOM_MODELS:
+            path = base / "models" / folder / file_name
+            if not path.exists():
+                write(path)
+                print(f"wrote a RANDOM-WEIGHT {what} (no trained weights yet): {path}")
         for api_path in sorted((ROOT / "workflows" / "api").glob("*.json")):
             prompt = json.loads(api_path.read_text())
             t = time.monotonic()

@@ -11,6 +11,7 @@ from PIL import Image
 from _harness import ROOT, save_artifact
 from diffugan.models import dit
 from diffugan.models import stylegan as sg
+from random_weights import perturb
 from vae_files import write_random_taesd_vae
 
 WORKFLOW = json.loads((ROOT / "workflows" / "api" / "coarse_to_fine.json").read_text())
@@ -24,12 +25,8 @@ def models(server):
                             mapping_kwargs={"num_layers": 2}, synthesis_kwargs={"channel_base": 1024, "channel_max": 64})
     (models / "stylegan").mkdir(parents=True, exist_ok=True)
     sg.save_stylegan_safetensors(sg.Generator(cfg), models / "stylegan" / WORKFLOW["1"]["inputs"]["ckpt_name"])
-    model = dit.DiT(dit.DiTConfig(depth=2, hidden_size=64, num_heads=4, patch_size=2, num_classes=1000,
-                                  input_size=32))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name != "pos_embed":
-                p.add_(torch.randn_like(p) * 0.05)
+    model = perturb(dit.DiT(dit.DiTConfig(depth=2, hidden_size=64, num_heads=4, patch_size=2, num_classes=1000,
+                                          input_size=32)))
     (models / "dit").mkdir(parents=True, exist_ok=True)
     dit.save_dit_safetensors(model, models / "dit" / WORKFLOW["7"]["inputs"]["ckpt_name"])
     write_random_taesd_vae(models / "vae" / WORKFLOW["4"]["inputs"]["vae_name"])

@@ -5,6 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from diffugan.models import dit
+from random_weights import perturb
 
 CKPT = "tiny-dit-e2e.safetensors"
 
@@ -12,11 +13,8 @@ CKPT = "tiny-dit-e2e.safetensors"
 @pytest.fixture(scope="module")
 def dit_file(server):
     torch.manual_seed(0)
-    m = dit.DiT(dit.DiTConfig(depth=2, hidden_size=96, num_heads=3, patch_size=2, num_classes=10, input_size=8))
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if name != "pos_embed":
-                p.add_(torch.randn_like(p) * 0.05)
+    m = perturb(dit.DiT(dit.DiTConfig(depth=2, hidden_size=96, num_heads=3, patch_size=2, num_classes=10,
+                                      input_size=8)))
     folder = server.base / "models" / "dit"
     folder.mkdir(parents=True, exist_ok=True)
     dit.save_dit_safetensors(m, folder / CKPT)

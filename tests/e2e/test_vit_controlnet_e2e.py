@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 
 from diffugan.models import dit
 from diffugan.models import vit_controlnet as vc
+from random_weights import perturb
 
 CKPT, CN = "tiny-dit-cn-e2e.safetensors", "tiny-cn-e2e.safetensors"
 
@@ -17,11 +18,8 @@ def files(server):
     torch.manual_seed(0)
     m = dit.DiT(dit.DiTConfig(depth=3, hidden_size=64, num_heads=4, patch_size=2, num_classes=10, input_size=8))
     net = vc.ViTControlNet.from_dit(m, depth=2)
-    with torch.no_grad():
-        for module in (m, net):
-            for name, p in module.named_parameters():
-                if name != "pos_embed":
-                    p.add_(torch.randn_like(p) * 0.05)
+    perturb(m)
+    perturb(net)
     (server.base / "models" / "dit").mkdir(parents=True, exist_ok=True)
     (server.base / "models" / "diffugan_controlnet").mkdir(parents=True, exist_ok=True)
     dit.save_dit_safetensors(m, server.base / "models" / "dit" / CKPT)

@@ -7,6 +7,7 @@ import torch
 
 from diffugan.models import checkpoints as ck
 from diffugan.models import dit
+from random_weights import perturb
 
 TINY = dit.DiTConfig(depth=2, hidden_size=384, num_heads=6, patch_size=2, num_classes=10, input_size=8)
 
@@ -21,12 +22,7 @@ TOP_KEYS = ["final_layer.adaLN_modulation.1.bias", "final_layer.adaLN_modulation
 
 def make_dit(config=TINY, seed=0):
     torch.manual_seed(seed)
-    m = dit.DiT(config).eval().requires_grad_(False)
-    with torch.no_grad():  # leave adaLN-Zero's zeros behind so outputs depend on every weight
-        for name, p in m.named_parameters():
-            if name != "pos_embed":
-                p.add_(torch.randn_like(p) * 0.05)
-    return m
+    return perturb(dit.DiT(config).eval().requires_grad_(False))  # outputs depend on every weight
 
 
 def test_parameter_names_are_facebookresearch_names():

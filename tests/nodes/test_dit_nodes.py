@@ -5,18 +5,14 @@ import pytest
 import torch
 
 from diffugan.models import dit
+from random_weights import perturb
 
 CFG = dit.DiTConfig(depth=2, hidden_size=96, num_heads=3, patch_size=2, num_classes=10, input_size=8)
 
 
 def _dit(seed=0):
     torch.manual_seed(seed)
-    m = dit.DiT(CFG).eval()
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if name != "pos_embed":
-                p.add_(torch.randn_like(p) * 0.05)
-    return m
+    return perturb(dit.DiT(CFG).eval())
 
 
 @pytest.fixture(scope="module")
@@ -98,11 +94,7 @@ def test_style_conditioning_reaches_a_dit_trained_with_it(comfy, run_node, model
 
     cfg = dit.DiTConfig(depth=2, hidden_size=96, num_heads=3, patch_size=2, num_classes=10, input_size=8, style_dim=32)
     torch.manual_seed(1)
-    styled = dit.DiT(cfg).eval()
-    with torch.no_grad():
-        for name, p in styled.named_parameters():
-            if name != "pos_embed":
-                p.add_(torch.randn_like(p) * 0.05)
+    styled = perturb(dit.DiT(cfg).eval())
     dit.save_dit_safetensors(styled, os.path.join(folder_paths.get_folder_paths("dit")[0], "styled-dit.safetensors"))
     styled_model = run_node("DiffuGANDiTLoader", ckpt_name="styled-dit.safetensors", num_heads=0).args[0]
     style = cs.StyleEmbedding(torch.nn.functional.normalize(torch.randn(32), dim=0), "test #0", [])

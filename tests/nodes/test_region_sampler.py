@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from diffugan.models import dit
+from random_weights import perturb
 
 CFG = dit.DiTConfig(depth=2, hidden_size=96, num_heads=3, patch_size=2, num_classes=10, input_size=8)
 
@@ -13,11 +14,7 @@ def model(comfy):
     import sys
 
     torch.manual_seed(0)
-    m = dit.DiT(CFG).eval()
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if name != "pos_embed":
-                p.add_(torch.randn_like(p) * 0.05)
+    m = perturb(dit.DiT(CFG).eval())
     pack = next(mod for name, mod in sys.modules.items() if name.endswith("custom_nodes/DiffuGAN"))
     return pack.nodes.dit.dit_to_comfy_model(m)
 

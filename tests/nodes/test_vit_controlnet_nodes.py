@@ -7,17 +7,14 @@ import torch
 
 from diffugan.models import dit
 from diffugan.models import vit_controlnet as vc
+from random_weights import perturb
 
 CFG = dit.DiTConfig(depth=3, hidden_size=64, num_heads=4, patch_size=2, num_classes=10, input_size=8)
 
 
-def _perturbed(module, seed, scale=0.05, skip=("pos_embed",)):
+def _perturbed(module, seed):
     torch.manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if name not in skip:
-                p.add_(torch.randn_like(p) * scale)
-    return module
+    return perturb(module)
 
 
 @pytest.fixture(scope="module")
