@@ -1,19 +1,25 @@
-"""Region-adaptive vs uniform DiT refinement: counted transformer FLOPs and wall time, side by side in one run.
+"""Region-adaptive vs uniform DiT refinement: counted transformer FLOPs, wall time and quality, side by side in one run.
 
-Same drafts, seeds and model for every method; the Euler loop and the region state are the ones the ComfyUI
+Same drafts, noise and model for every method; the Euler loop and the region state are the ones the ComfyUI
 sampler uses (models/dit.py), driven here without ComfyUI so the timings contain only the refinement itself.
 
-Methods (all img2img from the same noised draft, K = --steps at --strength):
-  uniform      every token, every step (the quality reference at full steps)
-  region       important tokens every step, the rest --min-steps (importance: a centred disc, --area of the image)
-  fewer_steps  uniform with the step count that costs the same counted FLOPs as `region` (the free baseline)
+Methods (all img2img from the same noised draft, K = --steps at --strength, classifier-free guidance --cfg):
+  reference     uniform with --ref-steps (the quality reference: the same ODE solved finely)
+  uniform       every token, every step, K steps (the full-cost baseline)
+  region        important tokens every step, the rest --min-steps
+  fewer_steps   uniform with the step count that costs the same counted FLOPs as `region`
+  random_tokens the region method's per-token step counts, shuffled over the tokens (same FLOPs, wrong places)
 
-With random weights (the default until the demo model zoo ships a trained DiT) this measures SPEED ONLY: the
-latent PSNR in the important region vs the full-step reference is reported but means nothing without trained
-weights (--checkpoint); pixel PSNR/SSIM need the VAE and come with the zoo. Writes
-benchmarks/results/region_refine.json.
+Trained mode (--checkpoint and --vae, the demo zoo's DiT and VAE): drafts are held-out emoji made coarse (down to
+--draft-px and back up: a blurry draft, as a fast generator gives), the importance map is the analytic
+pre-scorer's, turned into a two-level work map with --area of the pixels at full work (the Budget node's rule);
+quality is pixel PSNR and SSIM of the important region and of the rest against the reference, decoded by the VAE.
+"PSNR loss" = uniform's PSNR minus the method's, important region. Random mode (no --checkpoint): a random DiT-S/2
+and a centred disc map measure SPEED ONLY and say so.
 
-    .venv/bin/python benchmarks/bench_region_refine.py [--model DiT-S/2] [--size 256] [--checkpoint FILE]
+    .venv/bin/python benchmarks/bench_region_refine.py --checkpoint zoo/dit/diffugan-emoji-dit.safetensors \\
+        --vae zoo/vae/diffugan-emoji-vae.safetensors
+    .venv/bin/python benchmarks/bench_region_refine.py [--model DiT-S/2] [--size 256]     # random weights
 """
 from __future__ import annotations
 
@@ -25,61 +31,32 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "scripts"))
 import conftest  # noqa: E402,F401  (registers the pack as `diffugan`)
 from diffugan.models import dit  # noqa: E402
 from random_weights import perturb  # noqa: E402
 
 
-def schedule(steps: int, strength: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sigmas and matching discrete timesteps of DiT's linear-β schedule: `steps` evenly spaced timesteps from
-    strength * 999 down, then sigma 0 (a plain 'normal'-style img2img schedule)."""
-    acp = torch.cumprod(1 - dit.linear_betas(), 0)
-    ts = torch.linspace(strength * (dit.NUM_TIMESTEPS - 1), 0, steps + 1)[:-1]
-    sig = ((1 - acp) / acp).sqrt()
-    sigmas = torch.cat([torch.stack([_interp(sig, t) for t in ts]), torch.zeros(1)]).float()
-    return sigmas, ts.float()
+def masked_psnr(a: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor, peak: float) -> list[float]:
+    """Per image PSNR (dB) inside a (N, 1, H, W) bool mask."""
+    err = (a - ref).square().mean(1, keepdim=True)
+    out = []
+    for e, m in zip(err, mask):
+        mse = float(e[m].mean()) if m.any() else float("nan")
+        out.append(10 * torch.log10(torch.tensor(peak ** 2 / mse)).item() if mse > 0 else float("inf"))
+    return out
 
 
-def _interp(values: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    lo, hi = int(t.floor()), int(t.ceil())
-    w = float(t - lo)
-    return ((1 - w) * values[lo].log() + w * values[hi].log()).exp()
+def masked_ssim(a: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor) -> list[float]:
+    """Per image mean of the SSIM map (11 px Gaussian window, images in [0, 1]) inside the mask."""
+    from kornia.metrics import ssim
 
-
-def euler(model, draft, labels, sigmas, ts, cfg, noise, state=None, steps=None):
-    """Euler img2img with classifier-free guidance (rows: cond batch, then uncond batch)."""
-    n = draft.shape[0]
-    x = draft + noise * sigmas[0]
-    y = torch.cat([labels, torch.full_like(labels, model.config.null_class)]) if cfg != 1 else labels
-    keys = [(c, j) for c in range(2 if cfg != 1 else 1) for j in range(n)]
-    images = [j for _, j in keys]
-    for i in range(len(sigmas) - 1):
-        s = sigmas[i]
-        xx = torch.cat([x, x]) if cfg != 1 else x
-        sig = s.expand(xx.shape[0])
-        xc = xx / (s ** 2 + 1).sqrt()
-        t = ts[i].expand(xx.shape[0])
-        if state is None:
-            eps = model(xc, t, y)[:, : x.shape[1]]
-            den = xx - eps * s
-        else:
-            den = state(xx, xc, sig, t, y, None, keys, images, lambda e, a, b: a - e * b.view(-1, 1, 1, 1))
-        if cfg != 1:
-            cond, uncond = den.chunk(2)
-            den = uncond + cfg * (cond - uncond)
-        x = x + (x - den) / s * (sigmas[i + 1] - s)
-    return x
-
-
-def psnr(a: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor) -> float:
-    """PSNR (dB) of a against the reference inside a pixel mask, in latent space (peak = reference's range)."""
-    m = mask.expand_as(ref)
-    mse = ((a - ref)[m] ** 2).mean()
-    peak = float(ref.max() - ref.min())
-    return float(10 * torch.log10(peak ** 2 / mse)) if mse > 0 else float("inf")
+    s = ssim(a.clamp(0, 1), ref.clamp(0, 1), 11).mean(1, keepdim=True)
+    return [float(v[m].mean()) if m.any() else float("nan") for v, m in zip(s, mask)]
 
 
 def disc_mask(h: int, w: int, area: float) -> torch.Tensor:
@@ -88,89 +65,155 @@ def disc_mask(h: int, w: int, area: float) -> torch.Tensor:
     return ((xx ** 2 + yy ** 2) <= r * r).float()[None, None]
 
 
-def timed(fn, reps: int):
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return out, best
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def zoo_drafts(vae_path: Path, n: int, draft_px: int, area: float):
+    """Held-out emoji made coarse, their latents (SD1-scaled), labels and two-level work maps."""
+    import zoo_data
+
+    from diffugan.models import importance, taesd
+
+    vae = taesd.load_vae(vae_path)
+    x, records = zoo_data.load(zoo_data.DEFAULT_OUT, "heldout", 128)
+    pick = torch.linspace(0, len(x) - 1, n).round().long()  # spread over both styles and all categories
+    x, records = x[pick], [records[i] for i in pick]
+    coarse = F.interpolate(F.interpolate(x, size=draft_px, mode="bilinear", antialias=True), size=x.shape[-1],
+                           mode="bicubic").clamp(-1, 1)
+    with torch.no_grad():
+        latents = vae.encode(coarse) * taesd.SD1_SCALE
+    imp = importance.analytic_importance(coarse * 0.5 + 0.5)
+    work = importance.budget_levels(imp, 2, area)
+    labels = torch.tensor([zoo_data.zoo_label(r) for r in records])
+    return vae, latents, labels, work, [r["name"] for r in records]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="DiT-S/2")
-    ap.add_argument("--size", type=int, default=256, help="image size in pixels (latent = size / 8)")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", type=Path, default=None, help="trained DiT (e.g. the zoo's)")
+    ap.add_argument("--vae", type=Path, default=None, help="the VAE of its latents (zoo TAESD-layout)")
+    ap.add_argument("--model", default="DiT-S/2", help="random mode: which standard DiT")
+    ap.add_argument("--size", type=int, default=256, help="random mode: image size (latent = size / 8)")
+    ap.add_argument("--drafts", type=int, default=16, help="trained mode: held-out drafts")
+    ap.add_argument("--draft-px", type=int, default=32, help="trained mode: draft made coarse at this size")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--cfg", type=float, default=3.0)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--ref-steps", type=int, default=100)
     ap.add_argument("--strength", type=float, default=0.6)
     ap.add_argument("--min-steps", type=int, default=0)
-    ap.add_argument("--area", type=float, default=0.2, help="fraction of the image marked important")
-    ap.add_argument("--reps", type=int, default=2)
-    ap.add_argument("--checkpoint", type=Path, default=None)
+    ap.add_argument("--area", type=float, default=0.2, help="fraction of the image at full work")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "region_refine.json")
     args = ap.parse_args()
     torch.manual_seed(0)
-    if args.checkpoint:
+    trained = args.checkpoint is not None
+    if trained:
+        if args.vae is None:
+            ap.error("--checkpoint needs --vae (quality is measured on decoded pixels)")
         model, weights = dit.load_dit(args.checkpoint), f"trained: {args.checkpoint.name}"
+        vae, drafts, labels, work, names = zoo_drafts(args.vae, args.drafts, args.draft_px, args.area)
     else:
         model = perturb(dit.DiT(dit.standard_config(args.model, args.size)).eval(), 0.02)  # every layer does work
-        weights = "random (speed only: quality figures need trained weights)"
+        weights = "random (speed only: its quality figures mean nothing)"
+        lat = args.size // 8
+        g = torch.Generator().manual_seed(1)
+        drafts = torch.randn(args.drafts, model.config.in_channels, lat, lat, generator=g)
+        labels = torch.arange(args.drafts) % model.config.num_classes
+        work = disc_mask(args.size, args.size, args.area).expand(args.drafts, -1, -1, -1)
+        vae, names = None, None
     model.requires_grad_(False)
     cfgm = model.config
-    lat = args.size // 8
-    sigmas, ts = schedule(args.steps, args.strength)
-    results = []
+    sigmas, ts = dit.img2img_schedule(args.steps, args.strength)
+    ref_sigmas, ref_ts = dit.img2img_schedule(args.ref_steps, args.strength)
+    noise_all = torch.randn(drafts.shape, generator=torch.Generator().manual_seed(2))
+    lat_hw = drafts.shape[-2:]
+    counts_all = dit.token_step_counts(dit.step_counts_from_map(work, lat_hw, args.steps, args.min_steps),
+                                       cfgm.patch_size, border=1)
+    gen = torch.Generator().manual_seed(3)
+    shuffled = torch.stack([c[torch.randperm(len(c), generator=gen)] for c in counts_all])
+    methods = ["uniform", "region", "fewer_steps", "random_tokens"]
+    outs = {m: [] for m in methods + ["reference"]}
+    wall = {m: 0.0 for m in methods}
+    flops = {"uniform": 0, "region": 0, "random_tokens": 0, "fewer_steps": 0}
+    eq_steps = None
     with torch.inference_mode():
-        for batch, cfg in [(1, 1.0), (1, 4.0), (2, 4.0)]:
-            g = torch.Generator().manual_seed(1)
-            draft = torch.randn(batch, cfgm.in_channels, lat, lat, generator=g)
-            noise = torch.randn(draft.shape, generator=g)
-            labels = torch.arange(batch) % cfgm.num_classes
-            mask = disc_mask(args.size, args.size, args.area)
-            counts = dit.token_step_counts(dit.step_counts_from_map(mask, (lat, lat), args.steps, args.min_steps),
-                                           cfgm.patch_size, border=1)
-
-            def region_run():
-                region_run.state = dit.RegionAdaptiveState(model, counts, sigmas, draft)
-                return euler(model, draft, labels, sigmas, ts, cfg, noise, region_run.state)
-
-            uniform, t_uniform = timed(lambda: euler(model, draft, labels, sigmas, ts, cfg, noise), args.reps)
-            region, t_region = timed(region_run, args.reps)
-            state = region_run.state
-            flops_ratio = state.dense_flops / state.flops
-            eq_steps = max(1, round(args.steps / flops_ratio))
-            s2, ts2 = schedule(eq_steps, args.strength)
-            fewer, t_fewer = timed(lambda: euler(model, draft, labels, s2, ts2, cfg, noise), args.reps)
-            imp = dit.token_pixels(counts == args.steps, model.grid(draft), cfgm.patch_size)
-            untouched = dit.token_pixels(counts == 0, model.grid(draft), cfgm.patch_size)
-            row = dict(batch=batch, cfg=cfg, steps=args.steps, min_steps=args.min_steps,
-                       important_token_fraction=float((counts == args.steps).float().mean()),
-                       token_evaluation_fraction=state.evaluated_tokens / state.total_tokens,
-                       flops_uniform=state.dense_flops, flops_region=state.flops, flops_ratio=flops_ratio,
-                       wall_uniform_s=t_uniform, wall_region_s=t_region, wall_speedup=t_uniform / t_region,
-                       fewer_steps=eq_steps, wall_fewer_steps_s=t_fewer,
-                       latent_psnr_important_region=psnr(region, uniform, imp),
-                       latent_psnr_rest=psnr(region, uniform, ~imp),
-                       latent_psnr_important_region_fewer_steps=psnr(fewer, uniform, imp),
-                       max_abs_diff_untouched_vs_draft=float(((region - draft).abs()
-                                                              * untouched).max()) if untouched.any() else None)
-            results.append(row)
-            print(f"batch {batch} cfg {cfg}: tokens evaluated {100 * row['token_evaluation_fraction']:.1f}%, "
-                  f"FLOPs {flops_ratio:.2f}x fewer, wall {t_uniform:.2f}s -> {t_region:.2f}s "
-                  f"({row['wall_speedup']:.2f}x); equal-FLOPs uniform = {eq_steps} steps: {t_fewer:.2f}s", flush=True)
+        # warm-up (first calls allocate)
+        dit.euler_img2img(model, drafts[:1], labels[:1], sigmas, ts, args.cfg, noise_all[:1], counts_all[:1])
+        for i in range(0, len(drafts), args.batch):
+            d, y, nz = drafts[i:i + args.batch], labels[i:i + args.batch], noise_all[i:i + args.batch]
+            c, cs = counts_all[i:i + args.batch], shuffled[i:i + args.batch]
+            (u, _), tu = timed(lambda: dit.euler_img2img(model, d, y, sigmas, ts, args.cfg, nz))
+            (r, st), tr = timed(lambda: dit.euler_img2img(model, d, y, sigmas, ts, args.cfg, nz, c))
+            if eq_steps is None:  # equal-FLOPs step count from the first chunk
+                eq_steps = max(1, round(args.steps * st.flops / st.dense_flops))
+                few_sigmas, few_ts = dit.img2img_schedule(eq_steps, args.strength)
+            (f, _), tf = timed(lambda: dit.euler_img2img(model, d, y, few_sigmas, few_ts, args.cfg, nz))
+            rt, st_rt = dit.euler_img2img(model, d, y, sigmas, ts, args.cfg, nz, cs)
+            ref, _ = dit.euler_img2img(model, d, y, ref_sigmas, ref_ts, args.cfg, nz)
+            for m, v in zip(methods + ["reference"], (u, r, f, rt, ref)):
+                outs[m].append(v)
+            wall["uniform"] += tu; wall["region"] += tr; wall["fewer_steps"] += tf
+            flops["uniform"] += st.dense_flops; flops["region"] += st.flops; flops["random_tokens"] += st_rt.flops
+            flops["fewer_steps"] += st.dense_flops * eq_steps // args.steps
+            print(f"drafts {i + len(d)}/{len(drafts)}: uniform {tu:.2f}s region {tr:.2f}s fewer {tf:.2f}s", flush=True)
+        outs = {m: torch.cat(v) for m, v in outs.items()}
+        full = dit.token_pixels(counts_all == args.steps, model.grid(drafts), cfgm.patch_size)  # (N,1,h,w) latent px
+        if trained:
+            pix = {m: torch.cat([vae.decode(v[i:i + 16] / 0.18215) for i in range(0, len(v), 16)]) * 0.5 + 0.5
+                   for m, v in outs.items()}
+            mask = F.interpolate(full.float(), scale_factor=8, mode="nearest").bool()
+            peak = 1.0
+        else:
+            pix, mask = outs, full
+            peak = float(outs["reference"].max() - outs["reference"].min())
+    quality = {}
+    for m in methods:
+        q = {"psnr_important_db": masked_psnr(pix[m], pix["reference"], mask, peak),
+             "psnr_rest_db": masked_psnr(pix[m], pix["reference"], ~mask, peak)}
+        if trained:
+            q["ssim_important"] = masked_ssim(pix[m], pix["reference"], mask)
+            q["ssim_rest"] = masked_ssim(pix[m], pix["reference"], ~mask)
+        quality[m] = {k: sum(v) / len(v) for k, v in q.items()} | {"per_draft": q}
+    summary = {
+        "flops_ratio_uniform_over_region": flops["uniform"] / flops["region"],
+        "wall_speedup_region": wall["uniform"] / wall["region"],
+        "wall_speedup_fewer_steps": wall["uniform"] / wall["fewer_steps"],
+        "psnr_loss_important_db_region": quality["uniform"]["psnr_important_db"] - quality["region"]["psnr_important_db"],
+        "psnr_loss_important_db_fewer_steps": quality["uniform"]["psnr_important_db"]
+        - quality["fewer_steps"]["psnr_important_db"],
+        "psnr_loss_important_db_random_tokens": quality["uniform"]["psnr_important_db"]
+        - quality["random_tokens"]["psnr_important_db"],
+        "important_token_fraction": float((counts_all == args.steps).float().mean()),
+        "fewer_steps": eq_steps,
+        "max_abs_diff_untouched_vs_draft": float(((outs["region"] - drafts).abs()
+                                                  * dit.token_pixels(counts_all == 0, model.grid(drafts),
+                                                                     cfgm.patch_size)).max()),
+    }
+    for m in methods:
+        qm = quality[m]
+        print(f"{m:14s} PSNR important {qm['psnr_important_db']:.2f} dB, rest {qm['psnr_rest_db']:.2f} dB"
+              + (f"; SSIM important {qm['ssim_important']:.4f}, rest {qm['ssim_rest']:.4f}" if trained else ""))
+    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in summary.items()}))
     out = args.out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(dict(
-        benchmark="region-adaptive vs uniform DiT refinement", model=args.model, image_size=args.size,
-        command=" ".join(sys.argv),
-        weights=weights, strength=args.strength, area=args.area, device="cpu",
-        cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(), torch=torch.__version__,
-        quality=("latent-space PSNR vs the full-step uniform reference is reported per row but means nothing with "
-                 "random weights" if not args.checkpoint else "latent-space PSNR vs the full-step uniform reference"),
-        results=results),
-        indent=2) + "\n")
-    print(f"wrote {out.relative_to(ROOT)}")
+        benchmark="region-adaptive vs uniform DiT refinement", command=" ".join(sys.argv), weights=weights,
+        model=asdict_config(cfgm), latent_size=list(lat_hw), drafts=len(drafts), draft_names=names,
+        batch=args.batch, cfg=args.cfg, steps=args.steps, ref_steps=args.ref_steps, strength=args.strength,
+        min_steps=args.min_steps, area=args.area,
+        quality_space="pixels (VAE-decoded), vs the reference" if trained else "latents (meaningless: random weights)",
+        device="cpu", cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
+        torch=torch.__version__, summary=summary, wall_s=wall, flops=flops, quality=quality), indent=1) + "\n")
+    print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+
+
+def asdict_config(config) -> dict:
+    from dataclasses import asdict
+
+    return asdict(config)
 
 
 if __name__ == "__main__":

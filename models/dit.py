@@ -382,10 +382,12 @@ def load_dit(path, num_heads: int | None = None) -> DiT:
     return model.eval().requires_grad_(False)
 
 
-def save_dit_safetensors(model: DiT, path) -> None:
+def save_dit_safetensors(model: DiT, path, half: bool = False) -> None:
+    """`half`: store fp16 (the loader computes in fp32 either way); the fixed position table stays fp32."""
     from .checkpoints import save_safetensors
 
-    save_safetensors(path, model.state_dict(), {"format": SAFETENSORS_FORMAT, "config": asdict(model.config)})
+    sd = {k: v.half() if half and k != "pos_embed" else v for k, v in model.state_dict().items()}
+    save_safetensors(path, sd, {"format": SAFETENSORS_FORMAT, "config": asdict(model.config)})
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -595,3 +597,53 @@ class RegionAdaptiveState:
     def untouched_pixels(self, grid: tuple[int, int]) -> torch.Tensor:
         """(B, 1, H, W) bool: latent pixels of tokens with 0 steps (their output must equal the draft)."""
         return token_pixels(self.counts == 0, grid, self.model.config.patch_size)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reference img2img sampler (no ComfyUI)
+# --------------------------------------------------------------------------------------------------------------
+def img2img_schedule(steps: int, strength: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sigmas and matching discrete timesteps of DiT's linear-β schedule: `steps` evenly spaced timesteps from
+    strength * 999 down, then sigma 0 (a plain 'normal'-style img2img schedule)."""
+    acp = torch.cumprod(1 - linear_betas(), 0)
+    ts = torch.linspace(strength * (NUM_TIMESTEPS - 1), 0, steps + 1)[:-1]
+    sig = ((1 - acp) / acp).sqrt()
+    sigmas = torch.cat([torch.stack([_interp(sig, t) for t in ts]), torch.zeros(1)]).float()
+    return sigmas, ts.float()
+
+
+def _interp(values: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    lo, hi = int(t.floor()), int(t.ceil())
+    w = float(t - lo)
+    return ((1 - w) * values[lo].log() + w * values[hi].log()).exp()
+
+
+def euler_img2img(model: DiT, draft, labels, sigmas, ts, cfg, noise, counts=None):
+    """Reference Euler img2img without ComfyUI (benchmarks, training scripts): from `draft` (SD1-scaled latents)
+    noised to sigmas[0] with `noise`, classifier-free guidance `cfg` against the null class (rows: cond batch, then
+    uncond batch), the same update as ComfyUI's Euler on this model. With per-token step `counts` (N, T) the
+    region-adaptive state evaluates each token only at its steps. Returns (latent, state or None)."""
+    n = draft.shape[0]
+    state = RegionAdaptiveState(model, counts, sigmas, draft) if counts is not None else None
+    x = draft + noise * sigmas[0]
+    y = torch.cat([labels, torch.full_like(labels, model.config.null_class)]) if cfg != 1 else labels
+    keys = [(c, j) for c in range(2 if cfg != 1 else 1) for j in range(n)]
+    images = [j for _, j in keys]
+    for i in range(len(sigmas) - 1):
+        s = sigmas[i]
+        xx = torch.cat([x, x]) if cfg != 1 else x
+        sig = s.expand(xx.shape[0])
+        xc = xx / (s ** 2 + 1).sqrt()
+        t = ts[i].expand(xx.shape[0])
+        if state is None:
+            eps = model(xc, t, y)[:, : x.shape[1]]
+            den = xx - eps * s
+        else:
+            den = state(xx, xc, sig, t, y, None, keys, images, lambda e, a, b: a - e * b.view(-1, 1, 1, 1))
+        if cfg != 1:
+            cond, uncond = den.chunk(2)
+            den = uncond + cfg * (cond - uncond)
+        x = x + (x - den) / s * (sigmas[i + 1] - s)
+    if state is not None:  # 0-step tokens: exactly the draft (as the ComfyUI sampler returns them)
+        x = torch.where(state.untouched_pixels(model.grid(x)), draft, x)
+    return x, state

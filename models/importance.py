@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 # A perceptually ordered heat colormap: dark blue (unimportant) -> blue -> teal -> yellow -> red (important).
@@ -247,3 +249,146 @@ def budget_levels(importance: torch.Tensor, levels: int, budget: float, iters: i
     err_hi = (cand_hi.mean(dim=(1, 2, 3)) - budget).abs()
     best = torch.where((err_hi <= err_lo).view(-1, 1, 1, 1), cand_hi, cand_lo)
     return best.to(importance.dtype)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Learned scorer: a small MobileNetV3-style CNN, distilled from what the refiner actually changes
+# --------------------------------------------------------------------------------------------------------------
+SCORER_FORMAT = "diffugan.importance_scorer.v1"
+
+
+@dataclass(frozen=True)
+class ScorerConfig:
+    stem: int = 16
+    # (out channels, stride, expansion, squeeze-excite) per inverted-residual block; strides bring it to 1/8
+    blocks: tuple = ((24, 2, 4, False), (24, 1, 3, False), (40, 2, 3, True), (40, 1, 3, True), (64, 1, 4, True),
+                     (64, 1, 4, True))
+    max_side: int = 512  # the scorer sees the image with its long side at most this (cost is then bounded)
+
+    def to_json(self) -> dict:
+        return {"stem": self.stem, "blocks": [list(b) for b in self.blocks], "max_side": self.max_side}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ScorerConfig":
+        return cls(stem=int(d["stem"]), blocks=tuple(tuple(b) for b in d["blocks"]), max_side=int(d["max_side"]))
+
+
+class _SqueezeExcite(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.reduce = nn.Conv2d(c, max(8, c // 4), 1)
+        self.expand = nn.Conv2d(max(8, c // 4), c, 1)
+
+    def forward(self, x):
+        s = F.relu(self.reduce(x.mean((2, 3), keepdim=True)))
+        return x * F.hardsigmoid(self.expand(s))
+
+
+class _InvertedResidual(nn.Module):
+    """1x1 expand -> 3x3 depthwise (stride) -> squeeze-excite -> 1x1 project, hard-swish, residual when shapes allow."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, expand: int, se: bool):
+        super().__init__()
+        mid = c_in * expand
+        self.expand = nn.Sequential(nn.Conv2d(c_in, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.Hardswish())
+        self.depthwise = nn.Sequential(nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False), nn.BatchNorm2d(mid),
+                                       nn.Hardswish())
+        self.se = _SqueezeExcite(mid) if se else nn.Identity()
+        self.project = nn.Sequential(nn.Conv2d(mid, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
+        self.residual = stride == 1 and c_in == c_out
+
+    def forward(self, x):
+        y = self.project(self.se(self.depthwise(self.expand(x))))
+        return x + y if self.residual else y
+
+
+class LearnedScorer(nn.Module):
+    """Image (N, 3, H, W) in 0..1 -> importance logits at 1/8 resolution (N, 1, H/8, W/8); `score` gives the map
+    in 0..1 at the image size. Trained to predict where a uniform refinement changes the draft most."""
+
+    def __init__(self, config: ScorerConfig = ScorerConfig()):
+        super().__init__()
+        self.config = config
+        self.stem = nn.Sequential(nn.Conv2d(3, config.stem, 3, 2, 1, bias=False), nn.BatchNorm2d(config.stem),
+                                  nn.Hardswish())
+        layers, c = [], config.stem
+        for c_out, stride, expand, se in config.blocks:
+            layers.append(_InvertedResidual(c, c_out, stride, expand, se))
+            c = c_out
+        self.blocks = nn.Sequential(*layers)
+        self.head = nn.Conv2d(c, 1, 1)
+        self.register_buffer("mean", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.25, 0.25, 0.25]).view(1, 3, 1, 1))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem((image - self.mean) / self.std)))
+
+    @torch.no_grad()
+    def score(self, image: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) in 0..1 -> (N, 1, H, W) in 0..1, normalised per image like the analytic scorer."""
+        if image.ndim != 4 or image.shape[1] != 3:
+            raise ValueError(f"'image' must be RGB (N,3,H,W), got shape {tuple(image.shape)}")
+        check_finite("image", image)
+        h, w = image.shape[-2:]
+        x = image.float()
+        scale = min(1.0, self.config.max_side / max(h, w))
+        size = (max(8, round(h * scale / 8) * 8), max(8, round(w * scale / 8) * 8))
+        if size != (h, w):
+            x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+        p = next(self.parameters())
+        m = torch.sigmoid(self(x.to(device=p.device, dtype=p.dtype)).float().to(x.device))
+        m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
+        return _normalise_per_image(m, SCORE_FLOOR).to(image.dtype)
+
+
+def scorer_params(model: LearnedScorer) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_scorer(model: LearnedScorer, path, extra: dict | None = None) -> None:
+    from .checkpoints import save_safetensors
+
+    save_safetensors(path, model.state_dict(), {"format": SCORER_FORMAT, "config": model.config.to_json(),
+                                                **(extra or {})})
+
+
+def load_scorer(path) -> LearnedScorer:
+    """Strict keys and shapes; the architecture comes from the file's metadata."""
+    import json as _json
+
+    from . import checkpoints as ck
+
+    tensors, meta = ck.load_safetensors(path)
+    if meta.get("format") != SCORER_FORMAT or "config" not in meta:
+        raise ck.CheckpointError(f"{path}: not a DiffuGAN importance scorer (metadata format "
+                                 f"{meta.get('format')!r}, expected {SCORER_FORMAT!r})")
+    try:
+        config = ScorerConfig.from_json(_json.loads(meta["config"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ck.CheckpointError(f"{path}: bad scorer config in the metadata ({e})") from None
+    model = LearnedScorer(config)
+    tensors = {k: v.float() for k, v in tensors.items()}
+    ck.check_state_dict(model, tensors, str(path))
+    model.load_state_dict(tensors, strict=True)
+    return model.eval().requires_grad_(False)
+
+
+def average_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Ranks of a 1-D tensor, ties sharing their mean rank (as Spearman's rho needs)."""
+    order = torch.argsort(x, stable=True)
+    sorted_x = x[order]
+    ranks = torch.empty_like(x, dtype=torch.float64)
+    ranks[order] = torch.arange(len(x), dtype=torch.float64)
+    _, inverse, counts = torch.unique_consecutive(sorted_x, return_inverse=True, return_counts=True)
+    ends = torch.cumsum(counts, 0).double()
+    mean_rank = ends - (counts.double() + 1) / 2  # mean of positions start..end-1 of each tie group
+    ranks[order] = mean_rank[inverse]
+    return ranks
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation of two maps (any shape, same number of elements); 0 when one is constant."""
+    ra, rb = average_ranks(a.flatten().double()), average_ranks(b.flatten().double())
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    den = float(ra.norm() * rb.norm())
+    return float((ra * rb).sum()) / den if den > 0 else 0.0

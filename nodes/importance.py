@@ -1,11 +1,17 @@
 """Importance-stage nodes (category DiffuGAN/Importance): thin adapters over models/importance.py."""
 from __future__ import annotations
 
+import folder_paths
 import torch
 from comfy_api.latest import io, ui
 
 from ..models import importance as imp
-from ._common import image_to_nchw, mask_to_n1hw, nchw_to_image, node_errors
+from ._common import (image_to_nchw, mask_to_n1hw, missing_model_message, model_file_or_error, nchw_to_image,
+                      node_errors, register_model_folder)
+
+FOLDER = "diffugan_importance"
+register_model_folder(FOLDER, {".safetensors"})
+_SCORERS: dict = {}  # path -> (mtime, scorer): the scorer is tiny; keep the last ones loaded
 
 
 class ImportancePreview(io.ComfyNode):
@@ -121,4 +127,46 @@ class ImportanceBudget(io.ComfyNode):
         return io.NodeOutput(out[:, 0])
 
 
-NODES = [AnalyticImportance, MergeEmphasis, ImportanceBudget, ImportancePreview]
+class LearnedImportance(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DiffuGANImportanceLearned",
+            display_name="DiffuGAN Importance (Learned)",
+            category="DiffuGAN/Importance",
+            description=("Scores where detail matters with a small learned CNN (MobileNetV3-style, in "
+                         "models/diffugan_importance), trained to predict where the refiner changes a draft most. "
+                         "0..1 per image at the image size; a stock MASK like the analytic node's."),
+            inputs=[
+                io.Image.Input("image"),
+                io.Combo.Input("scorer_name", options=folder_paths.get_filename_list(FOLDER),
+                               tooltip="A scorer file in ComfyUI/models/diffugan_importance (the zoo ships one)."),
+            ],
+            outputs=[io.Mask.Output(display_name="importance")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, scorer_name) -> bool | str:
+        return missing_model_message(FOLDER, scorer_name, "importance scorer")
+
+    @classmethod
+    def execute(cls, image, scorer_name) -> io.NodeOutput:
+        import os
+
+        import comfy.model_management as mm
+
+        name = "DiffuGAN Importance (Learned)"
+        path = model_file_or_error(FOLDER, scorer_name, name, "importance scorer")
+        with node_errors(name):
+            mtime = os.path.getmtime(path)
+            cached = _SCORERS.get(path)
+            if cached is None or cached[0] != mtime:
+                _SCORERS.clear()
+                _SCORERS[path] = cached = (mtime, imp.load_scorer(path))
+            scorer = cached[1].to(mm.get_torch_device())
+            with torch.inference_mode():
+                m = scorer.score(image_to_nchw(image))
+        return io.NodeOutput(m[:, 0].float().cpu())
+
+
+NODES = [AnalyticImportance, LearnedImportance, MergeEmphasis, ImportanceBudget, ImportancePreview]

@@ -174,3 +174,55 @@ def test_budget_extremes_and_errors():
         imp.budget_levels(m, 1, 0.5)
     with pytest.raises(ValueError, match="'budget' must be in 0..1"):
         imp.budget_levels(m, 4, 1.5)
+
+
+# --- learned scorer ------------------------------------------------------------------------------------------------
+def test_learned_scorer_is_small_and_predicts_at_one_eighth():
+    from random_weights import perturb
+
+    torch.manual_seed(0)
+    scorer = perturb(imp.LearnedScorer(), 0.05).eval()
+    assert imp.scorer_params(scorer) <= 1_000_000
+    x = torch.rand(3, 3, 96, 136)
+    assert scorer(x).shape == (3, 1, 12, 17)
+    m = scorer.score(x)
+    assert m.shape == (3, 1, 96, 136) and 0 <= float(m.min()) and float(m.max()) <= 1
+    big = scorer.score(torch.rand(1, 3, 1024, 768))  # seen at max_side 512, returned at the image size
+    assert big.shape == (1, 1, 1024, 768)
+    with pytest.raises(ValueError, match="NaN"):
+        scorer.score(torch.full((1, 3, 32, 32), float("nan")))
+    with pytest.raises(ValueError, match="RGB"):
+        scorer.score(torch.rand(1, 4, 32, 32))
+
+
+def test_learned_scorer_save_load_is_strict(tmp_path):
+    from diffugan.models.checkpoints import CheckpointError, save_safetensors
+
+    torch.manual_seed(1)
+    scorer = imp.LearnedScorer(imp.ScorerConfig(stem=8, blocks=((16, 2, 2, True), (16, 2, 2, False)))).eval()
+    imp.save_scorer(scorer, tmp_path / "s.safetensors")
+    back = imp.load_scorer(tmp_path / "s.safetensors")
+    x = torch.rand(2, 3, 64, 64)
+    torch.testing.assert_close(back(x), scorer(x), rtol=0, atol=0)
+    sd = scorer.state_dict()
+    sd.pop("head.bias")
+    save_safetensors(tmp_path / "bad.safetensors", sd, {"format": imp.SCORER_FORMAT,
+                                                        "config": scorer.config.to_json()})
+    with pytest.raises(CheckpointError, match="head.bias"):
+        imp.load_scorer(tmp_path / "bad.safetensors")
+    save_safetensors(tmp_path / "other.safetensors", scorer.state_dict(), {"format": "something.else"})
+    with pytest.raises(CheckpointError, match="not a DiffuGAN importance scorer"):
+        imp.load_scorer(tmp_path / "other.safetensors")
+
+
+def test_spearman_with_ties_matches_the_definition():
+    a = torch.tensor([0.0, 0.0, 0.0, 1.0, 2.0, 3.0])
+    assert imp.average_ranks(a).tolist() == [1.0, 1.0, 1.0, 3.0, 4.0, 5.0]
+    assert imp.spearman(a, a * 10 + 1) == pytest.approx(1.0)
+    assert imp.spearman(a, -a) == pytest.approx(-1.0)
+    assert imp.spearman(a, torch.ones(6)) == 0.0
+    # Pearson of the average ranks, by hand: ranks of b = [5, 4, 3, 2, 1, 0]
+    b = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0, 0.0])
+    ra, rb = torch.tensor([1.0, 1, 1, 3, 4, 5]), torch.tensor([5.0, 4, 3, 2, 1, 0])
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    assert imp.spearman(a, b) == pytest.approx(float((ra * rb).sum() / (ra.norm() * rb.norm())))

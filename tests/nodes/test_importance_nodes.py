@@ -1,4 +1,6 @@
 """Importance nodes inside the real ComfyUI (in-process)."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -29,3 +31,24 @@ def test_budget_node(run_node):
     assert levels.shape == (2, 32, 32)
     assert set(torch.unique(levels * 3).round().tolist()) <= {0.0, 1.0, 2.0, 3.0}
     assert abs(float(levels.mean()) - 0.3) < 0.05
+
+
+def test_learned_node_scores_with_a_file_from_its_folder(comfy, run_node, tmp_path):
+    import folder_paths
+
+    from diffugan.models import importance as imp
+    from random_weights import perturb
+
+    torch.manual_seed(0)
+    scorer = perturb(imp.LearnedScorer(), 0.05).eval()
+    folder = folder_paths.get_folder_paths("diffugan_importance")[0]
+    imp.save_scorer(scorer, Path(folder) / "test-scorer.safetensors")
+    image = torch.rand(2, 48, 80, 3, generator=torch.Generator().manual_seed(1))
+    mask = run_node("DiffuGANImportanceLearned", image=image, scorer_name="test-scorer.safetensors").args[0]
+    assert mask.shape == (2, 48, 80) and mask.dtype == torch.float32
+    torch.testing.assert_close(mask, scorer.score(image.movedim(-1, 1))[:, 0])
+    with pytest.raises(ValueError, match="diffugan_importance"):
+        run_node("DiffuGANImportanceLearned", image=image, scorer_name="missing.safetensors")
+    with pytest.raises(ValueError, match="DiffuGAN Importance \\(Learned\\): 'image' contains 768 NaN"):
+        run_node("DiffuGANImportanceLearned", image=torch.full((1, 16, 16, 3), float("nan")),
+                 scorer_name="test-scorer.safetensors")
