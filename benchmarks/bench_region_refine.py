@@ -106,6 +106,7 @@ def main() -> None:
     ap.add_argument("--strength", type=float, default=0.6)
     ap.add_argument("--min-steps", type=int, default=0)
     ap.add_argument("--area", type=float, default=0.2, help="fraction of the image at full work")
+    ap.add_argument("--border", type=int, default=1, help="tokens of dilation around important regions")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "region_refine.json")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -131,7 +132,7 @@ def main() -> None:
     noise_all = torch.randn(drafts.shape, generator=torch.Generator().manual_seed(2))
     lat_hw = drafts.shape[-2:]
     counts_all = dit.token_step_counts(dit.step_counts_from_map(work, lat_hw, args.steps, args.min_steps),
-                                       cfgm.patch_size, border=1)
+                                       cfgm.patch_size, border=args.border)
     gen = torch.Generator().manual_seed(3)
     shuffled = torch.stack([c[torch.randperm(len(c), generator=gen)] for c in counts_all])
     methods = ["uniform", "region", "fewer_steps", "random_tokens"]
@@ -203,7 +204,7 @@ def main() -> None:
         benchmark="region-adaptive vs uniform DiT refinement", command=" ".join(sys.argv), weights=weights,
         model=asdict_config(cfgm), latent_size=list(lat_hw), drafts=len(drafts), draft_names=names,
         batch=args.batch, cfg=args.cfg, steps=args.steps, ref_steps=args.ref_steps, strength=args.strength,
-        min_steps=args.min_steps, area=args.area,
+        min_steps=args.min_steps, area=args.area, border=args.border,
         quality_space="pixels (VAE-decoded), vs the reference" if trained else "latents (meaningless: random weights)",
         device="cpu", cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
         torch=torch.__version__, summary=summary, wall_s=wall, flops=flops, quality=quality), indent=1) + "\n")

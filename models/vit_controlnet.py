@@ -172,6 +172,33 @@ class ViTControlNet(nn.Module):
         return embed + proj + blocks
 
 
+# --------------------------------------------------------------------------------------------------------------
+# Edges: the control images, and how well an image follows them
+# --------------------------------------------------------------------------------------------------------------
+def canny_edges(image: torch.Tensor, low: float = 0.1, high: float = 0.2) -> torch.Tensor:
+    """Binary Canny edges (kornia) of (N, 3 or 1, H, W) images in 0..1 -> (N, 1, H, W) in {0, 1}."""
+    import kornia
+
+    if low >= high:
+        raise ValueError(f"low_threshold ({low}) must be below high_threshold ({high})")
+    if not torch.isfinite(image).all():
+        raise ValueError("'image' contains NaN or infinite values")
+    _, edges = kornia.filters.canny(image.float().clamp(0, 1), low_threshold=low, high_threshold=high)
+    return (edges > 0.5).to(image.dtype)
+
+
+def edge_f1(pred: torch.Tensor, target: torch.Tensor, tolerance: int = 1) -> torch.Tensor:
+    """Per image F1 of binary edge maps (N, 1, H, W), an edge pixel counting as matched within `tolerance` pixels
+    (Chebyshev): precision = predicted edges near a target edge, recall = target edges near a predicted edge."""
+    k = 2 * tolerance + 1
+    near_t = F.max_pool2d(target.float(), k, 1, tolerance)
+    near_p = F.max_pool2d(pred.float(), k, 1, tolerance)
+    p, t = pred.float(), target.float()
+    precision = (p * near_t).sum((1, 2, 3)) / p.sum((1, 2, 3)).clamp_min(1)
+    recall = (t * near_p).sum((1, 2, 3)) / t.sum((1, 2, 3)).clamp_min(1)
+    return 2 * precision * recall / (precision + recall).clamp_min(1e-8)
+
+
 def save_controlnet(net: ViTControlNet, path, base: str = "") -> None:
     ck.save_safetensors(path, net.state_dict(), {"format": SAFETENSORS_FORMAT, "config": asdict(net.config),
                                                  "base": base})

@@ -193,16 +193,8 @@ class Edges(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, low_threshold, high_threshold) -> io.NodeOutput:
-        import kornia
-
-        name = "DiffuGAN Edges"
-        if low_threshold >= high_threshold:
-            raise ValueError(f"{name}: low_threshold ({low_threshold}) must be below high_threshold "
-                             f"({high_threshold})")
-        if not torch.isfinite(image).all():
-            raise ValueError(f"{name}: 'image' contains NaN or infinite values")
-        x = image_to_nchw(image).float().clamp(0, 1)
-        _, edges = kornia.filters.canny(x, low_threshold=low_threshold, high_threshold=high_threshold)
+        with node_errors("DiffuGAN Edges"):
+            edges = vc.canny_edges(image_to_nchw(image).float(), low_threshold, high_threshold)
         return io.NodeOutput(nchw_to_image(edges.expand(-1, 3, -1, -1)))
 
 

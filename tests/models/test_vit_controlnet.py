@@ -200,3 +200,29 @@ def test_bad_config_metadata_is_refused_naming_the_file(tmp_path):
         vc.load_controlnet(tmp_path / "odd.safetensors")
     with pytest.raises(ck.CheckpointError, match="cn.pt: a DiffuGAN ViT ControlNet is a .safetensors file"):
         vc.load_controlnet(tmp_path / "cn.pt")
+
+
+def test_edge_f1_counts_matches_within_the_tolerance():
+    target = torch.zeros(2, 1, 16, 16)
+    target[:, :, 8, 2:14] = 1  # a horizontal line of 12 pixels
+    same = target.clone()
+    shifted = torch.roll(target, 1, dims=2)  # one pixel down: matched at tolerance 1, not at 0
+    half = target.clone()
+    half[:, :, 8, 8:] = 0  # precision 1; recall 7/12 (the 1 px tolerance reaches one pixel past the end)
+    assert vc.edge_f1(same, target).tolist() == [1.0, 1.0]
+    assert vc.edge_f1(shifted, target, tolerance=1).tolist() == [1.0, 1.0]
+    assert vc.edge_f1(shifted, target, tolerance=0).tolist() == [0.0, 0.0]
+    assert float(vc.edge_f1(half, target)[0]) == pytest.approx(2 * (7 / 12) / (1 + 7 / 12))
+    assert vc.edge_f1(torch.zeros_like(target), target).tolist() == [0.0, 0.0]
+
+
+def test_canny_edges_are_binary_and_refuse_bad_input():
+    img = torch.zeros(1, 3, 32, 32)
+    img[:, :, 8:24, 8:24] = 1
+    e = vc.canny_edges(img)
+    assert e.shape == (1, 1, 32, 32) and set(e.unique().tolist()) == {0.0, 1.0}
+    assert e[0, 0, 16, 16] == 0 and e[0, 0, 8:24, 7:9].sum() > 8
+    with pytest.raises(ValueError, match="low_threshold"):
+        vc.canny_edges(img, 0.5, 0.2)
+    with pytest.raises(ValueError, match="NaN"):
+        vc.canny_edges(torch.full((1, 3, 8, 8), float("nan")))
