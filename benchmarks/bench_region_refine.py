@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import sys
 import time
@@ -41,22 +42,21 @@ from diffugan.models import dit  # noqa: E402
 from random_weights import perturb  # noqa: E402
 
 
-def masked_psnr(a: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor, peak: float) -> list[float]:
-    """Per image PSNR (dB) inside a (N, 1, H, W) bool mask."""
-    err = (a - ref).square().mean(1, keepdim=True)
-    out = []
-    for e, m in zip(err, mask):
-        mse = float(e[m].mean()) if m.any() else float("nan")
-        out.append(10 * torch.log10(torch.tensor(peak ** 2 / mse)).item() if mse > 0 else float("inf"))
-    return out
+def masked_psnr(a: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor, peak: float) -> float | None:
+    """PSNR (dB) over all pixels inside a (N, 1, H, W) bool mask, pooled over the images; None if the mask is empty."""
+    err = (a - ref).square().mean(1, keepdim=True)[mask]
+    if err.numel() == 0:
+        return None
+    mse = float(err.mean())
+    return 10 * math.log10(peak ** 2 / mse) if mse > 0 else float("inf")
 
 
-def masked_ssim(a: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor) -> list[float]:
-    """Per image mean of the SSIM map (11 px Gaussian window, images in [0, 1]) inside the mask."""
+def masked_ssim(a: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor) -> float | None:
+    """Mean of the SSIM map (11 px Gaussian window, images in [0, 1]) over the pixels inside the mask, pooled."""
     from kornia.metrics import ssim
 
-    s = ssim(a.clamp(0, 1), ref.clamp(0, 1), 11).mean(1, keepdim=True)
-    return [float(v[m].mean()) if m.any() else float("nan") for v, m in zip(s, mask)]
+    s = ssim(a.clamp(0, 1), ref.clamp(0, 1), 11).mean(1, keepdim=True)[mask]
+    return float(s.mean()) if s.numel() else None
 
 
 def disc_mask(h: int, w: int, area: float) -> torch.Tensor:
@@ -171,13 +171,16 @@ def main() -> None:
             pix, mask = outs, full
             peak = float(outs["reference"].max() - outs["reference"].min())
     quality = {}
+    has_important = mask.flatten(1).any(1)  # drafts whose map has full-work tokens
     for m in methods:
         q = {"psnr_important_db": masked_psnr(pix[m], pix["reference"], mask, peak),
              "psnr_rest_db": masked_psnr(pix[m], pix["reference"], ~mask, peak)}
         if trained:
             q["ssim_important"] = masked_ssim(pix[m], pix["reference"], mask)
             q["ssim_rest"] = masked_ssim(pix[m], pix["reference"], ~mask)
-        quality[m] = {k: sum(v) / len(v) for k, v in q.items()} | {"per_draft": q}
+        q["psnr_important_db_per_draft"] = [masked_psnr(pix[m][i:i + 1], pix["reference"][i:i + 1],
+                                                        mask[i:i + 1], peak) for i in range(len(drafts))]
+        quality[m] = q
     summary = {
         "flops_ratio_uniform_over_region": flops["uniform"] / flops["region"],
         "wall_speedup_region": wall["uniform"] / wall["region"],
@@ -188,15 +191,21 @@ def main() -> None:
         "psnr_loss_important_db_random_tokens": quality["uniform"]["psnr_important_db"]
         - quality["random_tokens"]["psnr_important_db"],
         "important_token_fraction": float((counts_all == args.steps).float().mean()),
+        "drafts_with_an_important_region": int(has_important.sum()),
         "fewer_steps": eq_steps,
         "max_abs_diff_untouched_vs_draft": float(((outs["region"] - drafts).abs()
                                                   * dit.token_pixels(counts_all == 0, model.grid(drafts),
                                                                      cfgm.patch_size)).max()),
     }
+
+    def f(v, spec):
+        return "n/a" if v is None else format(v, spec)
+
     for m in methods:
         qm = quality[m]
-        print(f"{m:14s} PSNR important {qm['psnr_important_db']:.2f} dB, rest {qm['psnr_rest_db']:.2f} dB"
-              + (f"; SSIM important {qm['ssim_important']:.4f}, rest {qm['ssim_rest']:.4f}" if trained else ""))
+        print(f"{m:14s} PSNR important {f(qm['psnr_important_db'], '.2f')} dB, rest {f(qm['psnr_rest_db'], '.2f')} dB"
+              + (f"; SSIM important {f(qm['ssim_important'], '.4f')}, rest {f(qm['ssim_rest'], '.4f')}"
+                 if trained else ""))
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in summary.items()}))
     out = args.out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -2,11 +2,16 @@
 with the ControlNet, at budgets 10 % … 100 %, side by side in one run (same model, inputs, threads).
 
 Timings interleave the budgets round-robin and keep each one's best of --reps, so machine noise hits every budget
-alike. With random weights (until the demo zoo ships a trained DiT and ControlNet) this measures COST ONLY: edge F1
-of refined images against the control map needs trained weights and is reported as not measured. Writes
-benchmarks/results/vit_controlnet.json.
+alike. With random weights (the default) this measures COST ONLY. With the zoo's trained DiT, VAE and ControlNet
+(--dit/--vae/--controlnet) it also measures, at each budget, how well refined images follow the control edges:
+held-out emoji made coarse (24 px) are refined at strength 0.8 with their own Canny edges as control (tokens picked
+by edge density, as trained), and the edges of the results are scored against the control map (F1, 1 px
+tolerance), next to the same refinement without the ControlNet. Writes benchmarks/results/vit_controlnet.json
+(random) or vit_controlnet_zoo.json (trained).
 
     .venv/bin/python benchmarks/bench_vit_controlnet.py [--model DiT-B/2] [--size 256] [--control-depth 6]
+    .venv/bin/python benchmarks/bench_vit_controlnet.py --dit zoo/dit/diffugan-emoji-dit.safetensors \
+        --vae zoo/vae/diffugan-emoji-vae.safetensors --controlnet zoo/diffugan_controlnet/diffugan-emoji-controlnet.safetensors
 """
 from __future__ import annotations
 
@@ -35,16 +40,30 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2, help="rows per model call (2 = one image with CFG)")
     ap.add_argument("--budgets", default="0.1,0.25,0.5,0.75,1.0")
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "vit_controlnet.json")
+    ap.add_argument("--dit", type=Path, default=None, help="trained DiT (with --vae and --controlnet)")
+    ap.add_argument("--vae", type=Path, default=None)
+    ap.add_argument("--controlnet", type=Path, default=None)
+    ap.add_argument("--images", type=int, default=32, help="trained mode: held-out images for edge F1")
+    ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     budgets = [float(b) for b in args.budgets.split(",")]
+    trained = args.dit is not None
+    if trained and (args.vae is None or args.controlnet is None):
+        ap.error("--dit needs --vae and --controlnet")
+    args.out = args.out or ROOT / "benchmarks" / "results" / ("vit_controlnet_zoo.json" if trained else
+                                                              "vit_controlnet.json")
 
     torch.manual_seed(0)
-    model = dit.DiT(dit.standard_config(args.model, args.size)).eval()
-    net = vc.ViTControlNet.from_dit(model, args.control_depth).eval()
-    with torch.no_grad():  # non-zero projections, as after training (a fresh ControlNet would add zeros)
-        for layer in [net.before_proj, *net.after_proj]:
-            layer.weight.normal_(0, 0.02)
+    if trained:
+        model, net = dit.load_dit(args.dit), vc.load_controlnet(args.controlnet)
+        net.check_fits(model)
+        args.size, args.model, args.control_depth = 128, args.dit.name, net.config.depth
+    else:
+        model = dit.DiT(dit.standard_config(args.model, args.size)).eval()
+        net = vc.ViTControlNet.from_dit(model, args.control_depth).eval()
+        with torch.no_grad():  # non-zero projections, as after training (a fresh ControlNet would add zeros)
+            for layer in [net.before_proj, *net.after_proj]:
+                layer.weight.normal_(0, 0.02)
     lat = args.size // 8
     x = torch.randn(args.batch, 4, lat, lat)
     t = torch.full((args.batch,), 500.0)
@@ -79,6 +98,7 @@ def main() -> None:
                 fn()
                 best[k] = min(best[k], time.perf_counter() - t0)
 
+    f1 = edge_f1_by_budget(model, net, args, budgets) if trained else None
     dense_flops = net.flops(tokens_n, 1.0) * args.batch
     dit_flops = dit.transformer_flops(model.config, tokens_n, tokens_n) * args.batch
     rows = []
@@ -89,21 +109,49 @@ def main() -> None:
                    branch_wall_ratio_vs_dense=best["branch@1.0"] / best[f"branch@{b}"],
                    step_seconds=best[f"step@{b}"],
                    step_overhead_vs_no_control=best[f"step@{b}"] / best["step@none"] - 1,
-                   step_flops_overhead_vs_no_control=f / dit_flops, edge_f1="not measured: random weights")
+                   step_flops_overhead_vs_no_control=f / dit_flops,
+                   edge_f1=f1[str(b)] if f1 else "not measured: random weights")
+        if f1:
+            row["edge_f1_loss_vs_dense"] = 1 - f1[str(b)] / f1["1.0"] if f1.get("1.0") else None
         rows.append(row)
         print(f"budget {b:>4.0%}: branch FLOPs {row['branch_flops_ratio_vs_dense']:.2f}x fewer than dense, wall "
               f"{best[f'branch@{b}'] * 1000:.1f} ms ({row['branch_wall_ratio_vs_dense']:.2f}x faster); DiT step + "
               f"ControlNet {row['step_overhead_vs_no_control'] * 100:+.1f}% wall, "
-              f"{row['step_flops_overhead_vs_no_control'] * 100:+.1f}% FLOPs vs no ControlNet", flush=True)
+              f"{row['step_flops_overhead_vs_no_control'] * 100:+.1f}% FLOPs vs no ControlNet"
+              + (f"; edge F1 {f1[str(b)]:.3f}" if f1 else ""), flush=True)
     out = args.out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(dict(
         benchmark="ViT ControlNet cost vs token budget", model=args.model, image_size=args.size,
         control_depth=args.control_depth, rows_per_call=args.batch, command=" ".join(sys.argv),
-        weights="random (cost only; edge F1 needs a trained DiT + ControlNet)", device="cpu",
+        weights=(f"trained: {args.dit.name} + {args.controlnet.name}" if trained else
+                 "random (cost only; edge F1 needs a trained DiT + ControlNet)"), device="cpu",
+        edge_f1_without_controlnet=f1["none"] if f1 else None, edge_f1_images=args.images if f1 else None,
         cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(), torch=torch.__version__,
         step_seconds_without_control=best["step@none"], results=rows), indent=2) + "\n")
-    print(f"wrote {out.relative_to(ROOT)}")
+    print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+
+
+def edge_f1_by_budget(model, net, args, budgets) -> dict:
+    """Mean edge F1 of refined held-out drafts at each budget, and without the ControlNet ("none")."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import train_zoo_controlnet as tzc
+    import zoo_data
+
+    from diffugan.models import taesd
+
+    vae = taesd.load_vae(args.vae)
+    x, records = zoo_data.load(zoo_data.DEFAULT_OUT, "heldout", 128)
+    pick = torch.linspace(0, len(x) - 1, args.images).round().long()
+    x = x[pick]
+    y = torch.tensor([zoo_data.zoo_label(records[i]) for i in pick])
+    edges = vc.canny_edges(x * 0.5 + 0.5)
+    out = {"none": float(tzc.follow_edges(model, net, vae, x, y, edges, None).mean())}
+    for b in budgets:
+        out[str(b)] = float(tzc.follow_edges(model, net, vae, x, y, edges,
+                                             vc.ControlSettings(budget=b, edge_priority=1.0)).mean())
+        print(f"edge F1 at budget {b:.0%}: {out[str(b)]:.3f} (without ControlNet {out['none']:.3f})", flush=True)
+    return out
 
 
 if __name__ == "__main__":

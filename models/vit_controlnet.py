@@ -199,9 +199,10 @@ def edge_f1(pred: torch.Tensor, target: torch.Tensor, tolerance: int = 1) -> tor
     return 2 * precision * recall / (precision + recall).clamp_min(1e-8)
 
 
-def save_controlnet(net: ViTControlNet, path, base: str = "") -> None:
-    ck.save_safetensors(path, net.state_dict(), {"format": SAFETENSORS_FORMAT, "config": asdict(net.config),
-                                                 "base": base})
+def save_controlnet(net: ViTControlNet, path, base: str = "", half: bool = False) -> None:
+    """`half`: store fp16 (the loader computes in fp32 either way)."""
+    sd = {k: v.half() if half else v for k, v in net.state_dict().items()}
+    ck.save_safetensors(path, sd, {"format": SAFETENSORS_FORMAT, "config": asdict(net.config), "base": base})
 
 
 def load_controlnet(path) -> ViTControlNet:

@@ -9,7 +9,10 @@ from comfy_api.latest import ComfyExtension, io
 
 from . import clip_style, dit, importance, stylegan, vit_controlnet
 
+from ._common import add_zoo_folder
+
 STAGES = [clip_style, stylegan, importance, vit_controlnet, dit]
+add_zoo_folder("vae")  # the zoo's VAE (TAESD layout) for the stock VAELoader
 
 
 def all_nodes() -> list[type[io.ComfyNode]]:

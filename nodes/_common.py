@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import torch
 
@@ -32,8 +33,14 @@ def node_errors(display_name: str):
         raise ValueError(f"{display_name}: {e}") from None
 
 
+# The demo model zoo shipped with the pack (zoo/<folder>/): searched after the user's own folders, so its models
+# are there by default and a user's file of the same name wins.
+ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
+
+
 def register_model_folder(name: str, extensions: set[str]) -> None:
-    """Register ComfyUI/models/<name> (plus any paths extra_model_paths.yaml already gave it) for our files."""
+    """Register ComfyUI/models/<name> (plus any paths extra_model_paths.yaml already gave it) for our files, and the
+    zoo's folder of that name last."""
     import os
 
     import folder_paths
@@ -43,6 +50,16 @@ def register_model_folder(name: str, extensions: set[str]) -> None:
     if default not in paths:
         paths.insert(0, default)
     folder_paths.folder_names_and_paths[name] = (paths, set(exts) | set(extensions))
+    add_zoo_folder(name)
+
+
+def add_zoo_folder(name: str) -> None:
+    """Let ComfyUI's folder `name` (ours or a stock one such as "vae") also list the zoo's zoo/<name>/ files."""
+    import folder_paths
+
+    zoo = ZOO_DIR / name
+    if zoo.is_dir():
+        folder_paths.add_model_folder_path(name, str(zoo), is_default=False)
 
 
 def model_file_or_error(folder: str, file_name: str, node: str, what: str, expected: str = "") -> str:

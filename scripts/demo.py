@@ -3,17 +3,15 @@
     bash scripts/demo.sh            # run once, write output/demo/, print timings, stop the server
     bash scripts/demo.sh --serve    # same, then leave ComfyUI running for a browser at the printed URL
 
-What it runs today (said plainly): only the stages that have landed, and no trained weights yet. The StyleGAN
-workflow runs on a RANDOM-WEIGHT StyleGAN2 (64x64) that this script writes into the demo's models/stylegan folder
-as diffugan-random-stylegan2-64.safetensors: it shows the machinery (seeds, truncation, style mixing, timings), not
-pictures worth keeping. The style workflow steers those drafts toward a prompt with a RANDOM-WEIGHT CLIP of the
-DiffuGAN-CLIP-Demo architecture (diffugan-random-clip-demo.safetensors, in models/clip_style): it exercises CLIP-guided
-W+ optimisation, but an untrained CLIP cannot know what "watercolor" looks like. The importance preview gets a
-procedurally drawn draft with a painted emphasis mask. The coarse-to-fine workflow (draft -> VAE -> importance ->
-region-adaptive DiT refine -> VAE decode) runs on a RANDOM-WEIGHT DiT-S/2 and a RANDOM-WEIGHT VAE in ComfyUI's TAESD
-layout (diffugan-random-dit-s2-256.safetensors in models/dit, diffugan-random-taesd.safetensors in models/vae): its
-timings are real, its pictures are noise. The ViT ControlNet has no workflow here yet. The model-zoo issue replaces
-the random models with trained weights.
+What it runs (said plainly): the zoo workflow (emoji_refine) runs on TRAINED weights, the demo zoo shipped in zoo/
+(a VAE, a DiT refiner, trained on the emoji set): a coarse drawn smiley is refined with region-adaptive steps, and
+a contact sheet (draft | importance | refined) is written. The other workflows need models the zoo does not have yet
+(a StyleGAN, a CLIP), so they run on RANDOM-WEIGHT models this script writes into the demo's model folders: a
+StyleGAN2 64x64 (diffugan-random-stylegan2-64.safetensors in models/stylegan), a CLIP of the DiffuGAN-CLIP-Demo
+architecture (diffugan-random-clip-demo.safetensors in models/clip_style), and for coarse_to_fine a DiT-S/2 and a VAE
+in ComfyUI's TAESD layout (diffugan-random-dit-s2-256.safetensors in models/dit, diffugan-random-taesd.safetensors in
+models/vae). Their timings are real; their pictures are not worth keeping. The importance workflow gets a
+procedurally drawn draft with a painted emphasis mask.
 """
 from __future__ import annotations
 
@@ -32,6 +30,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import conftest  # noqa: E402,F401  (registers the pack as the package `diffugan`)
 from _harness import ComfyServer  # noqa: E402
+from drawn import write_coarse_smiley, write_sketch  # noqa: E402
 from random_weights import perturb  # noqa: E402
 from vae_files import write_random_taesd_vae  # noqa: E402
 
@@ -84,6 +83,39 @@ def write_random_dit(path: Path) -> None:
     dit.save_dit_safetensors(model, path)
 
 
+def missing_files(server: ComfyServer, prompt: dict) -> list[str]:
+    """Model/input files a workflow names that the server does not offer (its combo lists): such a workflow is
+    skipped with a message instead of failing."""
+    missing = []
+    for node in prompt.values():
+        required = server.get(f"/object_info/{node['class_type']}")[node["class_type"]]["input"].get("required", {})
+        for name, value in node["inputs"].items():
+            spec = required.get(name) or [None]
+            options = spec[0] if isinstance(spec[0], list) else (
+                spec[1].get("options") if spec[0] == "COMBO" and len(spec) > 1 else None)
+            if isinstance(value, str) and options is not None and value not in options \
+                    and value.endswith((".safetensors", ".pt", ".pkl", ".bin")):
+                missing.append(f"{value} ({node['class_type']}.{name})")
+    return missing
+
+
+def contact_sheet(saved: dict[str, list[Path]], path: Path) -> Path | None:
+    """One row per image, one column per Save node (in graph order): e.g. draft | importance | refined. Only for
+    workflows that save a *_draft and a *_refined image; None otherwise."""
+    if not any(k.endswith("_draft") for k in saved) or not any(k.endswith("_refined") for k in saved):
+        return None
+    rows = []
+    for files in zip(*saved.values()):
+        tiles = [Image.open(f).convert("RGB") for f in files]
+        h = max(t.height for t in tiles)
+        tiles = [t.resize((round(t.width * h / t.height), h), Image.NEAREST) for t in tiles]
+        rows.append(np.concatenate([np.asarray(t) for t in tiles], axis=1))
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+    return path
+
+
 RANDOM_MODELS = [  # (model folder, file name the shipped workflows use, writer, what it is)
     ("stylegan", "diffugan-random-stylegan2-64.safetensors", write_random_stylegan, "StyleGAN2"),
     ("dit", "diffugan-random-dit-s2-256.safetensors", write_random_dit, "DiT-S/2"),
@@ -107,6 +139,8 @@ def main() -> None:
           f"at {server.url} (log: {server.log_path})")
     try:
         draw_example_draft(base / "input" / "example.png")
+        write_coarse_smiley(base / "input" / "diffugan_emoji_draft.png")  # the zoo workflows' draft
+        write_sketch(base / "input" / "diffugan_emoji_sketch.png")  # and the structure the ControlNet follows
         for folder, file_name, write, what in RANDOM_MODELS:
             path = base / "models" / folder / file_name
             if not path.exists():
@@ -114,6 +148,10 @@ def main() -> None:
                 print(f"wrote a RANDOM-WEIGHT {what} (no trained weights yet): {path}")
         for api_path in sorted((ROOT / "workflows" / "api").glob("*.json")):
             prompt = json.loads(api_path.read_text())
+            missing = missing_files(server, prompt)
+            if missing:
+                print(f"\n{api_path.stem}: skipped, it needs {', '.join(missing)} (not in this install yet)")
+                continue
             t = time.monotonic()
             run = server.run_prompt(prompt)
             if not run.ok:
@@ -121,13 +159,18 @@ def main() -> None:
             print(f"\n{api_path.stem}: {time.monotonic() - t:.2f}s")
             for node_id, secs in run.node_seconds().items():
                 print(f"  {prompt[node_id]['class_type']:<32} {secs * 1000:8.1f} ms")
-            for node_id, out in run.history["outputs"].items():
+            saved = {}
+            for node_id in sorted(run.history["outputs"], key=int):  # graph order: draft, map, refined
                 for i, src in enumerate(run.output_images(node_id)):
                     if src.is_relative_to(server.base / "temp"):  # previews, not results
                         continue
                     dst = args.out / f"{api_path.stem}_{node_id}_{i}.png"
                     shutil.copyfile(src, dst)
+                    saved.setdefault(prompt[node_id]["inputs"].get("filename_prefix", ""), []).append(dst)
                     print(f"  wrote {dst}")
+            sheet = contact_sheet(saved, args.out / f"{api_path.stem}_contact_sheet.png")
+            if sheet:
+                print(f"  wrote {sheet} ({' | '.join(k.split('/')[-1] for k in saved)})")
         if args.serve:
             print(f"\nServing ComfyUI at {server.url} — open it in a browser; Ctrl-C stops it.")
             while server.proc.poll() is None:

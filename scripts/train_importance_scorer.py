@@ -81,12 +81,19 @@ def normalise(t: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def rank_scores(scorer, drafts: torch.Tensor, targets: torch.Tensor) -> dict:
+def analytic_ranks(drafts: torch.Tensor, targets: torch.Tensor) -> list[float]:
+    """Per-draft Spearman of the analytic scorer (area-pooled to the target grid); computed once, it never changes."""
+    pix = drafts * 0.5 + 0.5
+    maps = torch.cat([F.adaptive_avg_pool2d(importance.analytic_importance(pix[i:i + 16]), targets.shape[-2:])
+                      for i in range(0, len(pix), 16)])
+    return [importance.spearman(a, b) for a, b in zip(maps, targets)]
+
+
+@torch.no_grad()
+def rank_scores(scorer, drafts: torch.Tensor, targets: torch.Tensor, rho_a: list[float]) -> dict:
     pix = drafts * 0.5 + 0.5
     learned = torch.cat([scorer(pix[i:i + 64]) for i in range(0, len(pix), 64)])
-    analytic = F.adaptive_avg_pool2d(importance.analytic_importance(pix), targets.shape[-2:])
     rho_l = [importance.spearman(a, b) for a, b in zip(learned, targets)]
-    rho_a = [importance.spearman(a, b) for a, b in zip(analytic, targets)]
     return {"spearman_learned": sum(rho_l) / len(rho_l), "spearman_analytic": sum(rho_a) / len(rho_a),
             "learned_beats_analytic_on": sum(a > b for a, b in zip(rho_l, rho_a)) / len(rho_l)}
 
@@ -112,6 +119,7 @@ def main(argv=None) -> None:
     train = make_targets(args, "train", args.train_drafts)
     held = make_targets(args, "heldout", args.heldout_drafts)
     x_train, y_train = train["drafts"] * 0.5 + 0.5, normalise(train["targets"])
+    rho_analytic = analytic_ranks(held["drafts"], held["targets"])
     scorer = importance.LearnedScorer().train()
     opt = torch.optim.AdamW(scorer.parameters(), lr=args.lr, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(args.seed)
@@ -135,7 +143,7 @@ def main(argv=None) -> None:
             running = []
         if step % 250 == 0 or step == args.train_steps:
             scorer.eval()
-            log["evals"].append({"step": step, **rank_scores(scorer, held["drafts"], held["targets"])})
+            log["evals"].append({"step": step, **rank_scores(scorer, held["drafts"], held["targets"], rho_analytic)})
             scorer.train()
             print(json.dumps(log["evals"][-1]), flush=True)
     scorer.eval()

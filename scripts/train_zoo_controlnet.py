@@ -176,7 +176,7 @@ def main(argv=None) -> None:
                       "cfg": 3.0}
     log["final"] = log["evals"][-1] | {"edge_f1": log["edge_f1"]}
     print(json.dumps(log["final"]), flush=True)
-    vc.save_controlnet(net, args.out, base=args.dit.name)
+    vc.save_controlnet(net, args.out, base=args.dit.name, half=True)
     args.out.with_suffix(".json").write_text(json.dumps(log, indent=1))
     print(f"wrote {args.out}")
 

@@ -7,23 +7,37 @@ import torch
 import torch.nn.functional as F
 
 
-def smiley(size: int = 128) -> torch.Tensor:
-    """An emoji-like smiley (yellow disc, eyes, mouth, on white): (1, 3, size, size) in [-1, 1]."""
+def smiley(size: int = 128, mouth: str = "smile") -> torch.Tensor:
+    """An emoji-like smiley (yellow disc, eyes, mouth, on white): (1, 3, size, size) in [-1, 1]. mouth: "smile"
+    (an arc) or "open" (a round open mouth, for a structure that differs from the smile)."""
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
     img = torch.ones(3, size, size)
     img[:, (xx ** 2 + yy ** 2) < 0.8 ** 2] = torch.tensor([1.0, 0.8, 0.2])[:, None]
     for ex in (-0.3, 0.3):
         img[:, ((xx - ex) ** 2 + (yy + 0.25) ** 2) < 0.1 ** 2] = 0.25
-    r2 = xx ** 2 + (yy - 0.1) ** 2
-    img[:, (r2 < 0.45 ** 2) & (r2 > 0.35 ** 2) & (yy > 0.2)] = 0.25
+    if mouth == "smile":
+        r2 = xx ** 2 + (yy - 0.1) ** 2
+        img[:, (r2 < 0.45 ** 2) & (r2 > 0.35 ** 2) & (yy > 0.2)] = 0.25
+    else:
+        img[:, (xx ** 2 + (yy - 0.35) ** 2) < 0.18 ** 2] = 0.25
     return img[None] * 2 - 1
+
+
+def write_png(x: torch.Tensor, path: Path) -> None:
+    """(1, 3, H, W) in [0, 1] -> PNG."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((x[0].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()).save(path)
 
 
 def write_coarse_smiley(path: Path, size: int = 128, coarse: int = 24) -> None:
     """The smiley made coarse (down to `coarse` px and back up): a blurry draft, as a fast generator gives."""
     x = smiley(size) * 0.5 + 0.5
-    x = F.interpolate(F.interpolate(x, size=coarse, mode="bilinear", antialias=True), size=size, mode="bicubic")
-    from PIL import Image
+    write_png(F.interpolate(F.interpolate(x, size=coarse, mode="bilinear", antialias=True), size=size,
+                            mode="bicubic"), path)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((x[0].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()).save(path)
+
+def write_sketch(path: Path, size: int = 128) -> None:
+    """A sharp smiley with an open mouth: a structure for the ControlNet that the coarse draft does not have."""
+    write_png(smiley(size, mouth="open") * 0.5 + 0.5, path)
