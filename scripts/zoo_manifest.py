@@ -57,8 +57,9 @@ def card_dit(name: str, log: dict) -> str:
         f"(first evaluation at step {first['step']}: {first['eps_mse_mean']:.4f}); small t, where the image rather "
         "than the noise dominates, is where the model must know emoji",
         "- per t: " + ", ".join(f"t={k[9:]}: {v:.4f}" for k, v in f.items() if k.startswith("eps_mse_t")),
-        "- limits: a short CPU run. It sharpens a draft at low strength (≈ 0.2–0.3); from strength ≈ 0.3 up it loses "
-        "the draft's structure (its t ≥ 300 predictions are coarse). A longer run is the next step.",
+        "- limits: a short CPU run, not yet good enough to improve drafts. Refining held-out emoji at strength 0.3 "
+        "keeps their layout but adds blotches; the demo's drawn smiley turns into a blob already at 0.25 (its "
+        "t ≥ 300 predictions are coarse). A longer run is the next step.",
     ])
 
 
