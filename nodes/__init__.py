@@ -8,7 +8,6 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from . import clip_style, dit, importance, stylegan, vit_controlnet
-
 from ._common import add_zoo_folder
 
 STAGES = [clip_style, stylegan, importance, vit_controlnet, dit]

@@ -11,7 +11,7 @@ from ._common import (image_to_nchw, mask_to_n1hw, missing_model_message, model_
 
 FOLDER = "diffugan_importance"
 register_model_folder(FOLDER, {".safetensors"})
-_SCORERS: dict = {}  # path -> (mtime, scorer): the scorer is tiny; keep the last ones loaded
+_SCORERS: dict = {}  # path -> (mtime, scorer): the last scorer loaded (tiny), reloaded when its file changes
 
 
 class ImportancePreview(io.ComfyNode):
