@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "scripts"))
 import conftest  # noqa: E402,F401  (registers the pack as `diffugan`)
 from diffugan.models import dit  # noqa: E402
+from drawn import coarsen  # noqa: E402
 from random_weights import perturb  # noqa: E402
 
 
@@ -81,8 +82,7 @@ def zoo_drafts(vae_path: Path, n: int, draft_px: int, area: float):
     x, records = zoo_data.load(zoo_data.DEFAULT_OUT, "heldout", 128)
     pick = torch.linspace(0, len(x) - 1, n).round().long()  # spread over both styles and all categories
     x, records = x[pick], [records[i] for i in pick]
-    coarse = F.interpolate(F.interpolate(x, size=draft_px, mode="bilinear", antialias=True), size=x.shape[-1],
-                           mode="bicubic").clamp(-1, 1)
+    coarse = coarsen(x, draft_px).clamp(-1, 1)
     with torch.no_grad():
         latents = vae.encode(coarse) * taesd.SD1_SCALE
     imp = importance.analytic_importance(coarse * 0.5 + 0.5)

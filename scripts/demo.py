@@ -83,12 +83,12 @@ def write_random_dit(path: Path) -> None:
     dit.save_dit_safetensors(model, path)
 
 
-def missing_files(server: ComfyServer, prompt: dict) -> list[str]:
-    """Model/input files a workflow names that the server does not offer (its combo lists): such a workflow is
-    skipped with a message instead of failing."""
+def missing_files(object_info: dict, prompt: dict) -> list[str]:
+    """Model/input files a workflow names that the server does not offer (its combo lists in /object_info): such a
+    workflow is skipped with a message instead of failing."""
     missing = []
     for node in prompt.values():
-        required = server.get(f"/object_info/{node['class_type']}")[node["class_type"]]["input"].get("required", {})
+        required = object_info[node["class_type"]]["input"].get("required", {})
         for name, value in node["inputs"].items():
             spec = required.get(name) or [None]
             options = spec[0] if isinstance(spec[0], list) else (
@@ -146,9 +146,10 @@ def main() -> None:
             if not path.exists():
                 write(path)
                 print(f"wrote a RANDOM-WEIGHT {what} (no trained weights yet): {path}")
+        object_info = server.get("/object_info")  # after the demo's files are written: their combos list them
         for api_path in sorted((ROOT / "workflows" / "api").glob("*.json")):
             prompt = json.loads(api_path.read_text())
-            missing = missing_files(server, prompt)
+            missing = missing_files(object_info, prompt)
             if missing:
                 print(f"\n{api_path.stem}: skipped, it needs {', '.join(missing)} (not in this install yet)")
                 continue

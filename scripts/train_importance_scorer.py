@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "scripts"))
 import conftest  # noqa: E402,F401  (registers the pack as the package `diffugan`)
 import zoo_data  # noqa: E402
+from drawn import coarsen  # noqa: E402
 
 from diffugan.models import dit, importance, taesd  # noqa: E402
 
@@ -42,12 +43,8 @@ SIZE = 128
 
 def coarse(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Each image down to a random 16-40 px and back up (bicubic): drafts of varying blurriness."""
-    out = []
-    for img in x:
-        px = int(torch.randint(16, 41, (1,), generator=gen))
-        small = F.interpolate(img[None], size=px, mode="bilinear", antialias=True)
-        out.append(F.interpolate(small, size=SIZE, mode="bicubic"))
-    return torch.cat(out).clamp(-1, 1)
+    sizes = [int(torch.randint(16, 41, (1,), generator=gen)) for _ in range(len(x))]
+    return torch.cat([coarsen(img[None], px, SIZE) for img, px in zip(x, sizes)]).clamp(-1, 1)
 
 
 @torch.no_grad()

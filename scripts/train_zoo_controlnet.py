@@ -25,13 +25,13 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "scripts"))
 import conftest  # noqa: E402,F401  (registers the pack as the package `diffugan`)
 import train_zoo_dit  # noqa: E402
+from drawn import coarsen  # noqa: E402
 import zoo_data  # noqa: E402
 
 from diffugan.models import dit, taesd  # noqa: E402
@@ -68,8 +68,7 @@ def denoising(model, net, z, y, hints, alphas_bar) -> dict:
 def follow_edges(model, net, vae, images, y, hints, settings: vc.ControlSettings | None, steps=20,
                  strength=0.8, cfg=3.0, coarse_px=24) -> torch.Tensor:
     """Per-image edge F1 of the refined coarse drafts against their control edges (settings None: no ControlNet)."""
-    coarse = F.interpolate(F.interpolate(images, size=coarse_px, mode="bilinear", antialias=True), size=SIZE,
-                           mode="bicubic").clamp(-1, 1)
+    coarse = coarsen(images, coarse_px, SIZE).clamp(-1, 1)
     sigmas, ts = dit.img2img_schedule(steps, strength)
     gen = torch.Generator().manual_seed(99)
     f1 = []

@@ -6,7 +6,6 @@ Every figure in a card is read from those logs; nothing is typed in by hand.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -15,17 +14,10 @@ ROOT = Path(__file__).resolve().parent.parent
 ZOO = ROOT / "zoo"
 sys.path.insert(0, str(ROOT / "scripts"))
 import zoo_data  # noqa: E402
+from download_models import sha256_of  # noqa: E402
 
 DATA = ("Data: the DiffuGAN emoji set (`scripts/zoo_data.py`): {n} emoji drawn twice — {tw}; {no} — 64 px, "
         "upsampled to 128 px; {held} % of the emoji held out (both drawings of an emoji on the same side).")
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def card_vae(name: str, log: dict) -> str:
@@ -105,7 +97,7 @@ def main() -> None:
         log_path = path.with_suffix(".json")
         log = json.loads(log_path.read_text()) if log_path.exists() else None
         files.append({"path": path.relative_to(ZOO).as_posix(), "folder": kind, "bytes": path.stat().st_size,
-                      "sha256": sha256(path), "log": log_path.relative_to(ZOO).as_posix() if log else None})
+                      "sha256": sha256_of(path), "log": log_path.relative_to(ZOO).as_posix() if log else None})
         if log and kind in CARDS:
             cards.append(CARDS[kind](path.name, log))
     (ZOO / "manifest.json").write_text(json.dumps({"files": files}, indent=1) + "\n")

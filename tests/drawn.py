@@ -31,11 +31,17 @@ def write_png(x: torch.Tensor, path: Path) -> None:
     Image.fromarray((x[0].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()).save(path)
 
 
+def coarsen(x: torch.Tensor, px: int, size: int | None = None) -> torch.Tensor:
+    """Down to `px` (bilinear, antialiased) and back up to `size` (default: x's own; bicubic, unclamped): a blurry
+    draft, as a fast coarse generator gives. (N, C, H, W) -> (N, C, size, size)."""
+    small = F.interpolate(x, size=px, mode="bilinear", antialias=True)
+    return F.interpolate(small, size=size or x.shape[-1], mode="bicubic")
+
+
 def write_coarse_smiley(path: Path, size: int = 128, coarse: int = 24) -> None:
     """The smiley made coarse (down to `coarse` px and back up): a blurry draft, as a fast generator gives."""
     x = smiley(size) * 0.5 + 0.5
-    write_png(F.interpolate(F.interpolate(x, size=coarse, mode="bilinear", antialias=True), size=size,
-                            mode="bicubic"), path)
+    write_png(coarsen(x, coarse), path)
 
 
 def write_sketch(path: Path, size: int = 128) -> None:
