@@ -9,6 +9,9 @@ Methods (all img2img from the same noised draft, K = --steps at --strength, clas
   region        important tokens every step, the rest --min-steps
   fewer_steps   uniform with the step count that costs the same counted FLOPs as `region`
   random_tokens the region method's per-token step counts, shuffled over the tokens (same FLOPs, wrong places)
+  fresh_context diagnostic, not a method: the region method's step counts, but every token is recomputed at every
+                step, so the cached context is never stale (dense FLOPs). Its loss is what giving the rest fewer
+                steps costs the important region through attention alone; region minus it is the cost of caching.
 
 Trained mode (--checkpoint and --vae, the demo zoo's DiT and VAE): drafts are held-out emoji made coarse (down to
 --draft-px and back up: a blurry draft, as a fast generator gives), the importance map is the analytic
@@ -136,7 +139,7 @@ def main() -> None:
     gen = torch.Generator().manual_seed(3)
     shuffled = torch.stack([c[torch.randperm(len(c), generator=gen)] for c in counts_all])
     methods = ["uniform", "region", "fewer_steps", "random_tokens"]
-    outs = {m: [] for m in methods + ["reference"]}
+    outs = {m: [] for m in methods + ["fresh_context", "reference"]}
     wall = {m: 0.0 for m in methods}
     flops = {"uniform": 0, "region": 0, "random_tokens": 0, "fewer_steps": 0}
     eq_steps = None
@@ -153,8 +156,9 @@ def main() -> None:
                 few_sigmas, few_ts = dit.img2img_schedule(eq_steps, args.strength)
             (f, _), tf = timed(lambda: dit.euler_img2img(model, d, y, few_sigmas, few_ts, args.cfg, nz))
             rt, st_rt = dit.euler_img2img(model, d, y, sigmas, ts, args.cfg, nz, cs)
+            fc, _ = dit.euler_img2img(model, d, y, sigmas, ts, args.cfg, nz, c, dense_every=1)
             ref, _ = dit.euler_img2img(model, d, y, ref_sigmas, ref_ts, args.cfg, nz)
-            for m, v in zip(methods + ["reference"], (u, r, f, rt, ref)):
+            for m, v in zip(methods + ["fresh_context", "reference"], (u, r, f, rt, fc, ref)):
                 outs[m].append(v)
             wall["uniform"] += tu; wall["region"] += tr; wall["fewer_steps"] += tf
             flops["uniform"] += st.dense_flops; flops["region"] += st.flops; flops["random_tokens"] += st_rt.flops
@@ -172,7 +176,7 @@ def main() -> None:
             peak = float(outs["reference"].max() - outs["reference"].min())
     quality = {}
     has_important = mask.flatten(1).any(1)  # drafts whose map has full-work tokens
-    for m in methods:
+    for m in methods + ["fresh_context"]:
         q = {"psnr_important_db": masked_psnr(pix[m], pix["reference"], mask, peak),
              "psnr_rest_db": masked_psnr(pix[m], pix["reference"], ~mask, peak)}
         if trained:
@@ -190,6 +194,8 @@ def main() -> None:
         - quality["fewer_steps"]["psnr_important_db"],
         "psnr_loss_important_db_random_tokens": quality["uniform"]["psnr_important_db"]
         - quality["random_tokens"]["psnr_important_db"],
+        "psnr_loss_important_db_fresh_context": quality["uniform"]["psnr_important_db"]
+        - quality["fresh_context"]["psnr_important_db"],
         "important_token_fraction": float((counts_all == args.steps).float().mean()),
         "drafts_with_an_important_region": int(has_important.sum()),
         "fewer_steps": eq_steps,
@@ -201,7 +207,7 @@ def main() -> None:
     def f(v, spec):
         return "n/a" if v is None else format(v, spec)
 
-    for m in methods:
+    for m in methods + ["fresh_context"]:
         qm = quality[m]
         print(f"{m:14s} PSNR important {f(qm['psnr_important_db'], '.2f')} dB, rest {f(qm['psnr_rest_db'], '.2f')} dB"
               + (f"; SSIM important {f(qm['ssim_important'], '.4f')}, rest {f(qm['ssim_rest'], '.4f')}"

@@ -618,13 +618,14 @@ def _interp(values: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return ((1 - w) * values[lo].log() + w * values[hi].log()).exp()
 
 
-def euler_img2img(model: DiT, draft, labels, sigmas, ts, cfg, noise, counts=None):
+def euler_img2img(model: DiT, draft, labels, sigmas, ts, cfg, noise, counts=None, dense_every: int = 0):
     """Reference Euler img2img without ComfyUI (benchmarks, training scripts): from `draft` (SD1-scaled latents)
     noised to sigmas[0] with `noise`, classifier-free guidance `cfg` against the null class (rows: cond batch, then
     uncond batch), the same update as ComfyUI's Euler on this model. With per-token step `counts` (N, T) the
-    region-adaptive state evaluates each token only at its steps. Returns (latent, state or None)."""
+    region-adaptive state evaluates each token only at its steps (`dense_every` as the sampler node's). Returns
+    (latent, state or None)."""
     n = draft.shape[0]
-    state = RegionAdaptiveState(model, counts, sigmas, draft) if counts is not None else None
+    state = RegionAdaptiveState(model, counts, sigmas, draft, dense_every) if counts is not None else None
     x = draft + noise * sigmas[0]
     y = torch.cat([labels, torch.full_like(labels, model.config.null_class)]) if cfg != 1 else labels
     keys = [(c, j) for c in range(2 if cfg != 1 else 1) for j in range(n)]

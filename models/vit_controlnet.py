@@ -183,7 +183,10 @@ def canny_edges(image: torch.Tensor, low: float = 0.1, high: float = 0.2) -> tor
         raise ValueError(f"low_threshold ({low}) must be below high_threshold ({high})")
     if not torch.isfinite(image).all():
         raise ValueError("'image' contains NaN or infinite values")
-    _, edges = kornia.filters.canny(image.float().clamp(0, 1), low_threshold=low, high_threshold=high)
+    x = image.float().clamp(0, 1)
+    # kornia's hysteresis loops until nothing changes, over the whole batch at once: small chunks finish far sooner
+    edges = torch.cat([kornia.filters.canny(x[i:i + 16], low_threshold=low, high_threshold=high)[1]
+                       for i in range(0, len(x), 16)]) if len(x) else x[:, :1]
     return (edges > 0.5).to(image.dtype)
 
 

@@ -9,8 +9,15 @@ No learned variance (ComfyUI's samplers use ε only).
     python scripts/train_zoo_dit.py --vae zoo/diffugan-emoji-vae.safetensors --out zoo/diffugan-emoji-dit.safetensors
 
 Held-out figure, every --eval-every steps: the ε-MSE of the EMA model on held-out latents at t = 100, 300, 500,
-700, 900 with fixed noise, next to the same figure for predicting ε = 0 (i.e. 1.0). Writes the DiT (safetensors,
-config in the metadata; fp16), <out>.json (settings, loss curve, evaluations) and resumes from <out>.train.pt.
+700, 900 with fixed noise, next to the same figure for predicting ε = 0 (i.e. 1.0), and the clean-latent error
+(x0-MSE) the refiner actually sees at t = 100, 300, 600. Writes the DiT (safetensors, config in the metadata; fp16),
+<out>.json (settings, loss curve, evaluations) and resumes from <out>.train.pt.
+
+Refiner emphasis (--low-noise P): with probability P a sample's timestep is drawn below --low-noise-t instead of
+over all 1000 steps. Refinement runs at strength <= 0.6, so that is where the model's capacity pays; the full range
+stays trained (1 - P of the samples), so strength 1.0 still works. (SDXL's refiner takes this to the extreme and is
+trained on the lowest 200 timesteps only.) --init continues from a saved DiT (e.g. the shipped zoo model); the
+log keeps the earlier run's settings and final figures under "init".
 """
 from __future__ import annotations
 
@@ -34,6 +41,7 @@ from diffugan.models import dit, taesd  # noqa: E402
 
 SIZE = 128
 EVAL_T = (100, 300, 500, 700, 900)
+X0_T = (100, 300, 600)
 
 
 @torch.no_grad()
@@ -69,6 +77,12 @@ def evaluate(model: dit.DiT, z: torch.Tensor, y: torch.Tensor, alphas_bar: torch
         pred = torch.cat([model(xt[i:i + 128], tt[i:i + 128], y[i:i + 128]) for i in range(0, len(z), 128)])
         out[f"eps_mse_t{t}"] = float((pred - noise).square().mean())
     out["eps_mse_mean"] = sum(out.values()) / len(EVAL_T)
+    for t in X0_T:  # what the refiner sees: the clean-latent estimate x0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab)
+        ab = alphas_bar[t]
+        xt = ab.sqrt() * z + (1 - ab).sqrt() * noise
+        tt = torch.full((len(z),), t, dtype=torch.long)
+        pred = torch.cat([model(xt[i:i + 128], tt[i:i + 128], y[i:i + 128]) for i in range(0, len(z), 128)])
+        out[f"x0_mse_t{t}"] = float(((xt - (1 - ab).sqrt() * pred) / ab.sqrt() - z).square().mean())
     return out
 
 
@@ -86,6 +100,9 @@ def main(argv=None) -> None:
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--low-noise", type=float, default=0.0, help="share of samples with t < --low-noise-t")
+    ap.add_argument("--low-noise-t", type=int, default=650)
+    ap.add_argument("--init", type=Path, default=None, help="start from this saved DiT (same architecture)")
     args = ap.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -95,12 +112,23 @@ def main(argv=None) -> None:
     config = dit.DiTConfig(depth=args.depth, hidden_size=args.hidden, num_heads=args.heads, patch_size=2,
                            num_classes=classes, learn_sigma=False, class_dropout_prob=0.1, input_size=SIZE // 8)
     model = dit.DiT(config).train()
+    previous = None
+    if args.init is not None:
+        init = dit.load_dit(args.init)
+        if init.config != config:
+            raise SystemExit(f"--init {args.init} has config {init.config}, not {config}")
+        model.load_state_dict({k: v.float() for k, v in init.state_dict().items()})
+        prev_log = args.init.with_suffix(".json")
+        previous = {"path": str(args.init)}
+        if prev_log.exists():
+            p = json.loads(prev_log.read_text())
+            previous.update(settings=p["settings"], final=p["final"], init=p.get("init"))
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
     alphas_bar = torch.cumprod(1 - dit.linear_betas(), 0).float()
     gen = torch.Generator().manual_seed(args.seed)
     log = {"settings": {k: str(v) for k, v in vars(args).items()}, "config": config.__dict__, "curve": [],
-           "evals": [], "latent_std": float(z_train.std()), "latent_mean": float(z_train.mean())}
+           "evals": [], "init": previous, "latent_std": float(z_train.std()), "latent_mean": float(z_train.mean())}
     ckpt = args.out.with_suffix(".train.pt")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     step = 0
@@ -114,6 +142,8 @@ def main(argv=None) -> None:
         idx = torch.randint(0, len(z_train), (args.batch,), generator=gen)
         z0, y = z_train[idx], y_train[idx]
         t = torch.randint(0, len(alphas_bar), (args.batch,), generator=gen)
+        low = torch.rand(args.batch, generator=gen) < args.low_noise
+        t = torch.where(low, torch.randint(0, args.low_noise_t, (args.batch,), generator=gen), t)
         noise = torch.randn(z0.shape, generator=gen)
         ab = alphas_bar[t][:, None, None, None]
         xt = ab.sqrt() * z0 + (1 - ab).sqrt() * noise
@@ -142,6 +172,7 @@ def main(argv=None) -> None:
             torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                         "gen": gen.get_state(), "step": step, "log": json.dumps(log)}, ckpt)
     log["final"] = log["evals"][-1]
+    log["steps_done"] = step  # below settings["steps"] when a run is ended early with a smaller --steps
     dit.save_dit_safetensors(ema, args.out, half=True)
     args.out.with_suffix(".json").write_text(json.dumps(log, indent=1))
     print(f"wrote {args.out}: held-out eps-MSE {log['final']['eps_mse_mean']:.4f}")
