@@ -70,19 +70,16 @@ def evaluate(model: dit.DiT, z: torch.Tensor, y: torch.Tensor, alphas_bar: torch
     gen = torch.Generator().manual_seed(1234)
     noise = torch.randn(z.shape, generator=gen)
     out = {}
-    for t in EVAL_T:
+    for t in sorted(set(EVAL_T) | set(X0_T)):
         ab = alphas_bar[t]
         xt = ab.sqrt() * z + (1 - ab).sqrt() * noise
         tt = torch.full((len(z),), t, dtype=torch.long)
         pred = torch.cat([model(xt[i:i + 128], tt[i:i + 128], y[i:i + 128]) for i in range(0, len(z), 128)])
-        out[f"eps_mse_t{t}"] = float((pred - noise).square().mean())
-    out["eps_mse_mean"] = sum(out.values()) / len(EVAL_T)
-    for t in X0_T:  # what the refiner sees: the clean-latent estimate x0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab)
-        ab = alphas_bar[t]
-        xt = ab.sqrt() * z + (1 - ab).sqrt() * noise
-        tt = torch.full((len(z),), t, dtype=torch.long)
-        pred = torch.cat([model(xt[i:i + 128], tt[i:i + 128], y[i:i + 128]) for i in range(0, len(z), 128)])
-        out[f"x0_mse_t{t}"] = float(((xt - (1 - ab).sqrt() * pred) / ab.sqrt() - z).square().mean())
+        if t in EVAL_T:
+            out[f"eps_mse_t{t}"] = float((pred - noise).square().mean())
+        if t in X0_T:  # what the refiner sees: the clean-latent estimate x0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab)
+            out[f"x0_mse_t{t}"] = float(((xt - (1 - ab).sqrt() * pred) / ab.sqrt() - z).square().mean())
+    out["eps_mse_mean"] = sum(out[f"eps_mse_t{t}"] for t in EVAL_T) / len(EVAL_T)
     return out
 
 
