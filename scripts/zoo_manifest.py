@@ -1,7 +1,7 @@
 """Write the demo zoo's manifest (zoo/manifest.json: path, bytes, sha256 of every model file) and its model cards
 (zoo/README.md), from the files and the training logs the training scripts wrote beside them (<model>.json).
-Every figure in a card is read from those logs; the one hand-written sentence is LIMITS_DIT (what looking at the
-outputs showed).
+Every figure in a card is read from those logs; the hand-written sentences are the LIMITS_* ones (what looking
+at the outputs showed).
 
     python scripts/zoo_manifest.py            # after training; tests check the manifest against the files
 """
@@ -73,11 +73,16 @@ def card_dit(name: str, log: dict) -> str:
     ])
 
 
-# The one sentence in the cards not read from a log: what looking at the demo's output showed (update it after a run).
+# The sentences in the cards not read from a log: what looking at the outputs showed (update them after a run).
 LIMITS_DIT = ("still CPU-sized and not yet good enough to improve drafts: refined at strength 0.25, held-out emoji and "
               "the demo's drawn smiley keep their layout but come back blotchy, their detail lost. The second run "
               "lowered the held-out ε-MSE at t=100 by 16 % in 2,000 steps and it was still falling: a long (GPU) run "
               "is the next step.")
+
+
+LIMITS_CONTROLNET = ("it steers the zoo DiT, whose refinements are still blotchy (see its card): the structure "
+                     "follows the edges more closely, the pictures are not yet good. See "
+                     "benchmarks/results/vit_controlnet_zoo*.json for edge F1 at each token budget.")
 
 
 def card_scorer(name: str, log: dict) -> str:
@@ -107,6 +112,7 @@ def card_controlnet(name: str, log: dict) -> str:
         f"- edge F1 ({e['tolerance_px']} px tolerance) of refined held-out drafts ({e['images']} emoji made "
         f"coarse at {e['draft_px']} px, strength {e['strength']}, {e['steps']} steps, guidance {e['cfg']}) against "
         f"their control edges: **{e['with_controlnet']:.3f} with** vs {e['without_controlnet']:.3f} without",
+        f"- limits: {LIMITS_CONTROLNET}",
     ])
 
 

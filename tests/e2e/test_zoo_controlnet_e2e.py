@@ -2,7 +2,6 @@
 import json
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
@@ -10,11 +9,6 @@ from _harness import ROOT, save_artifact
 from drawn import write_coarse_smiley, write_sketch
 
 
-ZOO_CONTROLNET = ROOT / "zoo" / "diffugan_controlnet" / "diffugan-emoji-controlnet.safetensors"
-
-
-@pytest.mark.skipif(not ZOO_CONTROLNET.exists(), reason="the zoo ControlNet is not trained yet "
-                    "(scripts/train_zoo_controlnet.py); the workflow ships ahead of it")
 def test_emoji_controlnet_workflow_follows_the_sketch(server):
     """The shipped ControlNet workflow with the zoo ControlNet: the refined image's edges match the sketch's edges
     better than the same graph with the ControlNet at strength 0 (which is exactly no ControlNet)."""
