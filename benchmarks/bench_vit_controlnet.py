@@ -5,9 +5,8 @@ Timings interleave the budgets round-robin and keep each one's best of --reps, s
 alike. With random weights (the default) this measures COST ONLY. With the zoo's trained DiT, VAE and ControlNet
 (--dit/--vae/--controlnet) it also measures, at each budget, how well refined images follow the control edges:
 held-out emoji made coarse (--draft-px, 24 by default) are refined (--strength, 0.8) with their own Canny edges as
-control (tokens picked
-by edge density, as trained), and the edges of the results are scored against the control map (F1, 1 px
-tolerance), next to the same refinement without the ControlNet. Writes benchmarks/results/vit_controlnet.json
+control (tokens picked by edge density, as trained), and the edges of the results are scored against the control map
+(F1, 1 px tolerance), next to the same refinement without the ControlNet. Writes benchmarks/results/vit_controlnet.json
 (random) or vit_controlnet_zoo.json (trained).
 
     .venv/bin/python benchmarks/bench_vit_controlnet.py [--model DiT-B/2] [--size 256] [--control-depth 6]

@@ -3,9 +3,10 @@
     bash scripts/demo.sh            # run once, write output/demo/, print timings, stop the server
     bash scripts/demo.sh --serve    # same, then leave ComfyUI running for a browser at the printed URL
 
-What it runs (said plainly): the zoo workflow (emoji_refine) runs on TRAINED weights, the demo zoo shipped in zoo/
-(a VAE, a DiT refiner, trained on the emoji set): a coarse drawn smiley is refined with region-adaptive steps, and
-a contact sheet (draft | importance | refined) is written. The other workflows need models the zoo does not have yet
+What it runs (said plainly): the zoo workflows run on TRAINED weights, the demo zoo shipped in zoo/ (a VAE, a DiT
+refiner and a ViT ControlNet, trained on the emoji set): emoji_refine refines a coarse drawn smiley with
+region-adaptive steps, emoji_controlnet does the same steered to the edges of a drawn sketch, and each writes a
+contact sheet (draft | importance or edges | refined). The other workflows need models the zoo does not have yet
 (a StyleGAN, a CLIP), so they run on RANDOM-WEIGHT models this script writes into the demo's model folders: a
 StyleGAN2 64x64 (diffugan-random-stylegan2-64.safetensors in models/stylegan), a CLIP of the DiffuGAN-CLIP-Demo
 architecture (diffugan-random-clip-demo.safetensors in models/clip_style), and for coarse_to_fine a DiT-S/2 and a VAE

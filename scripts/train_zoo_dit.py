@@ -139,8 +139,9 @@ def main(argv=None) -> None:
         idx = torch.randint(0, len(z_train), (args.batch,), generator=gen)
         z0, y = z_train[idx], y_train[idx]
         t = torch.randint(0, len(alphas_bar), (args.batch,), generator=gen)
-        low = torch.rand(args.batch, generator=gen) < args.low_noise
-        t = torch.where(low, torch.randint(0, args.low_noise_t, (args.batch,), generator=gen), t)
+        if args.low_noise > 0:  # (no extra draws otherwise: runs without it keep the earlier random stream)
+            low = torch.rand(args.batch, generator=gen) < args.low_noise
+            t = torch.where(low, torch.randint(0, args.low_noise_t, (args.batch,), generator=gen), t)
         noise = torch.randn(z0.shape, generator=gen)
         ab = alphas_bar[t][:, None, None, None]
         xt = ab.sqrt() * z0 + (1 - ab).sqrt() * noise

@@ -35,22 +35,26 @@ def card_vae(name: str, log: dict) -> str:
     ])
 
 
+def _dit_run(s: dict, done: int, eps: float | None) -> str:
+    """One training run of the DiT, as the card tells it (eps: its final held-out figure, for earlier runs)."""
+    planned = int(s["steps"])
+    return (f"{done} steps, batch {s['batch']}, lr {s['lr']}"
+            + (f" (cosine schedule planned for {planned}; ended at the step-{done} evaluation)" if done != planned
+               else "")
+            + (f", {float(s['low_noise']) * 100:.0f} % of the samples at t < {s['low_noise_t']} (refiner emphasis)"
+               if float(s.get("low_noise", 0)) > 0 else ", t uniform over 0…999")
+            + (f" (held-out ε-MSE {eps:.4f})" if eps is not None else ""))
+
+
 def card_dit(name: str, log: dict) -> str:
     s, c, f = log["settings"], log["config"], log["final"]
     first = log["evals"][0]
-    done = log.get("steps_done", int(s["steps"]))
-    runs = [f"{done} steps, batch {s['batch']}, lr {s['lr']}"
-            + (f" (cosine schedule planned for {s['steps']}; ended at the step-{done} evaluation)"
-               if done != int(s["steps"]) else "")
-            + (f", {float(s['low_noise']) * 100:.0f} % of the samples at t < {s['low_noise_t']} (refiner emphasis)"
-               if float(s.get("low_noise", 0)) > 0 else ", t uniform over 0…999")]
-    prev = log.get("init")
-    while prev and prev.get("settings"):  # earlier runs this one continued from, newest first
-        ps = prev["settings"]
-        runs.insert(0, f"{prev['final']['step'] if 'step' in prev['final'] else ps['steps']} steps, batch "
-                       f"{ps['batch']}, lr {ps['lr']}, t uniform over 0…999 (held-out ε-MSE "
-                       f"{prev['final']['eps_mse_mean']:.4f})")
-        prev = prev.get("init")
+    runs = []
+    run = log
+    while run and run.get("settings"):  # this run, then the earlier runs it continued from
+        runs.insert(0, _dit_run(run["settings"], run.get("steps_done", run["final"].get("step")),
+                                run["final"]["eps_mse_mean"] if run is not log else None))
+        run = run.get("init")
     x0 = {k[8:]: v for k, v in f.items() if k.startswith("x0_mse_t")}
     return "\n".join([
         f"### `dit/{name}` — DiT refiner",
