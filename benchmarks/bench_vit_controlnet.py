@@ -4,10 +4,10 @@ with the ControlNet, at budgets 10 % … 100 %, side by side in one run (same mo
 Timings interleave the budgets round-robin and keep each one's best of --reps, so machine noise hits every budget
 alike. With random weights (the default) this measures COST ONLY. With the zoo's trained DiT, VAE and ControlNet
 (--dit/--vae/--controlnet) it also measures, at each budget, how well refined images follow the control edges:
-held-out emoji made coarse (--draft-px, 24 by default) are refined (--strength, 0.8) with their own Canny edges as
-control (tokens picked by edge density, as trained), and the edges of the results are scored against the control map
-(F1, 1 px tolerance), next to the same refinement without the ControlNet. Writes benchmarks/results/vit_controlnet.json
-(random) or vit_controlnet_zoo.json (trained).
+held-out emoji made coarse (--draft-px) are refined (--strength; both default to the training script's evaluation)
+with their own Canny edges as control (tokens picked by edge density, as trained), and the edges of the results
+are scored against the control map (F1, 1 px tolerance), next to the same refinement without the ControlNet. Writes
+benchmarks/results/vit_controlnet.json (random) or vit_controlnet_zoo.json (trained).
 
     .venv/bin/python benchmarks/bench_vit_controlnet.py [--model DiT-B/2] [--size 256] [--control-depth 6]
     .venv/bin/python benchmarks/bench_vit_controlnet.py --dit zoo/dit/diffugan-emoji-dit.safetensors \
@@ -44,8 +44,10 @@ def main() -> None:
     ap.add_argument("--vae", type=Path, default=None)
     ap.add_argument("--controlnet", type=Path, default=None)
     ap.add_argument("--images", type=int, default=32, help="trained mode: held-out images for edge F1")
-    ap.add_argument("--draft-px", type=int, default=24, help="trained mode: drafts made coarse at this size")
-    ap.add_argument("--strength", type=float, default=0.8, help="trained mode: refinement strength")
+    ap.add_argument("--draft-px", type=int, default=None,
+                    help="trained mode: drafts made coarse at this size (default: train_zoo_controlnet.EDGE_EVAL)")
+    ap.add_argument("--strength", type=float, default=None,
+                    help="trained mode: refinement strength (default: train_zoo_controlnet.EDGE_EVAL)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     budgets = [float(b) for b in args.budgets.split(",")]
@@ -129,7 +131,7 @@ def main() -> None:
         weights=(f"trained: {args.dit.name} + {args.controlnet.name}" if trained else
                  "random (cost only; edge F1 needs a trained DiT + ControlNet)"), device="cpu",
         edge_f1_without_controlnet=f1["none"] if f1 else None, edge_f1_images=args.images if f1 else None,
-        edge_f1_setting=dict(draft_px=args.draft_px, strength=args.strength, steps=20, cfg=3.0) if f1 else None,
+        edge_f1_setting=f1["setting"] if f1 else None,
         cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(), torch=torch.__version__,
         step_seconds_without_control=best["step@none"], results=rows), indent=2) + "\n")
     print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
@@ -149,8 +151,9 @@ def edge_f1_by_budget(model, net, args, budgets) -> dict:
     x = x[pick]
     y = torch.tensor([zoo_data.zoo_label(records[i]) for i in pick])
     edges = vc.canny_edges(x * 0.5 + 0.5)
-    kw = dict(strength=args.strength, coarse_px=args.draft_px)
-    out = {"none": float(tzc.follow_edges(model, net, vae, x, y, edges, None, **kw).mean())}
+    kw = {k: v for k, v in (("draft_px", args.draft_px), ("strength", args.strength)) if v is not None}
+    out = {"setting": tzc.EDGE_EVAL | kw,
+           "none": float(tzc.follow_edges(model, net, vae, x, y, edges, None, **kw).mean())}
     for b in budgets:
         out[str(b)] = float(tzc.follow_edges(model, net, vae, x, y, edges,
                                              vc.ControlSettings(budget=b, edge_priority=1.0), **kw).mean())

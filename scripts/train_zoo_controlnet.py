@@ -64,12 +64,19 @@ def denoising(model, net, z, y, hints, alphas_bar) -> dict:
             "eps_mse_without_control": sum(out["without"].values()) / len(out["without"]), "per_t": out}
 
 
+# How edge following is measured (the training log, the model card and the benchmark all read it from here)
+EDGE_EVAL = {"draft_px": 24, "strength": 0.8, "steps": 20, "cfg": 3.0}
+
+
 @torch.no_grad()
-def follow_edges(model, net, vae, images, y, hints, settings: vc.ControlSettings | None, steps=20,
-                 strength=0.8, cfg=3.0, coarse_px=24) -> torch.Tensor:
-    """Per-image edge F1 of the refined coarse drafts against their control edges (settings None: no ControlNet)."""
-    coarse = coarsen(images, coarse_px, SIZE).clamp(-1, 1)
-    sigmas, ts = dit.img2img_schedule(steps, strength)
+def follow_edges(model, net, vae, images, y, hints, settings: vc.ControlSettings | None,
+                 **overrides) -> torch.Tensor:
+    """Per-image edge F1 of the refined coarse drafts against their control edges (settings None: no ControlNet).
+    The drafts, steps and guidance are EDGE_EVAL's, updated by `overrides` (same keys)."""
+    e = EDGE_EVAL | overrides
+    cfg = e["cfg"]
+    coarse = coarsen(images, e["draft_px"], SIZE).clamp(-1, 1)
+    sigmas, ts = dit.img2img_schedule(e["steps"], e["strength"])
     gen = torch.Generator().manual_seed(99)
     f1 = []
     for i in range(0, len(images), 16):
@@ -171,8 +178,7 @@ def main(argv=None) -> None:
     f1_without = follow_edges(model, net, vae, x_eval, y_eval, e_eval, None)
     f1_with = follow_edges(model, net, vae, x_eval, y_eval, e_eval, vc.ControlSettings())
     log["edge_f1"] = {"without_controlnet": float(f1_without.mean()), "with_controlnet": float(f1_with.mean()),
-                      "images": args.eval_images, "tolerance_px": 1, "draft_px": 24, "strength": 0.8, "steps": 20,
-                      "cfg": 3.0}
+                      "images": args.eval_images, "tolerance_px": 1, **EDGE_EVAL}
     log["final"] = log["evals"][-1] | {"edge_f1": log["edge_f1"]}
     print(json.dumps(log["final"]), flush=True)
     vc.save_controlnet(net, args.out, base=args.dit.name, half=True)
