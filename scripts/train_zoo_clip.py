@@ -105,7 +105,7 @@ def text_embeddings(clip: cs.StyleCLIP, pooled: torch.Tensor) -> torch.Tensor:
 
 
 def _topk(sim: torch.Tensor, target: torch.Tensor, k: int) -> float:
-    return float((sim.topk(k, dim=1).indices == target[:, None]).any(1).float().mean())
+    return float((sim.topk(min(k, sim.shape[1]), dim=1).indices == target[:, None]).any(1).float().mean())
 
 
 @torch.no_grad()

@@ -18,11 +18,21 @@ over all 1000 steps. Refinement runs at strength <= 0.6, so that is where the mo
 stays trained (1 - P of the samples), so strength 1.0 still works. (SDXL's refiner takes this to the extreme and is
 trained on the lowest 200 timesteps only.) --init continues from a saved DiT (e.g. the shipped zoo model); the
 log keeps the earlier run's settings and final figures under "init".
+
+Style conditioning (--style-clip CLIP): the DiT also takes a 256-d style vector from the zoo CLIP through
+`style_proj` into its adaLN conditioning (zero-initialised, so a DiT from --init without it starts out unchanged).
+Each sample's style is the CLIP embedding of one of its caption phrasings (train_zoo_clip.CAPTIONS) or, one time in
+three, of its own image, so text prompts and reference images both steer it. The style is left out with probability
+--style-dropout (then the label drops with the usual 0.1), and when it is given the label drops with probability
+0.5, so a prompt alone (null label) is a trained case and guidance can run against "no style, null label". The
+held-out figures then add the ε-MSE with the null label and the held-out caption's style against the null label
+and no style: the gap is what the prompt tells the model about images it never saw.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import sys
@@ -65,21 +75,58 @@ def cached_latents(vae_path: Path, data: Path, split: str) -> tuple[torch.Tensor
     return t["latents"], t["labels"]
 
 
+def style_vectors(clip_path: Path, data: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Zoo-CLIP embeddings per image of a split, in zoo_data.load's order: (N, len(CAPTIONS), D) of its caption
+    phrasings and (N, D) of the image itself; cached by the CLIP file's sha256. Also the CLIP's identity."""
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    import train_zoo_clip as tzc
+    from diffugan.models import clip_style as cs
+
+    clip = cs.load_clip(clip_path)
+    key = hashlib.sha256(clip_path.read_bytes()).hexdigest()[:12]
+    cache = data / f"styles-{split}-{key}.safetensors"
+    if not cache.exists():
+        x, records = zoo_data.load(data, split)
+        with torch.no_grad():
+            texts = [c(r) for r in records for c in tzc.CAPTIONS]
+            text = tzc.text_embeddings(clip, tzc.pooled_text(clip, texts)).view(len(records), len(tzc.CAPTIONS), -1)
+            image = tzc.image_embeddings(clip, (x + 1) / 2)
+        save_file({"text": text.contiguous(), "image": image.contiguous()}, str(cache))
+    t = load_file(str(cache))
+    return t["text"], t["image"], clip.identity
+
+
+def _predict(model: dit.DiT, xt, t, y, style=None) -> torch.Tensor:
+    return torch.cat([model(xt[i:i + 128], t[i:i + 128], y[i:i + 128], None if style is None else style[i:i + 128])
+                      for i in range(0, len(xt), 128)])
+
+
 @torch.no_grad()
-def evaluate(model: dit.DiT, z: torch.Tensor, y: torch.Tensor, alphas_bar: torch.Tensor) -> dict:
+def evaluate(model: dit.DiT, z: torch.Tensor, y: torch.Tensor, alphas_bar: torch.Tensor,
+             style: torch.Tensor | None = None) -> dict:
+    """Held-out ε-MSE per timestep and x0-MSE (label given, no style); with `style` (the held-out captions'
+    embeddings) also the ε-MSE with the null label with and without that style."""
     gen = torch.Generator().manual_seed(1234)
     noise = torch.randn(z.shape, generator=gen)
+    null = torch.full_like(y, model.config.null_class)
     out = {}
     for t in sorted(set(EVAL_T) | set(X0_T)):
         ab = alphas_bar[t]
         xt = ab.sqrt() * z + (1 - ab).sqrt() * noise
         tt = torch.full((len(z),), t, dtype=torch.long)
-        pred = torch.cat([model(xt[i:i + 128], tt[i:i + 128], y[i:i + 128]) for i in range(0, len(z), 128)])
+        pred = _predict(model, xt, tt, y)
         if t in EVAL_T:
             out[f"eps_mse_t{t}"] = float((pred - noise).square().mean())
+            if style is not None:
+                out[f"eps_mse_t{t}_prompt"] = float((_predict(model, xt, tt, null, style) - noise).square().mean())
+                out[f"eps_mse_t{t}_none"] = float((_predict(model, xt, tt, null) - noise).square().mean())
         if t in X0_T:  # what the refiner sees: the clean-latent estimate x0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab)
             out[f"x0_mse_t{t}"] = float(((xt - (1 - ab).sqrt() * pred) / ab.sqrt() - z).square().mean())
-    out["eps_mse_mean"] = sum(out[f"eps_mse_t{t}"] for t in EVAL_T) / len(EVAL_T)
+    for suffix in ("", "_prompt", "_none") if style is not None else ("",):
+        out[f"eps_mse_mean{suffix}"] = sum(out[f"eps_mse_t{t}{suffix}"] for t in EVAL_T) / len(EVAL_T)
     return out
 
 
@@ -100,21 +147,30 @@ def main(argv=None) -> None:
     ap.add_argument("--low-noise", type=float, default=0.0, help="share of samples with t < --low-noise-t")
     ap.add_argument("--low-noise-t", type=int, default=650)
     ap.add_argument("--init", type=Path, default=None, help="start from this saved DiT (same architecture)")
+    ap.add_argument("--style-clip", type=Path, default=None, help="train style conditioning on this zoo CLIP")
+    ap.add_argument("--style-dropout", type=float, default=0.2)
     args = ap.parse_args(argv)
 
     torch.manual_seed(args.seed)
     z_train, y_train = cached_latents(args.vae, args.data, "train")
     z_held, y_held = cached_latents(args.vae, args.data, "heldout")
+    styles = style_clip = None
+    if args.style_clip is not None:
+        text_train, image_train, style_clip = style_vectors(args.style_clip, args.data, "train")
+        held_style = style_vectors(args.style_clip, args.data, "heldout")[0][:, 0]  # the data set's caption
     classes = zoo_data.NUM_LABELS
     config = dit.DiTConfig(depth=args.depth, hidden_size=args.hidden, num_heads=args.heads, patch_size=2,
-                           num_classes=classes, learn_sigma=False, class_dropout_prob=0.1, input_size=SIZE // 8)
+                           num_classes=classes, learn_sigma=False, class_dropout_prob=0.1, input_size=SIZE // 8,
+                           style_dim=0 if style_clip is None else text_train.shape[-1])
     model = dit.DiT(config).train()
     previous = None
     if args.init is not None:
         init = dit.load_dit(args.init)
-        if init.config != config:
+        adds_style = init.config.style_dim == 0 and config.style_dim > 0
+        if (dataclasses.replace(init.config, style_dim=config.style_dim) if adds_style else init.config) != config:
             raise SystemExit(f"--init {args.init} has config {init.config}, not {config}")
-        model.load_state_dict({k: v.float() for k, v in init.state_dict().items()})
+        missing, _ = model.load_state_dict({k: v.float() for k, v in init.state_dict().items()}, strict=not adds_style)
+        assert all(k.startswith("style_proj.") for k in missing), missing  # zero-initialised: starts unchanged
         prev_log = args.init.with_suffix(".json")
         previous = {"path": str(args.init)}
         if prev_log.exists():
@@ -125,7 +181,9 @@ def main(argv=None) -> None:
     alphas_bar = torch.cumprod(1 - dit.linear_betas(), 0).float()
     gen = torch.Generator().manual_seed(args.seed)
     log = {"settings": {k: str(v) for k, v in vars(args).items()}, "config": config.__dict__, "curve": [],
-           "evals": [], "init": previous, "latent_std": float(z_train.std()), "latent_mean": float(z_train.mean())}
+           "evals": [], "init": previous, "latent_std": float(z_train.std()), "latent_mean": float(z_train.mean()),
+           "style_clip": style_clip}
+    held = (z_held, y_held, alphas_bar) + ((held_style,) if style_clip else ())
     ckpt = args.out.with_suffix(".train.pt")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     step = 0
@@ -145,9 +203,23 @@ def main(argv=None) -> None:
         noise = torch.randn(z0.shape, generator=gen)
         ab = alphas_bar[t][:, None, None, None]
         xt = ab.sqrt() * z0 + (1 - ab).sqrt() * noise
-        drop = torch.rand(args.batch, generator=gen) < config.class_dropout_prob
-        y = torch.where(drop, torch.full_like(y, config.null_class), y)
-        loss = (model(xt, t, y) - noise).square().mean()
+        if style_clip is None:
+            drop = torch.rand(args.batch, generator=gen) < config.class_dropout_prob
+            y = torch.where(drop, torch.full_like(y, config.null_class), y)
+            loss = (model(xt, t, y) - noise).square().mean()
+        else:
+            k = text_train.shape[1]  # draws 0..k-1: that caption phrasing; k..k+k/2-1: the image (one in three)
+            which = torch.randint(0, k + k // 2, (args.batch,), generator=gen)
+            style = torch.where((which < k)[:, None], text_train[idx, which.clamp(max=k - 1)], image_train[idx])
+            has = torch.rand(args.batch, generator=gen) >= args.style_dropout
+            drop = torch.rand(args.batch, generator=gen) < torch.where(has, 0.5, config.class_dropout_prob)
+            y = torch.where(drop, torch.full_like(y, config.null_class), y)
+            pred = torch.empty_like(noise)
+            if has.any():
+                pred[has] = model(xt[has], t[has], y[has], style[has])
+            if (~has).any():
+                pred[~has] = model(xt[~has], t[~has], y[~has])
+            loss = (pred - noise).square().mean()
         for g in opt.param_groups:  # linear warm-up, then cosine to 10 %
             g["lr"] = args.lr * min(1.0, (step + 1) / 200) * (0.55 + 0.45 * math.cos(math.pi * step / args.steps))
         opt.zero_grad(set_to_none=True)
@@ -165,7 +237,7 @@ def main(argv=None) -> None:
             running = []
             print(f"step {step} loss {log['curve'][-1]['loss']:.4f} ({time.time() - t0:.0f}s)", flush=True)
         if step % args.eval_every == 0 or step == args.steps:
-            log["evals"].append({"step": step, **evaluate(ema, z_held, y_held, alphas_bar)})
+            log["evals"].append({"step": step, **evaluate(ema, *held)})
             print(json.dumps(log["evals"][-1]), flush=True)
             torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                         "gen": gen.get_state(), "step": step, "log": json.dumps(log)}, ckpt)

@@ -1,6 +1,6 @@
 """The zoo's training scripts, end to end on a tiny stand-in data set (drawn smileys in the emoji set's file format):
-the DiT trainer (fresh, then continued with --init and the low-noise emphasis), the ControlNet trainer, and the
-model cards written from their logs. Tiny models and a few steps: this checks the scripts' plumbing and logs, not
+the DiT trainer (fresh, then continued with --init and the low-noise emphasis, then with style conditioning from
+the zoo CLIP), the CLIP trainer, the ControlNet trainer, and the model cards written from their logs. Tiny models and a few steps: this checks the scripts' plumbing and logs, not
 what the real runs learn (their figures are in zoo/README.md)."""
 from __future__ import annotations
 
@@ -12,12 +12,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from diffugan.models import checkpoints as ck
+from diffugan.models import clip_style as cs
 from diffugan.models import dit, taesd
 from diffugan.models import vit_controlnet as vc
 from drawn import smiley
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
+import train_zoo_clip  # noqa: E402
 import train_zoo_controlnet  # noqa: E402
 import train_zoo_dit  # noqa: E402
 import zoo_data  # noqa: E402
@@ -35,8 +38,10 @@ def tiny_set(tmp_path_factory) -> tuple[Path, Path]:
         img = smiley(64, "open" if i % 2 else "smile")[0]
         img = torch.roll(img, shifts=(i % 3 - 1, i % 4 - 2), dims=(1, 2))
         images.append(((img * 0.5 + 0.5) * 255).round().byte().permute(1, 2, 0))
-        records.append({"name": f"smiley {i}", "style": zoo_data.STYLES[i % 2],
-                        "category": zoo_data.CATEGORIES[i % 3], "split": "heldout" if i >= 8 else "train"})
+        style, category = zoo_data.STYLES[i % 2], zoo_data.CATEGORIES[i % 3]
+        records.append({"name": f"smiley {i}", "style": style, "category": category,
+                        "caption": f"smiley {i}, {category.lower()}, {style} style",
+                        "split": "heldout" if i >= 8 else "train"})
     save_file({"images": torch.stack(images).contiguous()}, str(data / "emoji64.safetensors"))
     (data / "emoji64.json").write_text(json.dumps({"records": records}))
     torch.manual_seed(0)
@@ -93,3 +98,47 @@ def test_controlnet_trainer_runs_and_logs_before_and_after(tiny_set, tmp_path):
     e = log["final"]["edge_f1"]
     assert 0 <= e["with_controlnet"] <= 1 and 0 <= e["without_controlnet"] <= 1 and e["images"] == 4
     assert "ViT ControlNet" in zoo_manifest.card_controlnet(out.name, log)
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tiny_set, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("clip") / "clip.safetensors"
+    train_zoo_clip.main(["--data", str(tiny_set[0]), "--out", str(out), "--steps", "2", "--batch", "4",
+                         "--eval-every", "2"])
+    return out
+
+
+def test_clip_trainer_logs_held_out_retrieval_and_ships_only_what_it_trained(tiny_clip):
+    log = json.loads(tiny_clip.with_suffix(".json").read_text())
+    assert [e["step"] for e in log["evals"]] == [0, 2] and log["steps_done"] == 2
+    for split in ("heldout", "train"):
+        e = log["final"][split]
+        for key in ("caption_top1", "caption_top5", "name_top1", "name_top5", "style_acc", "category_acc"):
+            assert 0 <= e[key] <= 1, key
+        assert e["caption_top1"] <= e["caption_top5"]
+    assert log["locked_parameters"] > 20e6 and 1e6 < log["trained_parameters"] < 5e6
+    tensors, _ = ck.load_safetensors(tiny_clip)
+    assert not any(k.startswith(cs.TEXT_TOWER_PREFIX) for k in tensors)
+    clip = cs.load_clip(tiny_clip)  # the locked tower comes back from its checked local copy
+    assert clip.arch == "DiffuGAN-CLIP-Emoji" and clip.encode_texts(["smiley 1"]).shape == (1, 256)
+
+
+def test_dit_trainer_adds_style_conditioning_to_a_dit_without_it(tiny_set, tiny_clip, tmp_path):
+    data, vae = tiny_set
+    small = ["--hidden", "32", "--depth", "1", "--heads", "2", "--batch", "6", "--eval-every", "2"]
+    base = tmp_path / "a" / "dit.safetensors"
+    train_zoo_dit.main(["--data", str(data), "--vae", str(vae), "--out", str(base), "--steps", "1", *small])
+    styled = tmp_path / "b" / "dit.safetensors"
+    train_zoo_dit.main(["--data", str(data), "--vae", str(vae), "--out", str(styled), "--steps", "2",
+                        "--init", str(base), "--style-clip", str(tiny_clip), *small])
+    model = dit.load_dit(styled)
+    assert model.config.style_dim == 256
+    log = json.loads(styled.with_suffix(".json").read_text())
+    assert log["style_clip"] == cs.load_clip(tiny_clip).identity
+    for key in ("eps_mse_mean", "eps_mse_mean_prompt", "eps_mse_mean_none", "eps_mse_t100_prompt"):
+        assert torch.isfinite(torch.tensor(log["final"][key])), key
+    # the base weights carry over; the new style projection starts at zero (two warm-up steps move it little)
+    before = dit.load_dit(base).state_dict()
+    after = model.state_dict()
+    assert max(float((after[k].float() - before[k].float()).abs().max()) for k in before) < 1e-2
+    assert float(after["style_proj.weight"].abs().max()) < 1e-2
