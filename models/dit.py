@@ -618,13 +618,17 @@ def _interp(values: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return ((1 - w) * values[lo].log() + w * values[hi].log()).exp()
 
 
-def euler_img2img(model: DiT, draft, labels, sigmas, ts, cfg, noise, counts=None, dense_every: int = 0):
+def euler_img2img(model: DiT, draft, labels, sigmas, ts, cfg, noise, counts=None, dense_every: int = 0,
+                  style=None):
     """Reference Euler img2img without ComfyUI (benchmarks, training scripts): from `draft` (SD1-scaled latents)
     noised to sigmas[0] with `noise`, classifier-free guidance `cfg` against the null class (rows: cond batch, then
     uncond batch), the same update as ComfyUI's Euler on this model. With per-token step `counts` (N, T) the
-    region-adaptive state evaluates each token only at its steps (`dense_every` as the sampler node's). Returns
+    region-adaptive state evaluates each token only at its steps (`dense_every` as the sampler node's). A `style`
+    (N, style_dim) conditions the cond rows only, as DiffuGAN DiT Conditioning does (dense sampling only). Returns
     (latent, state or None)."""
     n = draft.shape[0]
+    if style is not None and counts is not None:
+        raise ValueError("euler_img2img: style with per-token counts is not supported")
     state = RegionAdaptiveState(model, counts, sigmas, draft, dense_every) if counts is not None else None
     x = draft + noise * sigmas[0]
     y = torch.cat([labels, torch.full_like(labels, model.config.null_class)]) if cfg != 1 else labels
@@ -636,7 +640,12 @@ def euler_img2img(model: DiT, draft, labels, sigmas, ts, cfg, noise, counts=None
         sig = s.expand(xx.shape[0])
         xc = xx / (s ** 2 + 1).sqrt()
         t = ts[i].expand(xx.shape[0])
-        if state is None:
+        if state is None and style is not None:
+            eps = model(xc[:n], t[:n], y[:n], style)
+            if cfg != 1:
+                eps = torch.cat([eps, model(xc[n:], t[n:], y[n:])])
+            den = xx - eps[:, : x.shape[1]] * s
+        elif state is None:
             eps = model(xc, t, y)[:, : x.shape[1]]
             den = xx - eps * s
         else:

@@ -130,6 +130,75 @@ def evaluate(model: dit.DiT, z: torch.Tensor, y: torch.Tensor, alphas_bar: torch
     return out
 
 
+def save_grid(images: torch.Tensor, path: Path, columns: int = 8) -> None:
+    """(N, 3, H, W) in 0..1 -> one PNG, `columns` per row."""
+    import numpy as np
+    from PIL import Image
+
+    n, _, h, w = images.shape
+    rows = -(-n // columns)
+    grid = torch.ones(3, rows * h, columns * w)
+    for i in range(n):
+        grid[:, (i // columns) * h:(i // columns + 1) * h, (i % columns) * w:(i % columns + 1) * w] = images[i]
+    Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path)
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (N, D), as FID computes it:
+    |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), with symmetric eigen-decompositions (exact for
+    PSD matrices, no complex sqrtm)."""
+    a, b = a.double(), b.double()
+    sa, sb = torch.cov(a.T), torch.cov(b.T)
+    vals, vecs = torch.linalg.eigh(sa)
+    root = vecs @ torch.diag(vals.clamp(min=0).sqrt()) @ vecs.T
+    cross = torch.linalg.eigvalsh(root @ sb @ root).clamp(min=0).sqrt().sum()
+    return float((a.mean(0) - b.mean(0)).square().sum() + sa.trace() + sb.trace() - 2 * cross)
+
+
+@torch.no_grad()
+def text_to_image_metrics(model: dit.DiT, vae_path: Path, clip_path: Path, data: Path, steps: int = 25,
+                          cfg: float = 3.0, seed: int = 0) -> dict:
+    """Text -> image on the held-out captions (the data set's own caption; 128 px from pure noise, Euler, `steps`,
+    guidance `cfg` against "null label, no style"), judged by the zoo CLIP: the CLIP score (mean cosine of each
+    image with its caption) and the Fréchet distance of CLIP image features to the held-out images, with the prompt
+    and, as the baseline, without it (unconditional). References: the held-out images' own CLIP score and the
+    Fréchet distance of the training images to the held-out ones."""
+    import torch.nn.functional as F
+
+    import train_zoo_clip as tzc
+    from diffugan.models import clip_style as cs
+
+    clip = cs.load_clip(clip_path)
+    vae = taesd.load_vae(vae_path)
+    x_held, records = zoo_data.load(data, "heldout")
+    x_train, _ = zoo_data.load(data, "train")
+    captions = [tzc.CAPTIONS[0](r) for r in records]
+    text = tzc.text_embeddings(clip, tzc.pooled_text(clip, captions))
+    real = tzc.image_embeddings(clip, (x_held + 1) / 2)
+    out = {"captions": len(captions), "steps": steps, "cfg": cfg,
+           "real_clip_score": float((real * text).sum(1).mean()),
+           "real_train_fd": frechet_distance(tzc.image_embeddings(clip, (x_train + 1) / 2), real)}
+    sigmas, ts = dit.img2img_schedule(steps, 1.0)
+    shape = (len(captions), model.config.in_channels, SIZE // 8, SIZE // 8)
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    null = torch.full((len(captions),), model.config.null_class, dtype=torch.long)
+    for name, style in (("prompt", text), ("unconditional", None)):
+        images = []
+        for i in range(0, len(captions), 64):
+            z, _ = dit.euler_img2img(model, torch.zeros_like(noise[i:i + 64]), null[i:i + 64], sigmas, ts,
+                                     cfg if style is not None else 1.0, noise[i:i + 64],
+                                     style=None if style is None else style[i:i + 64])
+            images.append(vae.decode(z / taesd.SD1_SCALE).clamp(-1, 1) * 0.5 + 0.5)
+        images = torch.cat(images)
+        feats = tzc.image_embeddings(clip, F.interpolate(images, size=(64, 64), mode="bicubic", antialias=True,
+                                                         align_corners=False).clamp(0, 1))
+        out[f"{name}_clip_score"] = float((feats * text).sum(1).mean())
+        out[f"{name}_fd"] = frechet_distance(feats, real)
+        if name == "prompt":
+            out["samples"] = images[:16]
+    return out
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=zoo_data.DEFAULT_OUT)
@@ -244,6 +313,12 @@ def main(argv=None) -> None:
     log["final"] = log["evals"][-1]
     log["steps_done"] = step  # below settings["steps"] when a run is ended early with a smaller --steps
     dit.save_dit_safetensors(ema, args.out, half=True)
+    if style_clip is not None:
+        t2i = text_to_image_metrics(ema, args.vae, args.style_clip, args.data)
+        sheet = args.out.with_name(args.out.stem + "-samples.png")
+        save_grid(t2i.pop("samples"), sheet)
+        log["text_to_image"] = {**t2i, "samples": sheet.name}
+        print(json.dumps(log["text_to_image"]), flush=True)
     args.out.with_suffix(".json").write_text(json.dumps(log, indent=1))
     print(f"wrote {args.out}: held-out eps-MSE {log['final']['eps_mse_mean']:.4f}")
 

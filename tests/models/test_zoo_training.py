@@ -142,3 +142,20 @@ def test_dit_trainer_adds_style_conditioning_to_a_dit_without_it(tiny_set, tiny_
     after = model.state_dict()
     assert max(float((after[k].float() - before[k].float()).abs().max()) for k in before) < 1e-2
     assert float(after["style_proj.weight"].abs().max()) < 1e-2
+    t2i = log["text_to_image"]  # text -> image judged by the zoo CLIP, with the prompt and without
+    for key in ("prompt_clip_score", "unconditional_clip_score", "real_clip_score", "prompt_fd", "unconditional_fd",
+                "real_train_fd"):
+        assert torch.isfinite(torch.tensor(t2i[key])), key
+    assert t2i["captions"] == 4 and (styled.parent / t2i["samples"]).is_file()
+
+
+def test_frechet_distance_matches_the_closed_form():
+    """Gaussians with known means and covariances: FD = |mu_a - mu_b|^2 + Tr(Sa + Sb - 2 (Sa Sb)^1/2); for
+    diagonal covariances the root is elementwise."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(20000, 3, generator=gen, dtype=torch.float64) * torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
+    b = torch.randn(20000, 3, generator=gen, dtype=torch.float64) * torch.tensor([3.0, 1.0, 0.5], dtype=torch.float64) + 1
+    va, vb = torch.tensor([1.0, 4.0, 0.25]), torch.tensor([9.0, 1.0, 0.25])
+    expected = 3 + float((va + vb - 2 * (va * vb).sqrt()).sum())  # = 3 + 4 + 1 + 0
+    assert train_zoo_dit.frechet_distance(a, b) == pytest.approx(expected, rel=0.03)
+    assert train_zoo_dit.frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
