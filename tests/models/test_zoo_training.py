@@ -134,7 +134,7 @@ def test_dit_trainer_adds_style_conditioning_to_a_dit_without_it(tiny_set, tiny_
     model = dit.load_dit(styled)
     assert model.config.style_dim == 256
     log = json.loads(styled.with_suffix(".json").read_text())
-    assert log["style_clip"] == cs.load_clip(tiny_clip).identity
+    assert log["style_clip"] == cs.load_clip(tiny_clip).identity == model.style_clip  # recorded in the file too
     for key in ("eps_mse_mean", "eps_mse_mean_prompt", "eps_mse_mean_none", "eps_mse_t100_prompt"):
         assert torch.isfinite(torch.tensor(log["final"][key])), key
     # the base weights carry over; the new style projection starts at zero (two warm-up steps move it little)

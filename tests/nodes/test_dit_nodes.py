@@ -95,6 +95,7 @@ def test_style_conditioning_reaches_a_dit_trained_with_it(comfy, run_node, model
     cfg = dit.DiTConfig(depth=2, hidden_size=96, num_heads=3, patch_size=2, num_classes=10, input_size=8, style_dim=32)
     torch.manual_seed(1)
     styled = perturb(dit.DiT(cfg).eval())
+    styled.style_clip = "DiffuGAN-CLIP-Emoji #0"  # trained on that CLIP's embeddings (recorded in the metadata)
     dit.save_dit_safetensors(styled, os.path.join(folder_paths.get_folder_paths("dit")[0], "styled-dit.safetensors"))
     styled_model = run_node("DiffuGANDiTLoader", ckpt_name="styled-dit.safetensors", num_heads=0).args[0]
     style = cs.StyleEmbedding(torch.nn.functional.normalize(torch.randn(32), dim=0), "test #0", [])
@@ -109,3 +110,8 @@ def test_style_conditioning_reaches_a_dit_trained_with_it(comfy, run_node, model
     pos16, _ = run_node("DiffuGANDiTConditioning", class_label=3, style=short).args
     with pytest.raises(ValueError, match="the style embedding has 16 dimensions but this DiT expects 32"):
         _sample(comfy, styled_model, pos16, neg, cfg=2.0)
+    other = cs.StyleEmbedding(style.embedding, "DiffuGAN-CLIP-Demo #1", [])  # same size, another CLIP
+    pos_other, _ = run_node("DiffuGANDiTConditioning", class_label=3, style=other).args
+    with pytest.raises(ValueError, match=r"encoded by CLIP DiffuGAN-CLIP-Demo #1, but this DiT was trained on the "
+                                         r"embeddings of CLIP DiffuGAN-CLIP-Emoji #0"):
+        _sample(comfy, styled_model, pos_other, neg, cfg=2.0)
