@@ -70,3 +70,22 @@ def test_zoo_scorer_loads_strictly_and_scores_the_face_above_the_background():
     m = scorer.score(x)[0, 0]
     assert m.shape == (128, 128)
     assert float(m[40:90, 40:90].mean()) > float(m[:16, :16].mean()) + 0.1
+
+
+def test_zoo_clip_loads_with_its_locked_tower_and_knows_a_face_from_objects():
+    """The shipped CLIP leaves the text tower out (the loader reads the sha256-checked copy); a drawn smiley, a
+    picture it never saw, sits closer to face prompts than to objects and flags."""
+    from diffugan.models import checkpoints as ck
+    from diffugan.models import clip_style as cs
+
+    path = BY_FOLDER["clip_style"]
+    tensors, meta = ck.load_safetensors(path)
+    assert not any(k.startswith(cs.TEXT_TOWER_PREFIX) for k in tensors)
+    assert json.loads(meta["text_tower"])["name"] == "sentence-transformers/all-MiniLM-L6-v2"
+    clip = cs.load_clip(path)
+    images = torch.cat([smiley(64, "smile"), smiley(64, "open")]) * 0.5 + 0.5
+    faces = ["grinning face", "slightly smiling face"]
+    things = ["flag of japan", "pizza", "red heart", "rocket"]
+    with torch.no_grad():
+        sim = clip.encode_images(images) @ clip.encode_texts(faces + things).T
+    assert float(sim[:, :2].min()) > float(sim[:, 2:].max()) + 0.05, sim
