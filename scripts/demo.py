@@ -3,11 +3,13 @@
     bash scripts/demo.sh            # run once, write output/demo/, print timings, stop the server
     bash scripts/demo.sh --serve    # same, then leave ComfyUI running for a browser at the printed URL
 
-What it runs (said plainly): the zoo workflows run on TRAINED weights, the demo zoo shipped in zoo/ (a VAE, a DiT
-refiner and a ViT ControlNet, trained on the emoji set): emoji_refine refines a coarse drawn smiley with
-region-adaptive steps, emoji_controlnet does the same steered to the edges of a drawn sketch, and each writes a
-contact sheet (draft | importance or edges | refined). The other workflows need models the zoo does not have yet
-(a StyleGAN, a CLIP), so they run on RANDOM-WEIGHT models this script writes into the demo's model folders: a
+What it runs (said plainly): the zoo workflows run on TRAINED weights, the demo zoo shipped in zoo/ (a VAE, a CLIP,
+a style-conditioned DiT refiner, an importance scorer and a ViT ControlNet, trained on the emoji set):
+emoji_text2image turns each of a few prompts (PROMPTS) into a coarse 12-step draft and refines it region-adaptively
+with the same prompt; emoji_refine refines a coarse drawn smiley with region-adaptive steps; emoji_controlnet does
+the same steered to the edges of a drawn sketch. Each writes a contact sheet, one row per image: draft | importance
+(or edges) | refined, with the prompt in front for text2image. The other workflows need a model the zoo does not
+have yet (a StyleGAN), so they run on RANDOM-WEIGHT models this script writes into the demo's model folders: a
 StyleGAN2 64x64 (diffugan-random-stylegan2-64.safetensors in models/stylegan), a CLIP of the DiffuGAN-CLIP-Demo
 architecture (diffugan-random-clip-demo.safetensors in models/clip_style), and for coarse_to_fine a DiT-S/2 and a VAE
 in ComfyUI's TAESD layout (diffugan-random-dit-s2-256.safetensors in models/dit, diffugan-random-taesd.safetensors in
@@ -117,6 +119,52 @@ def contact_sheet(saved: dict[str, list[Path]], path: Path) -> Path | None:
     return path
 
 
+def prompt_sheet(rows: list[tuple[str, list[Path]]], path: Path) -> Path:
+    """One row per image: the prompt's text (on its first row), then the row's pictures (e.g. draft | importance |
+    refined)."""
+    from PIL import ImageDraw
+
+    tiles = [[Image.open(f).convert("RGB") for f in files] for _, files in rows]
+    h = max(t.height for row in tiles for t in row)
+    label_w = 200
+    width = label_w + max(sum(t.width for t in row) for row in tiles)
+    sheet = Image.new("RGB", (width, h * len(rows)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, ((text, _), row) in enumerate(zip(rows, tiles)):
+        draw.text((6, r * h + h // 2 - 6), text[:32], fill="black")
+        x = label_w
+        for t in row:
+            sheet.paste(t, (x, r * h))
+            x += t.width
+    sheet.save(path)
+    return path
+
+
+def run_workflow(server: ComfyServer, name: str, prompt: dict, out: Path, what: str = "") -> dict[str, list[Path]]:
+    """Queue one workflow, print each node's time, copy its saved images to `out`; returns them per Save prefix."""
+    t = time.monotonic()
+    run = server.run_prompt(prompt)
+    if not run.ok:
+        raise SystemExit(f"{name} failed: {run.error()}\n{server.log_tail()}")
+    print(f"\n{name}{' ' + what if what else ''}: {time.monotonic() - t:.2f}s")
+    for node_id, secs in run.node_seconds().items():
+        print(f"  {prompt[node_id]['class_type']:<32} {secs * 1000:8.1f} ms")
+    saved = {}
+    for node_id in sorted(run.history["outputs"], key=int):  # graph order: draft, map, refined
+        for i, src in enumerate(run.output_images(node_id)):
+            if src.is_relative_to(server.base / "temp"):  # previews, not results
+                continue
+            dst = out / f"{name}_{node_id}_{i}.png"
+            shutil.copyfile(src, dst)
+            saved.setdefault(prompt[node_id]["inputs"].get("filename_prefix", ""), []).append(dst)
+            print(f"  wrote {dst}")
+    return saved
+
+
+# Workflows run once per prompt: workflow -> (node, input, prompts)
+PROMPTS = {"emoji_text2image": ("2", "text", ["red heart", "grinning face", "flag of japan", "a noto emoji of a cat",
+                                              "pizza", "rocket"])}
+
 RANDOM_MODELS = [  # (model folder, file name the shipped workflows use, writer, what it is)
     ("stylegan", "diffugan-random-stylegan2-64.safetensors", write_random_stylegan, "StyleGAN2"),
     ("dit", "diffugan-random-dit-s2-256.safetensors", write_random_dit, "DiT-S/2"),
@@ -154,25 +202,20 @@ def main() -> None:
             if missing:
                 print(f"\n{api_path.stem}: skipped, it needs {', '.join(missing)} (not in this install yet)")
                 continue
-            t = time.monotonic()
-            run = server.run_prompt(prompt)
-            if not run.ok:
-                raise SystemExit(f"{api_path.name} failed: {run.error()}\n{server.log_tail()}")
-            print(f"\n{api_path.stem}: {time.monotonic() - t:.2f}s")
-            for node_id, secs in run.node_seconds().items():
-                print(f"  {prompt[node_id]['class_type']:<32} {secs * 1000:8.1f} ms")
-            saved = {}
-            for node_id in sorted(run.history["outputs"], key=int):  # graph order: draft, map, refined
-                for i, src in enumerate(run.output_images(node_id)):
-                    if src.is_relative_to(server.base / "temp"):  # previews, not results
-                        continue
-                    dst = args.out / f"{api_path.stem}_{node_id}_{i}.png"
-                    shutil.copyfile(src, dst)
-                    saved.setdefault(prompt[node_id]["inputs"].get("filename_prefix", ""), []).append(dst)
-                    print(f"  wrote {dst}")
-            sheet = contact_sheet(saved, args.out / f"{api_path.stem}_contact_sheet.png")
-            if sheet:
-                print(f"  wrote {sheet} ({' | '.join(k.split('/')[-1] for k in saved)})")
+            if api_path.stem not in PROMPTS:
+                saved = run_workflow(server, api_path.stem, prompt, args.out)
+                sheet = contact_sheet(saved, args.out / f"{api_path.stem}_contact_sheet.png")
+                if sheet:
+                    print(f"  wrote {sheet} ({' | '.join(k.split('/')[-1] for k in saved)})")
+                continue
+            node, field, texts = PROMPTS[api_path.stem]
+            rows = []
+            for k, text in enumerate(texts):
+                prompt[node]["inputs"][field] = text
+                saved = run_workflow(server, f"{api_path.stem}_{k}", prompt, args.out, f"'{text}'")
+                rows += [(text if i == 0 else "", list(files)) for i, files in enumerate(zip(*saved.values()))]
+            sheet = prompt_sheet(rows, args.out / f"{api_path.stem}_contact_sheet.png")
+            print(f"  wrote {sheet} (prompt | {' | '.join(k.split('/')[-1] for k in saved)})")
         if args.serve:
             print(f"\nServing ComfyUI at {server.url} — open it in a browser; Ctrl-C stops it.")
             while server.proc.poll() is None:

@@ -232,6 +232,7 @@ def main(argv=None) -> None:
                            num_classes=classes, learn_sigma=False, class_dropout_prob=0.1, input_size=SIZE // 8,
                            style_dim=0 if style_clip is None else text_train.shape[-1])
     model = dit.DiT(config).train()
+    model.style_clip = style_clip or ""
     previous = None
     if args.init is not None:
         init = dit.load_dit(args.init)

@@ -8,6 +8,7 @@ at the outputs showed).
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -43,6 +44,8 @@ def _dit_run(s: dict, done: int, eps: float | None) -> str:
                else "")
             + (f", {float(s['low_noise']) * 100:.0f} % of the samples at t < {s['low_noise_t']} (refiner emphasis)"
                if float(s.get("low_noise", 0)) > 0 else ", t uniform over 0…999")
+            + (", with style conditioning from the zoo CLIP added (a zero-initialised style projection)"
+               if s.get("style_clip", "None") != "None" else "")
             + (f" (held-out ε-MSE {eps:.4f})" if eps is not None else ""))
 
 
@@ -67,7 +70,7 @@ def card_dit(name: str, log: dict) -> str:
         f"- held-out ε-MSE (EMA, mean over t = 100…900, fixed noise): **{f['eps_mse_mean']:.4f}** "
         f"(first evaluation of the last run, step {first['step']}: {first['eps_mse_mean']:.4f}); small t, where "
         "the image rather than the noise dominates, is where the model must know emoji",
-        "- per t: " + ", ".join(f"t={k[9:]}: {v:.4f}" for k, v in f.items() if k.startswith("eps_mse_t")),
+        "- per t: " + ", ".join(f"t={k[9:]}: {v:.4f}" for k, v in f.items() if re.fullmatch(r"eps_mse_t\d+", k)),
         *([("- clean-latent error the refiner sees (held-out x0-MSE; latents have std ≈ 1): "
             + ", ".join(f"t={k}: {v:.3f}" for k, v in x0.items())
             + f" (first evaluation of the last run: "
@@ -100,9 +103,10 @@ def _dit_style_lines(log: dict) -> list[str]:
 
 # The sentences in the cards not read from a log: what looking at the outputs showed (update them after a run).
 LIMITS_DIT = ("still CPU-sized and not yet good enough to improve drafts: refined at strength 0.25, held-out emoji and "
-              "the demo's drawn smiley keep their layout but come back blotchy, their detail lost. The second run "
-              "lowered the held-out ε-MSE at t=100 by 16 % in 2,000 steps and it was still falling: a long (GPU) run "
-              "is the next step.")
+              "the demo's drawn smiley keep their layout but come back blotchy, their detail lost. Prompts steer it "
+              "weakly (text -> image gives blobs in roughly the prompt's colours: yellow discs for faces, "
+              "rectangles for flags), and the style conditioning lowers the held-out ε-MSE by under 1 %. Each run "
+              "lowered the held-out ε-MSE and it was still falling: a long (GPU) run is the next step.")
 
 
 LIMITS_CONTROLNET = ("it steers the zoo DiT, whose refinements are still blotchy (see its card): the structure "
