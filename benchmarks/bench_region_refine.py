@@ -27,6 +27,7 @@ and a centred disc map measure SPEED ONLY and say so.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import platform
@@ -117,7 +118,8 @@ def main() -> None:
     if trained:
         if args.vae is None:
             ap.error("--checkpoint needs --vae (quality is measured on decoded pixels)")
-        model, weights = dit.load_dit(args.checkpoint), f"trained: {args.checkpoint.name}"
+        sha = hashlib.sha256(args.checkpoint.read_bytes()).hexdigest()[:12]  # which version of the file
+        model, weights = dit.load_dit(args.checkpoint), f"trained: {args.checkpoint.name} (sha256 {sha}…)"
         vae, drafts, labels, work, names = zoo_drafts(args.vae, args.drafts, args.draft_px, args.area)
     else:
         model = perturb(dit.DiT(dit.standard_config(args.model, args.size)).eval(), 0.02)  # every layer does work

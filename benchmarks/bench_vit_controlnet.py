@@ -16,6 +16,7 @@ benchmarks/results/vit_controlnet.json (random) or vit_controlnet_zoo.json (trai
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import platform
@@ -30,6 +31,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 import conftest  # noqa: E402,F401  (registers the pack as `diffugan`)
 from diffugan.models import dit  # noqa: E402
 from diffugan.models import vit_controlnet as vc  # noqa: E402
+
+
+def _sha(path) -> str:
+    """The first 12 hex digits of a file's sha256: which version of a model a result was measured on."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
 
 def main() -> None:
@@ -128,7 +134,8 @@ def main() -> None:
     out.write_text(json.dumps(dict(
         benchmark="ViT ControlNet cost vs token budget", model=args.model, image_size=args.size,
         control_depth=args.control_depth, rows_per_call=args.batch, command=" ".join(sys.argv),
-        weights=(f"trained: {args.dit.name} + {args.controlnet.name}" if trained else
+        weights=(f"trained: {args.dit.name} (sha256 {_sha(args.dit)}…) + {args.controlnet.name} "
+                 f"(sha256 {_sha(args.controlnet)}…)" if trained else
                  "random (cost only; edge F1 needs a trained DiT + ControlNet)"), device="cpu",
         edge_f1_without_controlnet=f1["none"] if f1 else None, edge_f1_images=args.images if f1 else None,
         edge_f1_setting=f1["setting"] if f1 else None,

@@ -1,14 +1,18 @@
 """Distil the learned importance scorer from what the refiner actually does.
 
 Target (per draft): where a full, uniform refinement changes the draft. Drafts are emoji of the zoo set made coarse
-(down to 16-40 px and back up to 128, as a fast generator's blurry output), encoded by the zoo VAE; the zoo DiT
+(down to 16-40 px and back up to 128, as a fast generator's blurry output) and, with --generated-share P, for a
+share P of them generated drafts instead: the zoo's text -> image path on the emoji's caption (zoo CLIP style, null
+label, --generated-steps Euler steps from noise, guidance 3, decoded by the zoo VAE), the drafts the text -> image
+workflow refines. Each draft is encoded by the zoo VAE; the zoo DiT
 refines each one uniformly (Euler, --steps steps at --strength, guidance --cfg, its class label, seeded noise), and
 the target is the per-latent-pixel change ||refined - draft|| over the 4 channels: a 16x16 map (1/8 of the image),
 normalised by its 99th percentile. The scorer (models/importance.LearnedScorer, MobileNetV3-style) learns it from
 the draft pixels alone with an MSE loss on sigmoid outputs.
 
 Held-out figure: Spearman rank correlation with the target on held-out drafts (per image, then the mean), for the
-learned scorer and for the analytic scorer (its map area-pooled to the same 16x16 grid).
+learned scorer and for the analytic scorer (its map area-pooled to the same 16x16 grid); with generated drafts also
+for the coarse and the generated ones apart.
 
     python scripts/train_importance_scorer.py --dit zoo/dit/diffugan-emoji-dit.safetensors \\
         --vae zoo/vae/diffugan-emoji-vae.safetensors --out zoo/diffugan_importance/diffugan-emoji-scorer.safetensors
@@ -48,8 +52,26 @@ def coarse(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 @torch.no_grad()
+def generated_drafts(model: dit.DiT, vae: taesd.TinyAutoencoder, style: torch.Tensor, steps: int,
+                     gen: torch.Generator) -> torch.Tensor:
+    """Text -> image drafts in [-1, 1] at 128 px: `style` (N, D) zoo-CLIP caption embeddings, null label."""
+    sigmas, ts = dit.img2img_schedule(steps, 1.0)
+    out = []
+    for i in range(0, len(style), 32):
+        s = style[i:i + 32]
+        noise = torch.randn((len(s), model.config.in_channels, SIZE // 8, SIZE // 8), generator=gen)
+        null = torch.full((len(s),), model.config.null_class, dtype=torch.long)
+        z, _ = dit.euler_img2img(model, torch.zeros_like(noise), null, sigmas, ts, 3.0, noise, style=s)
+        out.append(vae.decode(z / taesd.SD1_SCALE).clamp(-1, 1))
+    return torch.cat(out)
+
+
+@torch.no_grad()
 def make_targets(args, split: str, n: int) -> dict:
-    key = hashlib.sha256(args.dit.read_bytes() + args.vae.read_bytes()).hexdigest()[:12]
+    files = args.dit.read_bytes() + args.vae.read_bytes()
+    if args.generated_share > 0:
+        files += args.generated_clip.read_bytes() + f"{args.generated_share}-{args.generated_steps}".encode()
+    key = hashlib.sha256(files).hexdigest()[:12]
     cache = args.data / f"scorer-targets-{split}-{n}-{args.steps}-{args.strength}-{args.cfg}-{key}.pt"
     if cache.exists():
         return torch.load(cache, weights_only=True)  # our own file; tensors only
@@ -59,6 +81,14 @@ def make_targets(args, split: str, n: int) -> dict:
     x, labels = x[pick], torch.tensor([zoo_data.zoo_label(records[i]) for i in pick])
     drafts = coarse(x, gen)
     vae, model = taesd.load_vae(args.vae), dit.load_dit(args.dit)
+    generated = torch.zeros(n, dtype=torch.bool)
+    if args.generated_share > 0:
+        import train_zoo_dit
+
+        generated[torch.randperm(n, generator=gen)[:round(args.generated_share * n)]] = True
+        style = train_zoo_dit.style_vectors(args.generated_clip, args.data, split)[0][pick, 0]
+        drafts[generated] = generated_drafts(model, vae, style[generated], args.generated_steps, gen)
+        print(f"{split}: {int(generated.sum())} generated drafts", flush=True)
     sigmas, ts = dit.img2img_schedule(args.steps, args.strength)
     targets, t0 = [], time.time()
     for i in range(0, n, 32):
@@ -67,7 +97,7 @@ def make_targets(args, split: str, n: int) -> dict:
         refined, _ = dit.euler_img2img(model, z, labels[i:i + 32], sigmas, ts, args.cfg, noise)
         targets.append((refined - z).norm(dim=1, keepdim=True))
         print(f"{split} targets {min(i + 32, n)}/{n} ({time.time() - t0:.0f}s)", flush=True)
-    out = {"drafts": drafts, "targets": torch.cat(targets)}
+    out = {"drafts": drafts, "targets": torch.cat(targets), "generated": generated}
     torch.save(out, cache)
     return out
 
@@ -87,12 +117,20 @@ def analytic_ranks(drafts: torch.Tensor, targets: torch.Tensor) -> list[float]:
 
 
 @torch.no_grad()
-def rank_scores(scorer, drafts: torch.Tensor, targets: torch.Tensor, rho_a: list[float]) -> dict:
+def rank_scores(scorer, drafts: torch.Tensor, targets: torch.Tensor, rho_a: list[float],
+                generated: torch.Tensor | None = None) -> dict:
     pix = drafts * 0.5 + 0.5
     learned = torch.cat([scorer(pix[i:i + 64]) for i in range(0, len(pix), 64)])
     rho_l = [importance.spearman(a, b) for a, b in zip(learned, targets)]
-    return {"spearman_learned": sum(rho_l) / len(rho_l), "spearman_analytic": sum(rho_a) / len(rho_a),
-            "learned_beats_analytic_on": sum(a > b for a, b in zip(rho_l, rho_a)) / len(rho_l)}
+    out = {"spearman_learned": sum(rho_l) / len(rho_l), "spearman_analytic": sum(rho_a) / len(rho_a),
+           "learned_beats_analytic_on": sum(a > b for a, b in zip(rho_l, rho_a)) / len(rho_l)}
+    if generated is not None and 0 < int(generated.sum()) < len(generated):
+        for kind, keep in (("generated", generated), ("coarse", ~generated)):
+            idx = keep.nonzero().flatten().tolist()
+            out[f"spearman_learned_{kind}"] = sum(rho_l[i] for i in idx) / len(idx)
+            out[f"spearman_analytic_{kind}"] = sum(rho_a[i] for i in idx) / len(idx)
+            out[f"drafts_{kind}"] = len(idx)
+    return out
 
 
 def main(argv=None) -> None:
@@ -110,7 +148,12 @@ def main(argv=None) -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--generated-share", type=float, default=0.0, help="share of drafts made by text -> image")
+    ap.add_argument("--generated-clip", type=Path, default=None, help="the zoo CLIP (for --generated-share)")
+    ap.add_argument("--generated-steps", type=int, default=12)
     args = ap.parse_args(argv)
+    if args.generated_share > 0 and args.generated_clip is None:
+        ap.error("--generated-share needs --generated-clip (the CLIP the style-conditioned DiT was trained with)")
 
     torch.manual_seed(args.seed)
     train = make_targets(args, "train", args.train_drafts)
@@ -140,13 +183,16 @@ def main(argv=None) -> None:
             running = []
         if step % 250 == 0 or step == args.train_steps:
             scorer.eval()
-            log["evals"].append({"step": step, **rank_scores(scorer, held["drafts"], held["targets"], rho_analytic)})
+            log["evals"].append({"step": step, **rank_scores(scorer, held["drafts"], held["targets"], rho_analytic,
+                                                             held.get("generated"))})
             scorer.train()
             print(json.dumps(log["evals"][-1]), flush=True)
     scorer.eval()
     log["final"] = log["evals"][-1]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    importance.save_scorer(scorer, args.out, {"trained_on": "DiffuGAN emoji64 drafts, zoo DiT refinement change"})
+    kinds = "coarse and generated" if args.generated_share > 0 else "coarse"
+    importance.save_scorer(scorer, args.out,
+                           {"trained_on": f"DiffuGAN emoji64 drafts ({kinds}), zoo DiT refinement change"})
     args.out.with_suffix(".json").write_text(json.dumps(log, indent=1))
     f = log["final"]
     print(f"wrote {args.out}: held-out Spearman learned {f['spearman_learned']:.3f} vs analytic "

@@ -20,6 +20,7 @@ from drawn import smiley
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
+import train_importance_scorer  # noqa: E402
 import train_zoo_clip  # noqa: E402
 import train_zoo_controlnet  # noqa: E402
 import train_zoo_dit  # noqa: E402
@@ -159,3 +160,25 @@ def test_frechet_distance_matches_the_closed_form():
     expected = 3 + float((va + vb - 2 * (va * vb).sqrt()).sum())  # = 3 + 4 + 1 + 0
     assert train_zoo_dit.frechet_distance(a, b) == pytest.approx(expected, rel=0.03)
     assert train_zoo_dit.frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
+
+
+def test_scorer_trainer_on_coarse_and_generated_drafts(tiny_set, tiny_clip, tmp_path):
+    """Targets from the refiner on a mix of coarse drafts and text -> image drafts; the held-out figures come for
+    both kinds apart."""
+    data, vae = tiny_set
+    small = ["--hidden", "32", "--depth", "1", "--heads", "2", "--batch", "6"]
+    base = tmp_path / "dit.safetensors"
+    train_zoo_dit.main(["--data", str(data), "--vae", str(vae), "--out", str(base), "--steps", "1",
+                        "--style-clip", str(tiny_clip), *small])
+    out = tmp_path / "scorer.safetensors"
+    train_importance_scorer.main(["--data", str(data), "--dit", str(base), "--vae", str(vae), "--out", str(out),
+                                  "--train-drafts", "8", "--heldout-drafts", "4", "--steps", "2", "--train-steps", "2",
+                                  "--batch", "4", "--generated-share", "0.5", "--generated-clip", str(tiny_clip),
+                                  "--generated-steps", "2"])
+    f = json.loads(out.with_suffix(".json").read_text())["final"]
+    assert f["drafts_generated"] == f["drafts_coarse"] == 2
+    for key in ("spearman_learned", "spearman_analytic", "spearman_learned_generated", "spearman_analytic_coarse"):
+        assert -1 <= f[key] <= 1, key
+    with pytest.raises(SystemExit):  # generated drafts need the CLIP the DiT was trained with
+        train_importance_scorer.main(["--data", str(data), "--dit", str(base), "--vae", str(vae), "--out", str(out),
+                                      "--generated-share", "0.5"])
