@@ -223,7 +223,7 @@ def main(argv=None) -> None:
     torch.manual_seed(args.seed)
     z_train, y_train = cached_latents(args.vae, args.data, "train")
     z_held, y_held = cached_latents(args.vae, args.data, "heldout")
-    styles = style_clip = None
+    style_clip = None
     if args.style_clip is not None:
         text_train, image_train, style_clip = style_vectors(args.style_clip, args.data, "train")
         held_style = style_vectors(args.style_clip, args.data, "heldout")[0][:, 0]  # the data set's caption
