@@ -52,21 +52,6 @@ def coarse(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generated_drafts(model: dit.DiT, vae: taesd.TinyAutoencoder, style: torch.Tensor, steps: int,
-                     gen: torch.Generator) -> torch.Tensor:
-    """Text -> image drafts in [-1, 1] at 128 px: `style` (N, D) zoo-CLIP caption embeddings, null label."""
-    sigmas, ts = dit.img2img_schedule(steps, 1.0)
-    out = []
-    for i in range(0, len(style), 32):
-        s = style[i:i + 32]
-        noise = torch.randn((len(s), model.config.in_channels, SIZE // 8, SIZE // 8), generator=gen)
-        null = torch.full((len(s),), model.config.null_class, dtype=torch.long)
-        z, _ = dit.euler_img2img(model, torch.zeros_like(noise), null, sigmas, ts, 3.0, noise, style=s)
-        out.append(vae.decode(z / taesd.SD1_SCALE).clamp(-1, 1))
-    return torch.cat(out)
-
-
-@torch.no_grad()
 def make_targets(args, split: str, n: int) -> dict:
     files = args.dit.read_bytes() + args.vae.read_bytes()
     if args.generated_share > 0:
@@ -82,12 +67,17 @@ def make_targets(args, split: str, n: int) -> dict:
     drafts = coarse(x, gen)
     vae, model = taesd.load_vae(args.vae), dit.load_dit(args.dit)
     generated = torch.zeros(n, dtype=torch.bool)
-    if args.generated_share > 0:
+    if args.generated_share > 0:  # text -> image drafts on the emoji's caption (zoo-CLIP style, null label)
         import train_zoo_dit
+        from diffugan.models import clip_style as cs
 
         generated[torch.randperm(n, generator=gen)[:round(args.generated_share * n)]] = True
-        style = train_zoo_dit.style_vectors(args.generated_clip, args.data, split)[0][pick, 0]
-        drafts[generated] = generated_drafts(model, vae, style[generated], args.generated_steps, gen)
+        clip = cs.load_clip(args.generated_clip)
+        style = train_zoo_dit.style_vectors(clip, args.generated_clip, args.data, split)[0][pick, 0][generated]
+        shape = (model.config.in_channels, SIZE // 8, SIZE // 8)
+        noise = torch.cat([torch.randn((len(style[i:i + 32]), *shape), generator=gen)  # drawn 32 at a time
+                           for i in range(0, len(style), 32)])
+        drafts[generated] = train_zoo_dit.text_to_image(model, vae, style, noise, args.generated_steps, 3.0, chunk=32)
         print(f"{split}: {int(generated.sum())} generated drafts", flush=True)
     sigmas, ts = dit.img2img_schedule(args.steps, args.strength)
     targets, t0 = [], time.time()

@@ -43,7 +43,6 @@ import zoo_data  # noqa: E402
 from diffugan.models import clip_style as cs  # noqa: E402
 
 ARCH = "DiffuGAN-CLIP-Emoji"
-STYLE_WORDS = {"twemoji": "twemoji", "noto": "noto"}
 CAPTIONS = (  # phrasings per image; the first is the data set's caption, used for held-out caption retrieval
     lambda r: r["caption"],
     lambda r: r["name"],
@@ -89,15 +88,9 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return y.clamp(0, 1)
 
 
-def normalise(clip: cs.StyleCLIP, x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(clip.mean).view(1, -1, 1, 1)
-    std = torch.tensor(clip.std).view(1, -1, 1, 1)
-    return (x - mean) / std
-
-
 def image_embeddings(clip: cs.StyleCLIP, x: torch.Tensor) -> torch.Tensor:
-    return F.normalize(torch.cat([clip.clip.encode_image(normalise(clip, x[i:i + 256]))
-                                  for i in range(0, len(x), 256)]), dim=-1)
+    """Unit embeddings of many images (N, 3, H, W) in 0..1, 256 at a time."""
+    return torch.cat([clip.encode_images(x[i:i + 256]) for i in range(0, len(x), 256)])
 
 
 def text_embeddings(clip: cs.StyleCLIP, pooled: torch.Tensor) -> torch.Tensor:
@@ -207,7 +200,7 @@ def main(argv=None) -> None:
         idx = torch.randint(0, len(x_train), (args.batch,), generator=gen)
         which = torch.randint(0, len(CAPTIONS), (args.batch,), generator=gen)
         tid = caption_ids[idx, which]
-        img = F.normalize(model.encode_image(normalise(clip, augment(x_train[idx], gen))), dim=-1)
+        img = clip.encode_images(augment(x_train[idx], gen))
         txt = text_embeddings(clip, pooled[tid])
         logits = model.logit_scale.exp() * img @ txt.T
         same = (tid[:, None] == tid[None, :]).float()  # equal texts are positives of each other
@@ -225,7 +218,8 @@ def main(argv=None) -> None:
         running.append(float(loss.detach()))
         if step % 25 == 0 or step == 5:
             log["curve"].append({"step": step, "loss": sum(running) / len(running),
-                                 "temperature": float(1 / model.logit_scale.detach().exp()), "sec": round(time.time() - t0, 1)})
+                                 "temperature": float(1 / model.logit_scale.detach().exp()),
+                                 "sec": round(time.time() - t0, 1)})
             running = []
             print(f"step {step} loss {log['curve'][-1]['loss']:.4f} ({time.time() - t0:.0f}s)", flush=True)
         if step % args.eval_every == 0 or step == args.steps:

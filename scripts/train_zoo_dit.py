@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import conftest  # noqa: E402,F401  (registers the pack as the package `diffugan`)
 import zoo_data  # noqa: E402
 
+from diffugan.models import clip_style as cs  # noqa: E402
 from diffugan.models import dit, taesd  # noqa: E402
 
 SIZE = 128
@@ -75,17 +76,15 @@ def cached_latents(vae_path: Path, data: Path, split: str) -> tuple[torch.Tensor
     return t["latents"], t["labels"]
 
 
-def style_vectors(clip_path: Path, data: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """Zoo-CLIP embeddings per image of a split, in zoo_data.load's order: (N, len(CAPTIONS), D) of its caption
-    phrasings and (N, D) of the image itself; cached by the CLIP file's sha256. Also the CLIP's identity."""
+def style_vectors(clip: cs.StyleCLIP, clip_path: Path, data: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings by `clip` (loaded from `clip_path`) per image of a split, in zoo_data.load's order:
+    (N, len(CAPTIONS), D) of its caption phrasings and (N, D) of the image itself; cached by the CLIP file's sha256."""
     import hashlib
 
     from safetensors.torch import load_file, save_file
 
     import train_zoo_clip as tzc
-    from diffugan.models import clip_style as cs
 
-    clip = cs.load_clip(clip_path)
     key = hashlib.sha256(clip_path.read_bytes()).hexdigest()[:12]
     cache = data / f"styles-{split}-{key}.safetensors"
     if not cache.exists():
@@ -96,7 +95,7 @@ def style_vectors(clip_path: Path, data: Path, split: str) -> tuple[torch.Tensor
             image = tzc.image_embeddings(clip, (x + 1) / 2)
         save_file({"text": text.contiguous(), "image": image.contiguous()}, str(cache))
     t = load_file(str(cache))
-    return t["text"], t["image"], clip.identity
+    return t["text"], t["image"]
 
 
 def _predict(model: dit.DiT, xt, t, y, style=None) -> torch.Tensor:
@@ -156,7 +155,23 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def text_to_image_metrics(model: dit.DiT, vae_path: Path, clip_path: Path, data: Path, steps: int = 25,
+def text_to_image(model: dit.DiT, vae: taesd.TinyAutoencoder, style: torch.Tensor | None, noise: torch.Tensor,
+                  steps: int, cfg: float, chunk: int = 64) -> torch.Tensor:
+    """Images in [-1, 1] from pure noise (N, C, h, w) with the null label: Euler over `steps`, the style (N, D) on
+    the cond rows with guidance `cfg`, or with style None unconditional (no guidance); decoded by `vae`."""
+    sigmas, ts = dit.img2img_schedule(steps, 1.0)
+    null = torch.full((len(noise),), model.config.null_class, dtype=torch.long)
+    out = []
+    for i in range(0, len(noise), chunk):
+        z, _ = dit.euler_img2img(model, torch.zeros_like(noise[i:i + chunk]), null[i:i + chunk], sigmas, ts,
+                                 cfg if style is not None else 1.0, noise[i:i + chunk],
+                                 style=None if style is None else style[i:i + chunk])
+        out.append(vae.decode(z / taesd.SD1_SCALE).clamp(-1, 1))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def text_to_image_metrics(model: dit.DiT, vae_path: Path, clip: cs.StyleCLIP, data: Path, steps: int = 25,
                           cfg: float = 3.0, seed: int = 0) -> dict:
     """Text -> image on the held-out captions (the data set's own caption; 128 px from pure noise, Euler, `steps`,
     guidance `cfg` against "null label, no style"), judged by the zoo CLIP: the CLIP score (mean cosine of each
@@ -166,9 +181,7 @@ def text_to_image_metrics(model: dit.DiT, vae_path: Path, clip_path: Path, data:
     import torch.nn.functional as F
 
     import train_zoo_clip as tzc
-    from diffugan.models import clip_style as cs
 
-    clip = cs.load_clip(clip_path)
     vae = taesd.load_vae(vae_path)
     x_held, records = zoo_data.load(data, "heldout")
     x_train, _ = zoo_data.load(data, "train")
@@ -178,18 +191,10 @@ def text_to_image_metrics(model: dit.DiT, vae_path: Path, clip_path: Path, data:
     out = {"captions": len(captions), "steps": steps, "cfg": cfg,
            "real_clip_score": float((real * text).sum(1).mean()),
            "real_train_fd": frechet_distance(tzc.image_embeddings(clip, (x_train + 1) / 2), real)}
-    sigmas, ts = dit.img2img_schedule(steps, 1.0)
     shape = (len(captions), model.config.in_channels, SIZE // 8, SIZE // 8)
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
-    null = torch.full((len(captions),), model.config.null_class, dtype=torch.long)
     for name, style in (("prompt", text), ("unconditional", None)):
-        images = []
-        for i in range(0, len(captions), 64):
-            z, _ = dit.euler_img2img(model, torch.zeros_like(noise[i:i + 64]), null[i:i + 64], sigmas, ts,
-                                     cfg if style is not None else 1.0, noise[i:i + 64],
-                                     style=None if style is None else style[i:i + 64])
-            images.append(vae.decode(z / taesd.SD1_SCALE).clamp(-1, 1) * 0.5 + 0.5)
-        images = torch.cat(images)
+        images = text_to_image(model, vae, style, noise, steps, cfg) * 0.5 + 0.5
         feats = tzc.image_embeddings(clip, F.interpolate(images, size=(64, 64), mode="bicubic", antialias=True,
                                                          align_corners=False).clamp(0, 1))
         out[f"{name}_clip_score"] = float((feats * text).sum(1).mean())
@@ -223,10 +228,12 @@ def main(argv=None) -> None:
     torch.manual_seed(args.seed)
     z_train, y_train = cached_latents(args.vae, args.data, "train")
     z_held, y_held = cached_latents(args.vae, args.data, "heldout")
-    style_clip = None
+    clip = style_clip = None
     if args.style_clip is not None:
-        text_train, image_train, style_clip = style_vectors(args.style_clip, args.data, "train")
-        held_style = style_vectors(args.style_clip, args.data, "heldout")[0][:, 0]  # the data set's caption
+        clip = cs.load_clip(args.style_clip)
+        style_clip = clip.identity
+        text_train, image_train = style_vectors(clip, args.style_clip, args.data, "train")
+        held_style = style_vectors(clip, args.style_clip, args.data, "heldout")[0][:, 0]  # the data set's caption
     classes = zoo_data.NUM_LABELS
     config = dit.DiTConfig(depth=args.depth, hidden_size=args.hidden, num_heads=args.heads, patch_size=2,
                            num_classes=classes, learn_sigma=False, class_dropout_prob=0.1, input_size=SIZE // 8,
@@ -315,7 +322,7 @@ def main(argv=None) -> None:
     log["steps_done"] = step  # below settings["steps"] when a run is ended early with a smaller --steps
     dit.save_dit_safetensors(ema, args.out, half=True)
     if style_clip is not None:
-        t2i = text_to_image_metrics(ema, args.vae, args.style_clip, args.data)
+        t2i = text_to_image_metrics(ema, args.vae, clip, args.data)
         sheet = args.out.with_name(args.out.stem + "-samples.png")
         save_grid(t2i.pop("samples"), sheet)
         log["text_to_image"] = {**t2i, "samples": sheet.name}
