@@ -172,8 +172,10 @@ def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> to
 
 def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, noise: torch.Tensor | None = None,
                      up: int = 1, padding: int = 0, resample_filter: torch.Tensor | None = None,
-                     demodulate: bool = True) -> torch.Tensor:
-    """StyleGAN2 modulated convolution as one grouped convolution (one group per sample).
+                     demodulate: bool = True, fused: bool = True) -> torch.Tensor:
+    """StyleGAN2 modulated convolution as one grouped convolution (one group per sample), or with `fused=False`
+    as NVlabs trains it: scale the input by the styles, one shared convolution, scale the output by the
+    demodulation coefficients (the same result; faster for a training batch, whose weights need gradients).
 
     x (N, I, H, W); weight (O, I, k, k); styles (N, I); noise broadcastable to the output; returns (N, O, H', W').
     """
@@ -182,6 +184,13 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
     if x.dtype == torch.float16 and demodulate:  # pre-normalise against fp16 overflow (cancels under demodulation)
         weight = weight * (1 / math.sqrt(in_ch * kh * kw) / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True))
         styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
+    if not fused:
+        x = x * styles.to(x.dtype).reshape(n, in_ch, 1, 1)
+        x = conv2d_resample(x, weight.to(x.dtype), f=resample_filter, up=up, padding=padding)
+        if demodulate:
+            d = ((weight.unsqueeze(0) * styles.reshape(n, 1, in_ch, 1, 1)).square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()
+            x = x * d.to(x.dtype).reshape(n, out_ch, 1, 1)
+        return x + noise.to(x.dtype) if noise is not None else x
     w = weight.unsqueeze(0) * styles.reshape(n, 1, in_ch, 1, 1)  # (N, O, I, k, k)
     if demodulate:
         w = w * (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt().reshape(n, out_ch, 1, 1, 1)
@@ -293,7 +302,7 @@ class SynthesisLayer(nn.Module):
         elif self.use_noise and noise_mode == "const":
             noise = self.noise_const * self.noise_strength
         x = modulated_conv2d(x, self.weight, styles, noise, up=self.up, padding=self.padding,
-                             resample_filter=self.resample_filter)
+                             resample_filter=self.resample_filter, fused=not self.training)
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
         return bias_act(x, self.bias.to(x.dtype), act=self.activation, gain=LRELU_GAIN * gain, clamp=clamp)
 
@@ -312,7 +321,7 @@ class ToRGBLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         styles = self.affine(w) * self.weight_gain
-        x = modulated_conv2d(x, self.weight, styles, demodulate=False)
+        x = modulated_conv2d(x, self.weight, styles, demodulate=False, fused=not self.training)
         return bias_act(x, self.bias.to(x.dtype), clamp=self.conv_clamp)
 
 
@@ -478,6 +487,9 @@ class Generator(nn.Module):
         mapping_defaults = {"num_layers": 8 if config.arch == "stylegan2" else 2}
         self.mapping = MappingNetwork(config.z_dim, config.c_dim, config.w_dim, self.num_ws,
                                       **{**mapping_defaults, **config.mapping_kwargs})
+        # identity of the CLIP whose style embeddings a CLIP-conditioned generator takes as its label c ("" when
+        # c is a one-hot class, or absent): recorded in our safetensors so a style from another CLIP is refused
+        self.style_clip = ""
 
     def forward(self, z, c=None, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
                 noise_mode: NoiseMode = "const", generator: torch.Generator | None = None) -> torch.Tensor:
@@ -579,6 +591,10 @@ def load_stylegan(path, device: str | torch.device = "cpu") -> Generator:
     tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     ck.check_state_dict(G, tensors, source)
     G.load_state_dict(tensors, strict=True)
+    if suffix == ".safetensors":
+        G.style_clip = meta.get("style_clip", "")
+        if G.style_clip and G.c_dim == 0:
+            raise ck.CheckpointError(f"{source}: records a style CLIP but has no label input (c_dim=0)")
     return G.eval().requires_grad_(False).to(device)
 
 
@@ -587,7 +603,10 @@ def save_stylegan_safetensors(G: Generator, path) -> None:
 
     from .checkpoints import save_safetensors
 
-    save_safetensors(path, G.state_dict(), {"format": SAFETENSORS_FORMAT, "config": asdict(G.config)})
+    meta = {"format": SAFETENSORS_FORMAT, "config": asdict(G.config)}
+    if G.style_clip:
+        meta["style_clip"] = G.style_clip
+    save_safetensors(path, G.state_dict(), meta)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -606,6 +625,29 @@ def class_one_hot(labels: list[int], c_dim: int) -> torch.Tensor | None:
     if bad:
         raise ValueError(f"class label {bad[0]} is out of range: this generator has {c_dim} classes (0..{c_dim - 1})")
     return F.one_hot(torch.tensor(labels), c_dim).float()  # (N, c_dim)
+
+
+@torch.no_grad()
+def conditional_w_avg(G: Generator, c: torch.Tensor, samples: int = 256, seed: int = 0) -> torch.Tensor:
+    """The mean w of each label c (N, c_dim) -> (N, w_dim), over `samples` z from a fixed seed. Truncation toward
+    the global w_avg pulls a conditional generator's images toward the average label, i.e. away from the prompt;
+    truncating toward the label's own mean keeps the label (as conditional StyleGANs are usually sampled)."""
+    z = torch.randn(samples, G.z_dim, generator=torch.Generator().manual_seed(seed)).to(c.device)
+    labels, index = torch.unique(c, dim=0, return_inverse=True)  # a batch usually repeats one prompt
+    return torch.stack([G.mapping(z, label.expand(samples, -1))[:, 0].mean(0) for label in labels])[index]
+
+
+def mapping_truncated(G: Generator, z: torch.Tensor, c: torch.Tensor | None, psi: float,
+                      cutoff: int | None = None) -> torch.Tensor:
+    """W+ for z and labels c with truncation psi: toward w_avg for unconditional generators and one-hot classes (as
+    NVlabs samples), toward each label's own mean (conditional_w_avg) for a CLIP-conditioned generator."""
+    if not G.style_clip or psi == 1:
+        return G.mapping(z, c, truncation_psi=psi, truncation_cutoff=cutoff)
+    ws = G.mapping(z, c)
+    cutoff = ws.shape[1] if cutoff is None else cutoff
+    out = ws.clone()
+    out[:, :cutoff] = conditional_w_avg(G, c)[:, None].lerp(ws[:, :cutoff], psi)
+    return out
 
 
 def mix_styles(ws_a: torch.Tensor, ws_b: torch.Tensor, start: int, end: int) -> torch.Tensor:

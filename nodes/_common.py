@@ -5,6 +5,10 @@ import contextlib
 from pathlib import Path
 
 import torch
+from comfy_api.latest import io
+
+# DIFFUGAN_STYLE carries a models.clip_style.StyleEmbedding; every model that takes one checks its CLIP (check_style)
+StyleType = io.Custom("DIFFUGAN_STYLE")
 
 
 def image_to_nchw(image: torch.Tensor) -> torch.Tensor:
@@ -22,6 +26,18 @@ def mask_to_n1hw(mask: torch.Tensor) -> torch.Tensor:
     if mask.ndim == 2:
         mask = mask.unsqueeze(0)
     return mask.unsqueeze(1)
+
+
+def same_clip(a: str, b: str) -> bool:
+    """CLIP identities are 'arch #fingerprint'; the fingerprint (of the weights) decides, not the label."""
+    return a.rsplit("#", 1)[-1] == b.rsplit("#", 1)[-1]
+
+
+def check_style(style_clip: str, expected: str, what: str) -> None:
+    """Refuse a style (encoded by CLIP `style_clip`) where `what` uses or was trained on CLIP `expected`."""
+    if not same_clip(style_clip, expected):
+        raise ValueError(f"the style was encoded by CLIP {style_clip}, but {what} CLIP {expected}: encode the style "
+                         "with that CLIP")
 
 
 @contextlib.contextmanager

@@ -21,7 +21,8 @@ import folder_paths
 
 from ..models import clip_style as cs
 from ..models import stylegan as sg
-from ._common import missing_model_message, model_file_or_error, node_errors, register_model_folder
+from ._common import (StyleType, check_style, missing_model_message, model_file_or_error, node_errors,
+                      register_model_folder)
 from .stylegan import NOISE_MODES, StyleGANType, WType, _check_w, _load_on_device, _render, _w_payload
 
 FOLDER = "clip_style"
@@ -30,7 +31,6 @@ register_model_folder(FOLDER, {".safetensors", ".bin", ".pt", ".pth"})
 register_model_folder(MAPPER_FOLDER, {".safetensors"})
 
 ClipType = io.Custom("DIFFUGAN_CLIP")
-StyleType = io.Custom("DIFFUGAN_STYLE")
 NO_MAPPER = "none"
 EXPECTED = ("open_clip weights, e.g. a hub folder laion/CLIP-ViT-B-32-laion2B-s34B-b79K/ with "
             "open_clip_pytorch_model.bin (or open_clip_model.safetensors) and open_clip_config.json, or a single file "
@@ -51,17 +51,6 @@ class ClipModel:
     def loaded(self) -> cs.StyleCLIP:
         mm.load_models_gpu([self.patcher])
         return self.model
-
-
-def _same_clip(a: str, b: str) -> bool:
-    """Identities are 'arch #fingerprint'; the fingerprint (of the weights) decides, not the label."""
-    return a.rsplit("#", 1)[-1] == b.rsplit("#", 1)[-1]
-
-
-def _check_style(style: cs.StyleEmbedding, clip_identity: str, what: str) -> None:
-    if not _same_clip(style.clip, clip_identity):
-        raise ValueError(f"the style was encoded by CLIP {style.clip}, but {what} uses CLIP {clip_identity}. "
-                         "Encode the style with the same CLIP")
 
 
 def _images_nchw(images: torch.Tensor, name: str) -> torch.Tensor:
@@ -196,7 +185,7 @@ class StyleMix(io.ComfyNode):
     def execute(cls, style_a, style_b, mix) -> io.NodeOutput:
         name = "DiffuGAN Style Mix"
         with node_errors(name):
-            _check_style(style_b, style_a.clip, "'style_a'")
+            check_style(style_b.clip, style_a.clip, "'style_a' uses")
             embedding = cs.slerp(style_a.embedding, style_b.embedding, mix)
         parts = ([dict(p, weight=p["weight"] * (1 - mix)) for p in style_a.parts]
                  + [dict(p, weight=p["weight"] * mix) for p in style_b.parts])
@@ -263,7 +252,7 @@ class StyleInject(io.ComfyNode):
     def _clip_guided(stylegan, ws, style, clip, steps, lr, tether, noise_mode) -> torch.Tensor:
         if clip is None:
             raise ValueError("mode clip_guided needs the 'clip' input: connect the CLIP loader that encoded the style")
-        _check_style(style, clip.model.identity, "the 'clip' input")
+        check_style(style.clip, clip.model.identity, "the 'clip' input uses")
         G, device, _ = _load_on_device(stylegan)
         model = clip.loaded()
         # Backward through G and CLIP needs several times the forward memory: chunk the batch accordingly.
@@ -291,7 +280,7 @@ class StyleInject(io.ComfyNode):
                              f"it in the '{MAPPER_FOLDER}' model folder)")
         path = model_file_or_error(MAPPER_FOLDER, mapper_name, "", "style mapper")
         m = cs.load_mapper(path)
-        _check_style(style, m.config.clip, f"mapper '{mapper_name}'")
+        check_style(style.clip, m.config.clip, f"mapper '{mapper_name}' was trained on")
         G = stylegan.generator
         if (m.config.num_ws, m.config.w_dim) != (G.num_ws, G.w_dim):
             raise ValueError(f"mapper '{mapper_name}' was trained for W+ ({m.config.num_ws}, {m.config.w_dim}) "

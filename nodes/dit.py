@@ -27,8 +27,8 @@ import folder_paths
 import latent_preview
 
 from ..models import dit as dit_model
-from ._common import missing_model_message, model_file_or_error, node_errors, register_model_folder
-from .clip_style import StyleType
+from ._common import (StyleType, check_style, missing_model_message, model_file_or_error, node_errors,
+                      register_model_folder)
 from .vit_controlnet import control_hook
 
 FOLDER = "dit"
@@ -123,9 +123,8 @@ class DiTModel(comfy.model_base.BaseModel):
                 raise ValueError(f"the style embedding has {style.shape[-1]} dimensions but this DiT expects "
                                  f"{config.style_dim}: encode the style with the CLIP the DiT was trained with")
             trained_on, given = self.diffusion_model.dit.style_clip, kwargs.get("dit_style_clip", "")
-            if trained_on and given and given.rsplit("#", 1)[-1] != trained_on.rsplit("#", 1)[-1]:
-                raise ValueError(f"the style was encoded by CLIP {given}, but this DiT was trained on the embeddings "
-                                 f"of CLIP {trained_on}: encode the style with that CLIP")
+            if trained_on and given:
+                check_style(given, trained_on, "this DiT was trained on the embeddings of")
             out["style"] = comfy.conds.CONDRegular(style)
         return out
 

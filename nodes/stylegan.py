@@ -17,7 +17,8 @@ import comfy.utils
 import folder_paths
 
 from ..models import stylegan as sg
-from ._common import missing_model_message, model_file_or_error, nchw_to_image, node_errors, register_model_folder
+from ._common import (StyleType, check_style, missing_model_message, model_file_or_error, nchw_to_image,
+                      node_errors, register_model_folder)
 
 FOLDER = "stylegan"
 register_model_folder(FOLDER, {".pkl", ".safetensors"})
@@ -143,26 +144,46 @@ class StyleGANGenerate(io.ComfyNode):
                 io.Combo.Input("noise_mode", options=NOISE_MODES, default="const",
                                tooltip="StyleGAN2 per-pixel noise: const (stored), random (from the seed), none."),
                 io.Int.Input("class_label", default=0, min=0, max=100000,
-                             tooltip="Class for conditional generators (ignored by unconditional ones)."),
+                             tooltip="Class for conditional generators (ignored by unconditional and by "
+                                     "text-conditioned ones)."),
+                StyleType.Input("style", optional=True,
+                                tooltip="For a text-conditioned generator (such as the zoo's emoji StyleGAN): the "
+                                        "prompt, from DiffuGAN Style Encode with the CLIP it was trained on. Without "
+                                        "it, it draws unprompted. Truncation then pulls toward the prompt's own "
+                                        "average image. Other generators take a style through Style Inject."),
             ],
             outputs=[io.Image.Output(display_name="image"), WType.Output(display_name="w")],
         )
 
     @classmethod
     def execute(cls, stylegan, seed, batch_size, truncation_psi, truncation_cutoff, noise_mode,
-                class_label) -> io.NodeOutput:
+                class_label, style=None) -> io.NodeOutput:
         name = "DiffuGAN StyleGAN Generate"
         G = stylegan.generator
         with node_errors(name):
             seeds = [(seed + i) % 2**32 for i in range(batch_size)]
             z = sg.z_from_seeds(seeds, G.z_dim)
-            c = sg.class_one_hot([class_label] * batch_size, G.c_dim)
+            c = _labels(G, class_label, style, batch_size)
             G, device, _ = _load_on_device(stylegan)
             with torch.inference_mode():
-                ws = G.mapping(z.to(device), c.to(device) if c is not None else None, truncation_psi=truncation_psi,
-                               truncation_cutoff=truncation_cutoff or None)
+                ws = sg.mapping_truncated(G, z.to(device), c.to(device) if c is not None else None, truncation_psi,
+                                          truncation_cutoff or None)
             image = _render(stylegan, ws, noise_mode, seed)
         return io.NodeOutput(image, _w_payload(stylegan, ws))
+
+
+def _labels(G: sg.Generator, class_label: int, style, batch_size: int) -> torch.Tensor | None:
+    """The generator's label input c: a prompt's embedding for a text-conditioned generator (zeros, its unprompted
+    mode, without one), a one-hot class for a class-conditional one, None for an unconditional one."""
+    if G.style_clip:
+        if style is None:
+            return torch.zeros(batch_size, G.c_dim)
+        check_style(style.clip, G.style_clip, "this generator was trained on")
+        return style.embedding.float().view(1, -1).expand(batch_size, -1)
+    if style is not None:
+        raise ValueError("this generator is not text-conditioned, so it takes no 'style': disconnect it and steer "
+                         "the draft with DiffuGAN Style Inject (a style mapper) instead")
+    return sg.class_one_hot([class_label] * batch_size, G.c_dim)
 
 
 class StyleGANMix(io.ComfyNode):

@@ -252,6 +252,43 @@ def test_conditional_generator_needs_and_uses_labels():
         sg.class_one_hot([4], 4)
 
 
+@pytest.mark.parametrize("config", [SG2, SG2_COND], ids=["skip", "resnet"])
+def test_training_path_equals_the_fused_modulated_convolution(config):
+    """In train mode the modulated convolutions run unfused (styles on the input, one shared convolution, then
+    demodulation), as NVlabs trains; it must give the images the fused inference path gives."""
+    G = make_generator(config)
+    z = sg.z_from_seeds([3, 4, 5], config.z_dim)
+    c = sg.class_one_hot([0, 1, 2], config.c_dim)
+    fused = G(z, c, noise_mode="const")
+    unfused = G.train()(z, c, noise_mode="const")
+    torch.testing.assert_close(unfused, fused, rtol=1e-4, atol=1e-5)
+
+
+def test_text_conditioned_generator_records_its_clip_and_truncates_toward_the_label(tmp_path):
+    G = make_generator(SG2_COND)
+    G.style_clip = "DiffuGAN-CLIP-Emoji #abc"
+    sg.save_stylegan_safetensors(G, tmp_path / "t.safetensors")
+    again = sg.load_stylegan(tmp_path / "t.safetensors")
+    assert again.style_clip == "DiffuGAN-CLIP-Emoji #abc"
+    assert sg.load_stylegan(tmp_path / "t.safetensors").c_dim == 4
+    c = torch.nn.functional.normalize(torch.randn(2, 4), dim=1)
+    z = sg.z_from_seeds([1, 2], 8)
+    # psi 0: every z gives its label's mean w (not the global w_avg); psi 1: plain mapping
+    ws0 = sg.mapping_truncated(again, z, c, 0.0)
+    mean = sg.conditional_w_avg(again, c)
+    torch.testing.assert_close(ws0, mean[:, None].expand_as(ws0))
+    assert not torch.allclose(mean[0], again.mapping.w_avg)
+    torch.testing.assert_close(sg.mapping_truncated(again, z, c, 1.0), again.mapping(z, c))
+    # a class-conditional generator (no CLIP recorded) keeps NVlabs' truncation toward w_avg
+    plain = make_generator(SG2_COND)
+    torch.testing.assert_close(sg.mapping_truncated(plain, z, c, 0.5), plain.mapping(z, c, truncation_psi=0.5))
+    unconditional = make_generator(SG2)
+    unconditional.style_clip = "x #1"
+    sg.save_stylegan_safetensors(unconditional, tmp_path / "bad.safetensors")
+    with pytest.raises(ck.CheckpointError, match="records a style CLIP but has no label input"):
+        sg.load_stylegan(tmp_path / "bad.safetensors")
+
+
 def test_noise_modes():
     G = make_generator(SG2)
     z = sg.z_from_seeds([1], 16)

@@ -30,12 +30,14 @@ def checkpoints(comfy):
     import os
 
     os.makedirs(folder, exist_ok=True)
-    G, C = _generator(CFG), _generator(COND, 1)
+    G, C, T = _generator(CFG), _generator(COND, 1), _generator(COND, 2)
     write_nvidia_pickle(os.path.join(folder, "tiny.pkl"), G)
     sg.save_stylegan_safetensors(C, os.path.join(folder, "tiny_cond.safetensors"))
+    T.style_clip = "DiffuGAN-CLIP-Emoji #text"  # a text-conditioned generator: its label is that CLIP's embedding
+    sg.save_stylegan_safetensors(T, os.path.join(folder, "tiny_text.safetensors"))
     with open(os.path.join(folder, "evil.pkl"), "wb") as f:
         f.write(b"\x80\x04cposix\nsystem\nX\x04\x00\x00\x00trueR.")
-    return {"tiny.pkl": G, "tiny_cond.safetensors": C}
+    return {"tiny.pkl": G, "tiny_cond.safetensors": C, "tiny_text.safetensors": T}
 
 
 def _load(run_node, name):
@@ -46,7 +48,7 @@ def test_folder_registered_and_listed(comfy, checkpoints):
     import folder_paths
 
     assert folder_paths.get_folder_paths("stylegan")[0].endswith("models/stylegan")
-    assert {"tiny.pkl", "tiny_cond.safetensors"} <= set(folder_paths.get_filename_list("stylegan"))
+    assert {"tiny.pkl", "tiny_cond.safetensors", "tiny_text.safetensors"} <= set(folder_paths.get_filename_list("stylegan"))
     spec = comfy.NODE_CLASS_MAPPINGS["DiffuGANStyleGANLoader"].GET_NODE_INFO_V1()["input"]["required"]["ckpt_name"]
     assert spec[0] == "COMBO" and {"tiny.pkl", "tiny_cond.safetensors"} <= set(spec[1]["options"])
 
@@ -77,6 +79,38 @@ def test_conditional_safetensors_model_uses_the_class_label(run_node, checkpoint
     with pytest.raises(ValueError, match="DiffuGAN StyleGAN Generate: class label 3 is out of range: this generator has 3"):
         run_node("DiffuGANStyleGANGenerate", stylegan=model, seed=1, batch_size=1, truncation_psi=1.0,
                  truncation_cutoff=0, noise_mode="none", class_label=3)
+
+
+def _style(clip: str, vector) -> "cs.StyleEmbedding":
+    from diffugan.models import clip_style as cs
+
+    v = torch.nn.functional.normalize(torch.tensor(vector, dtype=torch.float32), dim=0)
+    return cs.StyleEmbedding(v, clip, [{"kind": "text", "source": "a prompt", "weight": 1.0}])
+
+
+def test_text_conditioned_generator_takes_the_prompt_as_its_label(run_node, checkpoints):
+    model = _load(run_node, "tiny_text.safetensors")
+    T = checkpoints["tiny_text.safetensors"]
+    gen = dict(stylegan=model, seed=4, batch_size=2, truncation_psi=0.6, truncation_cutoff=0, noise_mode="const",
+               class_label=0)
+    style = _style("DiffuGAN-CLIP-Emoji #text", [1.0, 0.0, 2.0])
+    image, w = run_node("DiffuGANStyleGANGenerate", style=style, **gen).args
+    z, c = sg.z_from_seeds([4, 5], 8), style.embedding.expand(2, -1)
+    expected_ws = sg.conditional_w_avg(T, c)[:, None].lerp(T.mapping(z, c), 0.6)  # truncation toward the prompt
+    torch.testing.assert_close(w["ws"], expected_ws, rtol=1e-5, atol=1e-6)
+    expected = (T.synthesis(expected_ws) * 0.5 + 0.5).clamp(0, 1).movedim(1, -1)
+    torch.testing.assert_close(image, expected, rtol=0, atol=1e-5)
+    other = run_node("DiffuGANStyleGANGenerate", style=_style("DiffuGAN-CLIP-Emoji #text", [0, 1.0, 0]), **gen).args[0]
+    unprompted = run_node("DiffuGANStyleGANGenerate", **gen).args[0]  # c = 0, the generator's unprompted mode
+    assert not torch.allclose(other, image) and not torch.allclose(unprompted, image)
+    with pytest.raises(ValueError, match=r"DiffuGAN StyleGAN Generate: the style was encoded by CLIP "
+                                         r"DiffuGAN-CLIP-Demo #other, but this generator was trained on CLIP "
+                                         r"DiffuGAN-CLIP-Emoji #text: encode the style with that CLIP"):
+        run_node("DiffuGANStyleGANGenerate", style=_style("DiffuGAN-CLIP-Demo #other", [1.0, 0, 0]), **gen)
+    with pytest.raises(ValueError, match="DiffuGAN StyleGAN Generate: this generator is not text-conditioned, so it "
+                                         "takes no 'style': disconnect it .*Style Inject"):
+        run_node("DiffuGANStyleGANGenerate", **{**gen, "stylegan": _load(run_node, "tiny_cond.safetensors")},
+                 style=style)
 
 
 def test_mix_and_from_w_round_trip(run_node, checkpoints):
