@@ -97,6 +97,70 @@ def text_embeddings(clip: cs.StyleCLIP, pooled: torch.Tensor) -> torch.Tensor:
     return F.normalize(clip.clip.text.proj(pooled), dim=-1)
 
 
+def save_grid(images: torch.Tensor, path: Path, columns: int = 8) -> None:
+    """(N, 3, H, W) in 0..1 -> one PNG, `columns` per row."""
+    import numpy as np
+    from PIL import Image
+
+    n, _, h, w = images.shape
+    rows = -(-n // columns)
+    grid = torch.ones(3, rows * h, columns * w)
+    for i in range(n):
+        grid[:, (i // columns) * h:(i // columns + 1) * h, (i % columns) * w:(i % columns + 1) * w] = images[i]
+    Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path)
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (N, D), as FID computes it:
+    |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), with symmetric eigen-decompositions (exact for
+    PSD matrices, no complex sqrtm)."""
+    a, b = a.double(), b.double()
+    sa, sb = torch.cov(a.T), torch.cov(b.T)
+    vals, vecs = torch.linalg.eigh(sa)
+    root = vecs @ torch.diag(vals.clamp(min=0).sqrt()) @ vecs.T
+    cross = torch.linalg.eigvalsh(root @ sb @ root).clamp(min=0).sqrt().sum()
+    return float((a.mean(0) - b.mean(0)).square().sum() + sa.trace() + sb.trace() - 2 * cross)
+
+
+@torch.no_grad()
+def heldout_captions(clip: cs.StyleCLIP, data: Path) -> torch.Tensor:
+    """Unit text embeddings (N, D) of the held-out images' own captions, in zoo_data.load's order."""
+    return text_embeddings(clip, pooled_text(clip, [CAPTIONS[0](r) for r in zoo_data.load(data, "heldout")[1]]))
+
+
+_JUDGE_REFERENCES: dict[tuple[str, str], tuple] = {}
+
+
+@torch.no_grad()
+def judge_text_to_image(clip: cs.StyleCLIP, data: Path, generate, unconditional: bool = True) -> dict:
+    """Judge a text -> image model on the held-out captions (the data set's own caption, one per held-out image):
+    `generate(style)` gives images (N, 3, H, W) in 0..1 for the captions' embeddings (N, D), or with style None
+    unconditionally. Returns the CLIP score (mean cosine of each image with its caption) and the Fréchet distance of
+    CLIP image features to the held-out images, with the prompt and (unless `unconditional` is False)
+    unconditional; as references the held-out images' own CLIP score and the Fréchet distance of the training
+    images to the held-out ones; and "samples", the first 16 prompted images."""
+    key = (clip.identity, str(data))
+    if key not in _JUDGE_REFERENCES:  # the same for every model judged by this CLIP on this data
+        x_held, x_train = zoo_data.load(data, "heldout")[0], zoo_data.load(data, "train")[0]
+        text, real = heldout_captions(clip, data), image_embeddings(clip, (x_held + 1) / 2)
+        _JUDGE_REFERENCES[key] = (text, real, {
+            "captions": len(text), "real_clip_score": float((real * text).sum(1).mean()),
+            "real_train_fd": frechet_distance(image_embeddings(clip, (x_train + 1) / 2), real)})
+    text, real, references = _JUDGE_REFERENCES[key]
+    out = dict(references)
+    for name, style in (("prompt", text), ("unconditional", None))[:2 if unconditional else 1]:
+        images = generate(style)
+        size = zoo_data.RESOLUTION
+        if images.shape[-1] != size:
+            images = F.interpolate(images, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+        feats = image_embeddings(clip, images.clamp(0, 1))
+        out[f"{name}_clip_score"] = float((feats * text).sum(1).mean())
+        out[f"{name}_fd"] = frechet_distance(feats, real)
+        if name == "prompt":
+            out["samples"] = images[:16].clamp(0, 1)
+    return out
+
+
 def _topk(sim: torch.Tensor, target: torch.Tensor, k: int) -> float:
     return float((sim.topk(min(k, sim.shape[1]), dim=1).indices == target[:, None]).any(1).float().mean())
 

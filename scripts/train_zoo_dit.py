@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "scripts"))
 import conftest  # noqa: E402,F401  (registers the pack as the package `diffugan`)
+import train_zoo_clip as tzc  # noqa: E402
 import zoo_data  # noqa: E402
 
 from diffugan.models import clip_style as cs  # noqa: E402
@@ -83,7 +84,6 @@ def style_vectors(clip: cs.StyleCLIP, clip_path: Path, data: Path, split: str) -
 
     from safetensors.torch import load_file, save_file
 
-    import train_zoo_clip as tzc
 
     key = hashlib.sha256(clip_path.read_bytes()).hexdigest()[:12]
     cache = data / f"styles-{split}-{key}.safetensors"
@@ -129,31 +129,6 @@ def evaluate(model: dit.DiT, z: torch.Tensor, y: torch.Tensor, alphas_bar: torch
     return out
 
 
-def save_grid(images: torch.Tensor, path: Path, columns: int = 8) -> None:
-    """(N, 3, H, W) in 0..1 -> one PNG, `columns` per row."""
-    import numpy as np
-    from PIL import Image
-
-    n, _, h, w = images.shape
-    rows = -(-n // columns)
-    grid = torch.ones(3, rows * h, columns * w)
-    for i in range(n):
-        grid[:, (i // columns) * h:(i // columns + 1) * h, (i % columns) * w:(i % columns + 1) * w] = images[i]
-    Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path)
-
-
-def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets (N, D), as FID computes it:
-    |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), with symmetric eigen-decompositions (exact for
-    PSD matrices, no complex sqrtm)."""
-    a, b = a.double(), b.double()
-    sa, sb = torch.cov(a.T), torch.cov(b.T)
-    vals, vecs = torch.linalg.eigh(sa)
-    root = vecs @ torch.diag(vals.clamp(min=0).sqrt()) @ vecs.T
-    cross = torch.linalg.eigvalsh(root @ sb @ root).clamp(min=0).sqrt().sum()
-    return float((a.mean(0) - b.mean(0)).square().sum() + sa.trace() + sb.trace() - 2 * cross)
-
-
 @torch.no_grad()
 def text_to_image(model: dit.DiT, vae: taesd.TinyAutoencoder, style: torch.Tensor | None, noise: torch.Tensor,
                   steps: int, cfg: float, chunk: int = 64) -> torch.Tensor:
@@ -173,35 +148,14 @@ def text_to_image(model: dit.DiT, vae: taesd.TinyAutoencoder, style: torch.Tenso
 @torch.no_grad()
 def text_to_image_metrics(model: dit.DiT, vae_path: Path, clip: cs.StyleCLIP, data: Path, steps: int = 25,
                           cfg: float = 3.0, seed: int = 0) -> dict:
-    """Text -> image on the held-out captions (the data set's own caption; 128 px from pure noise, Euler, `steps`,
-    guidance `cfg` against "null label, no style"), judged by the zoo CLIP: the CLIP score (mean cosine of each
-    image with its caption) and the Fréchet distance of CLIP image features to the held-out images, with the prompt
-    and, as the baseline, without it (unconditional). References: the held-out images' own CLIP score and the
-    Fréchet distance of the training images to the held-out ones."""
-    import torch.nn.functional as F
-
-    import train_zoo_clip as tzc
+    """Text -> image on the held-out captions (128 px from pure noise, Euler, `steps`, guidance `cfg` against
+    "null label, no style"; unconditional without guidance), judged by the zoo CLIP (train_zoo_clip.judge_text_to_image)."""
 
     vae = taesd.load_vae(vae_path)
-    x_held, records = zoo_data.load(data, "heldout")
-    x_train, _ = zoo_data.load(data, "train")
-    captions = [tzc.CAPTIONS[0](r) for r in records]
-    text = tzc.text_embeddings(clip, tzc.pooled_text(clip, captions))
-    real = tzc.image_embeddings(clip, (x_held + 1) / 2)
-    out = {"captions": len(captions), "steps": steps, "cfg": cfg,
-           "real_clip_score": float((real * text).sum(1).mean()),
-           "real_train_fd": frechet_distance(tzc.image_embeddings(clip, (x_train + 1) / 2), real)}
-    shape = (len(captions), model.config.in_channels, SIZE // 8, SIZE // 8)
+    shape = (len(zoo_data.load(data, "heldout")[1]), model.config.in_channels, SIZE // 8, SIZE // 8)
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
-    for name, style in (("prompt", text), ("unconditional", None)):
-        images = text_to_image(model, vae, style, noise, steps, cfg) * 0.5 + 0.5
-        feats = tzc.image_embeddings(clip, F.interpolate(images, size=(64, 64), mode="bicubic", antialias=True,
-                                                         align_corners=False).clamp(0, 1))
-        out[f"{name}_clip_score"] = float((feats * text).sum(1).mean())
-        out[f"{name}_fd"] = frechet_distance(feats, real)
-        if name == "prompt":
-            out["samples"] = images[:16]
-    return out
+    out = tzc.judge_text_to_image(clip, data, lambda style: text_to_image(model, vae, style, noise, steps, cfg) * 0.5 + 0.5)
+    return {"steps": steps, "cfg": cfg, **out}
 
 
 def main(argv=None) -> None:
@@ -324,7 +278,7 @@ def main(argv=None) -> None:
     if style_clip is not None:
         t2i = text_to_image_metrics(ema, args.vae, clip, args.data)
         sheet = args.out.with_name(args.out.stem + "-samples.png")
-        save_grid(t2i.pop("samples"), sheet)
+        tzc.save_grid(t2i.pop("samples"), sheet)
         log["text_to_image"] = {**t2i, "samples": sheet.name}
         print(json.dumps(log["text_to_image"]), flush=True)
     args.out.with_suffix(".json").write_text(json.dumps(log, indent=1))

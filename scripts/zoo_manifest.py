@@ -114,6 +114,9 @@ LIMITS_CONTROLNET = ("it steers the zoo DiT, whose refinements are still blotchy
                      "benchmarks/results/vit_controlnet_zoo*.json for edge F1 at each token budget.")
 
 
+LIMITS_STYLEGAN = ("a CPU-sized GAN run: its drafts are blobs in the prompt's colours and rough shape (yellow discs "
+                   "for faces, red shapes for hearts), not yet recognisable emoji, and different seeds vary little. "
+                   "It is the coarse stage: the DiT refines its drafts (see zoo/pipeline.json for what that changes).")
 LIMITS_CLIP = ("its images are 64 px emoji only, not the world: a prompt far from every emoji name lands near "
                "whichever emoji sounds closest. Its image tower over-fits the 3,442 training images (compare the "
                "training and held-out retrieval above); the pretrained text tower is what carries it to unseen "
@@ -182,7 +185,38 @@ def card_clip(name: str, log: dict) -> str:
     ])
 
 
-CARDS = {"vae": card_vae, "clip_style": card_clip, "dit": card_dit, "diffugan_importance": card_scorer, "diffugan_controlnet": card_controlnet}
+def card_stylegan(name: str, log: dict) -> str:
+    s, c, f, t = log["settings"], log["config"], log["final"], log["final_psi07"]
+    syn = c["synthesis_kwargs"]
+    first = log["evals"][0]
+    return "\n".join([
+        f"### `stylegan/{name}` — StyleGAN2, text-conditioned",
+        f"StyleGAN2 ({syn['architecture']} generator, {c['img_resolution']} px, channel base {syn['channel_base']}, "
+        f"max {syn['channel_max']}, mapping {c['mapping_kwargs']['num_layers']} layers, z {c['z_dim']}, "
+        f"w {c['w_dim']}; {log['g_params'] / 1e6:.2f} M parameters) in NVlabs' conditional layout: the label c is a "
+        f"{c['c_dim']}-d embedding of the zoo CLIP ({log['style_clip']}), so DiffuGAN Style Encode's output is its "
+        "prompt; without one (c = 0) it draws unprompted. Trained by `scripts/train_zoo_stylegan.py` "
+        f"on the {log['train_images']} training images: {log['steps_done']} steps, batch {s['batch']} "
+        f"({log['steps_done'] * int(s['batch']) / 1000:.0f} k images shown), lr {s['lr']}, R1 γ {s['r1_gamma']} (lazy), "
+        f"style mixing {s['mixing']}, DiffAugment colour/translation/cutout, a residual discriminator "
+        f"({log['d_params'] / 1e6:.2f} M parameters, not shipped) with projection conditioning; labels: a caption "
+        f"phrasing or one time in three the image's own CLIP embedding, none {100 * float(s['label_dropout']):.0f} % "
+        f"of the time; EMA half-life {s['ema_kimg']} k images; seed {s['seed']}.",
+        f"- text → image on the {f['captions']} held-out captions, judged by the zoo CLIP (no training loss uses its "
+        f"image tower): CLIP score **{f['prompt_clip_score']:.3f} with the prompt** vs "
+        f"{f['unconditional_clip_score']:.3f} unprompted (real held-out images: {f['real_clip_score']:.3f}; "
+        f"first evaluation, step {first['step']}: {first['prompt_clip_score']:.3f})",
+        f"- Fréchet distance on CLIP image features to the held-out images: **{f['prompt_fd']:.3f}** with the prompt, "
+        f"{f['unconditional_fd']:.3f} unprompted (training images: {f['real_train_fd']:.3f}; step {first['step']}: "
+        f"{first['prompt_fd']:.3f})",
+        f"- with truncation ψ 0.7 toward each prompt's mean w (the Generate node's default): CLIP score "
+        f"{t['prompt_clip_score']:.3f}, Fréchet distance {t['prompt_fd']:.3f}. Samples (ψ 1): "
+        f"`stylegan/{f['samples']}`",
+        f"- limits: {LIMITS_STYLEGAN}",
+    ])
+
+
+CARDS = {"vae": card_vae, "stylegan": card_stylegan, "clip_style": card_clip, "dit": card_dit, "diffugan_importance": card_scorer, "diffugan_controlnet": card_controlnet}
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from diffugan.models import checkpoints as ck
 from diffugan.models import clip_style as cs
 from diffugan.models import dit, taesd
+from diffugan.models import stylegan as sg
 from diffugan.models import vit_controlnet as vc
 from drawn import smiley
 
@@ -24,6 +25,7 @@ import train_importance_scorer  # noqa: E402
 import train_zoo_clip  # noqa: E402
 import train_zoo_controlnet  # noqa: E402
 import train_zoo_dit  # noqa: E402
+import train_zoo_stylegan  # noqa: E402
 import zoo_data  # noqa: E402
 import zoo_manifest  # noqa: E402
 
@@ -150,6 +152,42 @@ def test_dit_trainer_adds_style_conditioning_to_a_dit_without_it(tiny_set, tiny_
     assert t2i["captions"] == 4 and (styled.parent / t2i["samples"]).is_file()
 
 
+def test_stylegan_trainer_writes_a_text_conditioned_generator_and_resumes(tiny_set, tiny_clip, tmp_path, capsys):
+    data, _ = tiny_set
+    out = tmp_path / "sg" / "stylegan.safetensors"
+    small = ["--data", str(data), "--clip", str(tiny_clip), "--out", str(out), "--batch", "4", "--channel-base", "256",
+             "--channel-max", "16", "--eval-every", "2", "--r1-every", "2"]
+    train_zoo_stylegan.main([*small, "--steps", "2"])
+    G = sg.load_stylegan(out)
+    log = json.loads(out.with_suffix(".json").read_text())
+    assert G.c_dim == 256 and G.img_resolution == 64
+    assert G.style_clip == log["style_clip"] == cs.load_clip(tiny_clip).identity  # recorded in the file
+    assert [e["step"] for e in log["evals"]] == [2] and log["steps_done"] == 2
+    for entry in (log["final"], log["final_psi07"]):
+        for key in ("prompt_clip_score", "unconditional_clip_score", "real_clip_score", "prompt_fd",
+                    "unconditional_fd", "real_train_fd"):
+            assert torch.isfinite(torch.tensor(entry[key])), key
+        assert entry["captions"] == 4
+    assert log["final_psi07"]["psi"] == 0.7 and (out.parent / log["final"]["samples"]).is_file()
+    assert "text-conditioned" in zoo_manifest.card_stylegan(out.name, log)
+    capsys.readouterr()
+    train_zoo_stylegan.main([*small, "--steps", "3"])  # continues from <out>.train.pt
+    assert "resumed at step 2" in capsys.readouterr().out
+    assert json.loads(out.with_suffix(".json").read_text())["steps_done"] == 3
+
+
+def test_stylegan_discriminator_is_conditional_and_augmentation_keeps_gradients():
+    D = train_zoo_stylegan.Discriminator(64, 8, 256, 16)
+    x = (torch.rand(4, 3, 64, 64) * 2 - 1).requires_grad_()
+    c = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    logits = D(x, c)
+    assert logits.shape == (4,) and not torch.allclose(logits, D(x, c.roll(1, 0)))
+    aug = train_zoo_stylegan.diff_augment(x, torch.Generator().manual_seed(0))
+    assert aug.shape == x.shape
+    aug.sum().backward()
+    assert x.grad is not None  # differentiable, so G learns through it
+
+
 def test_frechet_distance_matches_the_closed_form():
     """Gaussians with known means and covariances: FD = |mu_a - mu_b|^2 + Tr(Sa + Sb - 2 (Sa Sb)^1/2); for
     diagonal covariances the root is elementwise."""
@@ -158,8 +196,8 @@ def test_frechet_distance_matches_the_closed_form():
     b = torch.randn(20000, 3, generator=gen, dtype=torch.float64) * torch.tensor([3.0, 1.0, 0.5], dtype=torch.float64) + 1
     va, vb = torch.tensor([1.0, 4.0, 0.25]), torch.tensor([9.0, 1.0, 0.25])
     expected = 3 + float((va + vb - 2 * (va * vb).sqrt()).sum())  # = 3 + 4 + 1 + 0
-    assert train_zoo_dit.frechet_distance(a, b) == pytest.approx(expected, rel=0.03)
-    assert train_zoo_dit.frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
+    assert train_zoo_clip.frechet_distance(a, b) == pytest.approx(expected, rel=0.03)
+    assert train_zoo_clip.frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
 
 
 def test_scorer_trainer_on_coarse_and_generated_drafts(tiny_set, tiny_clip, tmp_path):
