@@ -4,15 +4,17 @@
     bash scripts/demo.sh --serve    # same, then leave ComfyUI running for a browser at the printed URL
 
 What it runs (said plainly): the zoo workflows run on TRAINED weights, the demo zoo shipped in zoo/ (a VAE, a CLIP,
-a style-conditioned DiT refiner, an importance scorer and a ViT ControlNet, trained on the emoji set):
-emoji_text2image turns each of a few prompts (PROMPTS) into a coarse 12-step draft and refines it region-adaptively
-with the same prompt; emoji_refine refines a coarse drawn smiley with region-adaptive steps; emoji_controlnet does
-the same steered to the edges of a drawn sketch. Each writes a contact sheet, one row per image: draft | importance
-(or edges) | refined, with the prompt in front for text2image. The other workflows need a model the zoo does not
-have yet (a StyleGAN), so they run on RANDOM-WEIGHT models this script writes into the demo's model folders: a
-StyleGAN2 64x64 (diffugan-random-stylegan2-64.safetensors in models/stylegan), a CLIP of the DiffuGAN-CLIP-Demo
-architecture (diffugan-random-clip-demo.safetensors in models/clip_style), and for coarse_to_fine a DiT-S/2 and a VAE
-in ComfyUI's TAESD layout (diffugan-random-dit-s2-256.safetensors in models/dit, diffugan-random-taesd.safetensors in
+a text-conditioned StyleGAN2, a style-conditioned DiT refiner, an importance scorer and a ViT ControlNet, trained on
+the emoji set). For each of a few prompts (PROMPTS), emoji_coarse_to_fine draws StyleGAN drafts steered by the
+prompt, scores where detail matters with the learned scorer and refines region-adaptively with the same prompt;
+emoji_text2image makes its draft with 12 DiT steps instead. emoji_refine refines a coarse drawn smiley with
+region-adaptive steps; emoji_controlnet does the same steered to the edges of a drawn sketch. Each writes a contact
+sheet, one row per image: draft | importance (or edges) | refined, with the prompt in front for the prompted ones.
+The other workflows show the nodes with models the zoo does not have (a StyleGAN2 without text conditioning, a CLIP
+of the DiffuGAN-CLIP-Demo architecture, a 256 px DiT-S/2), so they run on RANDOM-WEIGHT models this script writes
+into the demo's model folders: diffugan-random-stylegan2-64.safetensors in models/stylegan,
+diffugan-random-clip-demo.safetensors in models/clip_style, and for coarse_to_fine a DiT-S/2 and a VAE in ComfyUI's
+TAESD layout (diffugan-random-dit-s2-256.safetensors in models/dit, diffugan-random-taesd.safetensors in
 models/vae). Their timings are real; their pictures are not worth keeping. The importance workflow gets a
 procedurally drawn draft with a painted emphasis mask.
 """
@@ -162,8 +164,8 @@ def run_workflow(server: ComfyServer, name: str, prompt: dict, out: Path, what: 
 
 
 # Workflows run once per prompt: workflow -> (node, input, prompts)
-PROMPTS = {"emoji_text2image": ("2", "text", ["red heart", "grinning face", "flag of japan", "a noto emoji of a cat",
-                                              "pizza", "rocket"])}
+TEXTS = ["red heart", "grinning face", "flag of japan", "a noto emoji of a cat", "pizza", "rocket"]
+PROMPTS = {"emoji_coarse_to_fine": ("2", "text", TEXTS), "emoji_text2image": ("2", "text", TEXTS)}
 
 RANDOM_MODELS = [  # (model folder, file name the shipped workflows use, writer, what it is)
     ("stylegan", "diffugan-random-stylegan2-64.safetensors", write_random_stylegan, "StyleGAN2"),

@@ -5,6 +5,7 @@ positions and link tables, this loads each API workflow into the real ComfyUI fr
 harness as the browser tests), lets the frontend lay it out, and saves what the frontend serializes.
 
     .venv/bin/python scripts/ui_workflows.py            # needs scripts/setup_env.sh to have run
+    .venv/bin/python scripts/ui_workflows.py emoji_coarse_to_fine   # only the named workflows
 """
 from __future__ import annotations
 
@@ -29,11 +30,14 @@ Promise.resolve(window.app.loadApiJson(api, name)).then(() => {
 
 
 def main() -> None:
+    names = set(sys.argv[1:])
     with tempfile.TemporaryDirectory() as tmp:
         server = ComfyServer(Path(tmp) / "base")
         driver = open_frontend(server, Path(tmp) / "profile")
         try:
             for api_path in sorted((ROOT / "workflows" / "api").glob("*.json")):
+                if names and api_path.stem not in names:
+                    continue
                 api = json.loads(api_path.read_text())
                 out = driver.execute_async_script(CONVERT_JS, api, api_path.name)
                 if out.startswith("ERROR"):
