@@ -10,10 +10,10 @@ prompt, scores where detail matters with the learned scorer and refines region-a
 emoji_text2image makes its draft with 12 DiT steps instead. emoji_refine refines a coarse drawn smiley with
 region-adaptive steps; emoji_controlnet does the same steered to the edges of a drawn sketch. Each writes a contact
 sheet, one row per image: draft | importance (or edges) | refined, with the prompt in front for the prompted ones.
-The other workflows show the nodes with models the zoo does not have (a StyleGAN2 without text conditioning, a CLIP
-of the DiffuGAN-CLIP-Demo architecture, a 256 px DiT-S/2), so they run on RANDOM-WEIGHT models this script writes
-into the demo's model folders: diffugan-random-stylegan2-64.safetensors in models/stylegan,
-diffugan-random-clip-demo.safetensors in models/clip_style, and for coarse_to_fine a DiT-S/2 and a VAE in ComfyUI's
+style_draft steers unprompted zoo StyleGAN drafts toward a prompt by CLIP-guided Style Inject.
+The other workflows show the nodes with models the zoo does not have (a StyleGAN2 without text conditioning, a
+256 px DiT-S/2), so they run on RANDOM-WEIGHT models this script writes into the demo's model folders:
+diffugan-random-stylegan2-64.safetensors in models/stylegan, and for coarse_to_fine a DiT-S/2 and a VAE in ComfyUI's
 TAESD layout (diffugan-random-dit-s2-256.safetensors in models/dit, diffugan-random-taesd.safetensors in
 models/vae). Their timings are real; their pictures are not worth keeping. The importance workflow gets a
 procedurally drawn draft with a painted emphasis mask.
@@ -62,18 +62,6 @@ def write_random_stylegan(path: Path) -> None:
                             mapping_kwargs={"num_layers": 4}, synthesis_kwargs={"channel_base": 4096, "channel_max": 128})
     path.parent.mkdir(parents=True, exist_ok=True)
     sg.save_stylegan_safetensors(sg.Generator(cfg), path)
-
-
-def write_random_clip(path: Path) -> None:
-    """A seeded random-weight CLIP of our demo architecture, saved with its config, for the style workflow."""
-    import torch
-
-    from diffugan.models import clip_style as cs
-
-    torch.manual_seed(0)
-    cfg = cs.model_config("DiffuGAN-CLIP-Demo")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cs.save_clip_safetensors(cs.StyleCLIP(cs.build_clip(cfg, path.name), "DiffuGAN-CLIP-Demo", cfg), path)
 
 
 def write_random_dit(path: Path) -> None:
@@ -171,7 +159,6 @@ RANDOM_MODELS = [  # (model folder, file name the shipped workflows use, writer,
     ("stylegan", "diffugan-random-stylegan2-64.safetensors", write_random_stylegan, "StyleGAN2"),
     ("dit", "diffugan-random-dit-s2-256.safetensors", write_random_dit, "DiT-S/2"),
     ("vae", "diffugan-random-taesd.safetensors", write_random_taesd_vae, "TAESD-layout VAE"),
-    ("clip_style", "diffugan-random-clip-demo.safetensors", write_random_clip, "CLIP"),
 ]
 
 

@@ -1,5 +1,5 @@
-"""The shipped style workflow on the real ComfyUI server: CLIP Style Loader -> Style Encode -> StyleGAN draft ->
-CLIP-guided Style Inject, with a tiny CLIP and StyleGAN written in their real formats."""
+"""The shipped style workflow on the real ComfyUI server with the zoo's trained CLIP and StyleGAN: CLIP Style
+Loader -> Style Encode (prompt + negative) -> unprompted StyleGAN drafts -> CLIP-guided Style Inject."""
 import json
 
 import numpy as np
@@ -8,27 +8,14 @@ import torch
 from PIL import Image
 
 from _harness import ROOT, save_artifact
-from clip_files import make_clip
 from diffugan.models import clip_style as cs
-from diffugan.models import stylegan as sg
 
 WORKFLOW = json.loads((ROOT / "workflows" / "api" / "style_draft.json").read_text())
 
 
 @pytest.fixture(scope="module")
-def models(server):
-    clip_dir = server.base / "models" / "clip_style"
-    clip_dir.mkdir(parents=True, exist_ok=True)
-    clip = cs.StyleCLIP(make_clip(), "tiny-test", json.loads(json.dumps(__import__("clip_files").TINY)))
-    cs.save_clip_safetensors(clip, clip_dir / WORKFLOW["1"]["inputs"]["ckpt_name"])
-    torch.manual_seed(0)
-    cfg = sg.StyleGANConfig("stylegan2", z_dim=32, c_dim=0, w_dim=32, img_resolution=64, img_channels=3,
-                            mapping_kwargs={"num_layers": 2}, synthesis_kwargs={"channel_base": 1024, "channel_max": 64})
-    G = sg.Generator(cfg).eval().requires_grad_(False)
-    sg_dir = server.base / "models" / "stylegan"
-    sg_dir.mkdir(parents=True, exist_ok=True)
-    sg.save_stylegan_safetensors(G, sg_dir / WORKFLOW["3"]["inputs"]["ckpt_name"])
-    return cs.load_clip(clip_dir / WORKFLOW["1"]["inputs"]["ckpt_name"])
+def models():
+    return cs.load_clip(ROOT / "zoo" / "clip_style" / WORKFLOW["1"]["inputs"]["ckpt_name"])
 
 
 def _read(path):
