@@ -84,7 +84,6 @@ def style_vectors(clip: cs.StyleCLIP, clip_path: Path, data: Path, split: str) -
 
     from safetensors.torch import load_file, save_file
 
-
     key = hashlib.sha256(clip_path.read_bytes()).hexdigest()[:12]
     cache = data / f"styles-{split}-{key}.safetensors"
     if not cache.exists():
