@@ -13,7 +13,6 @@ trip costs) and the refined draft. The refinement gain is refined minus VAE roun
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -28,16 +27,13 @@ import conftest  # noqa: E402,F401  (registers the pack as the package `diffugan
 import train_zoo_clip as tzc  # noqa: E402
 import train_zoo_stylegan as tzs  # noqa: E402
 import zoo_data  # noqa: E402
+from download_models import sha256_of  # noqa: E402
 
 from diffugan.models import clip_style as cs  # noqa: E402
 from diffugan.models import dit, taesd  # noqa: E402
 from diffugan.models import stylegan as sg  # noqa: E402
 
 ZOO = ROOT / "zoo"
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @torch.no_grad()
@@ -70,7 +66,7 @@ def main(argv=None) -> None:
                                            style=style[i:i + 64])[0] for i in range(0, n, 64)])
     stages = {"draft": draft, "vae": _decode(vae, z), "refined": _decode(vae, refined)}
     results = {"settings": {k: str(v) for k, v in vars(args).items()},
-               "sha256": {k: _sha(getattr(args, k)) for k in ("stylegan", "clip", "dit", "vae")}}
+               "sha256": {k: sha256_of(getattr(args, k)) for k in ("stylegan", "clip", "dit", "vae")}}
     for name, images in stages.items():
         results[name] = tzc.judge_text_to_image(clip, args.data, lambda _: images, unconditional=False)
         results[name].pop("samples")

@@ -13,8 +13,12 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 COMFY_DIR = Path(os.environ.get("DIFFUGAN_COMFYUI", ROOT / ".comfyui" / "ComfyUI"))
@@ -105,6 +109,11 @@ class ComfyServer:
         r.raise_for_status()
         return r.json()
 
+    def combo_options(self, node_id: str, input_name: str) -> list[str]:
+        """The choices the server offers for a combo input (e.g. a loader's file list), in either /object_info form."""
+        spec = self.get(f"/object_info/{node_id}")[node_id]["input"]["required"][input_name]
+        return spec[0] if isinstance(spec[0], list) else spec[1]["options"]
+
     def run_prompt(self, prompt: dict, timeout: float = 600.0) -> "PromptRun":
         """Queue an API-format prompt over HTTP, follow it over /ws, return its history entry and ws events."""
         import requests
@@ -187,6 +196,16 @@ class PromptRun:
             folder = {"output": "output", "temp": "temp"}[img["type"]]
             out.append(self.server.base / folder / img.get("subfolder", "") / img["filename"])
         return out
+
+
+def read_images(paths) -> torch.Tensor:
+    """Saved images -> (N, 3, H, W) float32 RGB in 0..1."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    return torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert("RGB")).astype(np.float32) / 255)
+                        .permute(2, 0, 1) for p in paths])
 
 
 def save_artifact(src: Path, name: str) -> Path:

@@ -2,12 +2,10 @@
 Loader -> Style Encode (prompt + negative) -> unprompted StyleGAN drafts -> CLIP-guided Style Inject."""
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from _harness import ROOT, save_artifact
+from _harness import ROOT, read_images, save_artifact
 from diffugan.models import clip_style as cs
 
 WORKFLOW = json.loads((ROOT / "workflows" / "api" / "style_draft.json").read_text())
@@ -18,10 +16,6 @@ def models():
     return cs.load_clip(ROOT / "zoo" / "clip_style" / WORKFLOW["1"]["inputs"]["ckpt_name"])
 
 
-def _read(path):
-    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).astype(np.float32) / 255).permute(2, 0, 1)
-
-
 def test_style_workflow_steers_drafts_toward_the_prompt(server, models):
     run = server.run_prompt(WORKFLOW)
     assert run.ok, run.error()
@@ -30,8 +24,8 @@ def test_style_workflow_steers_drafts_toward_the_prompt(server, models):
     target = cs.fuse(torch.cat([models.encode_texts([WORKFLOW["2"]["inputs"]["text"]]).detach()]), [1.0],
                      models.encode_texts([WORKFLOW["2"]["inputs"]["negative"]]).detach(), [0.5])
     with torch.no_grad():
-        before = models.encode_images(torch.stack([_read(p) for p in drafts])) @ target
-        after = models.encode_images(torch.stack([_read(p) for p in styled])) @ target
+        before = models.encode_images(read_images(drafts)) @ target
+        after = models.encode_images(read_images(styled)) @ target
     assert (after > before).all(), (before, after)  # read back from the saved 8-bit PNGs
     save_artifact(styled[0], "e2e_style_injected.png")
     progress = [e["data"] for e in run.events if e["type"] == "progress" and e["data"]["node"] == "5"]

@@ -7,24 +7,16 @@ same seed gives other drafts for another prompt, and the zoo CLIP, which no Styl
 prompt's drafts to their own prompt); the refine step refines its drafts rather than replacing them."""
 import json
 
-import numpy as np
 import torch
-from PIL import Image
 
-from _harness import ROOT, save_artifact
+from _harness import ROOT, read_images, save_artifact
 
 WORKFLOW = json.loads((ROOT / "workflows" / "api" / "emoji_coarse_to_fine.json").read_text())
 PROMPTS = ("red heart", "grinning face")
 
 
-def _images(paths) -> torch.Tensor:
-    return torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert("RGB")).astype(np.float32) / 255)
-                        .permute(2, 0, 1) for p in paths])
-
-
 def test_zoo_stylegan_is_listed(server):
-    options = server.get("/object_info/DiffuGANStyleGANLoader")["DiffuGANStyleGANLoader"]["input"]["required"]
-    names = options["ckpt_name"][0] if isinstance(options["ckpt_name"][0], list) else options["ckpt_name"][1]["options"]
+    names = server.combo_options("DiffuGANStyleGANLoader", "ckpt_name")
     assert "diffugan-emoji-stylegan.safetensors" in names
 
 
@@ -40,7 +32,7 @@ def test_coarse_to_fine_workflow_runs_on_the_zoo_and_the_prompt_steers_the_draft
         assert run.ok, run.error()
         drafts, levels, refined = (run.output_images(n) for n in ("14", "16", "17"))
         assert len(drafts) == len(levels) == len(refined) == batch
-        d, r = _images(drafts), _images(refined)
+        d, r = read_images(drafts), read_images(refined)
         assert d.shape == r.shape == (batch, 3, 128, 128)
         assert float((r - d).abs().mean()) < 0.15  # refined from the draft (strength 0.3), not replaced
         drafts_by_prompt.append(d)

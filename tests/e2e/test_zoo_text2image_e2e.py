@@ -10,26 +10,16 @@ the 380 held-out captions (zoo-CLIP score 0.055 with the prompt vs 0.009 without
 two prompts do not reliably separate."""
 import json
 
-import numpy as np
-import torch
-from PIL import Image
-
-from _harness import ROOT, save_artifact
+from _harness import ROOT, read_images, save_artifact
 
 WORKFLOW = json.loads((ROOT / "workflows" / "api" / "emoji_text2image.json").read_text())
 PROMPTS = ("red heart", "grinning face")
 
 
 def test_zoo_clip_is_listed_and_a_text_tower_folder_is_not(server):
-    options = server.get("/object_info/DiffuGANCLIPLoader")["DiffuGANCLIPLoader"]["input"]["required"]
-    names = options["ckpt_name"][0] if isinstance(options["ckpt_name"][0], list) else options["ckpt_name"][1]["options"]
+    names = server.combo_options("DiffuGANCLIPLoader", "ckpt_name")
     assert "diffugan-emoji-clip.safetensors" in names
     assert not any(n.startswith("all-MiniLM-L6-v2") for n in names)
-
-
-def _images(paths) -> torch.Tensor:
-    return torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert("RGB")).astype(np.float32) / 255)
-                        .permute(2, 0, 1) for p in paths])
 
 
 def test_text_to_image_workflow_runs_on_the_zoo_and_the_prompt_reaches_the_dit(server):
@@ -42,7 +32,7 @@ def test_text_to_image_workflow_runs_on_the_zoo_and_the_prompt_reaches_the_dit(s
         assert run.ok, run.error()
         drafts, levels, refined = (run.output_images(n) for n in ("13", "15", "16"))
         assert len(drafts) == len(levels) == len(refined) == batch
-        d, r = _images(drafts), _images(refined)
+        d, r = read_images(drafts), read_images(refined)
         assert d.shape == r.shape == (batch, 3, 128, 128)
         assert float((r - d).abs().mean()) < 0.15  # refined from the draft (strength 0.35), not replaced
         results.append(r)
