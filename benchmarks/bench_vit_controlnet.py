@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import platform
 import sys
 import time
@@ -43,6 +42,8 @@ def main() -> None:
     ap.add_argument("--model", default="DiT-B/2")
     ap.add_argument("--size", type=int, default=256, help="image size in pixels (latent = size / 8)")
     ap.add_argument("--control-depth", type=int, default=6, help="DiT blocks copied into the control branch")
+    ap.add_argument("--plain-tokens", action="store_true",
+                    help="random mode: a plain top-k ControlNet instead of mixed-resolution tokens")
     ap.add_argument("--batch", type=int, default=2, help="rows per model call (2 = one image with CFG)")
     ap.add_argument("--budgets", default="0.1,0.25,0.5,0.75,1.0")
     ap.add_argument("--reps", type=int, default=5)
@@ -70,10 +71,12 @@ def main() -> None:
         args.size, args.model, args.control_depth = 128, args.dit.name, net.config.depth
     else:
         model = dit.DiT(dit.standard_config(args.model, args.size)).eval()
-        net = vc.ViTControlNet.from_dit(model, args.control_depth).eval()
+        net = vc.ViTControlNet.from_dit(model, args.control_depth, coarse_tokens=not args.plain_tokens).eval()
         with torch.no_grad():  # non-zero projections, as after training (a fresh ControlNet would add zeros)
             for layer in [net.before_proj, *net.after_proj]:
                 layer.weight.normal_(0, 0.02)
+            if net.config.coarse_tokens:
+                net.init_coarse_from_fine()
     lat = args.size // 8
     x = torch.randn(args.batch, 4, lat, lat)
     t = torch.full((args.batch,), 500.0)
@@ -109,12 +112,14 @@ def main() -> None:
                 best[k] = min(best[k], time.perf_counter() - t0)
 
     f1 = edge_f1_by_budget(model, net, args, budgets) if trained else None
-    dense_flops = net.flops(tokens_n, 1.0) * args.batch
+    dense_flops = net.flops(grid, 1.0) * args.batch
     dit_flops = dit.transformer_flops(model.config, tokens_n, tokens_n) * args.batch
     rows = []
     for b in budgets:
-        f = net.flops(tokens_n, b) * args.batch
-        row = dict(budget=b, tokens=tokens_n if b >= 1 else max(1, math.ceil(b * tokens_n - 1e-9)), branch_flops=f,
+        f = net.flops(grid, b) * args.batch
+        layout = net.select(torch.zeros(1, tokens_n), grid, b)
+        row = dict(budget=b, tokens_full=tokens_n if layout is None else layout[0].shape[1],
+                   tokens_merged=0 if layout is None or layout[1] is None else layout[1].shape[1], branch_flops=f,
                    branch_flops_ratio_vs_dense=dense_flops / f, branch_seconds=best[f"branch@{b}"],
                    branch_wall_ratio_vs_dense=best["branch@1.0"] / best[f"branch@{b}"],
                    step_seconds=best[f"step@{b}"],
@@ -134,6 +139,7 @@ def main() -> None:
     out.write_text(json.dumps(dict(
         benchmark="ViT ControlNet cost vs token budget", model=args.model, image_size=args.size,
         control_depth=args.control_depth, rows_per_call=args.batch, command=" ".join(sys.argv),
+        tokens="mixed resolution (2x2-merged where priority is low)" if net.config.coarse_tokens else "plain top-k",
         weights=(f"trained: {args.dit.name} (sha256 {_sha(args.dit)}…) + {args.controlnet.name} "
                  f"(sha256 {_sha(args.controlnet)}…)" if trained else
                  "random (cost only; edge F1 needs a trained DiT + ControlNet)"), device="cpu",

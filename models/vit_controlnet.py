@@ -8,9 +8,17 @@ Design (PixArt-δ's ControlNet-Transformer, made adaptive):
   zero-initialised projection of the control tokens; after each of its blocks a zero-initialised linear projection
   is added to the output of the corresponding DiT block. A fresh ControlNet therefore changes nothing.
 - Adaptive:
-  * token budget: the branch runs on the top-k tokens by priority only (k = budget x tokens; priority = importance,
-    optionally mixed with the control image's edge density); skipped tokens inject nothing, and the branch's cost
-    falls with k (linear layers linearly, attention quadratically). Budget 1 is the dense path itself.
+  * token budget: the branch runs on k = budget x tokens tokens only, spent by priority (importance, optionally
+    mixed with the control image's edge density), and its cost falls with k (linear layers linearly, attention
+    quadratically). Budget 1 is the dense path itself. Two ways to spend k:
+      - plain (`coarse_tokens` False): the top-k tokens; the others are skipped and inject nothing;
+      - mixed resolution (`coarse_tokens` True, an adaptive ViT): the grid is cut into 2x2 blocks of tokens. A block
+        the budget can afford at full resolution (the highest-priority ones) is processed as its 4 tokens; every
+        other block as ONE merged token (its 4 DiT tokens averaged, its 2x2-token patch of the control image
+        embedded at once, its output projected to 4 residuals, one per covered token). Each split costs 3 tokens.
+        So from a budget of 1/4 up every token receives control (coarser where priority is low); below 1/4 the
+        lowest-priority blocks are skipped. Merged tokens start as the mean of their 4 tokens (embedding) and copy
+        the plain residual to all 4 (projection), then are trained.
   * layer scale: a learned gain per layer times the user's strength, optionally modulated per token by importance
     and raised where edges are dense.
 Strength 0 returns no residuals at all, so the DiT runs exactly as without the ControlNet.
@@ -41,6 +49,7 @@ class ControlNetConfig:
     mlp_ratio: float = 4.0
     hint_channels: int = 3
     vae_factor: int = 8  # image pixels per latent pixel
+    coarse_tokens: bool = False  # mixed-resolution token budget (2x2-merged tokens where priority is low)
 
     @property
     def hint_patch(self) -> int:
@@ -52,7 +61,7 @@ class ControlSettings:
     """What a user sets when applying the ControlNet."""
 
     strength: float = 1.0
-    budget: float = 1.0  # fraction of tokens the control branch processes
+    budget: float = 1.0  # tokens the control branch processes, as a fraction of the DiT's tokens
     importance_modulation: float = 0.0  # 0: same strength everywhere; 1: strength x importance per token
     edge_priority: float = 0.0  # 0: tokens chosen by importance; 1: by edge density of the control image
     edge_gain: float = 0.0  # extra strength where edges are dense: x (1 + edge_gain * density)
@@ -73,18 +82,42 @@ class ViTControlNet(nn.Module):
         for layer in [self.before_proj, *self.after_proj]:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+        if c.coarse_tokens:
+            self.hint_embed_coarse = nn.Conv2d(c.hint_channels, c.hidden_size, kernel_size=2 * c.hint_patch,
+                                               stride=2 * c.hint_patch)
+            self.after_proj_coarse = nn.ModuleList(nn.Linear(c.hidden_size, 4 * c.hidden_size)
+                                                   for _ in range(c.depth))
+            self.init_coarse_from_fine()
+
+    @torch.no_grad()
+    def init_coarse_from_fine(self) -> None:
+        """Merged tokens as the plain ones would see them: the control embedding of a 2x2 block = the mean of its 4
+        token embeddings, and each layer's 4 residuals = copies of the plain projection."""
+        self.hint_embed_coarse.weight.copy_(self.hint_embed.weight.repeat(1, 1, 2, 2) / 4)
+        self.hint_embed_coarse.bias.copy_(self.hint_embed.bias)
+        for fine, coarse in zip(self.after_proj, self.after_proj_coarse):
+            coarse.weight.copy_(fine.weight.repeat(4, 1))
+            coarse.bias.copy_(fine.bias.repeat(4))
 
     @classmethod
-    def from_dit(cls, dit: DiT, depth: int, hint_channels: int = 3) -> "ViTControlNet":
+    def from_dit(cls, dit: DiT, depth: int, hint_channels: int = 3, coarse_tokens: bool = False) -> "ViTControlNet":
         """A fresh ControlNet for `dit`: its first `depth` blocks copied, projections at zero."""
         d = dit.config
         if not 1 <= depth <= d.depth:
             raise ValueError(f"control depth {depth} must be between 1 and the DiT's depth {d.depth}")
         net = cls(ControlNetConfig(d.hidden_size, d.num_heads, depth, d.patch_size, d.depth, d.mlp_ratio,
-                                   hint_channels))
+                                   hint_channels, coarse_tokens=coarse_tokens))
         for src, dst in zip(dit.blocks, net.blocks):
             dst.load_state_dict(src.state_dict())
         return net.to(next(dit.parameters()).dtype)
+
+    def with_coarse_tokens(self) -> "ViTControlNet":
+        """This ControlNet with mixed-resolution tokens added (merged tokens initialised from its plain ones)."""
+        net = type(self)(ControlNetConfig(**(asdict(self.config) | {"coarse_tokens": True})))
+        missing, unexpected = net.load_state_dict(self.state_dict(), strict=False)
+        assert not unexpected and all(k.startswith(("hint_embed_coarse", "after_proj_coarse")) for k in missing)
+        net.init_coarse_from_fine()
+        return net.to(self.layer_gain.dtype)
 
     def check_fits(self, dit: DiT) -> None:
         """Refuse a DiT this ControlNet was not made for, naming what differs."""
@@ -118,13 +151,31 @@ class ViTControlNet(nn.Module):
         p = self.config.hint_patch
         return F.avg_pool2d(hint.float().mean(1, keepdim=True), p).flatten(1).clamp(0, 1)
 
-    def select(self, priority: torch.Tensor, budget: float) -> torch.Tensor | None:
-        """Top-k token indices per image (N, k), sorted; None when the budget covers every token (dense path)."""
-        t = priority.shape[1]
+    def select(self, priority: torch.Tensor, grid: tuple[int, int], budget: float
+               ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """How the budget is spent, per image: (tokens (N, a) processed at full resolution, sorted; 2x2 blocks
+        (N, m) processed as one merged token, sorted, or None for a plain ControlNet), with a + m <= k; None when
+        the budget covers every token (the dense path)."""
+        n, t = priority.shape
         k = max(1, math.ceil(budget * t - 1e-9))
         if k >= t:
             return None
-        return priority.topk(k, dim=1).indices.sort(dim=1).values
+        if not self.config.coarse_tokens:
+            return priority.topk(k, dim=1).indices.sort(dim=1).values, None
+        children = block_children(grid, priority.device)  # (B, 4), t where a block sticks out of the grid
+        inside = children < t
+        padded = torch.cat([priority.float(), priority.new_zeros(n, 1, dtype=torch.float)], 1)
+        block_priority = padded[:, children].sum(-1) / inside.sum(-1)  # mean priority of each block (N, B)
+        blocks_n = len(children)
+        if k <= blocks_n:  # merged tokens only, the lowest-priority blocks skipped
+            return priority.new_zeros(n, 0, dtype=torch.long), block_priority.topk(k, 1).indices.sort(1).values
+        whole = inside.all(-1)
+        split_n = min((k - blocks_n) // 3, int(whole.sum()))  # each split block costs 3 more tokens
+        split = block_priority.masked_fill(~whole, -math.inf).topk(split_n, 1).indices
+        is_split = torch.zeros(n, blocks_n, dtype=torch.bool, device=priority.device).scatter(1, split, True)
+        merged = (~is_split).nonzero()[:, 1].view(n, blocks_n - split_n)  # row-major: every row has as many
+        fine = children[split].flatten(1).sort(1).values
+        return fine, merged
 
     # --- the branch ---------------------------------------------------------------------------------------------
     def residuals(self, tokens: torch.Tensor, c: torch.Tensor, hint: torch.Tensor, grid: tuple[int, int],
@@ -143,12 +194,15 @@ class ViTControlNet(nn.Module):
         imp = torch.ones(n, t, device=tokens.device) if importance is None else importance.to(tokens.device).float()
         imp = imp.expand(n, -1) if imp.shape[0] == 1 else imp
         priority = (1 - settings.edge_priority) * imp + settings.edge_priority * density
-        idx = self.select(priority, settings.budget)
+        layout = self.select(priority, grid, settings.budget)
+        scale = settings.strength * (1 - settings.importance_modulation + settings.importance_modulation * imp)
+        scale = scale * (1 + settings.edge_gain * density)  # (N, T)
+        if layout is not None and layout[1] is not None:
+            return self._mixed_residuals(tokens, c, hint, grid, scale, *layout)
+        idx = None if layout is None else layout[0]
 
         pos = sincos_pos_embed(d, grid[0], grid[1])[None].to(tokens.device, tokens.dtype)
         control = self.hint_embed(hint).flatten(2).transpose(1, 2) + pos  # (N, T, D)
-        scale = settings.strength * (1 - settings.importance_modulation + settings.importance_modulation * imp)
-        scale = scale * (1 + settings.edge_gain * density)  # (N, T)
         h = tokens + self.before_proj(control)
         if idx is not None:
             gather = idx.unsqueeze(-1).expand(-1, -1, d)
@@ -162,14 +216,70 @@ class ViTControlNet(nn.Module):
             out.append(r)
         return out
 
-    def flops(self, tokens: int, budget: float) -> int:
-        """Counted FLOPs of the control branch for `tokens` tokens at a budget (hint embedding + blocks + projections)."""
+    def _mixed_residuals(self, tokens, c, hint, grid, scale, fine, merged) -> list[torch.Tensor]:
+        """The branch on a mixed-resolution token set: `fine` tokens (N, a) as they are, `merged` 2x2 blocks
+        (N, m) as one token each (see the module's docstring). Only the processed patches are embedded."""
+        n, t, d = tokens.shape
+        p, a, m = self.config.hint_patch, fine.shape[1], merged.shape[1]
+        children = block_children(grid, tokens.device)  # (B, 4)
+        count = (children < t).sum(-1, keepdim=True).to(tokens.dtype)  # tokens of the grid in each block
+        pos = sincos_pos_embed(d, grid[0], grid[1]).to(tokens.device, tokens.dtype)
+        pos_blocks = torch.cat([pos, pos.new_zeros(1, d)])[children].sum(1) / count  # (B, D)
+        pooled = torch.cat([tokens, tokens.new_zeros(n, 1, d)], 1)[:, children].sum(2) / count  # (N, B, D)
+
+        patches = F.unfold(hint, p, stride=p).transpose(1, 2)  # (N, T, C*p*p), the conv's weight layout
+        bh, bw = -(-grid[0] // 2), -(-grid[1] // 2)
+        padded = F.pad(hint, (0, 2 * bw * p - hint.shape[-1], 0, 2 * bh * p - hint.shape[-2]))
+        block_patches = F.unfold(padded, 2 * p, stride=2 * p).transpose(1, 2)  # (N, B, C*4p*p)
+        w_f, w_c = self.hint_embed.weight.flatten(1), self.hint_embed_coarse.weight.flatten(1)
+        control = torch.cat([F.linear(_take(patches, fine), w_f, self.hint_embed.bias) + pos[fine],
+                             F.linear(_take(block_patches, merged), w_c, self.hint_embed_coarse.bias)
+                             + pos_blocks[merged]], 1)
+        h = torch.cat([_take(tokens, fine), _take(pooled, merged)], 1) + self.before_proj(control)
+
+        covered = children[merged].flatten(1)  # (N, 4m): the tokens each merged token writes, t = outside the grid
+        scale = torch.cat([scale, scale.new_zeros(n, 1)], 1)
+        scale_f, scale_c = scale.gather(1, fine), scale.gather(1, covered)
+        out = []
+        for i, (block, proj, proj_c) in enumerate(zip(self.blocks, self.after_proj, self.after_proj_coarse)):
+            h = block(h, c)
+            r_f = proj(h[:, :a]) * (self.layer_gain[i] * scale_f).unsqueeze(-1).to(h.dtype)
+            r_c = proj_c(h[:, a:]).reshape(n, 4 * m, d) * (self.layer_gain[i] * scale_c).unsqueeze(-1).to(h.dtype)
+            r = tokens.new_zeros(n, t + 1, d)
+            r.scatter_(1, fine.unsqueeze(-1).expand(-1, -1, d), r_f)
+            r.scatter_(1, covered.unsqueeze(-1).expand(-1, -1, d), r_c)  # the spare row t collects what is outside
+            out.append(r[:, :t])
+        return out
+
+    def flops(self, grid: tuple[int, int], budget: float) -> int:
+        """Counted FLOPs of the control branch on a token grid at a budget (patch embedding, projections, blocks)."""
         c = self.config
-        k = tokens if budget >= 1 else max(1, math.ceil(budget * tokens - 1e-9))
-        embed = 2 * tokens * c.hint_channels * c.hint_patch ** 2 * c.hidden_size
-        proj = 2 * tokens * c.hidden_size ** 2 + c.depth * 2 * k * c.hidden_size ** 2
-        blocks = c.depth * block_flops(c, k, k)  # reads hidden_size and mlp_ratio, which this config shares
-        return embed + proj + blocks
+        t = grid[0] * grid[1]
+        layout = self.select(torch.zeros(1, t), grid, budget)
+        embed_one = 2 * c.hint_channels * c.hint_patch ** 2 * c.hidden_size
+        d2 = 2 * c.hidden_size ** 2
+        if layout is None or layout[1] is None:  # dense, or plain top-k (patches of all tokens embedded)
+            k = t if layout is None else layout[0].shape[1]
+            return t * (embed_one + d2) + c.depth * (block_flops(c, k, k) + k * d2)
+        a, m = layout[0].shape[1], layout[1].shape[1]
+        return ((a + 4 * m) * embed_one + (a + m) * d2
+                + c.depth * (block_flops(c, a + m, a + m) + a * d2 + m * 4 * d2))
+
+
+def block_children(grid: tuple[int, int], device=None) -> torch.Tensor:
+    """The token grid cut into 2x2 blocks: (blocks, 4) token indices of each block's (0,0), (0,1), (1,0), (1,1)
+    tokens, row-major; gh*gw where a block of an odd-sized grid sticks out."""
+    gh, gw = grid
+    by, bx = torch.meshgrid(torch.arange(0, gh, 2, device=device), torch.arange(0, gw, 2, device=device),
+                            indexing="ij")
+    yy = by.reshape(-1, 1) + torch.tensor([0, 0, 1, 1], device=device)
+    xx = bx.reshape(-1, 1) + torch.tensor([0, 1, 0, 1], device=device)
+    return torch.where((yy < gh) & (xx < gw), yy * gw + xx, gh * gw)
+
+
+def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x (N, T, D) at idx (N, k) -> (N, k, D)."""
+    return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -123,16 +123,19 @@ class ControlNetApply(io.ComfyNode):
             display_name="DiffuGAN ViT ControlNet Apply",
             category="DiffuGAN/ControlNet",
             description=("Adds structure control (e.g. edges from the stock Canny node or DiffuGAN Edges) to a DiT "
-                         "MODEL. The control branch runs on the `budget` fraction of tokens with the highest "
-                         "importance (or edge density), so it costs less where less matters. Strength 0 leaves "
-                         "the model unchanged; budget 1 is the dense ControlNet."),
+                         "MODEL. The control branch processes `budget` x the DiT's tokens, spent where importance "
+                         "(or edge density) is highest, so it costs less where less matters. A plain ControlNet "
+                         "skips the other tokens; a mixed-resolution one (the zoo's) merges them 2x2, so from a "
+                         "budget of 0.25 up every region is still controlled. Strength 0 leaves the model "
+                         "unchanged; budget 1 is the dense ControlNet."),
             inputs=[
                 io.Model.Input("model", tooltip="A DiT MODEL from DiffuGAN DiT Loader."),
                 ControlNetType.Input("controlnet"),
                 io.Image.Input("image", tooltip="Control image (edge map); any size, resized to the latent grid."),
                 io.Float.Input("strength", default=1.0, min=0.0, max=4.0, step=0.05),
                 io.Float.Input("budget", default=1.0, min=0.01, max=1.0, step=0.01,
-                               tooltip="Fraction of tokens the control branch processes (cost falls with it)."),
+                               tooltip="Tokens the control branch processes, as a fraction of the DiT's "
+                                       "(cost falls with it). 0.25 is about 3x cheaper than 1."),
                 io.Mask.Input("importance", optional=True,
                               tooltip="Importance MASK (DiffuGAN Importance): chooses the tokens within the budget."),
                 io.Float.Input("importance_modulation", default=0.0, min=0.0, max=1.0, step=0.05,

@@ -4,13 +4,15 @@ Pairs: each emoji of the zoo set (128 px) and its Canny edges (kornia, threshold
 control branch (the DiT's first --depth blocks copied, zero-initialised projections: it starts as a no-op) learns
 the DiT's own ε-prediction loss with the edges as extra input; the DiT's weights never change. Each batch draws a
 token budget from --budgets (tokens picked by edge density) so the branch also works when it sees only part of
-the image; labels are dropped 10 % of the time as in the DiT's training (guidance keeps working).
+the image; labels are dropped 10 % of the time as in the DiT's training (guidance keeps working). With
+--coarse-tokens the branch spends short budgets on mixed-resolution tokens (2x2-merged where edges are sparse;
+see models/vit_controlnet.py); --init continues from a saved ControlNet (adding the merged tokens if asked).
 
 Verification on held-out emoji (written to <out>.json):
   - denoising: ε-MSE at t = 100…900 (fixed noise) of the DiT with the ControlNet vs without;
   - following the edges: each held-out emoji made coarse (down to 24 px: its edges are mostly gone), refined at
     strength 0.8 with its own edges as control, then the Canny edges of the decoded result scored against the
-    control edges (F1, 1 px tolerance), with the ControlNet vs without (the DiT alone).
+    control edges (F1, 1 px tolerance), with the ControlNet (dense, and at a 25 % token budget) vs without.
 
     python scripts/train_zoo_controlnet.py --dit zoo/dit/diffugan-emoji-dit.safetensors \\
         --vae zoo/vae/diffugan-emoji-vae.safetensors --out zoo/diffugan_controlnet/diffugan-emoji-controlnet.safetensors
@@ -117,6 +119,8 @@ def main(argv=None) -> None:
     ap.add_argument("--vae", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--depth", type=int, default=3, help="DiT blocks copied into the control branch")
+    ap.add_argument("--init", type=Path, default=None, help="continue from this ControlNet (--depth is ignored)")
+    ap.add_argument("--coarse-tokens", action="store_true", help="mixed-resolution tokens for short budgets")
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-4)
@@ -138,12 +142,22 @@ def main(argv=None) -> None:
     e_held = vc.canny_edges(x_held * 0.5 + 0.5)
     e_eval = e_held[pick]
 
-    net = vc.ViTControlNet.from_dit(model, args.depth, hint_channels=1).train()
+    if args.init is not None:
+        net = vc.load_controlnet(args.init)
+        net.check_fits(model)
+        if args.coarse_tokens and not net.config.coarse_tokens:
+            net = net.with_coarse_tokens()
+        net = net.train().requires_grad_(True)
+    else:
+        net = vc.ViTControlNet.from_dit(model, args.depth, hint_channels=1, coarse_tokens=args.coarse_tokens).train()
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.0)
     alphas_bar = torch.cumprod(1 - dit.linear_betas(), 0).float()
     budgets = [float(b) for b in args.budgets.split(",")]
     gen = torch.Generator().manual_seed(args.seed)
     log = {"settings": {k: str(v) for k, v in vars(args).items()}, "curve": [], "evals": []}
+    if args.init is not None and args.init.with_suffix(".json").exists():  # the runs this one continues
+        before_log = json.loads(args.init.with_suffix(".json").read_text())
+        log["previous_runs"] = before_log.get("previous_runs", []) + [before_log["settings"]]
     before = denoising(model, net, z_held, y_held, e_held, alphas_bar)
     log["evals"].append({"step": 0, **{k: v for k, v in before.items() if k != "per_t"}})
     print(json.dumps(log["evals"][-1]), flush=True)
@@ -177,7 +191,10 @@ def main(argv=None) -> None:
     log["denoising_per_t"] = after["per_t"]
     f1_without = follow_edges(model, net, vae, x_eval, y_eval, e_eval, None)
     f1_with = follow_edges(model, net, vae, x_eval, y_eval, e_eval, vc.ControlSettings())
+    f1_quarter = follow_edges(model, net, vae, x_eval, y_eval, e_eval, vc.ControlSettings(budget=0.25,
+                                                                                         edge_priority=1.0))
     log["edge_f1"] = {"without_controlnet": float(f1_without.mean()), "with_controlnet": float(f1_with.mean()),
+                      "with_controlnet_budget_25": float(f1_quarter.mean()),
                       "images": args.eval_images, "tolerance_px": 1, **EDGE_EVAL}
     log["final"] = log["evals"][-1] | {"edge_f1": log["edge_f1"]}
     print(json.dumps(log["final"]), flush=True)

@@ -110,7 +110,8 @@ LIMITS_DIT = ("still CPU-sized and not yet good enough to improve drafts: refine
 
 
 LIMITS_CONTROLNET = ("it steers the zoo DiT, whose refinements are still blotchy (see its card): the structure "
-                     "follows the edges more closely, the pictures are not yet good. See "
+                     "follows the edges more closely, the pictures are not yet good. At a 25 % token budget it "
+                     "still loses about a fifth of the dense edge F1 (the target is 5 %). See "
                      "benchmarks/results/vit_controlnet_zoo*.json for edge F1 at each token budget.")
 
 
@@ -149,16 +150,24 @@ def card_scorer(name: str, log: dict) -> str:
 def card_controlnet(name: str, log: dict) -> str:
     s, f = log["settings"], log["final"]
     e = f["edge_f1"]
+    runs = log.get("previous_runs", []) + [s]
+    history = "; then ".join(f"{r['steps']} steps at token budgets {r['budgets']}"
+                             + (" with mixed-resolution tokens" if r.get("coarse_tokens") == "True" else "")
+                             for r in runs)
+    quarter = e.get("with_controlnet_budget_25")
     return "\n".join([
         f"### `diffugan_controlnet/{name}` — ViT ControlNet (edges)",
-        f"Control branch of {s['depth']} copied DiT blocks for the zoo DiT, one-channel Canny edges (kornia, "
-        "0.1 / 0.2) as control. Trained by `scripts/train_zoo_controlnet.py` with the DiT frozen: "
-        f"{s['steps']} steps, batch {s['batch']}, lr {s['lr']}, token budgets {s['budgets']}, seed {s['seed']}.",
+        f"Control branch of copied DiT blocks for the zoo DiT, one-channel Canny edges (kornia, 0.1 / 0.2) as "
+        "control" + (", with mixed-resolution tokens (2x2-merged where edges are sparse) for short token budgets"
+                     if s.get("coarse_tokens") == "True" else "") +
+        f". Trained by `scripts/train_zoo_controlnet.py` with the DiT frozen (batch {s['batch']}, lr {s['lr']}): "
+        f"{history}.",
         f"- held-out ε-MSE (mean over t = 100…900): **{f['eps_mse_with_control']:.4f} with** the ControlNet vs "
         f"{f['eps_mse_without_control']:.4f} without",
         f"- edge F1 ({e['tolerance_px']} px tolerance) of refined held-out drafts ({e['images']} emoji made "
         f"coarse at {e['draft_px']} px, strength {e['strength']}, {e['steps']} steps, guidance {e['cfg']}) against "
-        f"their control edges: **{e['with_controlnet']:.3f} with** vs {e['without_controlnet']:.3f} without",
+        f"their control edges: **{e['with_controlnet']:.3f} with** vs {e['without_controlnet']:.3f} without"
+        + (f"; at a 25 % token budget (tokens by edge density) {quarter:.3f}" if quarter is not None else ""),
         f"- limits: {LIMITS_CONTROLNET}",
     ])
 

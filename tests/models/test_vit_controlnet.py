@@ -70,14 +70,14 @@ def test_full_budget_is_the_dense_path_and_gathering_all_tokens_agrees():
     tokens, c = model.embed(x), model.conditioning(t, y)
     grid = model.grid(x)
     prepared = net.prepare_hint(hint, grid)
-    assert net.select(torch.rand(2, tokens.shape[1]), 1.0) is None  # budget 100 %: the dense code path itself
+    assert net.select(torch.rand(2, tokens.shape[1]), grid, 1.0) is None  # budget 100 %: the dense code path itself
     with torch.no_grad():
         dense = net.residuals(tokens, c, prepared, grid, vc.ControlSettings(budget=1.0))
         almost = net.residuals(tokens, c, prepared, grid, vc.ControlSettings(budget=1 - 1e-6))
     # 1 - 1e-6 of 96 tokens still rounds up to all of them, through the same (dense) path
     assert all(torch.equal(a, b) for a, b in zip(dense, almost))
     idx = torch.arange(tokens.shape[1]).expand(2, -1)
-    net.select = lambda priority, budget: idx  # force the gather/scatter path over every token
+    net.select = lambda priority, grid, budget: (idx, None)  # force the gather/scatter path over every token
     with torch.no_grad():
         gathered = net.residuals(tokens, c, prepared, grid, vc.ControlSettings(budget=1.0))
     for a, b in zip(dense, gathered):
@@ -136,8 +136,8 @@ def test_importance_modulation_and_edge_gain_scale_per_token():
 
 def test_cost_falls_with_the_budget():
     net = vc.ViTControlNet.from_dit(dit.DiT(dit.standard_config("DiT-XL/2", 256)), depth=13)
-    dense = net.flops(256, 1.0)
-    quarter, tenth = net.flops(256, 0.25), net.flops(256, 0.10)
+    dense = net.flops((16, 16), 1.0)
+    quarter, tenth = net.flops((16, 16), 0.25), net.flops((16, 16), 0.10)
     assert 3.0 < dense / quarter < 4.0 and dense / tenth > 7.0
 
 
@@ -178,6 +178,125 @@ def test_save_load_strict_and_mismatched_dit_refused(tmp_path):
     ck.save_safetensors(tmp_path / "sd_cn.safetensors", {"input_hint_block.0.weight": torch.zeros(1)}, {})
     with pytest.raises(ck.CheckpointError, match="not a DiffuGAN ViT ControlNet"):
         vc.load_controlnet(tmp_path / "sd_cn.safetensors")
+
+
+# --- mixed-resolution tokens (coarse_tokens) -------------------------------------------------------------------
+def _mixed(model, depth=2):
+    """A trained-like ControlNet with merged tokens (initialised from its plain ones, then perturbed: trained)."""
+    net = _trained_like(vc.ViTControlNet.from_dit(model, depth=depth)).with_coarse_tokens()
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for layer in [net.hint_embed_coarse, *net.after_proj_coarse]:
+            layer.weight.add_(torch.randn_like(layer.weight) * 0.02)
+    return net
+
+
+def _branch_inputs(model, net, n=2, h=16, w=24):
+    x, t, y, hint = _inputs(n=n, h=h, w=w)
+    grid = model.grid(x)
+    return model.embed(x), model.conditioning(t, y), net.prepare_hint(hint, grid), grid
+
+
+def test_merged_tokens_start_as_the_mean_of_their_tokens_and_copy_the_plain_residual():
+    net = _trained_like(vc.ViTControlNet.from_dit(_dit(), depth=2)).with_coarse_tokens()
+    hint = torch.rand(1, 3, 32, 32)  # one 2x2 block of 16-px patches
+    with torch.no_grad():
+        fine = net.hint_embed(hint).flatten(2).mean(-1)
+        torch.testing.assert_close(net.hint_embed_coarse(hint).flatten(1), fine, rtol=1e-5, atol=1e-5)
+        h = torch.randn(3, 64)
+        for plain, merged in zip(net.after_proj, net.after_proj_coarse):
+            assert all(torch.equal(part, plain(h)) for part in merged(h).chunk(4, dim=-1))
+
+
+@pytest.mark.parametrize("h,w", [(16, 24), (14, 18)])  # grids 8x12 and 7x9 (blocks sticking out)
+def test_mixed_path_with_every_block_split_equals_the_dense_path(h, w):
+    model = _dit()
+    net = _mixed(model)
+    tokens, c, prepared, grid = _branch_inputs(model, net, h=h, w=w)
+    t = tokens.shape[1]
+    with torch.no_grad():
+        dense = net.residuals(tokens, c, prepared, grid, vc.ControlSettings(budget=1.0))
+        every = net._mixed_residuals(tokens, c, prepared.to(tokens.dtype), grid, torch.ones(2, t),
+                                     torch.arange(t).expand(2, -1), torch.zeros(2, 0, dtype=torch.long))
+    for a, b in zip(dense, every):  # the unfold + gather embedding is the conv's
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    plain = vc.ViTControlNet(vc.ControlNetConfig(**(vc.asdict(net.config) | {"coarse_tokens": False})))
+    plain.load_state_dict({k: v for k, v in net.state_dict().items() if "coarse" not in k})
+    with torch.no_grad():  # merged tokens change nothing at a full budget
+        assert all(torch.equal(a, b) for a, b in zip(
+            dense, plain.residuals(tokens, c, prepared, grid, vc.ControlSettings(budget=1.0))))
+
+
+def test_mixed_budget_splits_the_highest_priority_blocks_and_covers_every_token():
+    model = _dit()
+    net = _mixed(model)
+    tokens, c, prepared, grid = _branch_inputs(model, net)  # 8x12 tokens = 24 blocks of 2x2
+    importance = torch.rand(2, 96, generator=torch.Generator().manual_seed(3))
+    children = vc.block_children(grid)
+    block_imp = importance[:, children].mean(-1)
+    fine, merged = net.select(importance, grid, 0.5)  # k = 48 = 24 blocks + 8 splits x 3
+    assert fine.shape == (2, 32) and merged.shape == (2, 16)
+    with torch.no_grad():
+        res = net.residuals(tokens, c, prepared, grid, vc.ControlSettings(budget=0.5), importance)
+    for i in range(2):
+        split = set(block_imp[i].topk(8).indices.tolist())
+        assert set(fine[i].tolist()) == set(children[sorted(split)].flatten().tolist())
+        assert set(merged[i].tolist()) == set(range(24)) - split
+        assert (res[0][i].abs().sum(-1) > 0).all()  # every token receives control
+        # a merged block's 4 tokens get different residuals (its own projection per covered token)
+        b = merged[i, 0]
+        r = res[0][i, children[b]]
+        assert (r[0] - r[3]).abs().max() > 1e-4
+
+
+def test_mixed_budget_below_a_quarter_skips_the_lowest_priority_blocks():
+    model = _dit()
+    net = _mixed(model)
+    tokens, c, prepared, grid = _branch_inputs(model, net)
+    importance = torch.rand(2, 96, generator=torch.Generator().manual_seed(4))
+    children = vc.block_children(grid)
+    with torch.no_grad():
+        res = net.residuals(tokens, c, prepared, grid, vc.ControlSettings(budget=0.1), importance)  # k = 10
+    for i in range(2):
+        kept = importance[i, children].mean(-1).topk(10).indices
+        expected = torch.zeros(96, dtype=torch.bool)
+        expected[children[kept].flatten()] = True
+        touched = res[0][i].abs().sum(-1) > 0
+        assert torch.equal(touched, expected) and all((r[i][~touched] == 0).all() for r in res)
+
+
+def test_mixed_cost_is_counted_honestly_and_beats_three_at_a_quarter_budget():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg = dit.DiTConfig(depth=6, hidden_size=256, num_heads=4, patch_size=2, num_classes=10, input_size=16)
+    torch.manual_seed(0)
+    model = dit.DiT(cfg).eval()
+    net = vc.ViTControlNet.from_dit(model, depth=3, hint_channels=1, coarse_tokens=True)  # as the zoo's
+    x, t, y = torch.randn(1, 4, 16, 16), torch.tensor([500.0]), torch.tensor([3])
+    grid = model.grid(x)
+    tokens, c = model.embed(x), model.conditioning(t, y)
+    prepared = net.prepare_hint((torch.rand(1, 1, 128, 128) > 0.9).float(), grid)
+    for budget in (1.0, 0.5, 0.25, 0.1):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            net.residuals(tokens, c, prepared, grid, vc.ControlSettings(budget=budget))
+        # torch counts the adaLN modulation (per image, not per token), which ours leaves out, and on the CPU not
+        # the attention (its fused kernel), which ours counts: a few per cent either way
+        assert 0.95 < net.flops(grid, budget) / counter.get_total_flops() < 1.05, budget
+    assert net.flops(grid, 1.0) / net.flops(grid, 0.25) > 3.0
+
+
+def test_mixed_controlnet_saves_and_loads_strictly(tmp_path):
+    model = _dit()
+    net = _mixed(model)
+    vc.save_controlnet(net, tmp_path / "mixed.safetensors")
+    loaded = vc.load_controlnet(tmp_path / "mixed.safetensors")
+    assert loaded.config.coarse_tokens
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), net.state_dict().values()))
+    sd = {k: v for k, v in net.state_dict().items() if "coarse" not in k}  # a file that lacks the merged tokens
+    ck.save_safetensors(tmp_path / "half.safetensors", sd, {"format": vc.SAFETENSORS_FORMAT,
+                                                             "config": vc.asdict(net.config)})
+    with pytest.raises(ck.CheckpointError, match="after_proj_coarse.0.weight"):
+        vc.load_controlnet(tmp_path / "half.safetensors")
 
 
 def test_region_adaptive_subset_pass_applies_the_same_residuals():
