@@ -6,12 +6,15 @@ sampler uses (models/dit.py), driven here without ComfyUI so the timings contain
 Methods (all img2img from the same noised draft, K = --steps at --strength, classifier-free guidance --cfg):
   reference     uniform with --ref-steps (the quality reference: the same ODE solved finely)
   uniform       every token, every step, K steps (the full-cost baseline)
-  region        important tokens every step, the rest --min-steps
+  region        important tokens every step, the rest --min-steps; between its evaluations a token's prediction and
+                its keys/values are forecast from its last two evaluations (RegionAdaptiveState's default)
+  region_hold   diagnostic: the same, but holding a token's last prediction and keys/values (forecast 0)
   fewer_steps   uniform with the step count that costs the same counted FLOPs as `region`
   random_tokens the region method's per-token step counts, shuffled over the tokens (same FLOPs, wrong places)
   fresh_context diagnostic, not a method: the region method's step counts, but every token is recomputed at every
-                step, so the cached context is never stale (dense FLOPs). Its loss is what giving the rest fewer
-                steps costs the important region through attention alone; region minus it is the cost of caching.
+                step, so the keys/values are never forecast or stale (dense FLOPs). Its loss is what giving the rest
+                fewer steps costs the important region through attention alone; region minus it is the cost of
+                forecasting the keys/values instead of computing them.
 
 Trained mode (--checkpoint and --vae, the demo zoo's DiT and VAE): drafts are held-out emoji made coarse (down to
 --draft-px and back up: a blurry draft, as a fast generator gives), the importance map is the analytic
@@ -141,7 +144,7 @@ def main() -> None:
     gen = torch.Generator().manual_seed(3)
     shuffled = torch.stack([c[torch.randperm(len(c), generator=gen)] for c in counts_all])
     methods = ["uniform", "region", "fewer_steps", "random_tokens"]
-    outs = {m: [] for m in methods + ["fresh_context", "reference"]}
+    outs = {m: [] for m in methods + ["region_hold", "fresh_context", "reference"]}
     wall = {m: 0.0 for m in methods}
     flops = {"uniform": 0, "region": 0, "random_tokens": 0, "fewer_steps": 0}
     eq_steps = None
@@ -158,9 +161,10 @@ def main() -> None:
                 few_sigmas, few_ts = dit.img2img_schedule(eq_steps, args.strength)
             (f, _), tf = timed(lambda: dit.euler_img2img(model, d, y, few_sigmas, few_ts, args.cfg, nz))
             rt, st_rt = dit.euler_img2img(model, d, y, sigmas, ts, args.cfg, nz, cs)
+            rh, _ = dit.euler_img2img(model, d, y, sigmas, ts, args.cfg, nz, c, forecast=0)
             fc, _ = dit.euler_img2img(model, d, y, sigmas, ts, args.cfg, nz, c, dense_every=1)
             ref, _ = dit.euler_img2img(model, d, y, ref_sigmas, ref_ts, args.cfg, nz)
-            for m, v in zip(methods + ["fresh_context", "reference"], (u, r, f, rt, fc, ref)):
+            for m, v in zip(methods + ["region_hold", "fresh_context", "reference"], (u, r, f, rt, rh, fc, ref)):
                 outs[m].append(v)
             wall["uniform"] += tu; wall["region"] += tr; wall["fewer_steps"] += tf
             flops["uniform"] += st.dense_flops; flops["region"] += st.flops; flops["random_tokens"] += st_rt.flops
@@ -178,7 +182,7 @@ def main() -> None:
             peak = float(outs["reference"].max() - outs["reference"].min())
     quality = {}
     has_important = mask.flatten(1).any(1)  # drafts whose map has full-work tokens
-    for m in methods + ["fresh_context"]:
+    for m in methods + ["region_hold", "fresh_context"]:
         q = {"psnr_important_db": masked_psnr(pix[m], pix["reference"], mask, peak),
              "psnr_rest_db": masked_psnr(pix[m], pix["reference"], ~mask, peak)}
         if trained:
@@ -198,6 +202,8 @@ def main() -> None:
         - quality["random_tokens"]["psnr_important_db"],
         "psnr_loss_important_db_fresh_context": quality["uniform"]["psnr_important_db"]
         - quality["fresh_context"]["psnr_important_db"],
+        "psnr_loss_important_db_region_hold": quality["uniform"]["psnr_important_db"]
+        - quality["region_hold"]["psnr_important_db"],
         "important_token_fraction": float((counts_all == args.steps).float().mean()),
         "drafts_with_an_important_region": int(has_important.sum()),
         "fewer_steps": eq_steps,
@@ -209,7 +215,7 @@ def main() -> None:
     def f(v, spec):
         return "n/a" if v is None else format(v, spec)
 
-    for m in methods + ["fresh_context"]:
+    for m in methods + ["region_hold", "fresh_context"]:
         qm = quality[m]
         print(f"{m:14s} PSNR important {f(qm['psnr_important_db'], '.2f')} dB, rest {f(qm['psnr_rest_db'], '.2f')} dB"
               + (f"; SSIM important {f(qm['ssim_important'], '.4f')}, rest {f(qm['ssim_rest'], '.4f')}"

@@ -414,9 +414,10 @@ def evaluation_schedule(counts: torch.Tensor, total_steps: int) -> torch.Tensor:
     """Which of the `total_steps` steps evaluate each token: a token with n steps is evaluated at steps
     floor(j * K / n), j = 0..n-1 (evenly spaced, always including step 0). (N, T) -> (N, K, T) bool.
 
-    Between evaluations a token keeps its last prediction of the clean latent (x0), so with the Euler sampler it
-    follows exactly an n-step Euler schedule (the sub-sequence of the K sigmas at its evaluation steps), while all
-    tokens stay at the same noise level at every step (no seams in noise level across region borders)."""
+    Between evaluations a token's clean-latent prediction (x0) is forecast from its last two evaluations (or, with
+    forecast 0, held: then with the Euler sampler it follows exactly an n-step Euler schedule, the sub-sequence of
+    the K sigmas at its evaluation steps); all tokens stay at the same noise level at every step (no seams in
+    noise level across region borders). See RegionAdaptiveState."""
     if counts.min() < 0 or counts.max() > total_steps:
         raise ValueError(f"step counts must be in 0..{total_steps}, got {int(counts.min())}..{int(counts.max())}")
     k = torch.arange(total_steps, device=counts.device)
@@ -426,15 +427,6 @@ def evaluation_schedule(counts: torch.Tensor, total_steps: int) -> torch.Tensor:
     before = torch.div(k[None, :, None] * j_max + total_steps - 1, total_steps, rounding_mode="floor")
     after = torch.div((k[None, :, None] + 1) * j_max + total_steps - 1, total_steps, rounding_mode="floor")
     return (after > before) & (counts[:, None, :] > 0)
-
-
-@dataclass
-class TokenCache:
-    """Per sample row: each block's keys and values for every token (for inactive tokens: from their last
-    evaluation), so active tokens still attend to the whole image."""
-
-    keys: list[torch.Tensor]  # per block (H, T, d_head)
-    values: list[torch.Tensor]
 
 
 def block_flops(config: DiTConfig, active: int, total: int) -> int:
@@ -519,25 +511,66 @@ def step_counts_from_map(level_map: torch.Tensor, latent_hw: tuple[int, int], to
     return (min_steps + torch.round(level.clamp(0, 1) * (total_steps - min_steps))).long()
 
 
+class Evaluations:
+    """One sample row's last two evaluations of some per-token quantity (x0 pixels, or each block's keys and
+    values), with the sigma of each token's last two evaluations (inf: not yet evaluated).
+
+    Between its evaluations a token's value is forecast (`forecast` 1, the default): linearly in sigma from its
+    last two evaluations, last + d (last - prev), d = (sigma_last - sigma) / (sigma_prev - sigma_last) clamped to
+    0..1, the first-order feature forecast of TaylorSeer-style DiT caching. `forecast` 0 holds the last value."""
+
+    def __init__(self, values: list[torch.Tensor], sigma: float, tokens: int, device):
+        self.last = values
+        self.prev = values
+        self.s_last = torch.full((tokens,), sigma, device=device)
+        self.s_prev = torch.full((tokens,), math.inf, device=device)
+
+    def weight(self, sigma: float, forecast: int) -> torch.Tensor:
+        """(T,) forecast weight d of each token at `sigma` (0: hold; tokens with one evaluation hold)."""
+        known = torch.isfinite(self.s_prev)
+        if forecast == 0 or not bool(known.any()):
+            return torch.zeros_like(self.s_last)
+        gap = (self.s_prev - self.s_last).where(known, torch.ones_like(self.s_last))
+        return ((self.s_last - sigma) / gap).clamp(0, 1) * known
+
+    def at(self, d: torch.Tensor) -> list[torch.Tensor]:
+        """The values forecast with per-token weights d, already shaped to broadcast against them."""
+        return [last + d * (last - prev) for last, prev in zip(self.last, self.prev)]
+
+    def record(self, values: list[torch.Tensor], mask: torch.Tensor, token_mask: torch.Tensor, sigma: float):
+        """New evaluations where `mask` (shaped like the values) / `token_mask` (T,) are set."""
+        self.prev = [torch.where(mask, last, prev) for last, prev in zip(self.last, self.prev)]
+        self.last = [torch.where(mask, new, last) for new, last in zip(values, self.last)]
+        self.s_prev = torch.where(token_mask, self.s_last, self.s_prev)
+        self.s_last = torch.where(token_mask, torch.full_like(self.s_last, sigma), self.s_last)
+
+
 class RegionAdaptiveState:
-    """Carries one region-adaptive sampling run: which tokens each step evaluates, each sample row's latest
-    clean-latent prediction (x0) and K/V cache, and the counted transformer FLOPs (actual vs dense).
+    """Carries one region-adaptive sampling run: which tokens each step evaluates, each sample row's evaluations
+    (clean-latent prediction x0 and each block's keys/values, with their sigmas), and the counted transformer
+    FLOPs (actual vs dense).
 
     Rows are identified by `row_keys` (a cond/uncond chunk id and the image index), so the conditional and the
     unconditional pass of classifier-free guidance keep separate caches, and each image of a batch its own map.
-    Tokens with 0 steps keep x0 = the draft latent: the sampler returns them unchanged.
+    A token not evaluated at a step gets its x0 and, as attention context for the evaluated tokens, its keys and
+    values forecast from its last two evaluations (`forecast` 1; 0 holds the last ones: then an n-step token
+    follows exactly an n-step Euler schedule). Tokens with 0 steps keep x0 = the draft: the sampler returns them
+    unchanged. All tokens share the sampler's noise level at every step (no noise seams at region borders).
     """
 
     def __init__(self, model: DiT, counts: torch.Tensor, sigmas: torch.Tensor, draft: torch.Tensor | None,
-                 dense_every: int = 0):
+                 dense_every: int = 0, forecast: int = 1):
+        if forecast not in (0, 1):
+            raise ValueError(f"forecast must be 0 (hold) or 1 (linear), got {forecast}")
         self.model, self.sigmas = model, sigmas.detach().float().cpu()
         self.total_steps = len(sigmas) - 1
         self.counts = counts  # (B, T)
         self.schedule = evaluation_schedule(counts.cpu(), self.total_steps)  # (B, K, T)
         self.draft = draft
         self.dense_every = dense_every
-        self.x0: dict = {}
-        self.cache: dict = {}
+        self.forecast = forecast
+        self.x0: dict = {}  # row key -> Evaluations of [x0 (C, H, W)]
+        self.kv: dict = {}  # row key -> Evaluations of [keys, values of each block (H, T, dh)]
         self.flops = 0
         self.dense_flops = 0
         self.evaluated_tokens = 0
@@ -555,7 +588,8 @@ class RegionAdaptiveState:
         """Denoised prediction (R, C, H, W) for rows x (noisy latents; xc the model input), evaluating the
         transformer only on the tokens scheduled at this step. `control_for(rows)` gives a ControlNet hook for
         those rows (or None)."""
-        step = self.step_index(float(sigma[0]))
+        s = float(sigma[0])
+        step = self.step_index(s)
         model, cfg = self.model, self.model.config
         grid = model.grid(x)
         total = grid[0] * grid[1]
@@ -565,7 +599,7 @@ class RegionAdaptiveState:
         for image in sorted(set(images)):
             rows = [r for r, j in enumerate(images) if j == image]
             update = self.schedule[image % self.schedule.shape[0], step].to(x.device)  # (T,)
-            first = any(row_keys[r] not in self.cache for r in rows)
+            first = any(row_keys[r] not in self.kv for r in rows)
             dense = first or (self.dense_every > 0 and step % self.dense_every == 0) or bool(update.all())
             key = ("dense", first) if dense else ("subset", tuple(update.nonzero()[:, 0].tolist()))
             groups.setdefault(key, []).append((image, rows, update))
@@ -576,31 +610,49 @@ class RegionAdaptiveState:
             first = key == ("dense", True)
             idx = None if key[0] == "dense" else torch.tensor(key[1], device=x.device, dtype=torch.long)
             update = torch.stack([next(u for _, rs, u in members if r in rs) for r in rows])  # (R, T)
+            update_px = token_pixels(update, grid, cfg.patch_size)  # (R, 1, H, W)
             for r, k in zip(rows, keys):
                 if k not in self.x0:
-                    self.x0[k] = (self.draft[images[r] % self.draft.shape[0]].to(x) if self.draft is not None
-                                  else torch.zeros_like(x[0]))
-            x0 = torch.stack([self.x0[k] for k in keys])  # (R, C, H, W)
+                    draft = (self.draft[images[r] % self.draft.shape[0]].to(x) if self.draft is not None
+                             else torch.zeros_like(x[0]))
+                    self.x0[k] = Evaluations([draft], math.inf, total, x.device)
+            # x0 of the tokens not evaluated now: forecast (or held)
+            x0 = torch.stack([self.x0[k].at(token_pixels(self.x0[k].weight(s, self.forecast)[None], grid,
+                                                         cfg.patch_size)[0])[0] for k in keys])  # (R, C, H, W)
             active = total if idx is None else len(idx)
             if active > 0:
+                context = None if first else [self._context(k, s) for k in keys]
                 cache = [None] * cfg.depth if first else [  # per layer (R, H, T, dh) keys and values
-                    tuple(torch.stack(kv) for kv in zip(*(self.cache[k][layer] for k in keys)))
+                    tuple(torch.stack([ctx[2 * layer + j] for ctx in context]) for j in (0, 1))
                     for layer in range(cfg.depth)]
                 sel = torch.tensor(rows, device=x.device)
                 eps = forward_subset(model, xc[sel], t[sel], None if y is None else y[sel],
                                      None if style is None else style[sel], idx, cache,
                                      None if control_for is None else control_for(rows))[:, : x.shape[1]]
-                fresh = calc_denoised(eps.float(), x[sel], sigma[sel])
-                x0 = torch.where(token_pixels(update, grid, cfg.patch_size), fresh.to(x0.dtype), x0)
+                fresh = calc_denoised(eps.float(), x[sel], sigma[sel]).to(x0.dtype)
+                x0 = torch.where(update_px, fresh, x0)
+                computed = torch.ones(total, dtype=torch.bool, device=x.device)
+                if idx is not None:
+                    computed = torch.zeros_like(computed).index_fill_(0, idx, True)
                 for i, k in enumerate(keys):
-                    self.cache[k] = [(kv[0][i], kv[1][i]) for kv in cache]
-                    self.x0[k] = x0[i]
+                    values = [kv[i] for layer in cache for kv in layer]
+                    if k not in self.kv:
+                        self.kv[k] = Evaluations(values, s, total, x.device)
+                    else:
+                        self.kv[k].record(values, computed.view(1, -1, 1), computed, s)
+                    self.x0[k].record([fresh[i]], update_px[i], update[i], s)
                 self.flops += len(rows) * transformer_flops(cfg, active, total)
             self.dense_flops += len(rows) * transformer_flops(cfg, total, total)
             self.evaluated_tokens += len(rows) * active
             self.total_tokens += len(rows) * total
             out[rows] = x0
         return out
+
+    def _context(self, key, sigma: float) -> list[torch.Tensor]:
+        """A row's keys and values of every block at `sigma` (flattened [k0, v0, k1, v1, ...]): the evaluated ones
+        are overwritten by the subset pass, the others serve as context (forecast or held)."""
+        ev = self.kv[key]
+        return ev.at(ev.weight(sigma, self.forecast).view(1, -1, 1))
 
     def untouched_pixels(self, grid: tuple[int, int]) -> torch.Tensor:
         """(B, 1, H, W) bool: latent pixels of tokens with 0 steps (their output must equal the draft)."""
@@ -627,17 +679,18 @@ def _interp(values: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 def euler_img2img(model: DiT, draft, labels, sigmas, ts, cfg, noise, counts=None, dense_every: int = 0,
-                  style=None):
+                  style=None, forecast: int = 1):
     """Reference Euler img2img without ComfyUI (benchmarks, training scripts): from `draft` (SD1-scaled latents)
     noised to sigmas[0] with `noise`, classifier-free guidance `cfg` against the null class (rows: cond batch, then
     uncond batch), the same update as ComfyUI's Euler on this model. With per-token step `counts` (N, T) the
-    region-adaptive state evaluates each token only at its steps (`dense_every` as the sampler node's). A `style`
+    region-adaptive state evaluates each token only at its steps (`dense_every` as the sampler node's; `forecast`
+    as RegionAdaptiveState's). A `style`
     (N, style_dim) conditions the cond rows only, as DiffuGAN DiT Conditioning does (dense sampling only). Returns
     (latent, state or None)."""
     n = draft.shape[0]
     if style is not None and counts is not None:
         raise ValueError("euler_img2img: style with per-token counts is not supported")
-    state = RegionAdaptiveState(model, counts, sigmas, draft, dense_every) if counts is not None else None
+    state = RegionAdaptiveState(model, counts, sigmas, draft, dense_every, forecast) if counts is not None else None
     x = draft + noise * sigmas[0]
     y = torch.cat([labels, torch.full_like(labels, model.config.null_class)]) if cfg != 1 else labels
     keys = [(c, j) for c in range(2 if cfg != 1 else 1) for j in range(n)]

@@ -208,7 +208,8 @@ class DiTConditioning(io.ComfyNode):
 def region_adaptive_euler(model, x, sigmas, extra_args=None, callback=None, disable=None, importance=None,
                           min_steps=0, border=1, dense_every=0):
     """k-diffusion-style sampler: Euler, with each token evaluated only at its own steps (see
-    models/dit.evaluation_schedule); the rest reuse their last clean-latent prediction."""
+    models/dit.evaluation_schedule); between them its clean-latent prediction and its keys/values are forecast
+    from its last two evaluations (models/dit.RegionAdaptiveState)."""
     extra_args = dict(extra_args or {})
     base = getattr(getattr(model, "inner_model", None), "inner_model", None)
     if not isinstance(base, DiTModel):
@@ -275,9 +276,10 @@ class RegionSampler(io.ComfyNode):
             category="DiffuGAN/DiT",
             description=("A SAMPLER for SamplerCustomAdvanced with a DiffuGAN DiT: Euler steps where each region gets "
                          "its own step count from the importance map (the SIGMAS give the most steps). The "
-                         "transformer only computes the tokens whose step it is; others keep their last prediction "
-                         "and serve as attention context through cached keys/values. All tokens share one noise "
-                         "level at every step, so region borders get no noise seams."),
+                         "transformer only computes the tokens whose step it is; for the others the prediction "
+                         "and the keys/values they lend as attention context are forecast (linearly, from their "
+                         "last two evaluations). All tokens share one noise level at every step, so region "
+                         "borders get no noise seams."),
             inputs=list(REGION_INPUTS),
             outputs=[io.Sampler.Output(display_name="sampler")],
         )

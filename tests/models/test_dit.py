@@ -199,3 +199,43 @@ def test_counted_flops_fall_with_the_active_fraction():
     assert abs(dense / 2 / 1e9 - 118.6) < 0.02 * 118.6, dense
     quarter = dit.transformer_flops(cfg, 64, 256)
     assert 0.24 < quarter / dense < 0.27  # linear layers dominate; attention keys stay at all 256 tokens
+
+
+def test_evaluations_forecast_linearly_in_sigma_and_hold_otherwise():
+    ev = dit.Evaluations([torch.tensor([1.0, 5.0])], sigma=3.0, tokens=2, device="cpu")
+    assert torch.equal(ev.weight(2.0, forecast=1), torch.zeros(2))  # one evaluation: held
+    ev.record([torch.tensor([2.0, 7.0])], torch.tensor([True, False]), torch.tensor([True, False]), sigma=2.0)
+    d = ev.weight(1.5, forecast=1)  # token 0: (2 - 1.5) / (3 - 2); token 1 has one evaluation
+    assert torch.equal(d, torch.tensor([0.5, 0.0]))
+    assert torch.equal(ev.at(d)[0], torch.tensor([2.5, 5.0]))
+    assert torch.equal(ev.weight(0.0, forecast=1), torch.tensor([1.0, 0.0]))  # never past one gap
+    assert torch.equal(ev.weight(1.5, forecast=0), torch.zeros(2))
+    with pytest.raises(ValueError, match="forecast must be 0"):
+        dit.RegionAdaptiveState(make_dit(), torch.ones(1, 4, dtype=torch.long), torch.ones(3), None, forecast=2)
+
+
+@pytest.mark.parametrize("forecast", [0, 1])
+def test_region_state_with_every_token_every_step_is_plain_euler(forecast):
+    m = make_dit()
+    draft, noise = torch.randn(2, 4, 8, 12), torch.randn(2, 4, 8, 12)
+    y = torch.tensor([1, 2])
+    sigmas, ts = dit.img2img_schedule(6, 0.5)
+    plain, _ = dit.euler_img2img(m, draft, y, sigmas, ts, 2.0, noise)
+    full = torch.full((2, 24), 6)
+    region, state = dit.euler_img2img(m, draft, y, sigmas, ts, 2.0, noise, full, forecast=forecast)
+    torch.testing.assert_close(region, plain, rtol=0, atol=0)
+    assert state.flops == state.dense_flops
+
+
+def test_held_predictions_follow_the_n_step_euler_schedule_exactly():
+    """forecast 0: a token evaluated at every other step follows Euler on every other sigma."""
+    m = make_dit()
+    draft, noise = torch.randn(1, 4, 8, 12), torch.randn(1, 4, 8, 12)
+    y = torch.tensor([3])
+    sigmas, ts = dit.img2img_schedule(8, 0.6)
+    half, _ = dit.euler_img2img(m, draft, y, sigmas, ts, 1.0, noise, torch.full((1, 24), 4), forecast=0)
+    sub_sigmas = torch.cat([sigmas[:-1:2], sigmas[-1:]])
+    coarse, _ = dit.euler_img2img(m, draft, y, sub_sigmas, ts[::2], 1.0, noise)
+    torch.testing.assert_close(half, coarse, rtol=1e-5, atol=1e-5)
+    forecast, _ = dit.euler_img2img(m, draft, y, sigmas, ts, 1.0, noise, torch.full((1, 24), 4), forecast=1)
+    assert (forecast - coarse).abs().max() > 1e-4  # the forecast changes the in-between steps
