@@ -684,9 +684,8 @@ def euler_img2img(model: DiT, draft, labels, sigmas, ts, cfg, noise, counts=None
     noised to sigmas[0] with `noise`, classifier-free guidance `cfg` against the null class (rows: cond batch, then
     uncond batch), the same update as ComfyUI's Euler on this model. With per-token step `counts` (N, T) the
     region-adaptive state evaluates each token only at its steps (`dense_every` as the sampler node's; `forecast`
-    as RegionAdaptiveState's). A `style`
-    (N, style_dim) conditions the cond rows only, as DiffuGAN DiT Conditioning does (dense sampling only). Returns
-    (latent, state or None)."""
+    as RegionAdaptiveState's). A `style` (N, style_dim) conditions the cond rows only, as DiffuGAN DiT Conditioning
+    does (dense sampling only). Returns (latent, state or None)."""
     n = draft.shape[0]
     if style is not None and counts is not None:
         raise ValueError("euler_img2img: style with per-token counts is not supported")

@@ -111,7 +111,7 @@ LIMITS_DIT = ("still CPU-sized and not yet good enough to improve drafts: refine
 
 LIMITS_CONTROLNET = ("it steers the zoo DiT, whose refinements are still blotchy (see its card): the structure "
                      "follows the edges more closely, the pictures are not yet good. At a 25 % token budget it "
-                     "still loses about a fifth of the dense edge F1 (the target is 5 %). See "
+                     "still loses 17.5 % of the dense edge F1 (benchmark, 32 images; the target is 5 %). See "
                      "benchmarks/results/vit_controlnet_zoo*.json for edge F1 at each token budget.")
 
 
@@ -151,7 +151,7 @@ def card_controlnet(name: str, log: dict) -> str:
     s, f = log["settings"], log["final"]
     e = f["edge_f1"]
     runs = log.get("previous_runs", []) + [s]
-    history = "; then ".join(f"{r['steps']} steps at token budgets {r['budgets']}"
+    history = "; then ".join(f"{r['steps']} steps (lr {r['lr']}) at token budgets {r['budgets']}"
                              + (" with mixed-resolution tokens" if r.get("coarse_tokens") == "True" else "")
                              for r in runs)
     quarter = e.get("with_controlnet_budget_25")
@@ -160,7 +160,7 @@ def card_controlnet(name: str, log: dict) -> str:
         f"Control branch of copied DiT blocks for the zoo DiT, one-channel Canny edges (kornia, 0.1 / 0.2) as "
         "control" + (", with mixed-resolution tokens (2x2-merged where edges are sparse) for short token budgets"
                      if s.get("coarse_tokens") == "True" else "") +
-        f". Trained by `scripts/train_zoo_controlnet.py` with the DiT frozen (batch {s['batch']}, lr {s['lr']}): "
+        f". Trained by `scripts/train_zoo_controlnet.py` with the DiT frozen (batch {s['batch']}): "
         f"{history}.",
         f"- held-out ε-MSE (mean over t = 100…900): **{f['eps_mse_with_control']:.4f} with** the ControlNet vs "
         f"{f['eps_mse_without_control']:.4f} without",
