@@ -2,7 +2,8 @@
 with the ControlNet, at budgets 10 % … 100 %, side by side in one run (same model, inputs, threads).
 
 Timings interleave the budgets round-robin and keep each one's best of --reps, so machine noise hits every budget
-alike. With random weights (the default) this measures COST ONLY. With the zoo's trained DiT, VAE and ControlNet
+alike. With random weights (the default) this measures COST ONLY, of a mixed-resolution ControlNet (--plain-tokens:
+a plain top-k one). With the zoo's trained DiT, VAE and ControlNet
 (--dit/--vae/--controlnet) it also measures, at each budget, how well refined images follow the control edges:
 held-out emoji made coarse (--draft-px) are refined (--strength; both default to the training script's evaluation)
 with their own Canny edges as control (tokens picked by edge density, as trained), and the edges of the results

@@ -157,7 +157,7 @@ def card_controlnet(name: str, log: dict) -> str:
     quarter = e.get("with_controlnet_budget_25")
     return "\n".join([
         f"### `diffugan_controlnet/{name}` — ViT ControlNet (edges)",
-        f"Control branch of copied DiT blocks for the zoo DiT, one-channel Canny edges (kornia, 0.1 / 0.2) as "
+        "Control branch of copied DiT blocks for the zoo DiT, one-channel Canny edges (kornia, 0.1 / 0.2) as "
         "control" + (", with mixed-resolution tokens (2x2-merged where edges are sparse) for short token budgets"
                      if s.get("coarse_tokens") == "True" else "") +
         f". Trained by `scripts/train_zoo_controlnet.py` with the DiT frozen (batch {s['batch']}): "
