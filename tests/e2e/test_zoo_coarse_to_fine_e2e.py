@@ -9,7 +9,7 @@ import json
 
 import torch
 
-from _harness import ROOT, read_images, save_artifact
+from _harness import ROOT, run_prompted_refine, save_artifact
 
 WORKFLOW = json.loads((ROOT / "workflows" / "api" / "emoji_coarse_to_fine.json").read_text())
 PROMPTS = ("red heart", "grinning face")
@@ -26,15 +26,7 @@ def test_coarse_to_fine_workflow_runs_on_the_zoo_and_the_prompt_steers_the_draft
     batch = WORKFLOW["4"]["inputs"]["batch_size"]
     drafts_by_prompt = []
     for k, text in enumerate(PROMPTS):
-        prompt = json.loads(json.dumps(WORKFLOW))
-        prompt["2"]["inputs"]["text"] = text
-        run = server.run_prompt(prompt)
-        assert run.ok, run.error()
-        drafts, levels, refined = (run.output_images(n) for n in ("14", "16", "17"))
-        assert len(drafts) == len(levels) == len(refined) == batch
-        d, r = read_images(drafts), read_images(refined)
-        assert d.shape == r.shape == (batch, 3, 128, 128)
-        assert float((r - d).abs().mean()) < 0.15  # refined from the draft (strength 0.3), not replaced
+        drafts, refined, d, r = run_prompted_refine(server, WORKFLOW, text, ("14", "16", "17"), batch)  # strength 0.3
         drafts_by_prompt.append(d)
         save_artifact(drafts[0], f"e2e_zoo_c2f_draft_{k}.png")
         save_artifact(refined[0], f"e2e_zoo_c2f_refined_{k}.png")
