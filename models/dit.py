@@ -445,49 +445,78 @@ def transformer_flops(config: DiTConfig, active: int, total: int) -> int:
     return config.depth * block_flops(config, active, total) + embed + final
 
 
-def _block_subset(block: DiTBlock, x: torch.Tensor, c: torch.Tensor, idx: torch.Tensor | None,
-                  cache: list[tuple[torch.Tensor, torch.Tensor]], layer: int) -> torch.Tensor:
-    """One adaLN-Zero block for the tokens `idx` (all tokens if None), reading/writing the rows' K/V caches.
+class Packing:
+    """Each row's active tokens packed into one sequence (P = their total count) for the per-token layers, so rows
+    with different token sets share one batch without padding; only attention pads its queries per row.
 
-    x: (R, A, D) hidden states of the active tokens; cache[layer]: (R, H, T, d_head) keys and values."""
-    r, a, d = x.shape
+    From a (R, T) bool mask of the tokens each row computes: `row`, `token` (P,) the row and token index of each
+    packed entry (row-major, tokens ascending), `slot` (P,) its position in its row's padded query list, and
+    `longest` the largest per-row count."""
+
+    def __init__(self, mask: torch.Tensor):
+        self.mask = mask
+        self.row, self.token = mask.nonzero(as_tuple=True)
+        self.slot = (mask.long().cumsum(1) - 1)[self.row, self.token]
+        self.counts = mask.sum(1)
+        self.longest = int(self.counts.max()) if mask.numel() else 0
+
+
+def _block_subset(block: DiTBlock, x: torch.Tensor, c: torch.Tensor, pack: Packing | None,
+                  cache: list[tuple[torch.Tensor, torch.Tensor]], layer: int) -> torch.Tensor:
+    """One adaLN-Zero block for the packed active tokens (all tokens if `pack` is None), reading/writing the rows'
+    K/V caches.
+
+    x: (R, T, D) all tokens, or (P, 1, D) packed ones (each entry its own row of one token, so the per-row adaLN
+    modulation is simply indexed per entry); c: (R, D); cache[layer]: (R, H, T, d_head) keys and values."""
+    n, a, d = x.shape
     heads = block.attn.num_heads
-    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.adaLN_modulation(c).chunk(6, dim=1)
+    mod = block.adaLN_modulation(c)  # (R, 6D)
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (mod if pack is None else mod[pack.row]).chunk(6, 1)
     h = modulate(block.norm1(x), shift_msa, scale_msa)
-    q, k, v = block.attn.qkv(h).reshape(r, a, 3, heads, d // heads).permute(2, 0, 3, 1, 4)  # (R, H, A, dh)
-    if idx is None:
-        keys, values = k, v
-    else:
-        keys, values = cache[layer]
-        keys, values = keys.clone(), values.clone()
-        keys[:, :, idx], values[:, :, idx] = k, v  # (R, H, T, dh): fresh for active, cached for the rest
-    cache[layer] = (keys, values)
-    attn = F.scaled_dot_product_attention(q, keys, values)  # (R, H, A, dh)
-    x = x + gate_msa.unsqueeze(1) * block.attn.proj(attn.transpose(1, 2).reshape(r, a, d))
+    q, k, v = block.attn.qkv(h).reshape(n, a, 3, heads, d // heads).permute(2, 0, 3, 1, 4)  # (n, H, a, dh)
+    if pack is None:
+        cache[layer] = (k, v)
+        attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)  # (R, T, H, dh)
+    else:  # keys/values (R, H, T, dh): fresh for the active tokens, cached for the rest
+        keys, values = (kv.clone() for kv in cache[layer])
+        keys[pack.row, :, pack.token], values[pack.row, :, pack.token] = k[:, :, 0], v[:, :, 0]
+        cache[layer] = (keys, values)
+        queries = q.new_zeros(keys.shape[0], pack.longest, heads, d // heads)
+        queries[pack.row, pack.slot] = q[:, :, 0]
+        attn = F.scaled_dot_product_attention(queries.transpose(1, 2), keys, values)  # (R, H, longest, dh)
+        attn = attn.transpose(1, 2)[pack.row, pack.slot][:, None]  # (P, 1, H, dh)
+    x = x + gate_msa.unsqueeze(1) * block.attn.proj(attn.reshape(n, a, d))
     return x + gate_mlp.unsqueeze(1) * block.mlp(modulate(block.norm2(x), shift_mlp, scale_mlp))
 
 
 def forward_subset(model: DiT, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, style: torch.Tensor | None,
-                   idx: torch.Tensor | None, cache: list, control: Control | None = None) -> torch.Tensor:
-    """The DiT on the tokens `idx` only (None = all tokens, which also fills `cache`), for rows sharing one
-    token set. x (R, C, H, W) -> (R, C_out, H, W); outside the active tokens the output is zero (not computed).
-    With idx None this is exactly `DiT.forward`."""
+                   active: torch.Tensor | None, cache: list, control: Control | None = None) -> torch.Tensor:
+    """The DiT on some tokens only: `active` a (R, T) bool mask (each row its own tokens) or (A,) token indices
+    (the same for every row); None = all tokens, which also fills `cache`. x (R, C, H, W) -> (R, C_out, H, W);
+    outside the active tokens the output is zero (not computed). With `active` None this is exactly
+    `DiT.forward`."""
     gh, gw = model.grid(x)
     tokens = model.embed(x)  # (R, T, D); the patch embedding is cheap and keeps positions simple
     c = model.conditioning(t, y, style)
     residuals = control(tokens, c, (gh, gw)) if control is not None else None  # on all tokens: it has its own budget
-    if idx is not None:
-        tokens = tokens[:, idx]  # (R, A, D)
+    pack = None
+    if active is not None:
+        if active.dtype != torch.bool:
+            active = torch.zeros(gh * gw, dtype=torch.bool, device=x.device).index_fill(0, active, True)
+        pack = Packing(active.expand(x.shape[0], -1))
+        tokens = tokens[pack.row, pack.token][:, None]  # (P, 1, D)
     for layer, block in enumerate(model.blocks):
-        tokens = _block_subset(block, tokens, c, idx, cache, layer)
+        tokens = _block_subset(block, tokens, c, pack, cache, layer)
         if residuals is not None and layer < len(residuals):
-            tokens = tokens + (residuals[layer] if idx is None else residuals[layer][:, idx])
-    out = model.final_layer(tokens, c)  # (R, A, p*p*C_out)
-    if idx is not None:
-        full = out.new_zeros(out.shape[0], gh * gw, out.shape[-1])
-        full[:, idx] = out
-        out = full
-    return model.unpatchify(out, gh, gw)
+            tokens = tokens + (residuals[layer] if pack is None else residuals[layer][pack.row, pack.token][:, None])
+    if pack is None:
+        return model.unpatchify(model.final_layer(tokens, c), gh, gw)
+    final = model.final_layer
+    shift, scale = (m[pack.row] for m in final.adaLN_modulation(c).chunk(2, dim=1))
+    out = final.linear(modulate(final.norm_final(tokens), shift, scale))[:, 0]  # (P, p*p*C_out)
+    full = out.new_zeros(x.shape[0], gh * gw, out.shape[-1])
+    full[pack.row, pack.token] = out
+    return model.unpatchify(full, gh, gw)
 
 
 def token_pixels(mask: torch.Tensor, grid: tuple[int, int], patch_size: int) -> torch.Tensor:
@@ -512,18 +541,18 @@ def step_counts_from_map(level_map: torch.Tensor, latent_hw: tuple[int, int], to
 
 
 class Evaluations:
-    """One sample row's last two evaluations of some per-token quantity (x0 pixels, or each block's keys and
-    values), with the sigma of each token's last two evaluations (inf: not yet evaluated).
+    """One sample row's last two evaluations of some per-token quantity (x0 pixels (C, H, W), or every block's keys
+    and values (2 x depth, H, T, dh)), with the sigma of each token's last two evaluations (inf: not yet evaluated).
 
     Between its evaluations a token's value is forecast (`forecast` 1, the default): linearly in sigma from its
     last two evaluations, last + d (last - prev), d = (sigma_last - sigma) / (sigma_prev - sigma_last) clamped to
     0..1, the first-order feature forecast of TaylorSeer-style DiT caching. `forecast` 0 holds the last value."""
 
-    def __init__(self, values: list[torch.Tensor], sigma: float, tokens: int, device):
+    def __init__(self, values: torch.Tensor, sigma: float, tokens: int):
         self.last = values
         self.prev = values
-        self.s_last = torch.full((tokens,), sigma, device=device)
-        self.s_prev = torch.full((tokens,), math.inf, device=device)
+        self.s_last = torch.full((tokens,), sigma, device=values.device)
+        self.s_prev = torch.full((tokens,), math.inf, device=values.device)
 
     def weight(self, sigma: float, forecast: int) -> torch.Tensor:
         """(T,) forecast weight d of each token at `sigma` (0: hold; tokens with one evaluation hold)."""
@@ -533,14 +562,14 @@ class Evaluations:
         gap = (self.s_prev - self.s_last).where(known, torch.ones_like(self.s_last))
         return ((self.s_last - sigma) / gap).clamp(0, 1) * known
 
-    def at(self, d: torch.Tensor) -> list[torch.Tensor]:
-        """The values forecast with per-token weights d, already shaped to broadcast against them."""
-        return [last + d * (last - prev) for last, prev in zip(self.last, self.prev)]
+    def at(self, d: torch.Tensor) -> torch.Tensor:
+        """The values forecast with per-token weights d, already shaped to broadcast against them (a new tensor)."""
+        return self.last + d * (self.last - self.prev)
 
-    def record(self, values: list[torch.Tensor], mask: torch.Tensor, token_mask: torch.Tensor, sigma: float):
-        """New evaluations where `mask` (shaped like the values) / `token_mask` (T,) are set."""
-        self.prev = [torch.where(mask, last, prev) for last, prev in zip(self.last, self.prev)]
-        self.last = [torch.where(mask, new, last) for new, last in zip(values, self.last)]
+    def record(self, values: torch.Tensor, mask: torch.Tensor, token_mask: torch.Tensor, sigma: float):
+        """New evaluations where `mask` (broadcasting against the values) / `token_mask` (T,) are set."""
+        self.prev = torch.where(mask, self.last, self.prev)
+        self.last = torch.where(mask, values, self.last)
         self.s_prev = torch.where(token_mask, self.s_last, self.s_prev)
         self.s_last = torch.where(token_mask, torch.full_like(self.s_last, sigma), self.s_last)
 
@@ -593,66 +622,59 @@ class RegionAdaptiveState:
         model, cfg = self.model, self.model.config
         grid = model.grid(x)
         total = grid[0] * grid[1]
-        # Which tokens each image evaluates now; images with the same token set run as one batch (all of them on
-        # dense steps, so a uniform map batches exactly like the stock path).
-        groups: dict = {}
-        for image in sorted(set(images)):
-            rows = [r for r, j in enumerate(images) if j == image]
-            update = self.schedule[image % self.schedule.shape[0], step].to(x.device)  # (T,)
-            first = any(row_keys[r] not in self.kv for r in rows)
-            dense = first or (self.dense_every > 0 and step % self.dense_every == 0) or bool(update.all())
-            key = ("dense", first) if dense else ("subset", tuple(update.nonzero()[:, 0].tolist()))
-            groups.setdefault(key, []).append((image, rows, update))
-        out = torch.empty_like(x)
-        for key, members in groups.items():
-            rows = sorted(r for _, rs, _ in members for r in rs)
-            keys = [row_keys[r] for r in rows]
-            first = key == ("dense", True)
-            idx = None if key[0] == "dense" else torch.tensor(key[1], device=x.device, dtype=torch.long)
-            update = torch.stack([next(u for _, rs, u in members if r in rs) for r in rows])  # (R, T)
-            update_px = token_pixels(update, grid, cfg.patch_size)  # (R, 1, H, W)
-            for r, k in zip(rows, keys):
-                if k not in self.x0:
-                    draft = (self.draft[images[r] % self.draft.shape[0]].to(x) if self.draft is not None
-                             else torch.zeros_like(x[0]))
-                    self.x0[k] = Evaluations([draft], math.inf, total, x.device)
-            # x0 of the tokens not evaluated now: forecast (or held)
-            x0 = torch.stack([self.x0[k].at(token_pixels(self.x0[k].weight(s, self.forecast)[None], grid,
-                                                         cfg.patch_size)[0])[0] for k in keys])  # (R, C, H, W)
-            active = total if idx is None else len(idx)
-            if active > 0:
-                context = None if first else [self._context(k, s) for k in keys]
-                cache = [None] * cfg.depth if first else [  # per layer (R, H, T, dh) keys and values
-                    tuple(torch.stack([ctx[2 * layer + j] for ctx in context]) for j in (0, 1))
-                    for layer in range(cfg.depth)]
-                sel = torch.tensor(rows, device=x.device)
-                eps = forward_subset(model, xc[sel], t[sel], None if y is None else y[sel],
-                                     None if style is None else style[sel], idx, cache,
-                                     None if control_for is None else control_for(rows))[:, : x.shape[1]]
-                fresh = calc_denoised(eps.float(), x[sel], sigma[sel]).to(x0.dtype)
-                x0 = torch.where(update_px, fresh, x0)
-                computed = torch.ones(total, dtype=torch.bool, device=x.device)
-                if idx is not None:
-                    computed = torch.zeros_like(computed).index_fill_(0, idx, True)
-                for i, k in enumerate(keys):
-                    values = [kv[i] for layer in cache for kv in layer]
-                    if k not in self.kv:
-                        self.kv[k] = Evaluations(values, s, total, x.device)
-                    else:
-                        self.kv[k].record(values, computed.view(1, -1, 1), computed, s)
-                    self.x0[k].record([fresh[i]], update_px[i], update[i], s)
-                self.flops += len(rows) * transformer_flops(cfg, active, total)
-            self.dense_flops += len(rows) * transformer_flops(cfg, total, total)
-            self.evaluated_tokens += len(rows) * active
-            self.total_tokens += len(rows) * total
-            out[rows] = x0
-        return out
+        image_rows = torch.tensor(images) % self.schedule.shape[0]
+        update = self.schedule[image_rows, step].to(x.device)  # (R, T): the tokens each row evaluates now
+        # Rows evaluating every token run as one batch (all rows at the first step, so a uniform map batches exactly
+        # like the stock path); rows evaluating a subset as one other batch, each row with its own tokens (packed,
+        # see Packing); rows with no token due at this step not at all.
+        dense_step = self.dense_every > 0 and step % self.dense_every == 0
+        dense, subset = [], []
+        for r, k in enumerate(row_keys):
+            if k not in self.kv or dense_step or bool(update[r].all()):
+                dense.append(r)
+            elif bool(update[r].any()):
+                subset.append(r)
+            if k not in self.x0:  # before its first evaluation a row's x0 is the draft
+                draft = self.draft[images[r] % self.draft.shape[0]].to(x) if self.draft is not None else x[r] * 0
+                self.x0[k] = Evaluations(draft, math.inf, total)
+        # x0 of the tokens not evaluated now: forecast (or held)
+        x0 = torch.stack([ev.at(token_pixels(ev.weight(s, self.forecast)[None], grid, cfg.patch_size)[0])
+                          for ev in (self.x0[k] for k in row_keys)])  # (R, C, H, W)
+        for rows in (dense, subset):
+            if not rows:
+                continue
+            sel, keys, upd = torch.tensor(rows, device=x.device), [row_keys[r] for r in rows], update[rows]
+            if rows is dense:
+                mask, cache, active = None, [None] * cfg.depth, [total] * len(rows)
+            else:
+                mask, active = upd, upd.sum(1).tolist()
+                context = torch.stack([self._context(k, s) for k in keys])  # (R, 2 x depth, H, T, dh)
+                cache = [(context[:, 2 * layer], context[:, 2 * layer + 1]) for layer in range(cfg.depth)]
+            eps = forward_subset(model, xc[sel], t[sel], None if y is None else y[sel],
+                                 None if style is None else style[sel], mask, cache,
+                                 None if control_for is None else control_for(rows))[:, : x.shape[1]]
+            fresh = calc_denoised(eps.float(), x[sel], sigma[sel]).to(x0.dtype)
+            upd_px = token_pixels(upd, grid, cfg.patch_size)  # (R, 1, H, W)
+            x0[sel] = torch.where(upd_px, fresh, x0[sel])
+            kv = torch.stack([kv for layer in cache for kv in layer], 1)  # (R, 2 x depth, H, T, dh)
+            computed = torch.ones_like(upd) if mask is None else upd
+            for i, k in enumerate(keys):
+                if k not in self.kv:
+                    self.kv[k] = Evaluations(kv[i], s, total)
+                else:
+                    self.kv[k].record(kv[i], computed[i].view(1, 1, -1, 1), computed[i], s)
+                self.x0[k].record(fresh[i], upd_px[i], upd[i], s)
+            self.flops += sum(transformer_flops(cfg, a, total) for a in active)
+            self.evaluated_tokens += sum(active)
+        self.dense_flops += len(row_keys) * transformer_flops(cfg, total, total)
+        self.total_tokens += len(row_keys) * total
+        return x0
 
-    def _context(self, key, sigma: float) -> list[torch.Tensor]:
-        """A row's keys and values of every block at `sigma` (flattened [k0, v0, k1, v1, ...]): the evaluated ones
-        are overwritten by the subset pass, the others serve as context (forecast or held)."""
+    def _context(self, key, sigma: float) -> torch.Tensor:
+        """A row's keys and values of every block at `sigma` (2 x depth, H, T, dh: k0, v0, k1, v1, ...): the
+        evaluated ones are overwritten by the subset pass, the others serve as context (forecast or held)."""
         ev = self.kv[key]
-        return ev.at(ev.weight(sigma, self.forecast).view(1, -1, 1))
+        return ev.at(ev.weight(sigma, self.forecast).view(1, 1, -1, 1))
 
     def untouched_pixels(self, grid: tuple[int, int]) -> torch.Tensor:
         """(B, 1, H, W) bool: latent pixels of tokens with 0 steps (their output must equal the draft)."""

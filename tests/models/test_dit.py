@@ -202,12 +202,12 @@ def test_counted_flops_fall_with_the_active_fraction():
 
 
 def test_evaluations_forecast_linearly_in_sigma_and_hold_otherwise():
-    ev = dit.Evaluations([torch.tensor([1.0, 5.0])], sigma=3.0, tokens=2, device="cpu")
+    ev = dit.Evaluations(torch.tensor([1.0, 5.0]), sigma=3.0, tokens=2)
     assert torch.equal(ev.weight(2.0, forecast=1), torch.zeros(2))  # one evaluation: held
-    ev.record([torch.tensor([2.0, 7.0])], torch.tensor([True, False]), torch.tensor([True, False]), sigma=2.0)
+    ev.record(torch.tensor([2.0, 7.0]), torch.tensor([True, False]), torch.tensor([True, False]), sigma=2.0)
     d = ev.weight(1.5, forecast=1)  # token 0: (2 - 1.5) / (3 - 2); token 1 has one evaluation
     assert torch.equal(d, torch.tensor([0.5, 0.0]))
-    assert torch.equal(ev.at(d)[0], torch.tensor([2.5, 5.0]))
+    assert torch.equal(ev.at(d), torch.tensor([2.5, 5.0]))
     assert torch.equal(ev.weight(0.0, forecast=1), torch.tensor([1.0, 0.0]))  # never past one gap
     assert torch.equal(ev.weight(1.5, forecast=0), torch.zeros(2))
     with pytest.raises(ValueError, match="forecast must be 0"):
