@@ -447,52 +447,69 @@ def transformer_flops(config: DiTConfig, active: int, total: int) -> int:
 
 class Packing:
     """Each row's active tokens packed into one sequence (P = their total count) for the per-token layers, so rows
-    with different token sets share one batch without padding; only attention pads its queries per row.
+    with different token sets share one batch without padding; only attention's queries are laid out per row,
+    each row's list padded to the longest (L) by repeating its first entry.
 
-    From a (R, T) bool mask of the tokens each row computes: `row`, `token` (P,) the row and token index of each
-    packed entry (row-major, tokens ascending), `slot` (P,) its position in its row's padded query list, and
-    `longest` the largest per-row count."""
+    From a (R, T) bool mask of the tokens each row computes (row-major, tokens ascending): `row` (P,) each entry's
+    row; `flat` (P,) its index in the flattened (R x T) tokens; `padded` (R, L) the entry at each slot of each
+    row's padded list; `unpad` (P,) each entry's index in the flattened (R x L) padded lists."""
 
     def __init__(self, mask: torch.Tensor):
-        self.mask = mask
-        self.row, self.token = mask.nonzero(as_tuple=True)
-        self.slot = (mask.long().cumsum(1) - 1)[self.row, self.token]
-        self.counts = mask.sum(1)
-        self.longest = int(self.counts.max()) if mask.numel() else 0
+        self.row, token = mask.nonzero(as_tuple=True)
+        self.flat = self.row * mask.shape[1] + token
+        counts = mask.sum(1)
+        start = counts.cumsum(0) - counts  # (R,) each row's first entry
+        slot = torch.arange(int(counts.max()) if mask.numel() else 0, device=mask.device)
+        self.padded = start[:, None] + torch.where(slot < counts[:, None], slot, torch.zeros_like(slot))
+        self.unpad = self.row * len(slot) + torch.arange(len(token), device=mask.device) - start[self.row]
+        self.tokens = mask.shape[1]
+
+    def cache_rows(self, heads: int) -> torch.Tensor:
+        """(P x heads,) each entry's rows in a contiguous (R, H, T, dh) cache seen as (R x H x T, dh)."""
+        h = torch.arange(heads, device=self.row.device)
+        return ((self.row[:, None] * heads + h) * self.tokens + self.flat[:, None] % self.tokens).flatten()
+
+    def take(self, per_token: torch.Tensor) -> torch.Tensor:
+        """(R, T, D) -> the packed entries (P, 1, D)."""
+        return per_token.flatten(0, 1).index_select(0, self.flat)[:, None]
 
 
 def _block_subset(block: DiTBlock, x: torch.Tensor, c: torch.Tensor, pack: Packing | None,
                   cache: list[tuple[torch.Tensor, torch.Tensor]], layer: int) -> torch.Tensor:
-    """One adaLN-Zero block for the packed active tokens (all tokens if `pack` is None), reading/writing the rows'
-    K/V caches.
+    """One adaLN-Zero block for the packed active tokens (all tokens if `pack` is None, which sets the layer's
+    cache), reading the rows' K/V caches and writing the active tokens' keys and values into them.
 
     x: (R, T, D) all tokens, or (P, 1, D) packed ones (each entry its own row of one token, so the per-row adaLN
     modulation is simply indexed per entry); c: (R, D); cache[layer]: (R, H, T, d_head) keys and values."""
     n, a, d = x.shape
     heads = block.attn.num_heads
     mod = block.adaLN_modulation(c)  # (R, 6D)
-    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (mod if pack is None else mod[pack.row]).chunk(6, 1)
-    h = modulate(block.norm1(x), shift_msa, scale_msa)
-    q, k, v = block.attn.qkv(h).reshape(n, a, 3, heads, d // heads).permute(2, 0, 3, 1, 4)  # (n, H, a, dh)
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (mod if pack is None else mod.index_select(0, pack.row)).chunk(6, 1)
+    qkv = block.attn.qkv(modulate(block.norm1(x), shift_msa, scale_msa))  # (n, a, 3D)
     if pack is None:
-        cache[layer] = (k, v)
-        attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)  # (R, T, H, dh)
-    else:  # keys/values (R, H, T, dh): fresh for the active tokens, cached for the rest
-        keys, values = (kv.clone() for kv in cache[layer])
-        keys[pack.row, :, pack.token], values[pack.row, :, pack.token] = k[:, :, 0], v[:, :, 0]
+        q, keys, values = qkv.reshape(n, a, 3, heads, d // heads).permute(2, 0, 3, 1, 4)  # (R, H, T, dh)
         cache[layer] = (keys, values)
-        queries = q.new_zeros(keys.shape[0], pack.longest, heads, d // heads)
-        queries[pack.row, pack.slot] = q[:, :, 0]
-        attn = F.scaled_dot_product_attention(queries.transpose(1, 2), keys, values)  # (R, H, longest, dh)
-        attn = attn.transpose(1, 2)[pack.row, pack.slot][:, None]  # (P, 1, H, dh)
-    x = x + gate_msa.unsqueeze(1) * block.attn.proj(attn.reshape(n, a, d))
+    else:  # the cache (R, H, T, dh) is updated in place: fresh for the active tokens, cached for the rest
+        qkv = qkv[:, 0]  # (P, 3D)
+        keys, values = (z if z.is_contiguous() else z.contiguous() for z in cache[layer])
+        rows = pack.cache_rows(heads)
+        keys.view(-1, d // heads).index_copy_(0, rows, qkv[:, d:2 * d].reshape(-1, d // heads))
+        values.view(-1, d // heads).index_copy_(0, rows, qkv[:, 2 * d:].reshape(-1, d // heads))
+        cache[layer] = (keys, values)
+        q = qkv[:, :d].index_select(0, pack.padded.flatten())  # (R x L, D): each row's tokens, padded
+        q = q.view(pack.padded.shape[0], pack.padded.shape[1], heads, d // heads).transpose(1, 2)  # (R, H, L, dh)
+    attn = F.scaled_dot_product_attention(q, keys, values).transpose(1, 2).reshape(q.shape[0], q.shape[2], d)
+    if pack is not None:
+        attn = attn.flatten(0, 1).index_select(0, pack.unpad)[:, None]  # (P, 1, D)
+    x = x + gate_msa.unsqueeze(1) * block.attn.proj(attn)
     return x + gate_mlp.unsqueeze(1) * block.mlp(modulate(block.norm2(x), shift_mlp, scale_mlp))
 
 
 def forward_subset(model: DiT, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, style: torch.Tensor | None,
                    active: torch.Tensor | None, cache: list, control: Control | None = None) -> torch.Tensor:
     """The DiT on some tokens only: `active` a (R, T) bool mask (each row its own tokens) or (A,) token indices
-    (the same for every row); None = all tokens, which also fills `cache`. x (R, C, H, W) -> (R, C_out, H, W);
+    (the same for every row), whose keys/values are written into `cache` in place; None = all tokens, which fills
+    `cache`. x (R, C, H, W) -> (R, C_out, H, W);
     outside the active tokens the output is zero (not computed). With `active` None this is exactly
     `DiT.forward`."""
     gh, gw = model.grid(x)
@@ -504,18 +521,18 @@ def forward_subset(model: DiT, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor
         if active.dtype != torch.bool:
             active = torch.zeros(gh * gw, dtype=torch.bool, device=x.device).index_fill(0, active, True)
         pack = Packing(active.expand(x.shape[0], -1))
-        tokens = tokens[pack.row, pack.token][:, None]  # (P, 1, D)
+        tokens = pack.take(tokens)  # (P, 1, D)
     for layer, block in enumerate(model.blocks):
         tokens = _block_subset(block, tokens, c, pack, cache, layer)
         if residuals is not None and layer < len(residuals):
-            tokens = tokens + (residuals[layer] if pack is None else residuals[layer][pack.row, pack.token][:, None])
+            tokens = tokens + (residuals[layer] if pack is None else pack.take(residuals[layer]))
     if pack is None:
         return model.unpatchify(model.final_layer(tokens, c), gh, gw)
     final = model.final_layer
-    shift, scale = (m[pack.row] for m in final.adaLN_modulation(c).chunk(2, dim=1))
+    shift, scale = final.adaLN_modulation(c).index_select(0, pack.row).chunk(2, dim=1)
     out = final.linear(modulate(final.norm_final(tokens), shift, scale))[:, 0]  # (P, p*p*C_out)
     full = out.new_zeros(x.shape[0], gh * gw, out.shape[-1])
-    full[pack.row, pack.token] = out
+    full.view(-1, out.shape[-1]).index_copy_(0, pack.flat, out)
     return model.unpatchify(full, gh, gw)
 
 
@@ -549,8 +566,8 @@ class Evaluations:
     0..1, the first-order feature forecast of TaylorSeer-style DiT caching. `forecast` 0 holds the last value."""
 
     def __init__(self, values: torch.Tensor, sigma: float, tokens: int):
-        self.last = values
-        self.prev = values
+        self.last = values.clone()  # its own copies, updated in place (never the caller's tensors, e.g. a draft)
+        self.prev = self.last
         self.s_last = torch.full((tokens,), sigma, device=values.device)
         self.s_prev = torch.full((tokens,), math.inf, device=values.device)
 
@@ -562,14 +579,20 @@ class Evaluations:
         gap = (self.s_prev - self.s_last).where(known, torch.ones_like(self.s_last))
         return ((self.s_last - sigma) / gap).clamp(0, 1) * known
 
-    def at(self, d: torch.Tensor) -> torch.Tensor:
-        """The values forecast with per-token weights d, already shaped to broadcast against them (a new tensor)."""
-        return self.last + d * (self.last - self.prev)
+    def at(self, d: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The values forecast with per-token weights d, already shaped to broadcast against them (into `out`, or a
+        new tensor): last + d (last - prev) in one pass, exactly `last` where d is 0."""
+        return torch.lerp(self.prev, self.last, 1 + d, out=out)
 
     def record(self, values: torch.Tensor, mask: torch.Tensor, token_mask: torch.Tensor, sigma: float):
         """New evaluations where `mask` (broadcasting against the values) / `token_mask` (T,) are set."""
-        self.prev = torch.where(mask, self.last, self.prev)
-        self.last = torch.where(mask, values, self.last)
+        if bool(token_mask.all()):
+            self.prev, self.last = self.last, values.clone()
+        else:
+            if self.prev is self.last:
+                self.prev = self.last.clone()
+            torch.where(mask, self.last, self.prev, out=self.prev)
+            torch.where(mask, values, self.last, out=self.last)
         self.s_prev = torch.where(token_mask, self.s_last, self.s_prev)
         self.s_last = torch.where(token_mask, torch.full_like(self.s_last, sigma), self.s_last)
 
@@ -648,21 +671,25 @@ class RegionAdaptiveState:
                 mask, cache, active = None, [None] * cfg.depth, [total] * len(rows)
             else:
                 mask, active = upd, upd.sum(1).tolist()
-                context = torch.stack([self._context(k, s) for k in keys])  # (R, 2 x depth, H, T, dh)
-                cache = [(context[:, 2 * layer], context[:, 2 * layer + 1]) for layer in range(cfg.depth)]
+                shape = self.kv[keys[0]].last.shape
+                kv = x.new_empty((shape[0], len(keys)) + shape[1:])  # (2 x depth, R, H, T, dh)
+                for i, k in enumerate(keys):
+                    self._context(k, s, out=kv[:, i])  # the subset pass updates it in place
+                cache = [(kv[2 * layer], kv[2 * layer + 1]) for layer in range(cfg.depth)]
             eps = forward_subset(model, xc[sel], t[sel], None if y is None else y[sel],
                                  None if style is None else style[sel], mask, cache,
                                  None if control_for is None else control_for(rows))[:, : x.shape[1]]
             fresh = calc_denoised(eps.float(), x[sel], sigma[sel]).to(x0.dtype)
             upd_px = token_pixels(upd, grid, cfg.patch_size)  # (R, 1, H, W)
             x0[sel] = torch.where(upd_px, fresh, x0[sel])
-            kv = torch.stack([kv for layer in cache for kv in layer], 1)  # (R, 2 x depth, H, T, dh)
+            if mask is None:
+                kv = torch.stack([kv for layer in cache for kv in layer])  # (2 x depth, R, H, T, dh)
             computed = torch.ones_like(upd) if mask is None else upd
             for i, k in enumerate(keys):
                 if k not in self.kv:
-                    self.kv[k] = Evaluations(kv[i], s, total)
+                    self.kv[k] = Evaluations(kv[:, i], s, total)
                 else:
-                    self.kv[k].record(kv[i], computed[i].view(1, 1, -1, 1), computed[i], s)
+                    self.kv[k].record(kv[:, i], computed[i].view(1, 1, -1, 1), computed[i], s)
                 self.x0[k].record(fresh[i], upd_px[i], upd[i], s)
             self.flops += sum(transformer_flops(cfg, a, total) for a in active)
             self.evaluated_tokens += sum(active)
@@ -670,11 +697,11 @@ class RegionAdaptiveState:
         self.total_tokens += len(row_keys) * total
         return x0
 
-    def _context(self, key, sigma: float) -> torch.Tensor:
+    def _context(self, key, sigma: float, out: torch.Tensor) -> torch.Tensor:
         """A row's keys and values of every block at `sigma` (2 x depth, H, T, dh: k0, v0, k1, v1, ...): the
         evaluated ones are overwritten by the subset pass, the others serve as context (forecast or held)."""
         ev = self.kv[key]
-        return ev.at(ev.weight(sigma, self.forecast).view(1, 1, -1, 1))
+        return ev.at(ev.weight(sigma, self.forecast).view(1, 1, -1, 1), out)
 
     def untouched_pixels(self, grid: tuple[int, int]) -> torch.Tensor:
         """(B, 1, H, W) bool: latent pixels of tokens with 0 steps (their output must equal the draft)."""

@@ -239,3 +239,18 @@ def test_held_predictions_follow_the_n_step_euler_schedule_exactly():
     torch.testing.assert_close(half, coarse, rtol=1e-5, atol=1e-5)
     forecast, _ = dit.euler_img2img(m, draft, y, sigmas, ts, 1.0, noise, torch.full((1, 24), 4), forecast=1)
     assert (forecast - coarse).abs().max() > 1e-4  # the forecast changes the in-between steps
+
+
+def test_region_sampling_never_writes_into_the_draft_or_noise():
+    """The caches are updated in place: they must own their tensors (ComfyUI hands the same cached latent to other
+    nodes)."""
+    m = make_dit()
+    draft, noise = torch.randn(2, 4, 8, 12), torch.randn(2, 4, 8, 12)
+    keep = draft.clone(), noise.clone()
+    counts = torch.randint(0, 7, (2, 24))  # mixed counts: partial updates at most steps, some tokens untouched
+    sigmas, ts = dit.img2img_schedule(6, 0.7)
+    out, state = dit.euler_img2img(m, draft, torch.tensor([1, 2]), sigmas, ts, 2.0, noise, counts)
+    assert torch.equal(draft, keep[0]) and torch.equal(noise, keep[1])
+    untouched = state.untouched_pixels(m.grid(draft))
+    assert torch.equal(out[untouched.expand_as(out)], keep[0][untouched.expand_as(out)])
+    assert state.flops < state.dense_flops
