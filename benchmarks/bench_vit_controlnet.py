@@ -7,7 +7,8 @@ a plain top-k one). With the zoo's trained DiT, VAE and ControlNet
 (--dit/--vae/--controlnet) it also measures, at each budget, how well refined images follow the control edges:
 held-out emoji made coarse (--draft-px) are refined (--strength; both default to the training script's evaluation)
 with their own Canny edges as control (tokens picked by edge density, as trained), and the edges of the results
-are scored against the control map (F1, 1 px tolerance), next to the same refinement without the ControlNet. Writes
+are scored against the control map (F1, 1 px tolerance), next to the same refinement without the ControlNet, and
+with the dense branch computed only every n-th step (--reuse-steps, Apply's reuse_steps: a temporal budget). Writes
 benchmarks/results/vit_controlnet.json (random) or vit_controlnet_zoo.json (trained).
 
     .venv/bin/python benchmarks/bench_vit_controlnet.py [--model DiT-B/2] [--size 256] [--control-depth 6]
@@ -56,6 +57,9 @@ def main() -> None:
                     help="trained mode: drafts made coarse at this size (default: train_zoo_controlnet.EDGE_EVAL)")
     ap.add_argument("--strength", type=float, default=None,
                     help="trained mode: refinement strength (default: train_zoo_controlnet.EDGE_EVAL)")
+    ap.add_argument("--reuse-steps", default="2,4",
+                    help="trained mode: also edge F1 with the dense branch computed every n-th step (Apply's "
+                         "reuse_steps), its residuals reused between")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     budgets = [float(b) for b in args.budgets.split(",")]
@@ -113,6 +117,7 @@ def main() -> None:
                 best[k] = min(best[k], time.perf_counter() - t0)
 
     f1 = edge_f1_by_budget(model, net, args, budgets) if trained else None
+    reuse = edge_f1_with_reuse(model, net, args, [int(n) for n in args.reuse_steps.split(",")], f1) if trained else None
     dense_flops = net.flops(grid, 1.0) * args.batch
     dit_flops = dit.transformer_flops(model.config, tokens_n, tokens_n) * args.batch
     rows = []
@@ -147,7 +152,7 @@ def main() -> None:
         edge_f1_without_controlnet=f1["none"] if f1 else None, edge_f1_images=args.images if f1 else None,
         edge_f1_setting=f1["setting"] if f1 else None,
         cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(), torch=torch.__version__,
-        step_seconds_without_control=best["step@none"], results=rows), indent=2) + "\n")
+        step_seconds_without_control=best["step@none"], results=rows, reuse_across_steps=reuse), indent=2) + "\n")
     print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
 
 
@@ -173,6 +178,36 @@ def edge_f1_by_budget(model, net, args, budgets) -> dict:
                                              vc.ControlSettings(budget=b, edge_priority=1.0), **kw).mean())
         print(f"edge F1 at budget {b:.0%}: {out[str(b)]:.3f} (without ControlNet {out['none']:.3f})", flush=True)
     return out
+
+
+def edge_f1_with_reuse(model, net, args, reuse_steps, f1) -> list[dict]:
+    """Edge F1 with the dense branch computed at every n-th sampler step and its residuals reused between (a
+    temporal budget); its cost is counted by the same ResidualReuse over the sampler's steps."""
+    import train_zoo_controlnet as tzc
+    import zoo_data
+
+    from diffugan.models import taesd
+
+    vae = taesd.load_vae(args.vae)
+    x, records = zoo_data.load(zoo_data.DEFAULT_OUT, "heldout", 128)
+    pick = torch.linspace(0, len(x) - 1, args.images).round().long()
+    x, y = x[pick], torch.tensor([zoo_data.zoo_label(records[i]) for i in pick])
+    edges = vc.canny_edges(x * 0.5 + 0.5)
+    kw = {k: v for k, v in (("draft_px", args.draft_px), ("strength", args.strength)) if v is not None}
+    steps = (tzc.EDGE_EVAL | kw)["steps"]
+    rows = []
+    for n in reuse_steps:
+        counter = vc.ResidualReuse(n)
+        for s in range(steps):
+            counter("rows", s, lambda: None)
+        score = float(tzc.follow_edges(model, net, vae, x, y, edges, vc.ControlSettings(budget=1.0, edge_priority=1.0),
+                                       reuse_steps=n, **kw).mean())
+        rows.append(dict(reuse_steps=n, budget=1.0, branch_computations=counter.computed, steps=steps,
+                         branch_flops_ratio_vs_dense=steps / counter.computed, edge_f1=score,
+                         edge_f1_loss_vs_dense=1 - score / f1["1.0"] if f1.get("1.0") else None))
+        print(f"dense branch every {n} steps: {steps / counter.computed:.2f}x fewer branch FLOPs, edge F1 "
+              f"{score:.3f} (every step {f1.get('1.0', float('nan')):.3f})", flush=True)
+    return rows
 
 
 if __name__ == "__main__":

@@ -67,6 +67,27 @@ class ControlSettings:
     edge_gain: float = 0.0  # extra strength where edges are dense: x (1 + edge_gain * density)
 
 
+class ResidualReuse:
+    """A temporal budget: the ControlNet's residuals are computed at every `every`-th sampler step and reused at
+    the steps between (the control image does not change, and its residuals change slowly with the noise level),
+    so the branch costs about 1/every. Kept per row set (`key`: which rows, cond/uncond, shapes). Step 0 (a new
+    sampling run) and a step before the last computed one always compute; every=1 computes at every step."""
+
+    def __init__(self, every: int):
+        if every < 1:
+            raise ValueError(f"reuse steps must be at least 1, got {every}")
+        self.every = every
+        self.computed = 0  # residual computations, for tests and benchmarks
+        self._entries: dict = {}  # key -> (step computed at, residuals)
+
+    def __call__(self, key, step: int, compute):
+        entry = self._entries.get(key)
+        if entry is None or step == 0 or step < entry[0] or step - entry[0] >= self.every:
+            self.computed += 1
+            entry = self._entries[key] = (step, compute())
+        return entry[1]
+
+
 class ViTControlNet(nn.Module):
     def __init__(self, config: ControlNetConfig):
         super().__init__()

@@ -36,6 +36,7 @@ class ControlSpec:
     hint: torch.Tensor  # (B, C, H, W) in 0..1
     importance: torch.Tensor | None  # (B, 1, H, W) in 0..1
     settings: vc.ControlSettings
+    reuse: vc.ResidualReuse | None = None  # residuals reused across steps (None: computed at every step)
     _prepared: dict = field(default_factory=dict)
 
     def __deepcopy__(self, memo):  # ModelPatcher.clone deep-copies model_options; a spec is immutable: share it
@@ -77,7 +78,18 @@ def control_hook(transformer_options: dict, images: list[int]) -> dit_model.Cont
             rows = torch.tensor([i % hint.shape[0] for i in images], device=tokens.device)
             imp_rows = None if imp is None else imp[torch.tensor([i % imp.shape[0] for i in images],
                                                                  device=tokens.device)]
-            res = net.residuals(tokens.to(dtype), c.to(dtype), hint[rows], grid, spec.settings, imp_rows)
+
+            def compute():
+                return net.residuals(tokens.to(dtype), c.to(dtype), hint[rows], grid, spec.settings, imp_rows)
+
+            schedule = transformer_options.get("sample_sigmas")
+            if spec.reuse is None or schedule is None or "sigmas" not in transformer_options:
+                res = compute()
+            else:  # per row set (which images, cond/uncond, shapes), at the sampler step of this noise level
+                key = (tuple(images), tuple(transformer_options.get("cond_or_uncond", ())), tuple(tokens.shape))
+                sigma = float(transformer_options["sigmas"].max())
+                step = int((schedule.float().cpu() > sigma * (1 + 1e-5)).sum())
+                res = spec.reuse(key, step, compute)
             if res is None:
                 continue
             res = [r.to(tokens.dtype) for r in res]
@@ -144,13 +156,16 @@ class ControlNetApply(io.ComfyNode):
                                tooltip="Mix edge density of the control image into which tokens get the budget."),
                 io.Float.Input("edge_gain", default=0.0, min=0.0, max=4.0, step=0.05,
                                tooltip="Extra strength where edges are dense: x (1 + gain x edge density)."),
+                io.Int.Input("reuse_steps", default=1, min=1, max=16, optional=True,
+                             tooltip="Compute the control branch at every n-th sampler step and reuse its "
+                                     "residuals in between: it costs 1/n on average. 1: every step."),
             ],
             outputs=[io.Model.Output(display_name="model")],
         )
 
     @classmethod
     def execute(cls, model, controlnet, image, strength, budget, importance_modulation, edge_priority, edge_gain,
-                importance=None) -> io.NodeOutput:
+                importance=None, reuse_steps=1) -> io.NodeOutput:
         name = "DiffuGAN ViT ControlNet Apply"
         diffusion = getattr(model.model, "diffusion_model", None)
         dit = getattr(diffusion, "dit", None)
@@ -168,10 +183,12 @@ class ControlNetApply(io.ComfyNode):
                 if not torch.isfinite(mask).all():
                     raise ValueError("'importance' contains NaN or infinite values")
                 mask = mask.clamp(0, 1)
+            reuse = vc.ResidualReuse(int(reuse_steps)) if reuse_steps != 1 else None
         settings = vc.ControlSettings(strength, budget, importance_modulation, edge_priority, edge_gain)
         patched = model.clone()
         options = patched.model_options.setdefault("transformer_options", {})
-        options[CONTROL_KEY] = list(options.get(CONTROL_KEY, [])) + [ControlSpec(controlnet, hint, mask, settings)]
+        spec = ControlSpec(controlnet, hint, mask, settings, reuse)
+        options[CONTROL_KEY] = list(options.get(CONTROL_KEY, [])) + [spec]
         extra = patched.get_additional_models_with_key(CONTROL_KEY)
         patched.set_additional_models(CONTROL_KEY, list(extra) + [controlnet])
         return io.NodeOutput(patched)

@@ -39,10 +39,10 @@ def _ksampler(model, node_save, prefix):
     }
 
 
-def _apply(strength, budget):
+def _apply(strength, budget, **extra):
     return {"class_type": "DiffuGANControlNetApply", "inputs": {
         "model": ["1", 0], "controlnet": ["4", 0], "image": ["6", 0], "strength": strength, "budget": budget,
-        "importance": ["7", 0], "importance_modulation": 0.5, "edge_priority": 0.5, "edge_gain": 0.0}}
+        "importance": ["7", 0], "importance_modulation": 0.5, "edge_priority": 0.5, "edge_gain": 0.0} | extra}
 
 
 def _latent(server, run, node):
@@ -61,14 +61,17 @@ def test_controlnet_with_stock_canny_on_the_server(server, files):
         "7": {"class_type": "DiffuGANImportanceAnalytic", "inputs": {"image": ["5", 0], "smoothing": 1.0}},
         "8": _apply(1.0, 0.25),
         "9": _apply(0.0, 0.25),
+        "10": _apply(1.0, 0.25, reuse_steps=2),
     }
     prompt |= _ksampler(["1", 0], "20", "plain") | _ksampler(["8", 0], "21", "cn") | _ksampler(["9", 0], "22", "zero")
+    prompt |= _ksampler(["10", 0], "23", "reuse")
     run = server.run_prompt(prompt)
     assert run.ok, run.error()
-    plain, cn, zero = (_latent(server, run, n) for n in ("20", "21", "22"))
+    plain, cn, zero, reuse = (_latent(server, run, n) for n in ("20", "21", "22", "23"))
     assert cn.shape == (2, 4, 8, 12) and torch.isfinite(cn).all()
     assert torch.equal(zero, plain)
     assert (cn - plain).abs().max() > 1e-3
+    assert torch.isfinite(reuse).all() and not torch.equal(reuse, cn)  # branch reused at step 1 of 3
 
 
 def test_controlnet_for_another_dit_is_refused_on_the_server(server, files):

@@ -345,3 +345,22 @@ def test_canny_edges_are_binary_and_refuse_bad_input():
         vc.canny_edges(img, 0.5, 0.2)
     with pytest.raises(ValueError, match="NaN"):
         vc.canny_edges(torch.full((1, 3, 8, 8), float("nan")))
+
+
+def test_residual_reuse_computes_every_nth_step_per_row_set():
+    reuse = vc.ResidualReuse(3)
+    computed_at = []
+
+    def run(key, steps):
+        return [reuse(key, s, lambda s=s: computed_at.append((key, s)) or s) for s in steps]
+
+    assert run("a", range(7)) == [0, 0, 0, 3, 3, 3, 6]  # residuals of the last computation, reused in between
+    assert run("b", [0, 1]) == [0, 0]  # another row set has its own
+    assert reuse("a", 6, lambda: -1) == 6  # the same step again: reused
+    assert run("a", [0, 1]) == [0, 0]  # step 0: a new run computes afresh
+    assert reuse("a", 5, lambda: 5) == 5 and reuse("a", 4, lambda: 4) == 4  # a step before the last one computes
+    assert reuse.computed == len(computed_at) + 2 == 7
+    every = vc.ResidualReuse(1)
+    assert [every("k", s, lambda s=s: s) for s in range(4)] == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="reuse steps must be at least 1"):
+        vc.ResidualReuse(0)

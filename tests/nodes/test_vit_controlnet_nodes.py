@@ -125,3 +125,18 @@ def test_edges_node_gives_a_binary_edge_image(run_node):
     edges = run_node("DiffuGANEdges", image=_edges(), low_threshold=0.1, high_threshold=0.2).args[0]
     assert edges.shape == (1, 64, 96, 3)
     assert set(edges.unique().tolist()) <= {0.0, 1.0} and 0 < float(edges.mean()) < 0.2
+
+
+def test_reuse_steps_computes_the_branch_every_nth_step(comfy, run_node, files):
+    model, conds = _load(run_node, files)
+    control = run_node("DiffuGANEdges", image=_edges(), low_threshold=0.1, high_threshold=0.2).args[0]
+    every = _sample(comfy, _apply(run_node, model, "trained.safetensors", control), conds)
+    assert torch.equal(_sample(comfy, _apply(run_node, model, "trained.safetensors", control, reuse_steps=1), conds),
+                       every)
+    patched = _apply(run_node, model, "trained.safetensors", control, reuse_steps=2)
+    reuse = patched.model_options["transformer_options"]["diffugan_control"][-1].reuse
+    first = _sample(comfy, patched, conds)  # 3 steps: the branch runs at steps 0 and 2 of each row set
+    assert reuse.computed == 2 * len(reuse._entries) > 0
+    assert torch.isfinite(first).all() and not torch.equal(first, every)
+    assert (first - every).abs().max() < (every - _sample(comfy, model, conds)).abs().max()  # still controlled
+    assert torch.equal(_sample(comfy, patched, conds), first)  # a second run starts afresh, not from the first's
