@@ -484,7 +484,9 @@ def _block_subset(block: DiTBlock, x: torch.Tensor, c: torch.Tensor, pack: Packi
     n, a, d = x.shape
     heads = block.attn.num_heads
     mod = block.adaLN_modulation(c)  # (R, 6D)
-    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (mod if pack is None else mod.index_select(0, pack.row)).chunk(6, 1)
+    if pack is not None:
+        mod = mod.index_select(0, pack.row)  # (P, 6D)
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=1)
     qkv = block.attn.qkv(modulate(block.norm1(x), shift_msa, scale_msa))  # (n, a, 3D)
     if pack is None:
         q, keys, values = qkv.reshape(n, a, 3, heads, d // heads).permute(2, 0, 3, 1, 4)  # (R, H, T, dh)
@@ -507,11 +509,10 @@ def _block_subset(block: DiTBlock, x: torch.Tensor, c: torch.Tensor, pack: Packi
 
 def forward_subset(model: DiT, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, style: torch.Tensor | None,
                    active: torch.Tensor | None, cache: list, control: Control | None = None) -> torch.Tensor:
-    """The DiT on some tokens only: `active` a (R, T) bool mask (each row its own tokens) or (A,) token indices
-    (the same for every row), whose keys/values are written into `cache` in place; None = all tokens, which fills
-    `cache`. x (R, C, H, W) -> (R, C_out, H, W);
-    outside the active tokens the output is zero (not computed). With `active` None this is exactly
-    `DiT.forward`."""
+    """The DiT on some tokens only: `active` a (R, T) bool mask (each row its own tokens, at least one) or (A,)
+    token indices (the same for every row), whose keys/values are written into `cache` in place; None = all tokens,
+    which fills `cache`. x (R, C, H, W) -> (R, C_out, H, W); outside the active tokens the output is zero (not
+    computed). With `active` None this is exactly `DiT.forward`."""
     gh, gw = model.grid(x)
     tokens = model.embed(x)  # (R, T, D); the patch embedding is cheap and keeps positions simple
     c = model.conditioning(t, y, style)

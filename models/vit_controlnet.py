@@ -71,7 +71,8 @@ class ResidualReuse:
     """A temporal budget: the ControlNet's residuals are computed at every `every`-th sampler step and reused at
     the steps between (the control image does not change, and its residuals change slowly with the noise level),
     so the branch costs about 1/every. Kept per row set (`key`: which rows, cond/uncond, shapes). Step 0 (a new
-    sampling run) and a step before the last computed one always compute; every=1 computes at every step."""
+    sampling run, which also drops the last run's residuals) and a step before the last computed one always
+    compute; every=1 computes at every step. Holds one run's residuals until the next run starts."""
 
     def __init__(self, every: int):
         if every < 1:
@@ -81,6 +82,8 @@ class ResidualReuse:
         self._entries: dict = {}  # key -> (step computed at, residuals)
 
     def __call__(self, key, step: int, compute):
+        if step == 0:  # a new run: drop the last run's residuals (other row sets compute at their step 0 too)
+            self._entries = {k: e for k, e in self._entries.items() if e[0] == 0}
         entry = self._entries.get(key)
         if entry is None or step == 0 or step < entry[0] or step - entry[0] >= self.every:
             self.computed += 1
