@@ -8,7 +8,8 @@ a plain top-k one). With the zoo's trained DiT, VAE and ControlNet
 held-out emoji made coarse (--draft-px) are refined (--strength; both default to the training script's evaluation)
 with their own Canny edges as control (tokens picked by edge density, as trained), and the edges of the results
 are scored against the control map (F1, 1 px tolerance), next to the same refinement without the ControlNet, and
-with the dense branch computed only every n-th step (--reuse-steps, Apply's reuse_steps: a temporal budget). Writes
+with the branch spent over steps (--reuse-steps: the dense branch every n-th step; --over-steps-budgets: each step
+one interleaved 1/n of the tokens; Apply's reuse_steps and budget_over_steps). Writes
 benchmarks/results/vit_controlnet.json (random) or vit_controlnet_zoo.json (trained).
 
     .venv/bin/python benchmarks/bench_vit_controlnet.py [--model DiT-B/2] [--size 256] [--control-depth 6]
@@ -60,6 +61,8 @@ def main() -> None:
     ap.add_argument("--reuse-steps", default="2,4",
                     help="trained mode: also edge F1 with the dense branch computed every n-th step (Apply's "
                          "reuse_steps), its residuals reused between")
+    ap.add_argument("--over-steps-budgets", default="0.25",
+                    help="trained mode: also edge F1 with these budgets spent over steps (Apply's budget_over_steps)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     budgets = [float(b) for b in args.budgets.split(",")]
@@ -106,6 +109,10 @@ def main() -> None:
             return lambda: model(x, t, y, control=control)
 
         cases = {f"branch@{b}": branch(b) for b in budgets}
+        rotating = vc.RotatingBudget(0.25)  # one step of the budget spent over steps: one interleaved quarter
+        quarter = (rotating.group_of(grid) == 1).nonzero()[:, 0]
+        cases["branch@0.25 over steps"] = lambda: net.residuals(tokens, c, prepared, grid, vc.ControlSettings(budget=0.25),
+                                                                importance, quarter)
         cases |= {f"step@{b}": step(b) for b in budgets} | {"step@none": step(None)}
         best = {k: float("inf") for k in cases}
         for fn in cases.values():
@@ -117,7 +124,8 @@ def main() -> None:
                 best[k] = min(best[k], time.perf_counter() - t0)
 
     f1 = edge_f1_by_budget(model, net, args, budgets) if trained else None
-    reuse = edge_f1_with_reuse(model, net, args, [int(n) for n in args.reuse_steps.split(",")], f1) if trained else None
+    reuse = edge_f1_with_reuse(model, net, args, [int(n) for n in args.reuse_steps.split(",")],
+                               [float(b) for b in args.over_steps_budgets.split(",")], f1) if trained else None
     dense_flops = net.flops(grid, 1.0) * args.batch
     dit_flops = dit.transformer_flops(model.config, tokens_n, tokens_n) * args.batch
     rows = []
@@ -152,7 +160,12 @@ def main() -> None:
         edge_f1_without_controlnet=f1["none"] if f1 else None, edge_f1_images=args.images if f1 else None,
         edge_f1_setting=f1["setting"] if f1 else None,
         cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(), torch=torch.__version__,
-        step_seconds_without_control=best["step@none"], results=rows, reuse_across_steps=reuse), indent=2) + "\n")
+        step_seconds_without_control=best["step@none"], results=rows,
+        budget_0_25_over_steps_one_step=dict(
+            tokens=len(quarter), branch_flops_ratio_vs_dense=net.flops(grid, 1.0) / net.flops(grid, 1.0, len(quarter)),
+            branch_seconds=best["branch@0.25 over steps"],
+            branch_wall_ratio_vs_dense=best["branch@1.0"] / best["branch@0.25 over steps"]),
+        reuse_across_steps=reuse), indent=2) + "\n")
     print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
 
 
@@ -180,9 +193,10 @@ def edge_f1_by_budget(model, net, args, budgets) -> dict:
     return out
 
 
-def edge_f1_with_reuse(model, net, args, reuse_steps, f1) -> list[dict]:
-    """Edge F1 with the dense branch computed at every n-th sampler step and its residuals reused between (a
-    temporal budget); its cost is counted by the same ResidualReuse over the sampler's steps."""
+def edge_f1_with_reuse(model, net, args, reuse_steps, over_steps_budgets, f1) -> list[dict]:
+    """Edge F1 with the branch spent over steps: the dense branch at every n-th sampler step, its residuals reused
+    between (ResidualReuse), or each step one interleaved 1/n of the tokens (RotatingBudget); costs counted by
+    the same classes over the sampler's steps (branch FLOPs summed over the run, against every step dense)."""
     import train_zoo_controlnet as tzc
     import zoo_data
 
@@ -207,6 +221,22 @@ def edge_f1_with_reuse(model, net, args, reuse_steps, f1) -> list[dict]:
                          edge_f1_loss_vs_dense=1 - score / f1["1.0"] if f1.get("1.0") else None))
         print(f"dense branch every {n} steps: {steps / counter.computed:.2f}x fewer branch FLOPs, edge F1 "
               f"{score:.3f} (every step {f1.get('1.0', float('nan')):.3f})", flush=True)
+    grid = (x.shape[-2] // 8 // model.config.patch_size, x.shape[-1] // 8 // model.config.patch_size)
+    for b in over_steps_budgets:
+        counter, flops = vc.RotatingBudget(b), []
+
+        def count(only):
+            flops.append(net.flops(grid, 1.0) if only is None else net.flops(grid, 1.0, plain_tokens=len(only)))
+            return [torch.zeros(1, grid[0] * grid[1], 1)]  # stand-in residuals
+
+        for s in range(steps):
+            counter("rows", s, grid, count)
+        score = float(tzc.follow_edges(model, net, vae, x, y, edges, vc.ControlSettings(budget=b, edge_priority=1.0),
+                                       over_steps=True, **kw).mean())
+        ratio = steps * net.flops(grid, 1.0) / sum(flops)
+        rows.append(dict(budget_over_steps=b, branch_flops_ratio_vs_dense=ratio, steps=steps, edge_f1=score,
+                         edge_f1_loss_vs_dense=1 - score / f1["1.0"] if f1.get("1.0") else None))
+        print(f"budget {b:.0%} over steps: {ratio:.2f}x fewer branch FLOPs, edge F1 {score:.3f}", flush=True)
     return rows
 
 

@@ -91,6 +91,53 @@ class ResidualReuse:
         return entry[1]
 
 
+class RotatingBudget:
+    """The token budget spent over steps: at each sampler step the branch processes one of n interleaved token
+    groups (n = round(1 / budget); 2 x 2 strides for n = 4, a checkerboard for 2, otherwise every n-th token), each
+    covering the whole image at a coarser stride, as plain tokens; every other token keeps the residuals of the
+    last step that processed it. Step 0 of a run processes every token, so each starts with its own residuals;
+    after it a step costs about budget x the dense branch. Kept per row set (`key`), like ResidualReuse."""
+
+    def __init__(self, budget: float):
+        if not 0 < budget <= 1:
+            raise ValueError(f"budget must be in (0, 1], got {budget}")
+        self.groups = max(1, round(1 / budget))
+        self.computed_tokens = 0  # tokens processed, for tests and benchmarks
+        self._entries: dict = {}  # key -> (step, residuals)
+
+    def group_of(self, grid: tuple[int, int], device=None) -> torch.Tensor:
+        """(T,) each token's group."""
+        gh, gw = grid
+        yy, xx = torch.meshgrid(torch.arange(gh, device=device), torch.arange(gw, device=device), indexing="ij")
+        side = math.isqrt(self.groups)
+        if side * side == self.groups:
+            return ((yy % side) * side + xx % side).flatten()
+        if self.groups == 2:
+            return ((yy + xx) % 2).flatten()
+        return (yy * gw + xx).flatten() % self.groups
+
+    def __call__(self, key, step: int, grid: tuple[int, int], compute):
+        """Residuals at `step`; compute(only) runs the branch on the tokens `only` ((k,), or None: all)."""
+        if step == 0:  # a new run: drop the last run's residuals
+            self._entries = {k: e for k, e in self._entries.items() if e[0] == 0}
+        entry = self._entries.get(key)
+        if entry is not None and step == entry[0]:
+            return entry[1]
+        t = grid[0] * grid[1]
+        if entry is None or step == 0 or step < entry[0] or entry[1] is None or self.groups == 1:
+            self.computed_tokens += t
+            res = compute(None)
+        else:
+            group = self.group_of(grid)
+            only = (group == step % self.groups).nonzero()[:, 0]
+            self.computed_tokens += len(only)
+            part = compute(only.to(entry[1][0].device))
+            mask = (group == step % self.groups).to(entry[1][0].device)[None, :, None]
+            res = None if part is None else [torch.where(mask, new, old) for new, old in zip(part, entry[1])]
+        self._entries[key] = (step, res)
+        return res
+
+
 class ViTControlNet(nn.Module):
     def __init__(self, config: ControlNetConfig):
         super().__init__()
@@ -203,10 +250,12 @@ class ViTControlNet(nn.Module):
 
     # --- the branch ---------------------------------------------------------------------------------------------
     def residuals(self, tokens: torch.Tensor, c: torch.Tensor, hint: torch.Tensor, grid: tuple[int, int],
-                  settings: ControlSettings, importance: torch.Tensor | None = None) -> list[torch.Tensor] | None:
+                  settings: ControlSettings, importance: torch.Tensor | None = None,
+                  only: torch.Tensor | None = None) -> list[torch.Tensor] | None:
         """Per-layer residuals (N, T, D) to add to the outputs of the DiT's first `depth` blocks, or None when the
         strength is 0. tokens: the DiT's embedded tokens (N, T, D); c: its adaLN conditioning (N, D); hint: prepared
-        control image (N or 1, C, gh*P, gw*P); importance: (N or 1, T) in 0..1 or None (uniform)."""
+        control image (N or 1, C, gh*P, gw*P); importance: (N or 1, T) in 0..1 or None (uniform); `only`: (k,)
+        tokens to process as plain tokens instead of the budget's choice (the others get zeros)."""
         if settings.strength == 0:
             return None
         n, t, d = tokens.shape
@@ -218,7 +267,7 @@ class ViTControlNet(nn.Module):
         imp = torch.ones(n, t, device=tokens.device) if importance is None else importance.to(tokens.device).float()
         imp = imp.expand(n, -1) if imp.shape[0] == 1 else imp
         priority = (1 - settings.edge_priority) * imp + settings.edge_priority * density
-        layout = self.select(priority, grid, settings.budget)
+        layout = self.select(priority, grid, settings.budget) if only is None else (only.expand(n, -1), None)
         scale = settings.strength * (1 - settings.importance_modulation + settings.importance_modulation * imp)
         scale = scale * (1 + settings.edge_gain * density)  # (N, T)
         if layout is not None and layout[1] is not None:
@@ -275,11 +324,13 @@ class ViTControlNet(nn.Module):
             out.append(r[:, :t])
         return out
 
-    def flops(self, grid: tuple[int, int], budget: float) -> int:
-        """Counted FLOPs of the control branch on a token grid at a budget (patch embedding, projections, blocks)."""
+    def flops(self, grid: tuple[int, int], budget: float, plain_tokens: int | None = None) -> int:
+        """Counted FLOPs of the control branch on a token grid at a budget (patch embedding, projections, blocks);
+        with `plain_tokens`, on exactly that many plain tokens (residuals' `only`)."""
         c = self.config
         t = grid[0] * grid[1]
-        layout = self.select(torch.zeros(1, t), grid, budget)
+        layout = (self.select(torch.zeros(1, t), grid, budget) if plain_tokens is None
+                  else (torch.zeros(1, plain_tokens), None))
         embed_one = 2 * c.hint_channels * c.hint_patch ** 2 * c.hidden_size
         d2 = 2 * c.hidden_size ** 2
         if layout is None or layout[1] is None:  # dense, or plain top-k (patches of all tokens embedded)

@@ -6,7 +6,7 @@ Custom type: DIFFUGAN_CONTROLNET (a ViT ControlNet in ComfyUI's model management
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +36,7 @@ class ControlSpec:
     hint: torch.Tensor  # (B, C, H, W) in 0..1
     importance: torch.Tensor | None  # (B, 1, H, W) in 0..1
     settings: vc.ControlSettings
-    reuse: vc.ResidualReuse | None = None  # residuals reused across steps (None: computed at every step)
+    reuse: vc.ResidualReuse | vc.RotatingBudget | None = None  # state across steps (None: every step afresh)
     _prepared: dict = field(default_factory=dict)
 
     def __deepcopy__(self, memo):  # ModelPatcher.clone deep-copies model_options; a spec is immutable: share it
@@ -79,8 +79,8 @@ def control_hook(transformer_options: dict, images: list[int]) -> dit_model.Cont
             imp_rows = None if imp is None else imp[torch.tensor([i % imp.shape[0] for i in images],
                                                                  device=tokens.device)]
 
-            def compute():
-                return net.residuals(tokens.to(dtype), c.to(dtype), hint[rows], grid, spec.settings, imp_rows)
+            def compute(only=None, settings=spec.settings):
+                return net.residuals(tokens.to(dtype), c.to(dtype), hint[rows], grid, settings, imp_rows, only)
 
             schedule = transformer_options.get("sample_sigmas")
             if spec.reuse is None or schedule is None or "sigmas" not in transformer_options:
@@ -89,7 +89,12 @@ def control_hook(transformer_options: dict, images: list[int]) -> dit_model.Cont
                 key = (tuple(images), tuple(transformer_options.get("cond_or_uncond", ())), tuple(tokens.shape))
                 sigma = float(transformer_options["sigmas"].max())
                 step = int((schedule.float().cpu() > sigma * (1 + 1e-5)).sum())
-                res = spec.reuse(key, step, compute)
+                if isinstance(spec.reuse, vc.RotatingBudget):
+                    dense = replace(spec.settings, budget=1.0)
+                    res = spec.reuse(key, step, grid, lambda only: compute(only, dense if only is None else
+                                                                            spec.settings))
+                else:
+                    res = spec.reuse(key, step, compute)
             if res is None:
                 continue
             res = [r.to(tokens.dtype) for r in res]
@@ -159,13 +164,17 @@ class ControlNetApply(io.ComfyNode):
                 io.Int.Input("reuse_steps", default=1, min=1, max=16, optional=True,
                              tooltip="Compute the control branch at every n-th sampler step and reuse its "
                                      "residuals in between: it costs 1/n on average. 1: every step."),
+                io.Boolean.Input("budget_over_steps", default=False, optional=True,
+                                 tooltip="Spend the budget over steps: each step processes a different interleaved "
+                                         "1/n of the tokens (n = 1 / budget, each group spanning the whole image) "
+                                         "and the others keep their last residuals; the first step processes all."),
             ],
             outputs=[io.Model.Output(display_name="model")],
         )
 
     @classmethod
     def execute(cls, model, controlnet, image, strength, budget, importance_modulation, edge_priority, edge_gain,
-                importance=None, reuse_steps=1) -> io.NodeOutput:
+                importance=None, reuse_steps=1, budget_over_steps=False) -> io.NodeOutput:
         name = "DiffuGAN ViT ControlNet Apply"
         diffusion = getattr(model.model, "diffusion_model", None)
         dit = getattr(diffusion, "dit", None)
@@ -183,7 +192,11 @@ class ControlNetApply(io.ComfyNode):
                 if not torch.isfinite(mask).all():
                     raise ValueError("'importance' contains NaN or infinite values")
                 mask = mask.clamp(0, 1)
-            reuse = vc.ResidualReuse(int(reuse_steps)) if reuse_steps != 1 else None
+            if budget_over_steps and reuse_steps != 1:
+                raise ValueError("'reuse_steps' and 'budget_over_steps' are two ways to spend the ControlNet over "
+                                 "steps; set reuse_steps to 1 or budget_over_steps to false")
+            reuse = (vc.RotatingBudget(budget) if budget_over_steps and budget < 1 else
+                     vc.ResidualReuse(int(reuse_steps)) if reuse_steps != 1 else None)
         settings = vc.ControlSettings(strength, budget, importance_modulation, edge_priority, edge_gain)
         patched = model.clone()
         options = patched.model_options.setdefault("transformer_options", {})

@@ -24,6 +24,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -72,9 +73,10 @@ EDGE_EVAL = {"draft_px": 24, "strength": 0.8, "steps": 20, "cfg": 3.0}
 
 @torch.no_grad()
 def follow_edges(model, net, vae, images, y, hints, settings: vc.ControlSettings | None, reuse_steps: int = 1,
-                 **overrides) -> torch.Tensor:
+                 over_steps: bool = False, **overrides) -> torch.Tensor:
     """Per-image edge F1 of the refined coarse drafts against their control edges (settings None: no ControlNet;
-    `reuse_steps` > 1: the branch computed at every n-th step, its residuals reused between, as the Apply node's).
+    `reuse_steps` > 1: the branch computed at every n-th step, its residuals reused between; `over_steps`: the
+    budget spent over steps (RotatingBudget); both as the Apply node's).
     The drafts, steps and guidance are EDGE_EVAL's, updated by `overrides` (same keys)."""
     e = EDGE_EVAL | overrides
     cfg = e["cfg"]
@@ -90,7 +92,7 @@ def follow_edges(model, net, vae, images, y, hints, settings: vc.ControlSettings
             out, _ = dit.euler_img2img(model, z, y[s], sigmas, ts, cfg, noise)
         else:
             h = hints[s]
-            controlled = ControlledDiT(model, net, h, settings, reuse_steps)
+            controlled = ControlledDiT(model, net, h, settings, reuse_steps, over_steps)
             out, _ = dit.euler_img2img(controlled, z, y[s], sigmas, ts, cfg, noise)
         pix = vae.decode(out / taesd.SD1_SCALE) * 0.5 + 0.5
         f1.append(vc.edge_f1(vc.canny_edges(pix), hints[s]))
@@ -100,11 +102,12 @@ def follow_edges(model, net, vae, images, y, hints, settings: vc.ControlSettings
 class ControlledDiT(torch.nn.Module):
     """The DiT with a ControlNet attached, as the reference sampler calls it (rows: cond images, then uncond)."""
 
-    def __init__(self, model, net, hint, settings, reuse_steps: int = 1):
+    def __init__(self, model, net, hint, settings, reuse_steps: int = 1, over_steps: bool = False):
         super().__init__()
         self.model, self.net, self.hint, self.settings = model, net, hint, settings
         self.config = model.config
         self.reuse = vc.ResidualReuse(reuse_steps)
+        self.rotate = vc.RotatingBudget(settings.budget) if over_steps else None
         self.steps = 0  # the reference sampler calls the model once per step
 
     def grid(self, x):
@@ -112,8 +115,17 @@ class ControlledDiT(torch.nn.Module):
 
     def forward(self, x, t, y=None):
         h = self.hint.repeat(x.shape[0] // self.hint.shape[0], 1, 1, 1)
-        control = hook(self.net, h, self.settings)
         step, self.steps = self.steps, self.steps + 1
+        if self.rotate is not None:
+            dense = replace(self.settings, budget=1.0)
+
+            def rotating(tokens, c, grid):
+                hint = self.net.prepare_hint(h, grid)
+                return self.rotate(x.shape, step, grid, lambda only: self.net.residuals(
+                    tokens, c, hint, grid, dense if only is None else self.settings, None, only))
+
+            return self.model(x, t, y, control=rotating)
+        control = hook(self.net, h, self.settings)
         return self.model(x, t, y, control=lambda *a: self.reuse(x.shape, step, lambda: control(*a)))
 
 

@@ -364,3 +364,50 @@ def test_residual_reuse_computes_every_nth_step_per_row_set():
     assert [every("k", s, lambda s=s: s) for s in range(4)] == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="reuse steps must be at least 1"):
         vc.ResidualReuse(0)
+
+
+def test_rotating_budget_processes_one_interleaved_group_per_step():
+    rot = vc.RotatingBudget(0.25)
+    group = rot.group_of((4, 6))
+    assert group.view(4, 6)[:2, :2].flatten().tolist() == [0, 1, 2, 3]  # 2x2 strides
+    assert torch.bincount(group).tolist() == [6, 6, 6, 6]
+    assert torch.bincount(vc.RotatingBudget(0.5).group_of((4, 6))).tolist() == [12, 12]  # checkerboard
+    assert torch.bincount(vc.RotatingBudget(0.1).group_of((4, 6))).tolist() == [3] * 4 + [2] * 6
+    seen = []
+
+    def compute(only, step):
+        seen.append(None if only is None else only.tolist())
+        return [torch.full((1, 24, 1), float(step))]
+
+    out = [rot("k", s, (4, 6), lambda only, s=s: compute(only, s))[0][0, :, 0] for s in range(5)]
+    assert seen[0] is None and seen[1:] == [(group == s % 4).nonzero()[:, 0].tolist() for s in range(1, 5)]
+    assert torch.equal(out[0], torch.zeros(24))  # step 0: every token
+    for s in range(1, 5):  # the step's group is new, every other token keeps its last residuals
+        expect = torch.where(group == s % 4, float(s), out[s - 1])
+        assert torch.equal(out[s], expect)
+    assert rot.computed_tokens == 24 + 4 * 6
+    assert rot("k", 0, (4, 6), lambda only: compute(only, 9))[0].eq(9).all()  # a new run: every token again
+    with pytest.raises(ValueError, match="budget must be in"):
+        vc.RotatingBudget(0)
+
+
+def test_only_processes_the_given_tokens_as_plain_tokens():
+    model = _dit()
+    net = _trained_like(vc.ViTControlNet.from_dit(model, depth=2, coarse_tokens=True)).eval()
+    x, t, y, hint = _inputs()
+    grid = model.grid(x)
+    only = torch.tensor([0, 5, 7, 23, 40])
+    plain = vc.ViTControlNet.from_dit(model, depth=2).eval()
+    plain.load_state_dict({k: v for k, v in net.state_dict().items() if k in plain.state_dict()})
+    priority = torch.zeros(1, grid[0] * grid[1]).index_fill(1, only, 1.0)
+    with torch.no_grad():
+        tokens, c = model.embed(x), model.conditioning(t, y)
+        res = net.residuals(tokens, c, net.prepare_hint(hint, grid), grid, vc.ControlSettings(budget=0.25), None, only)
+        ref = plain.residuals(tokens, c, plain.prepare_hint(hint, grid), grid,
+                              vc.ControlSettings(budget=5 / (grid[0] * grid[1])), priority)
+    for r, e in zip(res, ref):  # a mixed-resolution ControlNet given `only` runs them as a plain one would
+        torch.testing.assert_close(r, e)
+    assert res[0][:, [1, 2, 3]].abs().max() == 0 and res[0][:, only].abs().max() > 0
+    t = grid[0] * grid[1]
+    cost = [net.flops(grid, 1.0, plain_tokens=k) for k in (t // 4, t // 2, t)]
+    assert cost[0] < cost[1] < cost[2] == net.flops(grid, 1.0)  # the patch embedding still covers every token

@@ -140,3 +140,17 @@ def test_reuse_steps_computes_the_branch_every_nth_step(comfy, run_node, files):
     assert torch.isfinite(first).all() and not torch.equal(first, every)
     assert (first - every).abs().max() < (every - _sample(comfy, model, conds)).abs().max()  # still controlled
     assert torch.equal(_sample(comfy, patched, conds), first)  # a second run starts afresh, not from the first's
+
+
+def test_budget_over_steps_processes_one_quarter_per_step(comfy, run_node, files):
+    model, conds = _load(run_node, files)
+    control = run_node("DiffuGANEdges", image=_edges(), low_threshold=0.1, high_threshold=0.2).args[0]
+    dense = _sample(comfy, _apply(run_node, model, "trained.safetensors", control), conds)
+    patched = _apply(run_node, model, "trained.safetensors", control, budget=0.25, budget_over_steps=True)
+    rotating = patched.model_options["transformer_options"]["diffugan_control"][-1].reuse
+    out = _sample(comfy, patched, conds)  # 3 steps on a 4 x 6 token grid: all 24 tokens, then 6, then 6
+    assert rotating.computed_tokens == (24 + 6 + 6) * len(rotating._entries) > 0
+    assert torch.isfinite(out).all() and not torch.equal(out, dense)
+    assert (out - dense).abs().max() < (dense - _sample(comfy, model, conds)).abs().max()
+    with pytest.raises(ValueError, match="'reuse_steps' and 'budget_over_steps' are two ways"):
+        _apply(run_node, model, "trained.safetensors", control, budget=0.25, budget_over_steps=True, reuse_steps=2)
