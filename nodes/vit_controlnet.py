@@ -39,7 +39,8 @@ class ControlSpec:
     reuse: vc.ResidualReuse | vc.RotatingBudget | None = None  # state across steps (None: every step afresh)
     _prepared: dict = field(default_factory=dict)
 
-    def __deepcopy__(self, memo):  # ModelPatcher.clone deep-copies model_options; a spec is immutable: share it
+    def __deepcopy__(self, memo):  # ModelPatcher.clone deep-copies model_options; share the spec (its inputs are
+        # fixed, and its step state starts afresh with every sampling run)
         return self
 
     def inputs(self, grid, device, dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
