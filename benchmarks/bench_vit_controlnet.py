@@ -111,8 +111,8 @@ def main() -> None:
         cases = {f"branch@{b}": branch(b) for b in budgets}
         rotating = vc.RotatingBudget(0.25)  # one step of the budget spent over steps: one interleaved quarter
         quarter = (rotating.group_of(grid) == 1).nonzero()[:, 0]
-        cases["branch@0.25 over steps"] = lambda: net.residuals(tokens, c, prepared, grid, vc.ControlSettings(budget=0.25),
-                                                                importance, quarter)
+        cases["branch@0.25 over steps"] = lambda: net.residuals(tokens, c, prepared, grid,
+                                                                vc.ControlSettings(budget=0.25), importance, quarter)
         cases |= {f"step@{b}": step(b) for b in budgets} | {"step@none": step(None)}
         best = {k: float("inf") for k in cases}
         for fn in cases.values():
@@ -169,10 +169,10 @@ def main() -> None:
     print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
 
 
-def edge_f1_by_budget(model, net, args, budgets) -> dict:
-    """Mean edge F1 of refined held-out drafts at each budget, and without the ControlNet ("none")."""
+def edge_eval_set(args):
+    """The edge-F1 evaluation: the zoo VAE, --images held-out emoji spread over the set, their labels and Canny
+    edges, and the follow_edges overrides (--draft-px, --strength)."""
     sys.path.insert(0, str(ROOT / "scripts"))
-    import train_zoo_controlnet as tzc
     import zoo_data
 
     from diffugan.models import taesd
@@ -182,8 +182,15 @@ def edge_f1_by_budget(model, net, args, budgets) -> dict:
     pick = torch.linspace(0, len(x) - 1, args.images).round().long()
     x = x[pick]
     y = torch.tensor([zoo_data.zoo_label(records[i]) for i in pick])
-    edges = vc.canny_edges(x * 0.5 + 0.5)
     kw = {k: v for k, v in (("draft_px", args.draft_px), ("strength", args.strength)) if v is not None}
+    return vae, x, y, vc.canny_edges(x * 0.5 + 0.5), kw
+
+
+def edge_f1_by_budget(model, net, args, budgets) -> dict:
+    """Mean edge F1 of refined held-out drafts at each budget, and without the ControlNet ("none")."""
+    import train_zoo_controlnet as tzc
+
+    vae, x, y, edges, kw = edge_eval_set(args)
     out = {"setting": tzc.EDGE_EVAL | kw,
            "none": float(tzc.follow_edges(model, net, vae, x, y, edges, None, **kw).mean())}
     for b in budgets:
@@ -198,16 +205,8 @@ def edge_f1_with_reuse(model, net, args, reuse_steps, over_steps_budgets, f1) ->
     between (ResidualReuse), or each step one interleaved 1/n of the tokens (RotatingBudget); costs counted by
     the same classes over the sampler's steps (branch FLOPs summed over the run, against every step dense)."""
     import train_zoo_controlnet as tzc
-    import zoo_data
 
-    from diffugan.models import taesd
-
-    vae = taesd.load_vae(args.vae)
-    x, records = zoo_data.load(zoo_data.DEFAULT_OUT, "heldout", 128)
-    pick = torch.linspace(0, len(x) - 1, args.images).round().long()
-    x, y = x[pick], torch.tensor([zoo_data.zoo_label(records[i]) for i in pick])
-    edges = vc.canny_edges(x * 0.5 + 0.5)
-    kw = {k: v for k, v in (("draft_px", args.draft_px), ("strength", args.strength)) if v is not None}
+    vae, x, y, edges, kw = edge_eval_set(args)
     steps = (tzc.EDGE_EVAL | kw)["steps"]
     rows = []
     for n in reuse_steps:
@@ -226,7 +225,7 @@ def edge_f1_with_reuse(model, net, args, reuse_steps, over_steps_budgets, f1) ->
         counter, flops = vc.RotatingBudget(b), []
 
         def count(only):
-            flops.append(net.flops(grid, 1.0) if only is None else net.flops(grid, 1.0, plain_tokens=len(only)))
+            flops.append(net.flops(grid, 1.0, plain_tokens=len(only)))
             return [torch.zeros(1, grid[0] * grid[1], 1)]  # stand-in residuals
 
         for s in range(steps):

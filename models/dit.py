@@ -450,24 +450,24 @@ class Packing:
     with different token sets share one batch without padding; only attention's queries are laid out per row,
     each row's list padded to the longest (L) by repeating its first entry.
 
-    From a (R, T) bool mask of the tokens each row computes (row-major, tokens ascending): `row` (P,) each entry's
-    row; `flat` (P,) its index in the flattened (R x T) tokens; `padded` (R, L) the entry at each slot of each
+    From a (R, T) bool mask of the tokens each row computes (row-major, tokens ascending): `row`, `token` (P,) each
+    entry's row and token; `flat` (P,) its index in the flattened (R x T) tokens; `padded` (R, L) the entry at each slot of each
     row's padded list; `unpad` (P,) each entry's index in the flattened (R x L) padded lists."""
 
     def __init__(self, mask: torch.Tensor):
-        self.row, token = mask.nonzero(as_tuple=True)
-        self.flat = self.row * mask.shape[1] + token
+        self.row, self.token = mask.nonzero(as_tuple=True)
+        self.flat = self.row * mask.shape[1] + self.token
         counts = mask.sum(1)
         start = counts.cumsum(0) - counts  # (R,) each row's first entry
         slot = torch.arange(int(counts.max()) if mask.numel() else 0, device=mask.device)
         self.padded = start[:, None] + torch.where(slot < counts[:, None], slot, torch.zeros_like(slot))
-        self.unpad = self.row * len(slot) + torch.arange(len(token), device=mask.device) - start[self.row]
+        self.unpad = self.row * len(slot) + torch.arange(len(self.token), device=mask.device) - start[self.row]
         self.tokens = mask.shape[1]
 
     def cache_rows(self, heads: int) -> torch.Tensor:
         """(P x heads,) each entry's rows in a contiguous (R, H, T, dh) cache seen as (R x H x T, dh)."""
         h = torch.arange(heads, device=self.row.device)
-        return ((self.row[:, None] * heads + h) * self.tokens + self.flat[:, None] % self.tokens).flatten()
+        return ((self.row[:, None] * heads + h) * self.tokens + self.token[:, None]).flatten()
 
     def take(self, per_token: torch.Tensor) -> torch.Tensor:
         """(R, T, D) -> the packed entries (P, 1, D)."""
@@ -598,6 +598,13 @@ class Evaluations:
         self.s_last = torch.where(token_mask, torch.full_like(self.s_last, sigma), self.s_last)
 
 
+def step_index(sigmas: torch.Tensor, sigma: float) -> int:
+    """The step of a sampler's schedule `sigmas` (K + 1, ending at 0) that `sigma` belongs to: the last schedule
+    sigma >= it, so intermediate evaluations of multi-stage samplers count to their step."""
+    idx = (sigmas[:-1].float().cpu() >= sigma * (1 - 1e-5)).nonzero()
+    return int(idx.max()) if len(idx) else 0
+
+
 class RegionAdaptiveState:
     """Carries one region-adaptive sampling run: which tokens each step evaluates, each sample row's evaluations
     (clean-latent prediction x0 and each block's keys/values, with their sigmas), and the counted transformer
@@ -629,12 +636,6 @@ class RegionAdaptiveState:
         self.evaluated_tokens = 0
         self.total_tokens = 0
 
-    def step_index(self, sigma: float) -> int:
-        """The step this sigma belongs to (the last schedule sigma >= it; intermediate evaluations of
-        multi-stage samplers count to their step)."""
-        idx = (self.sigmas[:-1] >= sigma * (1 - 1e-5)).nonzero()
-        return int(idx.max()) if len(idx) else 0
-
     def __call__(self, x: torch.Tensor, xc: torch.Tensor, sigma: torch.Tensor, t: torch.Tensor,
                  y: torch.Tensor | None, style: torch.Tensor | None, row_keys: list, images: list[int],
                  calc_denoised, control_for: Callable[[list[int]], Control | None] | None = None) -> torch.Tensor:
@@ -642,7 +643,7 @@ class RegionAdaptiveState:
         transformer only on the tokens scheduled at this step. `control_for(rows)` gives a ControlNet hook for
         those rows (or None)."""
         s = float(sigma[0])
-        step = self.step_index(s)
+        step = step_index(self.sigmas, s)
         model, cfg = self.model, self.model.config
         grid = model.grid(x)
         total = grid[0] * grid[1]

@@ -67,43 +67,54 @@ class ControlSettings:
     edge_gain: float = 0.0  # extra strength where edges are dense: x (1 + edge_gain * density)
 
 
-class ResidualReuse:
+class _PerRun:
+    """State kept across the steps of a sampling run, per row set (`key`: which rows, cond/uncond, shapes) as
+    (step, residuals). Step 0 starts a new run and drops the last run's entries (other row sets start at their
+    step 0 too), so one run's residuals are held until the next run starts."""
+
+    def __init__(self):
+        self._entries: dict = {}
+
+    def _entry(self, key, step: int):
+        if step == 0:
+            self._entries = {k: e for k, e in self._entries.items() if e[0] == 0}
+        return self._entries.get(key)
+
+
+class ResidualReuse(_PerRun):
     """A temporal budget: the ControlNet's residuals are computed at every `every`-th sampler step and reused at
     the steps between (the control image does not change, and its residuals change slowly with the noise level),
-    so the branch costs about 1/every. Kept per row set (`key`: which rows, cond/uncond, shapes). Step 0 (a new
-    sampling run, which also drops the last run's residuals) and a step before the last computed one always
-    compute; every=1 computes at every step. Holds one run's residuals until the next run starts."""
+    so the branch costs about 1/every. Step 0 and a step before the last computed one always compute; every=1
+    computes at every step."""
 
     def __init__(self, every: int):
         if every < 1:
             raise ValueError(f"reuse steps must be at least 1, got {every}")
+        super().__init__()
         self.every = every
         self.computed = 0  # residual computations, for tests and benchmarks
-        self._entries: dict = {}  # key -> (step computed at, residuals)
 
     def __call__(self, key, step: int, compute):
-        if step == 0:  # a new run: drop the last run's residuals (other row sets compute at their step 0 too)
-            self._entries = {k: e for k, e in self._entries.items() if e[0] == 0}
-        entry = self._entries.get(key)
+        entry = self._entry(key, step)
         if entry is None or step == 0 or step < entry[0] or step - entry[0] >= self.every:
             self.computed += 1
             entry = self._entries[key] = (step, compute())
         return entry[1]
 
 
-class RotatingBudget:
+class RotatingBudget(_PerRun):
     """The token budget spent over steps: at each sampler step the branch processes one of n interleaved token
     groups (n = round(1 / budget); 2 x 2 strides for n = 4, a checkerboard for 2, otherwise every n-th token), each
     covering the whole image at a coarser stride, as plain tokens; every other token keeps the residuals of the
     last step that processed it. Step 0 of a run processes every token, so each starts with its own residuals;
-    after it a step costs about budget x the dense branch. Kept per row set (`key`), like ResidualReuse."""
+    after it a step costs about budget x the dense branch."""
 
     def __init__(self, budget: float):
         if not 0 < budget <= 1:
             raise ValueError(f"budget must be in (0, 1], got {budget}")
+        super().__init__()
         self.groups = max(1, round(1 / budget))
         self.computed_tokens = 0  # tokens processed, for tests and benchmarks
-        self._entries: dict = {}  # key -> (step, residuals)
 
     def group_of(self, grid: tuple[int, int], device=None) -> torch.Tensor:
         """(T,) each token's group."""
@@ -116,24 +127,22 @@ class RotatingBudget:
             return ((yy + xx) % 2).flatten()
         return (yy * gw + xx).flatten() % self.groups
 
-    def __call__(self, key, step: int, grid: tuple[int, int], compute):
-        """Residuals at `step`; compute(only) runs the branch on the tokens `only` ((k,), or None: all)."""
-        if step == 0:  # a new run: drop the last run's residuals
-            self._entries = {k: e for k, e in self._entries.items() if e[0] == 0}
-        entry = self._entries.get(key)
+    def __call__(self, key, step: int, grid: tuple[int, int], compute, device=None):
+        """Residuals at `step`; compute(only) runs the branch on the tokens `only` (k,) as plain tokens (all of
+        them on a full step, which is the dense branch)."""
+        entry = self._entry(key, step)
         if entry is not None and step == entry[0]:
             return entry[1]
-        t = grid[0] * grid[1]
+        group = self.group_of(grid, device)
         if entry is None or step == 0 or step < entry[0] or entry[1] is None or self.groups == 1:
-            self.computed_tokens += t
-            res = compute(None)
+            chosen = torch.ones_like(group, dtype=torch.bool)
         else:
-            group = self.group_of(grid)
-            only = (group == step % self.groups).nonzero()[:, 0]
-            self.computed_tokens += len(only)
-            part = compute(only.to(entry[1][0].device))
-            mask = (group == step % self.groups).to(entry[1][0].device)[None, :, None]
-            res = None if part is None else [torch.where(mask, new, old) for new, old in zip(part, entry[1])]
+            chosen = group == step % self.groups
+        only = chosen.nonzero()[:, 0]
+        self.computed_tokens += len(only)
+        res = compute(only)
+        if res is not None and not bool(chosen.all()):
+            res = [torch.where(chosen[None, :, None], new, old) for new, old in zip(res, entry[1])]
         self._entries[key] = (step, res)
         return res
 

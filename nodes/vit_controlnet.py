@@ -6,7 +6,7 @@ Custom type: DIFFUGAN_CONTROLNET (a ViT ControlNet in ComfyUI's model management
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -80,20 +80,17 @@ def control_hook(transformer_options: dict, images: list[int]) -> dit_model.Cont
             imp_rows = None if imp is None else imp[torch.tensor([i % imp.shape[0] for i in images],
                                                                  device=tokens.device)]
 
-            def compute(only=None, settings=spec.settings):
-                return net.residuals(tokens.to(dtype), c.to(dtype), hint[rows], grid, settings, imp_rows, only)
+            def compute(only=None):
+                return net.residuals(tokens.to(dtype), c.to(dtype), hint[rows], grid, spec.settings, imp_rows, only)
 
             schedule = transformer_options.get("sample_sigmas")
             if spec.reuse is None or schedule is None or "sigmas" not in transformer_options:
                 res = compute()
             else:  # per row set (which images, cond/uncond, shapes), at the sampler step of this noise level
                 key = (tuple(images), tuple(transformer_options.get("cond_or_uncond", ())), tuple(tokens.shape))
-                sigma = float(transformer_options["sigmas"].max())
-                step = int((schedule.float().cpu() > sigma * (1 + 1e-5)).sum())
+                step = dit_model.step_index(schedule, float(transformer_options["sigmas"].max()))
                 if isinstance(spec.reuse, vc.RotatingBudget):
-                    dense = replace(spec.settings, budget=1.0)
-                    res = spec.reuse(key, step, grid, lambda only: compute(only, dense if only is None else
-                                                                            spec.settings))
+                    res = spec.reuse(key, step, grid, compute, tokens.device)
                 else:
                     res = spec.reuse(key, step, compute)
             if res is None:

@@ -24,7 +24,6 @@ import json
 import math
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -117,12 +116,10 @@ class ControlledDiT(torch.nn.Module):
         h = self.hint.repeat(x.shape[0] // self.hint.shape[0], 1, 1, 1)
         step, self.steps = self.steps, self.steps + 1
         if self.rotate is not None:
-            dense = replace(self.settings, budget=1.0)
-
             def rotating(tokens, c, grid):
                 hint = self.net.prepare_hint(h, grid)
                 return self.rotate(x.shape, step, grid, lambda only: self.net.residuals(
-                    tokens, c, hint, grid, dense if only is None else self.settings, None, only))
+                    tokens, c, hint, grid, self.settings, None, only), tokens.device)
 
             return self.model(x, t, y, control=rotating)
         control = hook(self.net, h, self.settings)

@@ -380,8 +380,8 @@ def test_rotating_budget_processes_one_interleaved_group_per_step():
         return [torch.full((1, 24, 1), float(step))]
 
     out = [rot("k", s, (4, 6), lambda only, s=s: compute(only, s))[0][0, :, 0] for s in range(5)]
-    assert seen[0] is None and seen[1:] == [(group == s % 4).nonzero()[:, 0].tolist() for s in range(1, 5)]
-    assert torch.equal(out[0], torch.zeros(24))  # step 0: every token
+    assert seen[0] == list(range(24)) and seen[1:] == [(group == s % 4).nonzero()[:, 0].tolist() for s in range(1, 5)]
+    assert torch.equal(out[0], torch.zeros(24))  # step 0: every token (the dense branch)
     for s in range(1, 5):  # the step's group is new, every other token keeps its last residuals
         expect = torch.where(group == s % 4, float(s), out[s - 1])
         assert torch.equal(out[s], expect)
