@@ -451,8 +451,8 @@ class Packing:
     each row's list padded to the longest (L) by repeating its first entry.
 
     From a (R, T) bool mask of the tokens each row computes (row-major, tokens ascending): `row`, `token` (P,) each
-    entry's row and token; `flat` (P,) its index in the flattened (R x T) tokens; `padded` (R, L) the entry at each slot of each
-    row's padded list; `unpad` (P,) each entry's index in the flattened (R x L) padded lists."""
+    entry's row and token; `flat` (P,) its index in the flattened (R x T) tokens; `padded` (R, L) the entry at each
+    slot of each row's padded list; `unpad` (P,) each entry's index in the flattened (R x L) padded lists."""
 
     def __init__(self, mask: torch.Tensor):
         self.row, self.token = mask.nonzero(as_tuple=True)
