@@ -9,7 +9,8 @@ held-out emoji made coarse (--draft-px) are refined (--strength; both default to
 with their own Canny edges as control (tokens picked by edge density, as trained), and the edges of the results
 are scored against the control map (F1, 1 px tolerance), next to the same refinement without the ControlNet, and
 with the branch spent over steps (--reuse-steps: the dense branch every n-th step; --over-steps-budgets: each step
-one interleaved 1/n of the tokens; Apply's reuse_steps and budget_over_steps). Writes
+one interleaved 1/n of the tokens; Apply's reuse_steps and budget_over_steps; --over-steps-fixed: part of each
+step's tokens kept on the top tokens, scored also within the top quarter of tokens by edge density). Writes
 benchmarks/results/vit_controlnet.json (random) or vit_controlnet_zoo.json (trained).
 
     .venv/bin/python benchmarks/bench_vit_controlnet.py [--model DiT-B/2] [--size 256] [--control-depth 6]
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import platform
 import sys
 import time
@@ -30,6 +32,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "scripts"))  # the ControlNet trainer's edge evaluation, in trained mode
 import conftest  # noqa: E402,F401  (registers the pack as `diffugan`)
 from diffugan.models import dit  # noqa: E402
 from diffugan.models import vit_controlnet as vc  # noqa: E402
@@ -63,6 +66,9 @@ def main() -> None:
                          "reuse_steps), its residuals reused between")
     ap.add_argument("--over-steps-budgets", default="0.25",
                     help="trained mode: also edge F1 with these budgets spent over steps (Apply's budget_over_steps)")
+    ap.add_argument("--over-steps-fixed", default="0,0.25,0.5",
+                    help="trained mode: the budgets over steps with these shares fixed on the top tokens (by edge "
+                         "density) at every step, the rest in turn (RotatingBudget's `fixed`; Apply uses 0)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     budgets = [float(b) for b in args.budgets.split(",")]
@@ -109,8 +115,8 @@ def main() -> None:
             return lambda: model(x, t, y, control=control)
 
         cases = {f"branch@{b}": branch(b) for b in budgets}
-        rotating = vc.RotatingBudget(0.25)  # one step of the budget spent over steps: one interleaved quarter
-        quarter = (rotating.group_of(grid) == 1).nonzero()[:, 0]
+        # one step of the budget spent over steps: one interleaved quarter of the tokens
+        quarter = vc.RotatingBudget(0.25).choose(importance, grid, step=2)[0].nonzero()[:, 0]
         cases["branch@0.25 over steps"] = lambda: net.residuals(tokens, c, prepared, grid,
                                                                 vc.ControlSettings(budget=0.25), importance, quarter)
         cases |= {f"step@{b}": step(b) for b in budgets} | {"step@none": step(None)}
@@ -125,7 +131,8 @@ def main() -> None:
 
     f1 = edge_f1_by_budget(model, net, args, budgets) if trained else None
     reuse = edge_f1_with_reuse(model, net, args, [int(n) for n in args.reuse_steps.split(",")],
-                               [float(b) for b in args.over_steps_budgets.split(",")], f1) if trained else None
+                               [float(b) for b in args.over_steps_budgets.split(",")],
+                               [float(f) for f in args.over_steps_fixed.split(",")], f1) if trained else None
     dense_flops = net.flops(grid, 1.0) * args.batch
     dit_flops = dit.transformer_flops(model.config, tokens_n, tokens_n) * args.batch
     rows = []
@@ -140,6 +147,8 @@ def main() -> None:
                    step_overhead_vs_no_control=best[f"step@{b}"] / best["step@none"] - 1,
                    step_flops_overhead_vs_no_control=f / dit_flops,
                    edge_f1=f1[str(b)] if f1 else "not measured: random weights")
+        if f1:
+            row["control_edge_pixels_in_top_k_tokens"] = f1["coverage"][str(b)]
         if f1:
             row["edge_f1_loss_vs_dense"] = 1 - f1[str(b)] / f1["1.0"] if f1.get("1.0") else None
         rows.append(row)
@@ -172,7 +181,6 @@ def main() -> None:
 def edge_eval_set(args):
     """The edge-F1 evaluation: the zoo VAE, --images held-out emoji spread over the set, their labels and Canny
     edges, and the follow_edges overrides (--draft-px, --strength)."""
-    sys.path.insert(0, str(ROOT / "scripts"))
     import zoo_data
 
     from diffugan.models import taesd
@@ -187,55 +195,81 @@ def edge_eval_set(args):
 
 
 def edge_f1_by_budget(model, net, args, budgets) -> dict:
-    """Mean edge F1 of refined held-out drafts at each budget, and without the ControlNet ("none")."""
+    """Mean edge F1 of refined held-out drafts at each budget, and without the ControlNet ("none"); and at each
+    budget the share of the control edges' pixels inside the top-k tokens by edge density ("coverage"): what a
+    plain top-k budget, whose skipped tokens inject nothing, controls at all."""
     import train_zoo_controlnet as tzc
 
     vae, x, y, edges, kw = edge_eval_set(args)
-    out = {"setting": tzc.EDGE_EVAL | kw,
+    out = {"setting": tzc.EDGE_EVAL | kw, "coverage": {},
            "none": float(tzc.follow_edges(model, net, vae, x, y, edges, None, **kw).mean())}
+    grid = (x.shape[-2] // 8 // model.config.patch_size, x.shape[-1] // 8 // model.config.patch_size)
+    density = net.edge_density(net.prepare_hint(edges, grid))
     for b in budgets:
+        k = max(1, math.ceil(b * density.shape[1] - 1e-9))
+        out["coverage"][str(b)] = float((density.topk(k, 1).values.sum(1) / density.sum(1).clamp_min(1e-8)).mean())
         out[str(b)] = float(tzc.follow_edges(model, net, vae, x, y, edges,
                                              vc.ControlSettings(budget=b, edge_priority=1.0), **kw).mean())
-        print(f"edge F1 at budget {b:.0%}: {out[str(b)]:.3f} (without ControlNet {out['none']:.3f})", flush=True)
+        print(f"edge F1 at budget {b:.0%}: {out[str(b)]:.3f} (without ControlNet {out['none']:.3f}); control edge "
+              f"pixels in the top-k tokens: {out['coverage'][str(b)]:.1%}", flush=True)
     return out
 
 
-def edge_f1_with_reuse(model, net, args, reuse_steps, over_steps_budgets, f1) -> list[dict]:
+def edge_f1_with_reuse(model, net, args, reuse_steps, over_steps_budgets, fixed_shares, f1) -> list[dict]:
     """Edge F1 with the branch spent over steps: the dense branch at every n-th sampler step, its residuals reused
-    between (ResidualReuse), or each step one interleaved 1/n of the tokens (RotatingBudget); costs counted by
-    the same classes over the sampler's steps (branch FLOPs summed over the run, against every step dense)."""
+    between (ResidualReuse), or each step a part of the tokens (RotatingBudget, with each fixed share: that part of
+    each step's tokens on the top tokens by edge density, the rest in turn); costs counted by the same classes over
+    the sampler's steps (branch FLOPs summed over the run, against every step dense). The rotations are also scored
+    within the top quarter of tokens by edge density (pixels elsewhere masked out of both edge maps), next to the
+    dense branch."""
+    import torch.nn.functional as F
+
     import train_zoo_controlnet as tzc
 
     vae, x, y, edges, kw = edge_eval_set(args)
     steps = (tzc.EDGE_EVAL | kw)["steps"]
+    dense = vc.ControlSettings(budget=1.0, edge_priority=1.0)
     rows = []
     for n in reuse_steps:
         counter = vc.ResidualReuse(n)
         for s in range(steps):
             counter("rows", s, lambda: None)
-        score = float(tzc.follow_edges(model, net, vae, x, y, edges, vc.ControlSettings(budget=1.0, edge_priority=1.0),
-                                       reuse_steps=n, **kw).mean())
+        score = float(tzc.follow_edges(model, net, vae, x, y, edges, dense, reuse_steps=n, **kw).mean())
         rows.append(dict(reuse_steps=n, budget=1.0, branch_computations=counter.computed, steps=steps,
                          branch_flops_ratio_vs_dense=steps / counter.computed, edge_f1=score,
                          edge_f1_loss_vs_dense=1 - score / f1["1.0"] if f1.get("1.0") else None))
         print(f"dense branch every {n} steps: {steps / counter.computed:.2f}x fewer branch FLOPs, edge F1 "
               f"{score:.3f} (every step {f1.get('1.0', float('nan')):.3f})", flush=True)
     grid = (x.shape[-2] // 8 // model.config.patch_size, x.shape[-1] // 8 // model.config.patch_size)
+    density = net.edge_density(net.prepare_hint(edges, grid))
+    top = torch.zeros_like(density).scatter(1, density.topk(density.shape[1] // 4, 1).indices, 1.0)
+    region = F.interpolate(top.view(-1, 1, *grid), size=x.shape[-2:], mode="nearest")
+
+    def within(pred):
+        return float(vc.edge_f1(pred * region, edges * region).mean())
+
+    dense_within = within(tzc.refined_edges(model, net, vae, x, y, edges, dense, **kw))
     for b in over_steps_budgets:
-        counter, flops = vc.RotatingBudget(b), []
+        for fixed in fixed_shares:
+            counter, flops = vc.RotatingBudget(b, fixed), []
 
-        def count(only):
-            flops.append(net.flops(grid, 1.0, plain_tokens=len(only)))
-            return [torch.zeros(1, grid[0] * grid[1], 1)]  # stand-in residuals
+            def count(only):
+                flops.append(net.flops(grid, 1.0, plain_tokens=only.shape[1]))
+                return [torch.zeros(1, grid[0] * grid[1], 1)]  # stand-in residuals
 
-        for s in range(steps):
-            counter("rows", s, grid, count)
-        score = float(tzc.follow_edges(model, net, vae, x, y, edges, vc.ControlSettings(budget=b, edge_priority=1.0),
-                                       over_steps=True, **kw).mean())
-        ratio = steps * net.flops(grid, 1.0) / sum(flops)
-        rows.append(dict(budget_over_steps=b, branch_flops_ratio_vs_dense=ratio, steps=steps, edge_f1=score,
-                         edge_f1_loss_vs_dense=1 - score / f1["1.0"] if f1.get("1.0") else None))
-        print(f"budget {b:.0%} over steps: {ratio:.2f}x fewer branch FLOPs, edge F1 {score:.3f}", flush=True)
+            for s in range(steps):
+                counter("rows", s, density[:1], grid, count)
+            pred = tzc.refined_edges(model, net, vae, x, y, edges, vc.ControlSettings(budget=b, edge_priority=1.0),
+                                     over_steps=fixed, **kw)
+            score = float(vc.edge_f1(pred, edges).mean())
+            ratio = steps * net.flops(grid, 1.0) / sum(flops)
+            rows.append(dict(budget_over_steps=b, fixed_share=fixed, branch_flops_ratio_vs_dense=ratio, steps=steps,
+                             edge_f1=score, edge_f1_loss_vs_dense=1 - score / f1["1.0"] if f1.get("1.0") else None,
+                             edge_f1_top_quarter_tokens=within(pred),
+                             edge_f1_top_quarter_tokens_dense=dense_within))
+            print(f"budget {b:.0%} over steps, fixed share {fixed:.0%}: {ratio:.2f}x fewer branch FLOPs, edge F1 "
+                  f"{score:.3f}; within the top quarter of tokens {rows[-1]['edge_f1_top_quarter_tokens']:.3f} "
+                  f"(dense {dense_within:.3f})", flush=True)
     return rows
 
 

@@ -19,6 +19,9 @@ Design (PixArt-δ's ControlNet-Transformer, made adaptive):
         So from a budget of 1/4 up every token receives control (coarser where priority is low); below 1/4 the
         lowest-priority blocks are skipped. Merged tokens start as the mean of their 4 tokens (embedding) and copy
         the plain residual to all 4 (projection), then are trained.
+  * over steps (the control image is fixed and the residuals change slowly with the noise level): the dense branch
+    every n-th sampler step, its residuals reused between (`ResidualReuse`), or each step one interleaved group of
+    the budget's k tokens, the others keeping their last residuals (`RotatingBudget`).
   * layer scale: a learned gain per layer times the user's strength, optionally modulated per token by importance
     and raised where edges are dense.
 Strength 0 returns no residuals at all, so the DiT runs exactly as without the ControlNet.
@@ -103,46 +106,57 @@ class ResidualReuse(_PerRun):
 
 
 class RotatingBudget(_PerRun):
-    """The token budget spent over steps: at each sampler step the branch processes one of n interleaved token
-    groups (n = round(1 / budget); 2 x 2 strides for n = 4, a checkerboard for 2, otherwise every n-th token), each
-    covering the whole image at a coarser stride, as plain tokens; every other token keeps the residuals of the
-    last step that processed it. Step 0 of a run processes every token, so each starts with its own residuals;
-    after it a step costs about budget x the dense branch."""
+    """The token budget spent over sampler steps. Each step the branch processes k = budget x T tokens as plain
+    tokens, taken in turn: the tokens in 2x2-stride order (`spread_order`) cut into groups of k, one group a step,
+    so each group spans the whole image and each token is refreshed every T / k steps. A `fixed` share of k can go
+    to each row's highest-priority tokens (importance and/or edge density, as the token budget ranks them) at every
+    step instead, the rest of k still in turn over the other tokens. A token not processed at a step keeps the
+    residuals of the last step that processed it, and step 0 of a run processes every token, so after it a step
+    costs about budget x the dense branch. (On the zoo a fixed share did not pay: edge F1 over the image fell as it
+    grew, and within the top tokens it gained no more than the noise between image sets; Apply uses none, and
+    benchmarks/bench_vit_controlnet.py --over-steps-fixed measures it.)"""
 
-    def __init__(self, budget: float):
+    def __init__(self, budget: float, fixed: float = 0.0):
         if not 0 < budget <= 1:
             raise ValueError(f"budget must be in (0, 1], got {budget}")
+        if not 0 <= fixed <= 1:
+            raise ValueError(f"the fixed share must be in [0, 1], got {fixed}")
         super().__init__()
-        self.groups = max(1, round(1 / budget))
+        self.budget, self.fixed = budget, fixed
         self.computed_tokens = 0  # tokens processed, for tests and benchmarks
 
-    def group_of(self, grid: tuple[int, int], device=None) -> torch.Tensor:
-        """(T,) each token's group."""
-        gh, gw = grid
-        yy, xx = torch.meshgrid(torch.arange(gh, device=device), torch.arange(gw, device=device), indexing="ij")
-        side = math.isqrt(self.groups)
-        if side * side == self.groups:
-            return ((yy % side) * side + xx % side).flatten()
-        if self.groups == 2:
-            return ((yy + xx) % 2).flatten()
-        return (yy * gw + xx).flatten() % self.groups
+    def choose(self, priority: torch.Tensor, grid: tuple[int, int], step: int) -> torch.Tensor:
+        """(N, T) bool: the tokens processed at `step` (> 0) for rows of this (N, T) priority; every row gets as
+        many."""
+        n, t = priority.shape
+        k = min(t, max(1, math.ceil(self.budget * t - 1e-9)))
+        top_n = round(self.fixed * k)
+        chosen = torch.zeros(n, t, dtype=torch.bool, device=priority.device)
+        chosen.scatter_(1, priority.topk(top_n, dim=1).indices, True)
+        turn_n = k - top_n
+        if turn_n:
+            order = spread_order(grid, priority.device)
+            rest = ~chosen[:, order]  # the other tokens, in spread order
+            group = (rest.cumsum(1) - 1) // turn_n
+            groups = -(-(t - top_n) // turn_n)
+            chosen[:, order] |= rest & (group == (step - 1) % groups)
+        return chosen
 
-    def __call__(self, key, step: int, grid: tuple[int, int], compute, device=None):
-        """Residuals at `step`; compute(only) runs the branch on the tokens `only` (k,) as plain tokens (all of
-        them on a full step, which is the dense branch)."""
+    def __call__(self, key, step: int, priority: torch.Tensor, grid: tuple[int, int], compute):
+        """Residuals at `step`; compute(only) runs the branch on the tokens `only` (N, k) of each row as plain
+        tokens (all of them on a full step, which is the dense branch)."""
         entry = self._entry(key, step)
         if entry is not None and step == entry[0]:
             return entry[1]
-        group = self.group_of(grid, device)
-        if entry is None or step == 0 or step < entry[0] or entry[1] is None or self.groups == 1:
-            chosen = torch.ones_like(group, dtype=torch.bool)
+        if entry is None or step == 0 or step < entry[0] or entry[1] is None:
+            chosen = torch.ones_like(priority, dtype=torch.bool)
         else:
-            chosen = group == step % self.groups
-        only = chosen.nonzero()[:, 0]
-        self.computed_tokens += len(only)
+            chosen = self.choose(priority, grid, step)
+        only = chosen.nonzero()[:, 1].view(len(chosen), -1)
+        self.computed_tokens += only.numel()
         res = compute(only)
         if res is not None and not bool(chosen.all()):
-            res = [torch.where(chosen[None, :, None], new, old) for new, old in zip(res, entry[1])]
+            res = [torch.where(chosen[:, :, None], new, old) for new, old in zip(res, entry[1])]
         self._entries[key] = (step, res)
         return res
 
@@ -258,13 +272,23 @@ class ViTControlNet(nn.Module):
         return fine, merged
 
     # --- the branch ---------------------------------------------------------------------------------------------
+    def per_token(self, hint: torch.Tensor, settings: ControlSettings, importance: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(priority, scale), each (N, T), for a prepared hint (N, ...): which tokens the budget goes to first
+        (importance mixed with edge density by `edge_priority`) and each token's strength."""
+        density = self.edge_density(hint)
+        imp = torch.ones_like(density) if importance is None else importance.to(density).expand_as(density)
+        priority = (1 - settings.edge_priority) * imp + settings.edge_priority * density
+        scale = settings.strength * (1 - settings.importance_modulation + settings.importance_modulation * imp)
+        return priority, scale * (1 + settings.edge_gain * density)
+
     def residuals(self, tokens: torch.Tensor, c: torch.Tensor, hint: torch.Tensor, grid: tuple[int, int],
                   settings: ControlSettings, importance: torch.Tensor | None = None,
                   only: torch.Tensor | None = None) -> list[torch.Tensor] | None:
         """Per-layer residuals (N, T, D) to add to the outputs of the DiT's first `depth` blocks, or None when the
         strength is 0. tokens: the DiT's embedded tokens (N, T, D); c: its adaLN conditioning (N, D); hint: prepared
-        control image (N or 1, C, gh*P, gw*P); importance: (N or 1, T) in 0..1 or None (uniform); `only`: (k,)
-        tokens to process as plain tokens instead of the budget's choice (the others get zeros)."""
+        control image (N or 1, C, gh*P, gw*P); importance: (N or 1, T) in 0..1 or None (uniform); `only`: (k,) or
+        (N, k) sorted tokens to process as plain tokens instead of the budget's choice (the others get zeros)."""
         if settings.strength == 0:
             return None
         n, t, d = tokens.shape
@@ -272,23 +296,23 @@ class ViTControlNet(nn.Module):
         if hint.shape[0] != n:
             raise ValueError(f"the control image batch ({hint.shape[0]}) does not match the latent batch ({n}); "
                              "give one control image or one per image")
-        density = self.edge_density(hint)
-        imp = torch.ones(n, t, device=tokens.device) if importance is None else importance.to(tokens.device).float()
-        imp = imp.expand(n, -1) if imp.shape[0] == 1 else imp
-        priority = (1 - settings.edge_priority) * imp + settings.edge_priority * density
+        priority, scale = self.per_token(hint, settings, importance)
         layout = self.select(priority, grid, settings.budget) if only is None else (only.expand(n, -1), None)
-        scale = settings.strength * (1 - settings.importance_modulation + settings.importance_modulation * imp)
-        scale = scale * (1 + settings.edge_gain * density)  # (N, T)
         if layout is not None and layout[1] is not None:
             return self._mixed_residuals(tokens, c, hint, grid, scale, *layout)
         idx = None if layout is None else layout[0]
 
-        pos = sincos_pos_embed(d, grid[0], grid[1])[None].to(tokens.device, tokens.dtype)
-        control = self.hint_embed(hint).flatten(2).transpose(1, 2) + pos  # (N, T, D)
-        h = tokens + self.before_proj(control)
-        if idx is not None:
+        pos = sincos_pos_embed(d, grid[0], grid[1]).to(tokens.device, tokens.dtype)
+        if idx is None:
+            control = self.hint_embed(hint).flatten(2).transpose(1, 2) + pos  # (N, T, D)
+            h = tokens + self.before_proj(control)
+        else:  # only the processed tokens' patches are embedded
+            p = self.config.hint_patch
+            patches = _take(F.unfold(hint, p, stride=p).transpose(1, 2), idx)  # (N, k, C*p*p), the conv's layout
+            control = F.linear(patches, self.hint_embed.weight.flatten(1), self.hint_embed.bias) + pos[idx]
+            h = _take(tokens, idx) + self.before_proj(control)
+            scale = scale.gather(1, idx)
             gather = idx.unsqueeze(-1).expand(-1, -1, d)
-            h, scale = h.gather(1, gather), scale.gather(1, idx)
         out = []
         for i, (block, proj) in enumerate(zip(self.blocks, self.after_proj)):
             h = block(h, c)
@@ -342,12 +366,13 @@ class ViTControlNet(nn.Module):
                   else (torch.zeros(1, plain_tokens), None))
         embed_one = 2 * c.hint_channels * c.hint_patch ** 2 * c.hidden_size
         d2 = 2 * c.hidden_size ** 2
-        if layout is None or layout[1] is None:  # dense, or plain top-k (patches of all tokens embedded)
+        modulation = c.depth * 6 * d2  # each block's adaLN (per image, not per token)
+        if layout is None or layout[1] is None:  # dense, or plain top-k (only their patches embedded)
             k = t if layout is None else layout[0].shape[1]
-            return t * (embed_one + d2) + c.depth * (block_flops(c, k, k) + k * d2)
+            return k * (embed_one + d2) + c.depth * (block_flops(c, k, k) + k * d2) + modulation
         a, m = layout[0].shape[1], layout[1].shape[1]
         return ((a + 4 * m) * embed_one + (a + m) * d2
-                + c.depth * (block_flops(c, a + m, a + m) + a * d2 + m * 4 * d2))
+                + c.depth * (block_flops(c, a + m, a + m) + a * d2 + m * 4 * d2) + modulation)
 
 
 def block_children(grid: tuple[int, int], device=None) -> torch.Tensor:
@@ -359,6 +384,14 @@ def block_children(grid: tuple[int, int], device=None) -> torch.Tensor:
     yy = by.reshape(-1, 1) + torch.tensor([0, 0, 1, 1], device=device)
     xx = bx.reshape(-1, 1) + torch.tensor([0, 1, 0, 1], device=device)
     return torch.where((yy < gh) & (xx < gw), yy * gw + xx, gh * gw)
+
+
+def spread_order(grid: tuple[int, int], device=None) -> torch.Tensor:
+    """(T,) the tokens of a grid in 2x2-stride order: every (even row, even column) token, then (even, odd), (odd,
+    even), (odd, odd), each in raster order; any run of it is spread over the whole image."""
+    gh, gw = grid
+    yy, xx = torch.meshgrid(torch.arange(gh, device=device), torch.arange(gw, device=device), indexing="ij")
+    return torch.argsort(((yy % 2) * 2 + xx % 2).flatten() * gh * gw + torch.arange(gh * gw, device=device))
 
 
 def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

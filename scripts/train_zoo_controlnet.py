@@ -70,19 +70,25 @@ def denoising(model, net, z, y, hints, alphas_bar) -> dict:
 EDGE_EVAL = {"draft_px": 24, "strength": 0.8, "steps": 20, "cfg": 3.0}
 
 
+def follow_edges(model, net, vae, images, y, hints, settings: vc.ControlSettings | None, **kw) -> torch.Tensor:
+    """Per-image edge F1 of the refined coarse drafts against their control edges (`refined_edges`' arguments)."""
+    return vc.edge_f1(refined_edges(model, net, vae, images, y, hints, settings, **kw), hints)
+
+
 @torch.no_grad()
-def follow_edges(model, net, vae, images, y, hints, settings: vc.ControlSettings | None, reuse_steps: int = 1,
-                 over_steps: bool = False, **overrides) -> torch.Tensor:
-    """Per-image edge F1 of the refined coarse drafts against their control edges (settings None: no ControlNet;
-    `reuse_steps` > 1: the branch computed at every n-th step, its residuals reused between; `over_steps`: the
-    budget spent over steps (RotatingBudget); both as the Apply node's).
+def refined_edges(model, net, vae, images, y, hints, settings: vc.ControlSettings | None, reuse_steps: int = 1,
+                  over_steps: float | None = None, **overrides) -> torch.Tensor:
+    """Canny edges (N, 1, H, W) of the images made coarse and refined with their edges `hints` as control
+    (settings None: no ControlNet; `reuse_steps` > 1: the branch computed at every n-th step, its residuals reused
+    between; `over_steps`: the budget spent over steps, this share of it on the highest-priority tokens at every
+    step (RotatingBudget's `fixed`); both as the Apply node's).
     The drafts, steps and guidance are EDGE_EVAL's, updated by `overrides` (same keys)."""
     e = EDGE_EVAL | overrides
     cfg = e["cfg"]
     coarse = coarsen(images, e["draft_px"], SIZE).clamp(-1, 1)
     sigmas, ts = dit.img2img_schedule(e["steps"], e["strength"])
     gen = torch.Generator().manual_seed(99)
-    f1 = []
+    edges = []
     for i in range(0, len(images), 16):
         s = slice(i, i + 16)
         z = vae.encode(coarse[s]) * taesd.SD1_SCALE
@@ -90,23 +96,21 @@ def follow_edges(model, net, vae, images, y, hints, settings: vc.ControlSettings
         if settings is None:
             out, _ = dit.euler_img2img(model, z, y[s], sigmas, ts, cfg, noise)
         else:
-            h = hints[s]
-            controlled = ControlledDiT(model, net, h, settings, reuse_steps, over_steps)
+            controlled = ControlledDiT(model, net, hints[s], settings, reuse_steps, over_steps)
             out, _ = dit.euler_img2img(controlled, z, y[s], sigmas, ts, cfg, noise)
-        pix = vae.decode(out / taesd.SD1_SCALE) * 0.5 + 0.5
-        f1.append(vc.edge_f1(vc.canny_edges(pix), hints[s]))
-    return torch.cat(f1)
+        edges.append(vc.canny_edges(vae.decode(out / taesd.SD1_SCALE) * 0.5 + 0.5))
+    return torch.cat(edges)
 
 
 class ControlledDiT(torch.nn.Module):
     """The DiT with a ControlNet attached, as the reference sampler calls it (rows: cond images, then uncond)."""
 
-    def __init__(self, model, net, hint, settings, reuse_steps: int = 1, over_steps: bool = False):
+    def __init__(self, model, net, hint, settings, reuse_steps: int = 1, over_steps: float | None = None):
         super().__init__()
         self.model, self.net, self.hint, self.settings = model, net, hint, settings
         self.config = model.config
         self.reuse = vc.ResidualReuse(reuse_steps)
-        self.rotate = vc.RotatingBudget(settings.budget) if over_steps else None
+        self.rotate = None if over_steps is None else vc.RotatingBudget(settings.budget, over_steps)
         self.steps = 0  # the reference sampler calls the model once per step
 
     def grid(self, x):
@@ -118,8 +122,9 @@ class ControlledDiT(torch.nn.Module):
         if self.rotate is not None:
             def rotating(tokens, c, grid):
                 hint = self.net.prepare_hint(h, grid)
-                return self.rotate(x.shape, step, grid, lambda only: self.net.residuals(
-                    tokens, c, hint, grid, self.settings, None, only), tokens.device)
+                priority = self.net.per_token(hint, self.settings)[0]
+                return self.rotate(x.shape, step, priority, grid, lambda only: self.net.residuals(
+                    tokens, c, hint, grid, self.settings, None, only))
 
             return self.model(x, t, y, control=rotating)
         control = hook(self.net, h, self.settings)

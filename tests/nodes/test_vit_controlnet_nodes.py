@@ -148,8 +148,9 @@ def test_budget_over_steps_processes_one_quarter_per_step(comfy, run_node, files
     dense = _sample(comfy, _apply(run_node, model, "trained.safetensors", control), conds)
     patched = _apply(run_node, model, "trained.safetensors", control, budget=0.25, budget_over_steps=True)
     rotating = patched.model_options["transformer_options"]["diffugan_control"][-1].reuse
-    out = _sample(comfy, patched, conds)  # 3 steps on a 4 x 6 token grid: all 24 tokens, then 6, then 6
-    assert rotating.computed_tokens == (24 + 6 + 6) * len(rotating._entries) > 0
+    out = _sample(comfy, patched, conds)  # 3 steps on a 4 x 6 token grid: all 24 tokens, then 6, then 6, per row
+    rows = sum(shape[0] for _, _, shape in rotating._entries)  # the entries' keys: (images, cond/uncond, shape)
+    assert rotating.computed_tokens == (24 + 6 + 6) * rows > 0
     assert torch.isfinite(out).all() and not torch.equal(out, dense)
     assert (out - dense).abs().max() < (dense - _sample(comfy, model, conds)).abs().max()
     with pytest.raises(ValueError, match="'reuse_steps' and 'budget_over_steps' are two ways"):
