@@ -9,8 +9,9 @@ held-out emoji made coarse (--draft-px) are refined (--strength; both default to
 with their own Canny edges as control (tokens picked by edge density, as trained), and the edges of the results
 are scored against the control map (F1, 1 px tolerance), next to the same refinement without the ControlNet, and
 with the branch spent over steps (--reuse-steps: the dense branch every n-th step; --over-steps-budgets: each step
-one interleaved 1/n of the tokens; Apply's reuse_steps and budget_over_steps; --over-steps-fixed: part of each
-step's tokens kept on the top tokens, scored also within the top quarter of tokens by edge density). Writes
+budget x the tokens, a different interleaved group each time; Apply's reuse_steps and budget_over_steps;
+--over-steps-fixed: part of each step's tokens kept on the top tokens, scored also within the top quarter of tokens
+by edge density). Writes
 benchmarks/results/vit_controlnet.json (random) or vit_controlnet_zoo.json (trained).
 
     .venv/bin/python benchmarks/bench_vit_controlnet.py [--model DiT-B/2] [--size 256] [--control-depth 6]
