@@ -7,7 +7,8 @@ a plain top-k one). With the zoo's trained DiT, VAE and ControlNet
 (--dit/--vae/--controlnet) it also measures, at each budget, how well refined images follow the control edges:
 held-out emoji made coarse (--draft-px) are refined (--strength; both default to the training script's evaluation)
 with their own Canny edges as control (tokens picked by edge density, as trained), and the edges of the results
-are scored against the control map (F1, 1 px tolerance), next to the same refinement without the ControlNet, and
+are scored against the control map (F1, 1 px tolerance, over the image and inside the top-k tokens), next to the
+same refinement without the ControlNet, with a mixed-resolution ControlNet's fine weights as a plain top-k one, and
 with the branch spent over steps (--reuse-steps: the dense branch every n-th step; --over-steps-budgets: each step
 budget x the tokens, a different interleaved group each time; Apply's reuse_steps and budget_over_steps;
 --over-steps-fixed: part of each step's tokens kept on the top tokens, scored also within the top quarter of tokens
@@ -27,6 +28,7 @@ import math
 import platform
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -149,9 +151,14 @@ def main() -> None:
                    step_flops_overhead_vs_no_control=f / dit_flops,
                    edge_f1=f1[str(b)] if f1 else "not measured: random weights")
         if f1:
-            row["control_edge_pixels_in_top_k_tokens"] = f1["coverage"][str(b)]
-        if f1:
-            row["edge_f1_loss_vs_dense"] = 1 - f1[str(b)] / f1["1.0"] if f1.get("1.0") else None
+            key = str(b)
+            row |= dict(edge_f1_loss_vs_dense=1 - f1[key] / f1["1.0"] if f1.get("1.0") else None,
+                        control_edge_pixels_in_top_k_tokens=f1["coverage"][key],
+                        edge_f1_within_top_k_tokens=f1["within"][key],
+                        dense_edge_f1_within_top_k_tokens=f1["dense_within"][key])
+            if key in f1["plain"]:
+                row |= dict(plain_top_k_edge_f1=f1["plain"][key],
+                            plain_top_k_edge_f1_within_its_tokens=f1["plain_within"][key])
         rows.append(row)
         print(f"budget {b:>4.0%}: branch FLOPs {row['branch_flops_ratio_vs_dense']:.2f}x fewer than dense, wall "
               f"{best[f'branch@{b}'] * 1000:.1f} ms ({row['branch_wall_ratio_vs_dense']:.2f}x faster); DiT step + "
@@ -196,23 +203,50 @@ def edge_eval_set(args):
 
 
 def edge_f1_by_budget(model, net, args, budgets) -> dict:
-    """Mean edge F1 of refined held-out drafts at each budget, and without the ControlNet ("none"); and at each
-    budget the share of the control edges' pixels inside the top-k tokens by edge density ("coverage"): what a
-    plain top-k budget, whose skipped tokens inject nothing, controls at all."""
+    """Mean edge F1 of refined held-out drafts at each budget, and without the ControlNet ("none"). At each budget
+    also: the share of the control edges' pixels inside the top-k tokens by edge density ("coverage"), what a plain
+    top-k budget, whose skipped tokens inject nothing, controls at all; F1 counted only inside those tokens (pixels
+    elsewhere masked out of both edge maps), this budget's and the dense branch's ("within", "dense_within"); and
+    for a mixed-resolution ControlNet the same with its fine weights as a plain top-k one ("plain",
+    "plain_within": the token budget as defined, without merged tokens)."""
+    import torch.nn.functional as F
+
     import train_zoo_controlnet as tzc
 
     vae, x, y, edges, kw = edge_eval_set(args)
-    out = {"setting": tzc.EDGE_EVAL | kw, "coverage": {},
-           "none": float(tzc.follow_edges(model, net, vae, x, y, edges, None, **kw).mean())}
+    out = {"setting": tzc.EDGE_EVAL | kw, "coverage": {}, "within": {}, "dense_within": {}, "plain": {},
+           "plain_within": {}, "none": float(tzc.follow_edges(model, net, vae, x, y, edges, None, **kw).mean())}
     grid = (x.shape[-2] // 8 // model.config.patch_size, x.shape[-1] // 8 // model.config.patch_size)
     density = net.edge_density(net.prepare_hint(edges, grid))
+    plain = None
+    if net.config.coarse_tokens:
+        plain = vc.ViTControlNet(vc.ControlNetConfig(**(asdict(net.config) | {"coarse_tokens": False}))).eval()
+        plain.load_state_dict({k: v for k, v in net.state_dict().items() if "_coarse" not in k})
+
+    def refined(n, budget):
+        return tzc.refined_edges(model, n, vae, x, y, edges, vc.ControlSettings(budget=budget, edge_priority=1.0),
+                                 **kw)
+
+    dense = refined(net, 1.0)
     for b in budgets:
         k = max(1, math.ceil(b * density.shape[1] - 1e-9))
-        out["coverage"][str(b)] = float((density.topk(k, 1).values.sum(1) / density.sum(1).clamp_min(1e-8)).mean())
-        out[str(b)] = float(tzc.follow_edges(model, net, vae, x, y, edges,
-                                             vc.ControlSettings(budget=b, edge_priority=1.0), **kw).mean())
-        print(f"edge F1 at budget {b:.0%}: {out[str(b)]:.3f} (without ControlNet {out['none']:.3f}); control edge "
-              f"pixels in the top-k tokens: {out['coverage'][str(b)]:.1%}", flush=True)
+        top = density.topk(k, 1)
+        out["coverage"][str(b)] = float((top.values.sum(1) / density.sum(1).clamp_min(1e-8)).mean())
+        region = F.interpolate(torch.zeros_like(density).scatter(1, top.indices, 1.0).view(-1, 1, *grid),
+                               size=x.shape[-2:], mode="nearest")
+        pred = dense if b == 1.0 else refined(net, b)
+        out[str(b)] = float(vc.edge_f1(pred, edges).mean())
+        out["within"][str(b)] = float(vc.edge_f1(pred * region, edges * region).mean())
+        out["dense_within"][str(b)] = float(vc.edge_f1(dense * region, edges * region).mean())
+        line = (f"edge F1 at budget {b:.0%}: {out[str(b)]:.3f} (without ControlNet {out['none']:.3f}; inside the "
+                f"top-k tokens {out['within'][str(b)]:.3f}, dense {out['dense_within'][str(b)]:.3f}); control edge "
+                f"pixels in the top-k tokens: {out['coverage'][str(b)]:.1%}")
+        if plain is not None:  # at budget 1 the plain path is the dense one
+            pred = dense if b == 1.0 else refined(plain, b)
+            out["plain"][str(b)] = float(vc.edge_f1(pred, edges).mean())
+            out["plain_within"][str(b)] = float(vc.edge_f1(pred * region, edges * region).mean())
+            line += f"; plain top-k {out['plain'][str(b)]:.3f} (inside its tokens {out['plain_within'][str(b)]:.3f})"
+        print(line, flush=True)
     return out
 
 
