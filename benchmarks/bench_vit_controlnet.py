@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import platform
 import sys
 import time
@@ -132,10 +131,13 @@ def main() -> None:
                 fn()
                 best[k] = min(best[k], time.perf_counter() - t0)
 
-    f1 = edge_f1_by_budget(model, net, args, budgets) if trained else None
-    reuse = edge_f1_with_reuse(model, net, args, [int(n) for n in args.reuse_steps.split(",")],
-                               [float(b) for b in args.over_steps_budgets.split(",")],
-                               [float(f) for f in args.over_steps_fixed.split(",")], f1) if trained else None
+    f1 = reuse = None
+    if trained:
+        ev = EdgeEval(model, net, args)
+        f1 = edge_f1_by_budget(ev, budgets)
+        reuse = edge_f1_with_reuse(ev, [int(n) for n in args.reuse_steps.split(",")],
+                                   [float(b) for b in args.over_steps_budgets.split(",")],
+                                   [float(f) for f in args.over_steps_fixed.split(",")], f1)
     dense_flops = net.flops(grid, 1.0) * args.batch
     dit_flops = dit.transformer_flops(model.config, tokens_n, tokens_n) * args.batch
     rows = []
@@ -186,104 +188,111 @@ def main() -> None:
     print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
 
 
-def edge_eval_set(args):
-    """The edge-F1 evaluation: the zoo VAE, --images held-out emoji spread over the set, their labels and Canny
-    edges, and the follow_edges overrides (--draft-px, --strength)."""
-    import zoo_data
+class EdgeEval:
+    """The edge-F1 evaluation, loaded once: the zoo VAE, --images held-out emoji spread over the set, their labels
+    and Canny edges (the control maps), the refinement overrides (--draft-px, --strength), and each image's edge
+    density per token (what the budgets rank tokens by)."""
 
-    from diffugan.models import taesd
+    def __init__(self, model, net, args):
+        import train_zoo_controlnet as tzc
+        import zoo_data
 
-    vae = taesd.load_vae(args.vae)
-    x, records = zoo_data.load(zoo_data.DEFAULT_OUT, "heldout", 128)
-    pick = torch.linspace(0, len(x) - 1, args.images).round().long()
-    x = x[pick]
-    y = torch.tensor([zoo_data.zoo_label(records[i]) for i in pick])
-    kw = {k: v for k, v in (("draft_px", args.draft_px), ("strength", args.strength)) if v is not None}
-    return vae, x, y, vc.canny_edges(x * 0.5 + 0.5), kw
+        from diffugan.models import taesd
+
+        self.tzc, self.model, self.net = tzc, model, net
+        self.vae = taesd.load_vae(args.vae)
+        x, records = zoo_data.load(zoo_data.DEFAULT_OUT, "heldout", 128)
+        pick = torch.linspace(0, len(x) - 1, args.images).round().long()
+        self.x, self.y = x[pick], torch.tensor([zoo_data.zoo_label(records[i]) for i in pick])
+        self.edges = vc.canny_edges(self.x * 0.5 + 0.5)
+        self.kw = {k: v for k, v in (("draft_px", args.draft_px), ("strength", args.strength)) if v is not None}
+        self.setting = tzc.EDGE_EVAL | self.kw
+        self.grid = model.grid(torch.zeros(1, 4, self.x.shape[-2] // 8, self.x.shape[-1] // 8))
+        self.density = net.edge_density(net.prepare_hint(self.edges, self.grid))
+        self._dense = None
+
+    def refined(self, budget: float | None, net=None, **kw) -> torch.Tensor:
+        """Edges of the refined drafts: with `net` (default the ControlNet) at this budget, tokens by edge density
+        (None: without ControlNet); kw: refined_edges' reuse_steps / over_steps."""
+        settings = None if budget is None else vc.ControlSettings(budget=budget, edge_priority=1.0)
+        return self.tzc.refined_edges(self.model, net or self.net, self.vae, self.x, self.y, self.edges, settings,
+                                      **kw, **self.kw)
+
+    @property
+    def dense(self) -> torch.Tensor:
+        """Edges of the drafts refined with the dense branch, every step (computed once)."""
+        if self._dense is None:
+            self._dense = self.refined(1.0)
+        return self._dense
+
+    def f1(self, pred: torch.Tensor, region: torch.Tensor | None = None) -> float:
+        """Mean edge F1 against the control maps; inside `region` (pixels elsewhere masked out of both)."""
+        if region is None:
+            return float(vc.edge_f1(pred, self.edges).mean())
+        return float(vc.edge_f1(pred * region, self.edges * region).mean())
+
+    def top_tokens(self, budget: float) -> tuple[float, torch.Tensor]:
+        """The top-k tokens by edge density at a budget: the share of the control edges' pixels inside them, and
+        their pixels as a (N, 1, H, W) mask."""
+        import torch.nn.functional as F
+
+        top = self.density.topk(vc.budget_tokens(budget, self.density.shape[1]), 1)
+        coverage = float((top.values.sum(1) / self.density.sum(1).clamp_min(1e-8)).mean())
+        mask = torch.zeros_like(self.density).scatter(1, top.indices, 1.0).view(-1, 1, *self.grid)
+        return coverage, F.interpolate(mask, size=self.x.shape[-2:], mode="nearest")
 
 
-def edge_f1_by_budget(model, net, args, budgets) -> dict:
+def edge_f1_by_budget(ev: EdgeEval, budgets) -> dict:
     """Mean edge F1 of refined held-out drafts at each budget, and without the ControlNet ("none"). At each budget
     also: the share of the control edges' pixels inside the top-k tokens by edge density ("coverage"), what a plain
     top-k budget, whose skipped tokens inject nothing, controls at all; F1 counted only inside those tokens (pixels
     elsewhere masked out of both edge maps), this budget's and the dense branch's ("within", "dense_within"); and
     for a mixed-resolution ControlNet the same with its fine weights as a plain top-k one ("plain",
     "plain_within": the token budget as defined, without merged tokens)."""
-    import torch.nn.functional as F
-
-    import train_zoo_controlnet as tzc
-
-    vae, x, y, edges, kw = edge_eval_set(args)
-    out = {"setting": tzc.EDGE_EVAL | kw, "coverage": {}, "within": {}, "dense_within": {}, "plain": {},
-           "plain_within": {}, "none": float(tzc.follow_edges(model, net, vae, x, y, edges, None, **kw).mean())}
-    grid = (x.shape[-2] // 8 // model.config.patch_size, x.shape[-1] // 8 // model.config.patch_size)
-    density = net.edge_density(net.prepare_hint(edges, grid))
-    plain = None
+    out = {"setting": ev.setting, "coverage": {}, "within": {}, "dense_within": {}, "plain": {}, "plain_within": {},
+           "none": ev.f1(ev.refined(None))}
+    net, plain = ev.net, None
     if net.config.coarse_tokens:
         plain = vc.ViTControlNet(vc.ControlNetConfig(**(asdict(net.config) | {"coarse_tokens": False}))).eval()
         plain.load_state_dict({k: v for k, v in net.state_dict().items() if "_coarse" not in k})
-
-    def refined(n, budget):
-        return tzc.refined_edges(model, n, vae, x, y, edges, vc.ControlSettings(budget=budget, edge_priority=1.0),
-                                 **kw)
-
-    dense = refined(net, 1.0)
     for b in budgets:
-        k = max(1, math.ceil(b * density.shape[1] - 1e-9))
-        top = density.topk(k, 1)
-        out["coverage"][str(b)] = float((top.values.sum(1) / density.sum(1).clamp_min(1e-8)).mean())
-        region = F.interpolate(torch.zeros_like(density).scatter(1, top.indices, 1.0).view(-1, 1, *grid),
-                               size=x.shape[-2:], mode="nearest")
-        pred = dense if b == 1.0 else refined(net, b)
-        out[str(b)] = float(vc.edge_f1(pred, edges).mean())
-        out["within"][str(b)] = float(vc.edge_f1(pred * region, edges * region).mean())
-        out["dense_within"][str(b)] = float(vc.edge_f1(dense * region, edges * region).mean())
-        line = (f"edge F1 at budget {b:.0%}: {out[str(b)]:.3f} (without ControlNet {out['none']:.3f}; inside the "
-                f"top-k tokens {out['within'][str(b)]:.3f}, dense {out['dense_within'][str(b)]:.3f}); control edge "
-                f"pixels in the top-k tokens: {out['coverage'][str(b)]:.1%}")
+        key = str(b)
+        out["coverage"][key], region = ev.top_tokens(b)
+        pred = ev.dense if b == 1.0 else ev.refined(b)
+        out[key], out["within"][key] = ev.f1(pred), ev.f1(pred, region)
+        out["dense_within"][key] = ev.f1(ev.dense, region)
+        line = (f"edge F1 at budget {b:.0%}: {out[key]:.3f} (without ControlNet {out['none']:.3f}; inside the top-k "
+                f"tokens {out['within'][key]:.3f}, dense {out['dense_within'][key]:.3f}); control edge pixels in the "
+                f"top-k tokens: {out['coverage'][key]:.1%}")
         if plain is not None:  # at budget 1 the plain path is the dense one
-            pred = dense if b == 1.0 else refined(plain, b)
-            out["plain"][str(b)] = float(vc.edge_f1(pred, edges).mean())
-            out["plain_within"][str(b)] = float(vc.edge_f1(pred * region, edges * region).mean())
-            line += f"; plain top-k {out['plain'][str(b)]:.3f} (inside its tokens {out['plain_within'][str(b)]:.3f})"
+            pred = ev.dense if b == 1.0 else ev.refined(b, plain)
+            out["plain"][key], out["plain_within"][key] = ev.f1(pred), ev.f1(pred, region)
+            line += f"; plain top-k {out['plain'][key]:.3f} (inside its tokens {out['plain_within'][key]:.3f})"
         print(line, flush=True)
     return out
 
 
-def edge_f1_with_reuse(model, net, args, reuse_steps, over_steps_budgets, fixed_shares, f1) -> list[dict]:
+def edge_f1_with_reuse(ev: EdgeEval, reuse_steps, over_steps_budgets, fixed_shares, f1) -> list[dict]:
     """Edge F1 with the branch spent over steps: the dense branch at every n-th sampler step, its residuals reused
     between (ResidualReuse), or each step a part of the tokens (RotatingBudget, with each fixed share: that part of
     each step's tokens on the top tokens by edge density, the rest in turn); costs counted by the same classes over
     the sampler's steps (branch FLOPs summed over the run, against every step dense). The rotations are also scored
     within the top quarter of tokens by edge density (pixels elsewhere masked out of both edge maps), next to the
     dense branch."""
-    import torch.nn.functional as F
-
-    import train_zoo_controlnet as tzc
-
-    vae, x, y, edges, kw = edge_eval_set(args)
-    steps = (tzc.EDGE_EVAL | kw)["steps"]
-    dense = vc.ControlSettings(budget=1.0, edge_priority=1.0)
+    net, grid, steps = ev.net, ev.grid, ev.setting["steps"]
     rows = []
     for n in reuse_steps:
         counter = vc.ResidualReuse(n)
         for s in range(steps):
             counter("rows", s, lambda: None)
-        score = float(tzc.follow_edges(model, net, vae, x, y, edges, dense, reuse_steps=n, **kw).mean())
+        score = ev.f1(ev.refined(1.0, reuse_steps=n))
         rows.append(dict(reuse_steps=n, budget=1.0, branch_computations=counter.computed, steps=steps,
                          branch_flops_ratio_vs_dense=steps / counter.computed, edge_f1=score,
                          edge_f1_loss_vs_dense=1 - score / f1["1.0"] if f1.get("1.0") else None))
         print(f"dense branch every {n} steps: {steps / counter.computed:.2f}x fewer branch FLOPs, edge F1 "
               f"{score:.3f} (every step {f1.get('1.0', float('nan')):.3f})", flush=True)
-    grid = (x.shape[-2] // 8 // model.config.patch_size, x.shape[-1] // 8 // model.config.patch_size)
-    density = net.edge_density(net.prepare_hint(edges, grid))
-    top = torch.zeros_like(density).scatter(1, density.topk(density.shape[1] // 4, 1).indices, 1.0)
-    region = F.interpolate(top.view(-1, 1, *grid), size=x.shape[-2:], mode="nearest")
-
-    def within(pred):
-        return float(vc.edge_f1(pred * region, edges * region).mean())
-
-    dense_within = within(tzc.refined_edges(model, net, vae, x, y, edges, dense, **kw))
+    region = ev.top_tokens(0.25)[1]
+    dense_within = ev.f1(ev.dense, region)
     for b in over_steps_budgets:
         for fixed in fixed_shares:
             counter, flops = vc.RotatingBudget(b, fixed), []
@@ -293,14 +302,13 @@ def edge_f1_with_reuse(model, net, args, reuse_steps, over_steps_budgets, fixed_
                 return [torch.zeros(1, grid[0] * grid[1], 1)]  # stand-in residuals
 
             for s in range(steps):
-                counter("rows", s, density[:1], grid, count)
-            pred = tzc.refined_edges(model, net, vae, x, y, edges, vc.ControlSettings(budget=b, edge_priority=1.0),
-                                     over_steps=fixed, **kw)
-            score = float(vc.edge_f1(pred, edges).mean())
+                counter("rows", s, ev.density[:1], grid, count)
+            pred = ev.refined(b, over_steps=fixed)
+            score = ev.f1(pred)
             ratio = steps * net.flops(grid, 1.0) / sum(flops)
             rows.append(dict(budget_over_steps=b, fixed_share=fixed, branch_flops_ratio_vs_dense=ratio, steps=steps,
                              edge_f1=score, edge_f1_loss_vs_dense=1 - score / f1["1.0"] if f1.get("1.0") else None,
-                             edge_f1_top_quarter_tokens=within(pred),
+                             edge_f1_top_quarter_tokens=ev.f1(pred, region),
                              edge_f1_top_quarter_tokens_dense=dense_within))
             print(f"budget {b:.0%} over steps, fixed share {fixed:.0%}: {ratio:.2f}x fewer branch FLOPs, edge F1 "
                   f"{score:.3f}; within the top quarter of tokens {rows[-1]['edge_f1_top_quarter_tokens']:.3f} "

@@ -129,7 +129,7 @@ class RotatingBudget(_PerRun):
         """(N, T) bool: the tokens processed at `step` (> 0) for rows of this (N, T) priority; every row gets as
         many."""
         n, t = priority.shape
-        k = min(t, max(1, math.ceil(self.budget * t - 1e-9)))
+        k = budget_tokens(self.budget, t)
         top_n = round(self.fixed * k)
         chosen = torch.zeros(n, t, dtype=torch.bool, device=priority.device)
         chosen.scatter_(1, priority.topk(top_n, dim=1).indices, True)
@@ -251,7 +251,7 @@ class ViTControlNet(nn.Module):
         (N, m) processed as one merged token, sorted, or None for a plain ControlNet), with a + m <= k; None when
         the budget covers every token (the dense path)."""
         n, t = priority.shape
-        k = max(1, math.ceil(budget * t - 1e-9))
+        k = budget_tokens(budget, t)
         if k >= t:
             return None
         if not self.config.coarse_tokens:
@@ -384,6 +384,11 @@ def block_children(grid: tuple[int, int], device=None) -> torch.Tensor:
     yy = by.reshape(-1, 1) + torch.tensor([0, 0, 1, 1], device=device)
     xx = bx.reshape(-1, 1) + torch.tensor([0, 1, 0, 1], device=device)
     return torch.where((yy < gh) & (xx < gw), yy * gw + xx, gh * gw)
+
+
+def budget_tokens(budget: float, tokens: int) -> int:
+    """k = budget x tokens, rounded up (at least 1): how many tokens a budget in (0, 1] buys."""
+    return max(1, math.ceil(budget * tokens - 1e-9))
 
 
 def spread_order(grid: tuple[int, int], device=None) -> torch.Tensor:
