@@ -24,15 +24,17 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-import conftest  # noqa: E402,F401  (registers the pack as `diffugan`)
+sys.path.insert(0, str(ROOT))
+import devkit  # noqa: E402,F401  (registers the pack as the package `diffugan`)
+from devkit import sampling  # noqa: E402
 from diffugan.models import dit, importance, taesd  # noqa: E402
 
 ZOO = ROOT / "zoo"
 
 
 def load_models():
-    files = {"vae": ZOO / "vae" / "diffugan-emoji-vae.safetensors", "dit": ZOO / "dit" / "diffugan-emoji-dit.safetensors",
+    files = {"vae": ZOO / "vae" / "diffugan-emoji-vae.safetensors",
+             "dit": ZOO / "dit" / "diffugan-emoji-dit.safetensors",
              "scorer": ZOO / "diffugan_importance" / "diffugan-emoji-scorer.safetensors"}
     vae = taesd.load_vae(files["vae"]) if files["vae"].exists() else taesd.TinyAutoencoder().eval()
     model = dit.load_dit(files["dit"]) if files["dit"].exists() else dit.DiT(dit.DiTConfig(
@@ -54,7 +56,7 @@ def main() -> None:
     torch.manual_seed(0)
     vae, model, scorer, used = load_models()
     draft = torch.rand(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    sigmas, ts = dit.img2img_schedule(args.steps, args.strength)
+    sigmas, ts = sampling.img2img_schedule(args.steps, args.strength)
     label = torch.tensor([0])
     noise = torch.randn(1, 4, args.size // 8, args.size // 8, generator=torch.Generator().manual_seed(2))
     state = {}
@@ -63,7 +65,7 @@ def main() -> None:
         state["z"] = vae.encode(draft) * taesd.SD1_SCALE
 
     def refine():
-        state["out"], _ = dit.euler_img2img(model, state["z"], label, sigmas, ts, args.cfg, noise)
+        state["out"], _ = sampling.euler_img2img(model, state["z"], label, sigmas, ts, args.cfg, noise)
 
     def decode():
         vae.decode(state["out"] / taesd.SD1_SCALE)

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_region_refine as brr  # noqa: E402  (also registers the pack as `diffugan`)
-from diffugan.models import dit  # noqa: E402
+from devkit import sampling  # noqa: E402
+from diffugan.models import dit, region  # noqa: E402
 
 TARGET = {"flops_ratio": 3.0, "wall_speedup": 2.5, "psnr_loss_important_db": 0.5}  # issue #7
 
@@ -68,7 +69,7 @@ def main() -> None:
         outs, flops, dense, start = [], 0, 0, time.perf_counter()
         for i in range(0, len(drafts), args.batch):
             part = slice(i, i + args.batch)
-            out, state = dit.euler_img2img(model, drafts[part], labels[part], sigmas, ts, args.cfg, noise[part],
+            out, state = sampling.euler_img2img(model, drafts[part], labels[part], sigmas, ts, args.cfg, noise[part],
                                            None if counts is None else counts[part], **kw)
             outs.append(out)
             if state is not None:
@@ -80,18 +81,18 @@ def main() -> None:
 
     rows = []
     with torch.inference_mode():
-        sample(*dit.img2img_schedule(2, 0.5))  # warm-up
+        sample(*sampling.img2img_schedule(2, 0.5))  # warm-up
         for strength in args.strengths:
-            reference = pixels(sample(*dit.img2img_schedule(args.ref_steps, strength))[0])
-            sigmas, ts = dit.img2img_schedule(args.steps, strength)
+            reference = pixels(sample(*sampling.img2img_schedule(args.ref_steps, strength))[0])
+            sigmas, ts = sampling.img2img_schedule(args.steps, strength)
             uniform, wall_u, _ = sample(sigmas, ts)
             uniform = pixels(uniform)
             for min_steps, area in itertools.product(args.min_steps, args.areas):
-                counts = dit.token_step_counts(dit.step_counts_from_map(maps[area], drafts.shape[-2:], args.steps,
+                counts = region.token_step_counts(region.step_counts_from_map(maps[area], drafts.shape[-2:], args.steps,
                                                                         min_steps), model.config.patch_size, 0)
-                full = dit.token_pixels(counts == args.steps, model.grid(drafts), model.config.patch_size)
+                full = region.token_pixels(counts == args.steps, model.grid(drafts), model.config.patch_size)
                 mask = F.interpolate(full.float(), scale_factor=8, mode="nearest").bool()
-                region, wall_r, flops_ratio = sample(sigmas, ts, counts)
+                adaptive, wall_r, flops_ratio = sample(sigmas, ts, counts)
                 exact, _, _ = sample(sigmas, ts, counts, dense_every=1)
                 wall_u2 = sample(sigmas, ts)[1]
                 wall_r2 = sample(sigmas, ts, counts)[1]
@@ -99,15 +100,15 @@ def main() -> None:
                 def psnr(img, m):
                     return brr.masked_psnr(img, reference, m, 1.0)
 
-                region, exact = pixels(region), pixels(exact)
+                adaptive, exact = pixels(adaptive), pixels(exact)
                 base = psnr(uniform, mask)
                 row = dict(strength=strength, min_steps=min_steps, area=area,
                            important_token_fraction=float((counts == args.steps).float().mean()),
                            flops_ratio=flops_ratio, wall_speedup=min(wall_u, wall_u2) / min(wall_r, wall_r2),
                            psnr_important_uniform_db=base,
-                           psnr_loss_important_db=base - psnr(region, mask),
+                           psnr_loss_important_db=base - psnr(adaptive, mask),
                            psnr_loss_important_db_exact_context=base - psnr(exact, mask),
-                           psnr_rest_uniform_db=psnr(uniform, ~mask), psnr_rest_region_db=psnr(region, ~mask))
+                           psnr_rest_uniform_db=psnr(uniform, ~mask), psnr_rest_region_db=psnr(adaptive, ~mask))
                 row["meets_targets"] = (row["flops_ratio"] >= TARGET["flops_ratio"]
                                         and row["wall_speedup"] >= TARGET["wall_speedup"]
                                         and row["psnr_loss_important_db"] <= TARGET["psnr_loss_important_db"])

@@ -42,12 +42,13 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
-import conftest  # noqa: E402,F401  (registers the pack as `diffugan`)
-from diffugan.models import dit  # noqa: E402
-from drawn import coarsen  # noqa: E402
-from random_weights import perturb  # noqa: E402
+import devkit  # noqa: E402,F401  (registers the pack as the package `diffugan`)
+from devkit import sampling  # noqa: E402
+from diffugan.models import dit, region  # noqa: E402
+from devkit.drawn import coarsen  # noqa: E402
+from devkit.random_weights import perturb  # noqa: E402
 
 
 def masked_psnr(a: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor, peak: float) -> float | None:
@@ -135,11 +136,11 @@ def main() -> None:
         vae, names = None, None
     model.requires_grad_(False)
     cfgm = model.config
-    sigmas, ts = dit.img2img_schedule(args.steps, args.strength)
-    ref_sigmas, ref_ts = dit.img2img_schedule(args.ref_steps, args.strength)
+    sigmas, ts = sampling.img2img_schedule(args.steps, args.strength)
+    ref_sigmas, ref_ts = sampling.img2img_schedule(args.ref_steps, args.strength)
     noise_all = torch.randn(drafts.shape, generator=torch.Generator().manual_seed(2))
     lat_hw = drafts.shape[-2:]
-    counts_all = dit.token_step_counts(dit.step_counts_from_map(work, lat_hw, args.steps, args.min_steps),
+    counts_all = region.token_step_counts(region.step_counts_from_map(work, lat_hw, args.steps, args.min_steps),
                                        cfgm.patch_size, border=args.border)
     gen = torch.Generator().manual_seed(3)
     shuffled = torch.stack([c[torch.randperm(len(c), generator=gen)] for c in counts_all])
@@ -150,28 +151,32 @@ def main() -> None:
     eq_steps = None
     with torch.inference_mode():
         # warm-up (first calls allocate)
-        dit.euler_img2img(model, drafts[:1], labels[:1], sigmas, ts, args.cfg, noise_all[:1], counts_all[:1])
+        sampling.euler_img2img(model, drafts[:1], labels[:1], sigmas, ts, args.cfg, noise_all[:1], counts_all[:1])
         for i in range(0, len(drafts), args.batch):
             d, y, nz = drafts[i:i + args.batch], labels[i:i + args.batch], noise_all[i:i + args.batch]
             c, cs = counts_all[i:i + args.batch], shuffled[i:i + args.batch]
-            (u, _), tu = timed(lambda: dit.euler_img2img(model, d, y, sigmas, ts, args.cfg, nz))
-            (r, st), tr = timed(lambda: dit.euler_img2img(model, d, y, sigmas, ts, args.cfg, nz, c))
+            (u, _), tu = timed(lambda: sampling.euler_img2img(model, d, y, sigmas, ts, args.cfg, nz))
+            (r, st), tr = timed(lambda: sampling.euler_img2img(model, d, y, sigmas, ts, args.cfg, nz, c))
             if eq_steps is None:  # equal-FLOPs step count from the first chunk
                 eq_steps = max(1, round(args.steps * st.flops / st.dense_flops))
-                few_sigmas, few_ts = dit.img2img_schedule(eq_steps, args.strength)
-            (f, _), tf = timed(lambda: dit.euler_img2img(model, d, y, few_sigmas, few_ts, args.cfg, nz))
-            rt, st_rt = dit.euler_img2img(model, d, y, sigmas, ts, args.cfg, nz, cs)
-            rh, _ = dit.euler_img2img(model, d, y, sigmas, ts, args.cfg, nz, c, forecast=0)
-            fc, _ = dit.euler_img2img(model, d, y, sigmas, ts, args.cfg, nz, c, dense_every=1)
-            ref, _ = dit.euler_img2img(model, d, y, ref_sigmas, ref_ts, args.cfg, nz)
+                few_sigmas, few_ts = sampling.img2img_schedule(eq_steps, args.strength)
+            (f, _), tf = timed(lambda: sampling.euler_img2img(model, d, y, few_sigmas, few_ts, args.cfg, nz))
+            rt, st_rt = sampling.euler_img2img(model, d, y, sigmas, ts, args.cfg, nz, cs)
+            rh, _ = sampling.euler_img2img(model, d, y, sigmas, ts, args.cfg, nz, c, forecast=0)
+            fc, _ = sampling.euler_img2img(model, d, y, sigmas, ts, args.cfg, nz, c, dense_every=1)
+            ref, _ = sampling.euler_img2img(model, d, y, ref_sigmas, ref_ts, args.cfg, nz)
             for m, v in zip(methods + ["region_hold", "fresh_context", "reference"], (u, r, f, rt, rh, fc, ref)):
                 outs[m].append(v)
-            wall["uniform"] += tu; wall["region"] += tr; wall["fewer_steps"] += tf
-            flops["uniform"] += st.dense_flops; flops["region"] += st.flops; flops["random_tokens"] += st_rt.flops
+            wall["uniform"] += tu
+            wall["region"] += tr
+            wall["fewer_steps"] += tf
+            flops["uniform"] += st.dense_flops
+            flops["region"] += st.flops
+            flops["random_tokens"] += st_rt.flops
             flops["fewer_steps"] += st.dense_flops * eq_steps // args.steps
             print(f"drafts {i + len(d)}/{len(drafts)}: uniform {tu:.2f}s region {tr:.2f}s fewer {tf:.2f}s", flush=True)
         outs = {m: torch.cat(v) for m, v in outs.items()}
-        full = dit.token_pixels(counts_all == args.steps, model.grid(drafts), cfgm.patch_size)  # (N,1,h,w) latent px
+        full = region.token_pixels(counts_all == args.steps, model.grid(drafts), cfgm.patch_size)  # (N,1,h,w) latent px
         if trained:
             pix = {m: torch.cat([vae.decode(v[i:i + 16] / 0.18215) for i in range(0, len(v), 16)]) * 0.5 + 0.5
                    for m, v in outs.items()}
@@ -195,7 +200,8 @@ def main() -> None:
         "flops_ratio_uniform_over_region": flops["uniform"] / flops["region"],
         "wall_speedup_region": wall["uniform"] / wall["region"],
         "wall_speedup_fewer_steps": wall["uniform"] / wall["fewer_steps"],
-        "psnr_loss_important_db_region": quality["uniform"]["psnr_important_db"] - quality["region"]["psnr_important_db"],
+        "psnr_loss_important_db_region": quality["uniform"]["psnr_important_db"]
+        - quality["region"]["psnr_important_db"],
         "psnr_loss_important_db_fewer_steps": quality["uniform"]["psnr_important_db"]
         - quality["fewer_steps"]["psnr_important_db"],
         "psnr_loss_important_db_random_tokens": quality["uniform"]["psnr_important_db"]
@@ -208,7 +214,7 @@ def main() -> None:
         "drafts_with_an_important_region": int(has_important.sum()),
         "fewer_steps": eq_steps,
         "max_abs_diff_untouched_vs_draft": float(((outs["region"] - drafts).abs()
-                                                  * dit.token_pixels(counts_all == 0, model.grid(drafts),
+                                                  * region.token_pixels(counts_all == 0, model.grid(drafts),
                                                                      cfgm.patch_size)).max()),
     }
 

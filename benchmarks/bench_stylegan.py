@@ -21,15 +21,19 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-import conftest  # noqa: E402,F401  (registers the pack as `diffugan`)
+sys.path.insert(0, str(ROOT))
+import devkit  # noqa: E402,F401  (registers the pack as the package `diffugan`)
 from diffugan.models import stylegan as sg  # noqa: E402
 
 CONFIGS = {
-    ("stylegan2", 256): dict(mapping_kwargs={"num_layers": 8}, synthesis_kwargs={"channel_base": 16384, "channel_max": 512}),
-    ("stylegan2", 1024): dict(mapping_kwargs={"num_layers": 8}, synthesis_kwargs={"channel_base": 32768, "channel_max": 512}),
-    ("stylegan3", 256): dict(mapping_kwargs={"num_layers": 2}, synthesis_kwargs={"channel_base": 16384, "channel_max": 512}),
-    ("stylegan3", 1024): dict(mapping_kwargs={"num_layers": 2}, synthesis_kwargs={"channel_base": 32768, "channel_max": 512}),
+    ("stylegan2", 256): dict(mapping_kwargs={"num_layers": 8},
+                             synthesis_kwargs={"channel_base": 16384, "channel_max": 512}),
+    ("stylegan2", 1024): dict(mapping_kwargs={"num_layers": 8},
+                              synthesis_kwargs={"channel_base": 32768, "channel_max": 512}),
+    ("stylegan3", 256): dict(mapping_kwargs={"num_layers": 2},
+                             synthesis_kwargs={"channel_base": 16384, "channel_max": 512}),
+    ("stylegan3", 1024): dict(mapping_kwargs={"num_layers": 2},
+                              synthesis_kwargs={"channel_base": 32768, "channel_max": 512}),
 }
 
 

@@ -17,7 +17,8 @@ benchmarks/results/vit_controlnet.json (random) or vit_controlnet_zoo.json (trai
 
     .venv/bin/python benchmarks/bench_vit_controlnet.py [--model DiT-B/2] [--size 256] [--control-depth 6]
     .venv/bin/python benchmarks/bench_vit_controlnet.py --dit zoo/dit/diffugan-emoji-dit.safetensors \
-        --vae zoo/vae/diffugan-emoji-vae.safetensors --controlnet zoo/diffugan_controlnet/diffugan-emoji-controlnet.safetensors
+        --vae zoo/vae/diffugan-emoji-vae.safetensors \
+        --controlnet zoo/diffugan_controlnet/diffugan-emoji-controlnet.safetensors
 """
 from __future__ import annotations
 
@@ -33,10 +34,11 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))  # the ControlNet trainer's edge evaluation, in trained mode
-import conftest  # noqa: E402,F401  (registers the pack as `diffugan`)
-from diffugan.models import dit  # noqa: E402
+import devkit  # noqa: E402,F401  (registers the pack as the package `diffugan`)
+from devkit import metrics  # noqa: E402
+from diffugan.models import dit, flops  # noqa: E402
 from diffugan.models import vit_controlnet as vc  # noqa: E402
 
 
@@ -139,7 +141,7 @@ def main() -> None:
                                    [float(b) for b in args.over_steps_budgets.split(",")],
                                    [float(f) for f in args.over_steps_fixed.split(",")], f1)
     dense_flops = net.flops(grid, 1.0) * args.batch
-    dit_flops = dit.transformer_flops(model.config, tokens_n, tokens_n) * args.batch
+    dit_flops = flops.transformer_flops(model.config, tokens_n, tokens_n) * args.batch
     rows = []
     for b in budgets:
         f = net.flops(grid, b) * args.batch
@@ -228,8 +230,8 @@ class EdgeEval:
     def f1(self, pred: torch.Tensor, region: torch.Tensor | None = None) -> float:
         """Mean edge F1 against the control maps; inside `region` (pixels elsewhere masked out of both)."""
         if region is None:
-            return float(vc.edge_f1(pred, self.edges).mean())
-        return float(vc.edge_f1(pred * region, self.edges * region).mean())
+            return float(metrics.edge_f1(pred, self.edges).mean())
+        return float(metrics.edge_f1(pred * region, self.edges * region).mean())
 
     def top_tokens(self, budget: float) -> tuple[float, torch.Tensor]:
         """The top-k tokens by edge density at a budget: the share of the control edges' pixels inside them, and

@@ -1,9 +1,9 @@
 // DiffuGAN frontend extension. For now: give every DiffuGAN node a stage colour so a graph shows at a glance
-// which stage each node belongs to. (Heatmap preview and click-to-emphasize widgets come with the workflows issue.)
+// which stage each node belongs to (the keys are the nodes' categories; a test checks every category has one).
 import { app } from "../../scripts/app.js";
 
 const STAGE_COLORS = {
-  "DiffuGAN/Style": ["#2f3b55", "#3c4d70"],
+  "DiffuGAN/CLIP Style": ["#2f3b55", "#3c4d70"],
   "DiffuGAN/StyleGAN": ["#2d4a3e", "#3a5f50"],
   "DiffuGAN/Importance": ["#553a2f", "#70503c"],
   "DiffuGAN/ControlNet": ["#4a2d4a", "#5f3a5f"],

@@ -138,7 +138,8 @@ def load_nvidia_pickle(path: str | os.PathLike) -> Any:
     """Unpickle an NVlabs network pickle into plain data (dicts, tensors, PersistentRecords). Never runs code."""
     path = Path(path)
     if zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path.name}: this is a torch.save zip archive, not an NVIDIA pickle; use a .pt/.pth name")
+        raise CheckpointError(f"{path.name}: this is a torch.save zip archive, not an NVIDIA pickle; "
+                              "use a .pt/.pth name")
     with open(path, "rb") as f:
         try:
             return _RestrictedUnpickler(f, path.name).load()
@@ -252,7 +253,8 @@ def check_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], s
         if wrong:
             parts.append("wrong shapes: " + "; ".join(wrong[:10]) + (" …" if len(wrong) > 10 else ""))
         if missing:
-            parts.append(f"missing keys ({len(missing)}): " + ", ".join(missing[:10]) + (" …" if len(missing) > 10 else ""))
+            parts.append(f"missing keys ({len(missing)}): " + ", ".join(missing[:10])
+                         + (" …" if len(missing) > 10 else ""))
         if unexpected:
             parts.append(f"unexpected keys ({len(unexpected)}): " + ", ".join(unexpected[:10])
                          + (" …" if len(unexpected) > 10 else ""))

@@ -11,6 +11,9 @@ load strictly. Additions, all optional and absent from their files:
 Latents are SD-VAE latents (4 channels, scaled by 0.18215), noise schedule linear β 1e-4…0.02 over 1000 steps.
 Shapes: x (N, C, H, W) latents; t (N,) timesteps in [0, 1000); y (N,) class labels (num_classes = the null class);
 tokens (N, T, D) with T = (H/p)(W/p).
+
+This file is the network, its configs and its checkpoint I/O. Region-adaptive refinement (per-token step counts,
+a pass over a subset of tokens, forecasts between evaluations) is models/region.py; FLOP counts models/flops.py.
 """
 from __future__ import annotations
 
@@ -150,11 +153,19 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
 
+    def split(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(N, T, 3D) -> queries, keys, values, each (N, heads, T, d_head)."""
+        n, t, d3 = qkv.shape
+        return qkv.reshape(n, t, 3, self.num_heads, d3 // (3 * self.num_heads)).permute(2, 0, 3, 1, 4).unbind(0)
+
+    @staticmethod
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """(N, heads, Tq, dh) queries over (N, heads, T, dh) keys/values -> (N, Tq, D), before `proj`."""
+        out = F.scaled_dot_product_attention(q, k, v)
+        return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, t, d = x.shape
-        q, k, v = self.qkv(x).reshape(n, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(q, k, v)  # (N, heads, T, d_head)
-        return self.proj(x.transpose(1, 2).reshape(n, t, d))
+        return self.proj(self.attend(*self.split(self.qkv(x))))
 
 
 class Mlp(nn.Module):
@@ -178,8 +189,17 @@ class DiTBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:  # (N, T, D), (N, D)
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
-        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
+        return self.modulated(x, self.adaLN_modulation(c))
+
+    def modulated(self, x: torch.Tensor, mod: torch.Tensor,
+                  attention: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """The block on tokens x (N, T, D) with its adaLN modulation `mod` (N, 6D) already regressed, one row per
+        row of x. `attention` replaces the attention core: qkv (N, T, 3D) -> (N, T, D) before `proj` (the
+        region-adaptive pass attends over cached keys/values with it); default: self-attention over x."""
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=1)
+        h = modulate(self.norm1(x), shift_msa, scale_msa)
+        a = self.attn(h) if attention is None else self.attn.proj(attention(self.attn.qkv(h)))
+        x = x + gate_msa.unsqueeze(1) * a
         return x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
 
 
@@ -191,7 +211,11 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:  # (N, T, D) -> (N, T, p*p*C_out)
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
+        return self.modulated(x, self.adaLN_modulation(c))
+
+    def modulated(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
+        """With the modulation (N, 2D) already regressed, one row per row of x."""
+        shift, scale = mod.chunk(2, dim=1)
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
@@ -234,7 +258,7 @@ class DiT(nn.Module):
             nn.init.zeros_(self.style_proj.weight)
             nn.init.zeros_(self.style_proj.bias)
 
-    # --- pieces, so samplers can run the transformer on a subset of tokens ---------------------------------------
+    # --- pieces (the region-adaptive pass in models/region.py runs them on a subset of tokens) -----------------
     def grid(self, x: torch.Tensor) -> tuple[int, int]:
         p = self.config.patch_size
         h, w = x.shape[-2:]
@@ -258,14 +282,17 @@ class DiT(nn.Module):
 
     def conditioning(self, t: torch.Tensor, y: torch.Tensor | None = None, style: torch.Tensor | None = None,
                      drop_labels: torch.Tensor | None = None) -> torch.Tensor:
-        """adaLN conditioning c (N, D) = timestep embedding + label embedding (+ style projection)."""
+        """adaLN conditioning c (N, D) = timestep embedding + label embedding (+ style projection). A style row of
+        zeros means "no style" for that row (a CLIP embedding is a unit vector, never zero), so one batch can mix
+        prompted and unprompted rows."""
         if y is None:
             y = torch.full((t.shape[0],), self.config.null_class, dtype=torch.long, device=t.device)
         c = self.t_embedder(t) + self.y_embedder(y.long(), drop_labels)
         if style is not None:
             if self.config.style_dim == 0:
                 raise ValueError("this DiT was not trained with style conditioning (style_dim = 0)")
-            c = c + self.style_proj(style.to(c.dtype))
+            style = style.to(c.dtype)
+            c = c + self.style_proj(style) * style.ne(0).any(dim=1, keepdim=True).to(c.dtype)
         return c
 
     def unpatchify(self, x: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
@@ -396,375 +423,3 @@ def save_dit_safetensors(model: DiT, path, half: bool = False) -> None:
     if model.style_clip:
         meta["style_clip"] = model.style_clip
     save_safetensors(path, sd, meta)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Region-adaptive refinement: per-token step counts, and a transformer pass over a subset of tokens
-# --------------------------------------------------------------------------------------------------------------
-def token_step_counts(step_map: torch.Tensor, patch_size: int, border: int = 1) -> torch.Tensor:
-    """Per-pixel step counts (N, 1, H, W) at latent resolution -> per-token counts (N, T): a token gets the
-    largest count of its p x p pixels, then `border` tokens of dilation so region edges get the higher count."""
-    n = F.max_pool2d(step_map.float(), patch_size)  # (N, 1, gh, gw)
-    if border > 0:
-        n = F.max_pool2d(n, 2 * border + 1, stride=1, padding=border)
-    return n.flatten(1).round().long()
-
-
-def evaluation_schedule(counts: torch.Tensor, total_steps: int) -> torch.Tensor:
-    """Which of the `total_steps` steps evaluate each token: a token with n steps is evaluated at steps
-    floor(j * K / n), j = 0..n-1 (evenly spaced, always including step 0). (N, T) -> (N, K, T) bool.
-
-    Between evaluations a token's clean-latent prediction (x0) is forecast from its last two evaluations (or, with
-    forecast 0, held: then with the Euler sampler it follows exactly an n-step Euler schedule, the sub-sequence of
-    the K sigmas at its evaluation steps); all tokens stay at the same noise level at every step (no seams in
-    noise level across region borders). See RegionAdaptiveState."""
-    if counts.min() < 0 or counts.max() > total_steps:
-        raise ValueError(f"step counts must be in 0..{total_steps}, got {int(counts.min())}..{int(counts.max())}")
-    k = torch.arange(total_steps, device=counts.device)
-    j_max = counts.clamp_min(1)[:, None, :]  # (N, 1, T)
-    # step i is an evaluation step of a token with n steps iff some j < n has floor(j*K/n) == i, i.e. iff
-    # ceil(i*n/K) < ceil((i+1)*n/K) (the count of evaluation points up to i grows at i)
-    before = torch.div(k[None, :, None] * j_max + total_steps - 1, total_steps, rounding_mode="floor")
-    after = torch.div((k[None, :, None] + 1) * j_max + total_steps - 1, total_steps, rounding_mode="floor")
-    return (after > before) & (counts[:, None, :] > 0)
-
-
-def block_flops(config: DiTConfig, active: int, total: int) -> int:
-    """Multiply-adds x 2 of one DiT block for `active` query tokens attending over `total` tokens."""
-    d, hidden = config.hidden_size, int(config.hidden_size * config.mlp_ratio)
-    linear = 2 * active * (3 * d * d + d * d + 2 * d * hidden)
-    attention = 2 * 2 * active * total * d
-    return linear + attention
-
-
-def transformer_flops(config: DiTConfig, active: int, total: int) -> int:
-    """Counted FLOPs of a transformer pass (blocks, patch embedding and final layer) on `active` of `total` tokens."""
-    p2c = config.patch_size ** 2 * config.in_channels
-    embed = 2 * total * p2c * config.hidden_size
-    final = 2 * active * config.hidden_size * config.patch_size ** 2 * config.out_channels
-    return config.depth * block_flops(config, active, total) + embed + final
-
-
-class Packing:
-    """Each row's active tokens packed into one sequence (P = their total count) for the per-token layers, so rows
-    with different token sets share one batch without padding; only attention's queries are laid out per row,
-    each row's list padded to the longest (L) by repeating its first entry.
-
-    From a (R, T) bool mask of the tokens each row computes (row-major, tokens ascending): `row`, `token` (P,) each
-    entry's row and token; `flat` (P,) its index in the flattened (R x T) tokens; `padded` (R, L) the entry at each
-    slot of each row's padded list; `unpad` (P,) each entry's index in the flattened (R x L) padded lists."""
-
-    def __init__(self, mask: torch.Tensor):
-        self.row, self.token = mask.nonzero(as_tuple=True)
-        self.flat = self.row * mask.shape[1] + self.token
-        counts = mask.sum(1)
-        start = counts.cumsum(0) - counts  # (R,) each row's first entry
-        slot = torch.arange(int(counts.max()) if mask.numel() else 0, device=mask.device)
-        self.padded = start[:, None] + torch.where(slot < counts[:, None], slot, torch.zeros_like(slot))
-        self.unpad = self.row * len(slot) + torch.arange(len(self.token), device=mask.device) - start[self.row]
-        self.tokens = mask.shape[1]
-
-    def cache_rows(self, heads: int) -> torch.Tensor:
-        """(P x heads,) each entry's rows in a contiguous (R, H, T, dh) cache seen as (R x H x T, dh)."""
-        h = torch.arange(heads, device=self.row.device)
-        return ((self.row[:, None] * heads + h) * self.tokens + self.token[:, None]).flatten()
-
-    def take(self, per_token: torch.Tensor) -> torch.Tensor:
-        """(R, T, D) -> the packed entries (P, 1, D)."""
-        return per_token.flatten(0, 1).index_select(0, self.flat)[:, None]
-
-
-def _block_subset(block: DiTBlock, x: torch.Tensor, c: torch.Tensor, pack: Packing | None,
-                  cache: list[tuple[torch.Tensor, torch.Tensor]], layer: int) -> torch.Tensor:
-    """One adaLN-Zero block for the packed active tokens (all tokens if `pack` is None, which sets the layer's
-    cache), reading the rows' K/V caches and writing the active tokens' keys and values into them.
-
-    x: (R, T, D) all tokens, or (P, 1, D) packed ones (each entry its own row of one token, so the per-row adaLN
-    modulation is simply indexed per entry); c: (R, D); cache[layer]: (R, H, T, d_head) keys and values."""
-    n, a, d = x.shape
-    heads = block.attn.num_heads
-    mod = block.adaLN_modulation(c)  # (R, 6D)
-    if pack is not None:
-        mod = mod.index_select(0, pack.row)  # (P, 6D)
-    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=1)
-    qkv = block.attn.qkv(modulate(block.norm1(x), shift_msa, scale_msa))  # (n, a, 3D)
-    if pack is None:
-        q, keys, values = qkv.reshape(n, a, 3, heads, d // heads).permute(2, 0, 3, 1, 4)  # (R, H, T, dh)
-        cache[layer] = (keys, values)
-    else:  # the cache (R, H, T, dh) is updated in place: fresh for the active tokens, cached for the rest
-        qkv = qkv[:, 0]  # (P, 3D)
-        keys, values = (z if z.is_contiguous() else z.contiguous() for z in cache[layer])
-        rows = pack.cache_rows(heads)
-        keys.view(-1, d // heads).index_copy_(0, rows, qkv[:, d:2 * d].reshape(-1, d // heads))
-        values.view(-1, d // heads).index_copy_(0, rows, qkv[:, 2 * d:].reshape(-1, d // heads))
-        cache[layer] = (keys, values)
-        q = qkv[:, :d].index_select(0, pack.padded.flatten())  # (R x L, D): each row's tokens, padded
-        q = q.view(pack.padded.shape[0], pack.padded.shape[1], heads, d // heads).transpose(1, 2)  # (R, H, L, dh)
-    attn = F.scaled_dot_product_attention(q, keys, values).transpose(1, 2).reshape(q.shape[0], q.shape[2], d)
-    if pack is not None:
-        attn = attn.flatten(0, 1).index_select(0, pack.unpad)[:, None]  # (P, 1, D)
-    x = x + gate_msa.unsqueeze(1) * block.attn.proj(attn)
-    return x + gate_mlp.unsqueeze(1) * block.mlp(modulate(block.norm2(x), shift_mlp, scale_mlp))
-
-
-def forward_subset(model: DiT, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, style: torch.Tensor | None,
-                   active: torch.Tensor | None, cache: list, control: Control | None = None) -> torch.Tensor:
-    """The DiT on some tokens only: `active` a (R, T) bool mask (each row its own tokens, at least one) or (A,)
-    token indices (the same for every row), whose keys/values are written into `cache` in place; None = all tokens,
-    which fills `cache`. x (R, C, H, W) -> (R, C_out, H, W); outside the active tokens the output is zero (not
-    computed). With `active` None this is exactly `DiT.forward`."""
-    gh, gw = model.grid(x)
-    tokens = model.embed(x)  # (R, T, D); the patch embedding is cheap and keeps positions simple
-    c = model.conditioning(t, y, style)
-    residuals = control(tokens, c, (gh, gw)) if control is not None else None  # on all tokens: it has its own budget
-    pack = None
-    if active is not None:
-        if active.dtype != torch.bool:
-            active = torch.zeros(gh * gw, dtype=torch.bool, device=x.device).index_fill(0, active, True)
-        pack = Packing(active.expand(x.shape[0], -1))
-        tokens = pack.take(tokens)  # (P, 1, D)
-    for layer, block in enumerate(model.blocks):
-        tokens = _block_subset(block, tokens, c, pack, cache, layer)
-        if residuals is not None and layer < len(residuals):
-            tokens = tokens + (residuals[layer] if pack is None else pack.take(residuals[layer]))
-    if pack is None:
-        return model.unpatchify(model.final_layer(tokens, c), gh, gw)
-    final = model.final_layer
-    shift, scale = final.adaLN_modulation(c).index_select(0, pack.row).chunk(2, dim=1)
-    out = final.linear(modulate(final.norm_final(tokens), shift, scale))[:, 0]  # (P, p*p*C_out)
-    full = out.new_zeros(x.shape[0], gh * gw, out.shape[-1])
-    full.view(-1, out.shape[-1]).index_copy_(0, pack.flat, out)
-    return model.unpatchify(full, gh, gw)
-
-
-def token_pixels(mask: torch.Tensor, grid: tuple[int, int], patch_size: int) -> torch.Tensor:
-    """Token mask (R, T) bool -> pixel mask (R, 1, gh*p, gw*p)."""
-    gh, gw = grid
-    m = mask.view(mask.shape[0], 1, gh, gw)
-    return m.repeat_interleave(patch_size, 2).repeat_interleave(patch_size, 3)
-
-
-def step_counts_from_map(level_map: torch.Tensor, latent_hw: tuple[int, int], total_steps: int,
-                         min_steps: int) -> torch.Tensor:
-    """Importance / work-level map (N, 1, H, W) in 0..1 at any size -> per-latent-pixel step counts
-    min_steps + round(level * (total_steps - min_steps)), (N, 1, h, w) long."""
-    if not 0 <= min_steps <= total_steps:
-        raise ValueError(f"min_steps {min_steps} must be between 0 and the number of steps ({total_steps})")
-    m = level_map.float()
-    if m.shape[-2] % latent_hw[0] == 0 and m.shape[-1] % latent_hw[1] == 0:  # e.g. image -> latent (/8)
-        level = F.interpolate(m, size=latent_hw, mode="area")
-    else:
-        level = F.interpolate(m, size=latent_hw, mode="bilinear", antialias=True, align_corners=False)
-    return (min_steps + torch.round(level.clamp(0, 1) * (total_steps - min_steps))).long()
-
-
-class Evaluations:
-    """One sample row's last two evaluations of some per-token quantity (x0 pixels (C, H, W), or every block's keys
-    and values (2 x depth, H, T, dh)), with the sigma of each token's last two evaluations (inf: not yet evaluated).
-
-    Between its evaluations a token's value is forecast (`forecast` 1, the default): linearly in sigma from its
-    last two evaluations, last + d (last - prev), d = (sigma_last - sigma) / (sigma_prev - sigma_last) clamped to
-    0..1, the first-order feature forecast of TaylorSeer-style DiT caching. `forecast` 0 holds the last value."""
-
-    def __init__(self, values: torch.Tensor, sigma: float, tokens: int):
-        self.last = values.clone()  # its own copies, updated in place (never the caller's tensors, e.g. a draft)
-        self.prev = self.last
-        self.s_last = torch.full((tokens,), sigma, device=values.device)
-        self.s_prev = torch.full((tokens,), math.inf, device=values.device)
-
-    def weight(self, sigma: float, forecast: int) -> torch.Tensor:
-        """(T,) forecast weight d of each token at `sigma` (0: hold; tokens with one evaluation hold)."""
-        known = torch.isfinite(self.s_prev)
-        if forecast == 0 or not bool(known.any()):
-            return torch.zeros_like(self.s_last)
-        gap = (self.s_prev - self.s_last).where(known, torch.ones_like(self.s_last))
-        return ((self.s_last - sigma) / gap).clamp(0, 1) * known
-
-    def at(self, d: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """The values forecast with per-token weights d, already shaped to broadcast against them (into `out`, or a
-        new tensor): last + d (last - prev) in one pass, exactly `last` where d is 0."""
-        return torch.lerp(self.prev, self.last, 1 + d, out=out)
-
-    def record(self, values: torch.Tensor, mask: torch.Tensor, token_mask: torch.Tensor, sigma: float):
-        """New evaluations where `mask` (broadcasting against the values) / `token_mask` (T,) are set."""
-        if bool(token_mask.all()):
-            self.prev, self.last = self.last, values.clone()
-        else:
-            if self.prev is self.last:
-                self.prev = self.last.clone()
-            torch.where(mask, self.last, self.prev, out=self.prev)
-            torch.where(mask, values, self.last, out=self.last)
-        self.s_prev = torch.where(token_mask, self.s_last, self.s_prev)
-        self.s_last = torch.where(token_mask, torch.full_like(self.s_last, sigma), self.s_last)
-
-
-def step_index(sigmas: torch.Tensor, sigma: float) -> int:
-    """The step of a sampler's schedule `sigmas` (K + 1, ending at 0) that `sigma` belongs to: the last schedule
-    sigma >= it, so intermediate evaluations of multi-stage samplers count to their step."""
-    idx = (sigmas[:-1].float().cpu() >= sigma * (1 - 1e-5)).nonzero()
-    return int(idx.max()) if len(idx) else 0
-
-
-class RegionAdaptiveState:
-    """Carries one region-adaptive sampling run: which tokens each step evaluates, each sample row's evaluations
-    (clean-latent prediction x0 and each block's keys/values, with their sigmas), and the counted transformer
-    FLOPs (actual vs dense).
-
-    Rows are identified by `row_keys` (a cond/uncond chunk id and the image index), so the conditional and the
-    unconditional pass of classifier-free guidance keep separate caches, and each image of a batch its own map.
-    A token not evaluated at a step gets its x0 and, as attention context for the evaluated tokens, its keys and
-    values forecast from its last two evaluations (`forecast` 1; 0 holds the last ones: then an n-step token
-    follows exactly an n-step Euler schedule). Tokens with 0 steps keep x0 = the draft: the sampler returns them
-    unchanged. All tokens share the sampler's noise level at every step (no noise seams at region borders).
-    """
-
-    def __init__(self, model: DiT, counts: torch.Tensor, sigmas: torch.Tensor, draft: torch.Tensor | None,
-                 dense_every: int = 0, forecast: int = 1):
-        if forecast not in (0, 1):
-            raise ValueError(f"forecast must be 0 (hold) or 1 (linear), got {forecast}")
-        self.model, self.sigmas = model, sigmas.detach().float().cpu()
-        self.total_steps = len(sigmas) - 1
-        self.counts = counts  # (B, T)
-        self.schedule = evaluation_schedule(counts.cpu(), self.total_steps)  # (B, K, T)
-        self.draft = draft
-        self.dense_every = dense_every
-        self.forecast = forecast
-        self.x0: dict = {}  # row key -> Evaluations of [x0 (C, H, W)]
-        self.kv: dict = {}  # row key -> Evaluations of [keys, values of each block (H, T, dh)]
-        self.flops = 0
-        self.dense_flops = 0
-        self.evaluated_tokens = 0
-        self.total_tokens = 0
-
-    def __call__(self, x: torch.Tensor, xc: torch.Tensor, sigma: torch.Tensor, t: torch.Tensor,
-                 y: torch.Tensor | None, style: torch.Tensor | None, row_keys: list, images: list[int],
-                 calc_denoised, control_for: Callable[[list[int]], Control | None] | None = None) -> torch.Tensor:
-        """Denoised prediction (R, C, H, W) for rows x (noisy latents; xc the model input), evaluating the
-        transformer only on the tokens scheduled at this step. `control_for(rows)` gives a ControlNet hook for
-        those rows (or None)."""
-        s = float(sigma[0])
-        step = step_index(self.sigmas, s)
-        model, cfg = self.model, self.model.config
-        grid = model.grid(x)
-        total = grid[0] * grid[1]
-        image_rows = torch.tensor(images) % self.schedule.shape[0]
-        update = self.schedule[image_rows, step].to(x.device)  # (R, T): the tokens each row evaluates now
-        # Rows evaluating every token run as one batch (all rows at the first step, so a uniform map batches exactly
-        # like the stock path); rows evaluating a subset as one other batch, each row with its own tokens (packed,
-        # see Packing); rows with no token due at this step not at all.
-        dense_step = self.dense_every > 0 and step % self.dense_every == 0
-        dense, subset = [], []
-        for r, k in enumerate(row_keys):
-            if k not in self.kv or dense_step or bool(update[r].all()):
-                dense.append(r)
-            elif bool(update[r].any()):
-                subset.append(r)
-            if k not in self.x0:  # before its first evaluation a row's x0 is the draft
-                draft = self.draft[images[r] % self.draft.shape[0]].to(x) if self.draft is not None else x[r] * 0
-                self.x0[k] = Evaluations(draft, math.inf, total)
-        # x0 of the tokens not evaluated now: forecast (or held)
-        x0 = torch.stack([ev.at(token_pixels(ev.weight(s, self.forecast)[None], grid, cfg.patch_size)[0])
-                          for ev in (self.x0[k] for k in row_keys)])  # (R, C, H, W)
-        for rows in (dense, subset):
-            if not rows:
-                continue
-            sel, keys, upd = torch.tensor(rows, device=x.device), [row_keys[r] for r in rows], update[rows]
-            if rows is dense:
-                mask, cache, active = None, [None] * cfg.depth, [total] * len(rows)
-            else:
-                mask, active = upd, upd.sum(1).tolist()
-                shape = self.kv[keys[0]].last.shape
-                kv = x.new_empty((shape[0], len(keys)) + shape[1:])  # (2 x depth, R, H, T, dh)
-                for i, k in enumerate(keys):
-                    self._context(k, s, out=kv[:, i])  # the subset pass updates it in place
-                cache = [(kv[2 * layer], kv[2 * layer + 1]) for layer in range(cfg.depth)]
-            eps = forward_subset(model, xc[sel], t[sel], None if y is None else y[sel],
-                                 None if style is None else style[sel], mask, cache,
-                                 None if control_for is None else control_for(rows))[:, : x.shape[1]]
-            fresh = calc_denoised(eps.float(), x[sel], sigma[sel]).to(x0.dtype)
-            upd_px = token_pixels(upd, grid, cfg.patch_size)  # (R, 1, H, W)
-            x0[sel] = torch.where(upd_px, fresh, x0[sel])
-            if mask is None:
-                kv = torch.stack([kv for layer in cache for kv in layer])  # (2 x depth, R, H, T, dh)
-            computed = torch.ones_like(upd) if mask is None else upd
-            for i, k in enumerate(keys):
-                if k not in self.kv:
-                    self.kv[k] = Evaluations(kv[:, i], s, total)
-                else:
-                    self.kv[k].record(kv[:, i], computed[i].view(1, 1, -1, 1), computed[i], s)
-                self.x0[k].record(fresh[i], upd_px[i], upd[i], s)
-            self.flops += sum(transformer_flops(cfg, a, total) for a in active)
-            self.evaluated_tokens += sum(active)
-        self.dense_flops += len(row_keys) * transformer_flops(cfg, total, total)
-        self.total_tokens += len(row_keys) * total
-        return x0
-
-    def _context(self, key, sigma: float, out: torch.Tensor) -> torch.Tensor:
-        """A row's keys and values of every block at `sigma` (2 x depth, H, T, dh: k0, v0, k1, v1, ...): the
-        evaluated ones are overwritten by the subset pass, the others serve as context (forecast or held)."""
-        ev = self.kv[key]
-        return ev.at(ev.weight(sigma, self.forecast).view(1, 1, -1, 1), out)
-
-    def untouched_pixels(self, grid: tuple[int, int]) -> torch.Tensor:
-        """(B, 1, H, W) bool: latent pixels of tokens with 0 steps (their output must equal the draft)."""
-        return token_pixels(self.counts == 0, grid, self.model.config.patch_size)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Reference img2img sampler (no ComfyUI)
-# --------------------------------------------------------------------------------------------------------------
-def img2img_schedule(steps: int, strength: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sigmas and matching discrete timesteps of DiT's linear-β schedule: `steps` evenly spaced timesteps from
-    strength * 999 down, then sigma 0 (a plain 'normal'-style img2img schedule)."""
-    acp = torch.cumprod(1 - linear_betas(), 0)
-    ts = torch.linspace(strength * (NUM_TIMESTEPS - 1), 0, steps + 1)[:-1]
-    sig = ((1 - acp) / acp).sqrt()
-    sigmas = torch.cat([torch.stack([_interp(sig, t) for t in ts]), torch.zeros(1)]).float()
-    return sigmas, ts.float()
-
-
-def _interp(values: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    lo, hi = int(t.floor()), int(t.ceil())
-    w = float(t - lo)
-    return ((1 - w) * values[lo].log() + w * values[hi].log()).exp()
-
-
-def euler_img2img(model: DiT, draft, labels, sigmas, ts, cfg, noise, counts=None, dense_every: int = 0,
-                  style=None, forecast: int = 1):
-    """Reference Euler img2img without ComfyUI (benchmarks, training scripts): from `draft` (SD1-scaled latents)
-    noised to sigmas[0] with `noise`, classifier-free guidance `cfg` against the null class (rows: cond batch, then
-    uncond batch), the same update as ComfyUI's Euler on this model. With per-token step `counts` (N, T) the
-    region-adaptive state evaluates each token only at its steps (`dense_every` as the sampler node's; `forecast`
-    as RegionAdaptiveState's). A `style` (N, style_dim) conditions the cond rows only, as DiffuGAN DiT Conditioning
-    does (dense sampling only). Returns (latent, state or None)."""
-    n = draft.shape[0]
-    if style is not None and counts is not None:
-        raise ValueError("euler_img2img: style with per-token counts is not supported")
-    state = RegionAdaptiveState(model, counts, sigmas, draft, dense_every, forecast) if counts is not None else None
-    x = draft + noise * sigmas[0]
-    y = torch.cat([labels, torch.full_like(labels, model.config.null_class)]) if cfg != 1 else labels
-    keys = [(c, j) for c in range(2 if cfg != 1 else 1) for j in range(n)]
-    images = [j for _, j in keys]
-    for i in range(len(sigmas) - 1):
-        s = sigmas[i]
-        xx = torch.cat([x, x]) if cfg != 1 else x
-        sig = s.expand(xx.shape[0])
-        xc = xx / (s ** 2 + 1).sqrt()
-        t = ts[i].expand(xx.shape[0])
-        if state is None and style is not None:
-            eps = model(xc[:n], t[:n], y[:n], style)
-            if cfg != 1:
-                eps = torch.cat([eps, model(xc[n:], t[n:], y[n:])])
-            den = xx - eps[:, : x.shape[1]] * s
-        elif state is None:
-            eps = model(xc, t, y)[:, : x.shape[1]]
-            den = xx - eps * s
-        else:
-            den = state(xx, xc, sig, t, y, None, keys, images, lambda e, a, b: a - e * b.view(-1, 1, 1, 1))
-        if cfg != 1:
-            cond, uncond = den.chunk(2)
-            den = uncond + cfg * (cond - uncond)
-        x = x + (x - den) / s * (sigmas[i + 1] - s)
-    if state is not None:  # 0-step tokens: exactly the draft (as the ComfyUI sampler returns them)
-        x = torch.where(state.untouched_pixels(model.grid(x)), draft, x)
-    return x, state

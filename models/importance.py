@@ -4,26 +4,12 @@ Pure PyTorch (never imports ComfyUI). Images are NCHW float in 0..1, importance 
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-# A perceptually ordered heat colormap: dark blue (unimportant) -> blue -> teal -> yellow -> red (important).
-# Anchors (position, r, g, b); values between anchors are interpolated linearly.
-HEAT_ANCHORS = torch.tensor(
-    [
-        [0.00, 0.05, 0.03, 0.30],
-        [0.25, 0.10, 0.30, 0.90],
-        [0.50, 0.10, 0.80, 0.60],
-        [0.75, 1.00, 0.85, 0.10],
-        [1.00, 0.90, 0.10, 0.05],
-    ]
-)
-
 
 def check_finite(name: str, t: torch.Tensor) -> None:
     """Refuse NaN / inf with an error that names the input."""
@@ -49,35 +35,6 @@ def match_mask(mask: torch.Tensor, batch: int, height: int, width: int, name: st
     if mask.shape[-2:] != (height, width):
         mask = F.interpolate(mask, size=(height, width), mode="bilinear", align_corners=False)
     return mask.expand(batch, 1, height, width)
-
-
-def colorize(values: torch.Tensor, anchors: torch.Tensor = HEAT_ANCHORS) -> torch.Tensor:
-    """Map (N,1,H,W) values in 0..1 to (N,3,H,W) colours by piecewise-linear interpolation of `anchors`."""
-    anchors = anchors.to(device=values.device, dtype=values.dtype)
-    pos, rgb = anchors[:, 0].contiguous(), anchors[:, 1:]  # (K,), (K, 3)
-    v = values.clamp(0, 1)[:, 0]  # (N, H, W)
-    hi = torch.searchsorted(pos, v.contiguous(), right=False).clamp(1, len(pos) - 1)  # upper anchor index
-    lo = hi - 1
-    t = ((v - pos[lo]) / (pos[hi] - pos[lo])).unsqueeze(-1)  # (N, H, W, 1)
-    out = rgb[lo] * (1 - t) + rgb[hi] * t  # (N, H, W, 3)
-    return out.permute(0, 3, 1, 2)
-
-
-def heatmap_overlay(image: torch.Tensor, importance: torch.Tensor, opacity: float = 0.55) -> torch.Tensor:
-    """Blend a heat-coloured importance map over an image.
-
-    image: (N,3,H,W) in 0..1; importance: (N or 1,1,h,w) in 0..1 (resized to H,W if needed).
-    opacity: 0 returns the image unchanged, 1 returns the pure heatmap.
-    """
-    if image.ndim != 4 or image.shape[1] != 3:
-        raise ValueError(f"'image' must be RGB (N,3,H,W), got shape {tuple(image.shape)}")
-    if not 0.0 <= opacity <= 1.0:
-        raise ValueError(f"'opacity' must be in 0..1, got {opacity}")
-    check_finite("image", image)
-    check_finite("importance", importance)
-    n, _, h, w = image.shape
-    m = match_mask(importance.to(image), n, h, w, name="importance").clamp(0, 1)
-    return torch.lerp(image, colorize(m), opacity).clamp(0, 1)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -148,50 +105,6 @@ def _kernel(sigma: float) -> int:
 # User emphasis: painted masks and clicked points
 # --------------------------------------------------------------------------------------------------------------
 MERGE_MODES = ("max", "add", "multiply")
-
-
-def parse_points(text: str) -> list[dict]:
-    """Clicked points as JSON: a list of {"x", "y", "radius", "weight"} in image pixels ("radius" default 32,
-    "weight" default 1). An empty string means no points."""
-    if not text or not text.strip():
-        return []
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"'points' is not valid JSON ({e.msg} at character {e.pos}); expected e.g. "
-                         '[{"x": 120, "y": 80, "radius": 24, "weight": 1}]') from None
-    if isinstance(raw, dict):
-        raw = [raw]
-    if not isinstance(raw, list):
-        raise ValueError("'points' must be a JSON list of {x, y, radius, weight} objects")
-    points = []
-    for i, p in enumerate(raw):
-        if not isinstance(p, dict) or "x" not in p or "y" not in p:
-            raise ValueError(f"'points' item {i} must be an object with at least x and y, got {p!r}")
-        try:
-            pt = {"x": float(p["x"]), "y": float(p["y"]), "radius": float(p.get("radius", 32)),
-                  "weight": float(p.get("weight", 1.0))}
-        except (TypeError, ValueError):
-            raise ValueError(f"'points' item {i} has a non-numeric value: {p!r}") from None
-        if not all(math.isfinite(v) for v in pt.values()) or pt["radius"] <= 0:
-            raise ValueError(f"'points' item {i} needs finite numbers and radius > 0, got {p!r}")
-        points.append(pt)
-    return points
-
-
-def points_to_mask(points: list[dict], height: int, width: int) -> torch.Tensor:
-    """Gaussian blobs (sigma = radius / 2, so a blob falls to 0.14 of its weight at the radius), combined by max,
-    clamped to 0..1. Returns (1,1,H,W)."""
-    mask = torch.zeros(1, 1, height, width)
-    if not points:
-        return mask
-    yy = torch.arange(height, dtype=torch.float32).view(-1, 1) + 0.5
-    xx = torch.arange(width, dtype=torch.float32).view(1, -1) + 0.5
-    for p in points:
-        sigma = p["radius"] / 2
-        blob = p["weight"] * torch.exp(-((xx - p["x"]) ** 2 + (yy - p["y"]) ** 2) / (2 * sigma * sigma))
-        mask[0, 0] = torch.maximum(mask[0, 0], blob)
-    return mask.clamp(0, 1)
 
 
 def merge_emphasis(score: torch.Tensor, user: torch.Tensor, mode: str = "max", strength: float = 1.0) -> torch.Tensor:
@@ -371,24 +284,3 @@ def load_scorer(path) -> LearnedScorer:
     ck.check_state_dict(model, tensors, str(path))
     model.load_state_dict(tensors, strict=True)
     return model.eval().requires_grad_(False)
-
-
-def average_ranks(x: torch.Tensor) -> torch.Tensor:
-    """Ranks of a 1-D tensor, ties sharing their mean rank (as Spearman's rho needs)."""
-    order = torch.argsort(x, stable=True)
-    sorted_x = x[order]
-    ranks = torch.empty_like(x, dtype=torch.float64)
-    ranks[order] = torch.arange(len(x), dtype=torch.float64)
-    _, inverse, counts = torch.unique_consecutive(sorted_x, return_inverse=True, return_counts=True)
-    ends = torch.cumsum(counts, 0).double()
-    mean_rank = ends - (counts.double() + 1) / 2  # mean of positions start..end-1 of each tie group
-    ranks[order] = mean_rank[inverse]
-    return ranks
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman rank correlation of two maps (any shape, same number of elements); 0 when one is constant."""
-    ra, rb = average_ranks(a.flatten().double()), average_ranks(b.flatten().double())
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    den = float(ra.norm() * rb.norm())
-    return float((ra * rb).sum()) / den if den > 0 else 0.0

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .stylegan import LRELU_GAIN, FullyConnectedLayer, NoiseMode, bias_act, upfirdn2d
+from .stylegan_ops import LRELU_GAIN, FullyConnectedLayer, NoiseMode, bias_act, upfirdn2d
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoints as ck
-from .dit import DiT, DiTBlock, block_flops, sincos_pos_embed
+from .dit import DiT, DiTBlock, sincos_pos_embed
+from .flops import block_flops
 
 SAFETENSORS_FORMAT = "diffugan.vit_controlnet.v1"
 
@@ -70,10 +71,11 @@ class ControlSettings:
     edge_gain: float = 0.0  # extra strength where edges are dense: x (1 + edge_gain * density)
 
 
-class _PerRun:
-    """State kept across the steps of a sampling run, per row set (`key`: which rows, cond/uncond, shapes) as
-    (step, residuals). Step 0 starts a new run and drops the last run's entries (other row sets start at their
-    step 0 too), so one run's residuals are held until the next run starts."""
+class StepResiduals:
+    """The ControlNet's residuals of one sampling run, kept across its steps per row set (`key`: which rows,
+    cond/uncond, shapes) as (step, residuals), for the temporal budgets below. The Apply node makes a fresh one when
+    sampling starts and drops it when sampling ends; step 0 also drops entries of an earlier run (other row sets
+    start at their step 0 too)."""
 
     def __init__(self):
         self._entries: dict = {}
@@ -84,7 +86,7 @@ class _PerRun:
         return self._entries.get(key)
 
 
-class ResidualReuse(_PerRun):
+class ResidualReuse(StepResiduals):
     """A temporal budget: the ControlNet's residuals are computed at every `every`-th sampler step and reused at
     the steps between (the control image does not change, and its residuals change slowly with the noise level),
     so the branch costs about 1/every. Step 0 and a step before the last computed one always compute; every=1
@@ -105,7 +107,7 @@ class ResidualReuse(_PerRun):
         return entry[1]
 
 
-class RotatingBudget(_PerRun):
+class RotatingBudget(StepResiduals):
     """The token budget spent over sampler steps. Each step the branch processes k = budget x T tokens as plain
     tokens, taken in turn: the tokens in 2x2-stride order (`spread_order`) cut into groups of k, one group a step,
     so each group spans the whole image and each token is refreshed every T / k steps. A `fixed` share of k can go
@@ -420,18 +422,6 @@ def canny_edges(image: torch.Tensor, low: float = 0.1, high: float = 0.2) -> tor
     edges = torch.cat([kornia.filters.canny(x[i:i + 16], low_threshold=low, high_threshold=high)[1]
                        for i in range(0, len(x), 16)]) if len(x) else x[:, :1]
     return (edges > 0.5).to(image.dtype)
-
-
-def edge_f1(pred: torch.Tensor, target: torch.Tensor, tolerance: int = 1) -> torch.Tensor:
-    """Per image F1 of binary edge maps (N, 1, H, W), an edge pixel counting as matched within `tolerance` pixels
-    (Chebyshev): precision = predicted edges near a target edge, recall = target edges near a predicted edge."""
-    k = 2 * tolerance + 1
-    near_t = F.max_pool2d(target.float(), k, 1, tolerance)
-    near_p = F.max_pool2d(pred.float(), k, 1, tolerance)
-    p, t = pred.float(), target.float()
-    precision = (p * near_t).sum((1, 2, 3)) / p.sum((1, 2, 3)).clamp_min(1)
-    recall = (t * near_p).sum((1, 2, 3)) / t.sum((1, 2, 3)).clamp_min(1)
-    return 2 * precision * recall / (precision + recall).clamp_min(1e-8)
 
 
 def save_controlnet(net: ViTControlNet, path, base: str = "", half: bool = False) -> None:

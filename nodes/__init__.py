@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import clip_style, dit, importance, stylegan, vit_controlnet
+from . import clip_style, dit, importance, style_inject, stylegan, vit_controlnet
 from ._common import add_zoo_folder
 
-STAGES = [clip_style, stylegan, importance, vit_controlnet, dit]
+STAGES = [clip_style, stylegan, style_inject, importance, vit_controlnet, dit]
 add_zoo_folder("vae")  # the zoo's VAE (TAESD layout) for the stock VAELoader
 
 

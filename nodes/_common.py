@@ -88,11 +88,31 @@ def model_file_or_error(folder: str, file_name: str, node: str, what: str, expec
         places = ", ".join(folder_paths.get_folder_paths(folder))
         available = folder_paths.get_filename_list(folder)
         raise ValueError(
-            (f"{node}: " if node else "") + f"{what} '{file_name}' not found. Put it in the '{folder}' model folder ({places})"
+            (f"{node}: " if node else "")
+            + f"{what} '{file_name}' not found. Put it in the '{folder}' model folder ({places})"
             + (f"; found there: {', '.join(available[:10])}" if available else "; that folder is empty")
             + (f". Expected: {expected}" if expected else "")
         )
     return path
+
+
+def load_model_file(folder: str, file_name: str, node: str, what: str, load, expected: str = ""):
+    """What every loader node does: find the file (or say which folder it belongs in), then `load(path)` with a
+    model-side ValueError turned into one that names the node. Outside inference mode, so the loaded weights are
+    plain tensors (Style Inject backpropagates through the StyleGAN and CLIP)."""
+    path = model_file_or_error(folder, file_name, node, what, expected)
+    with node_errors(node), torch.inference_mode(False):
+        return load(path)
+
+
+def managed(model: torch.nn.Module):
+    """A loaded model in ComfyUI's model management (loaded to the torch device when used, offloaded per
+    --lowvram / --cpu), as every loader node returns it."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
 
 
 def missing_model_message(folder: str, file_name: str, what: str, expected: str = "") -> str | bool:

@@ -1,5 +1,5 @@
-"""CLIP style nodes: loader, Style Encode, Style Mix (category DiffuGAN/CLIP Style), and Style Inject, which steers
-a StyleGAN draft's W+ toward a style (category DiffuGAN/StyleGAN).
+"""CLIP style nodes: loader, Style Encode, Style Mix (category DiffuGAN/CLIP Style). Style Inject, which steers a
+StyleGAN draft's W+ toward a style, is a StyleGAN node: nodes/style_inject.py.
 
 Custom types: DIFFUGAN_CLIP (an open_clip model in ComfyUI's model management) and DIFFUGAN_STYLE (a unit style
 embedding with its parts and the identity of the CLIP that made it, so a stage refuses an embedding from another
@@ -11,19 +11,23 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from comfy_api.latest import io
-
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.utils
 import folder_paths
+import torch
+from comfy_api.latest import io
 
 from ..models import clip_style as cs
-from ..models import stylegan as sg
-from ._common import (StyleType, check_style, missing_model_message, model_file_or_error, node_errors,
-                      register_model_folder)
-from .stylegan import NOISE_MODES, StyleGANType, WType, _check_w, _load_on_device, _render, _w_payload
+from ._common import (
+    StyleType,
+    check_style,
+    load_model_file,
+    managed,
+    missing_model_message,
+    node_errors,
+    register_model_folder,
+)
 
 FOLDER = "clip_style"
 MAPPER_FOLDER = "diffugan_mappers"
@@ -97,12 +101,10 @@ class CLIPLoader(io.ComfyNode):
     @classmethod
     def execute(cls, ckpt_name, architecture) -> io.NodeOutput:
         name = "DiffuGAN CLIP Style Loader"
-        path = model_file_or_error(FOLDER, ckpt_name, name, "CLIP checkpoint", EXPECTED)
-        with node_errors(name), torch.inference_mode(False):  # plain tensors: style injection backpropagates
-            model = cs.load_clip(path, architecture, [Path(d) for d in folder_paths.get_folder_paths(FOLDER)])
-        patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
-                                                   offload_device=mm.unet_offload_device())
-        return io.NodeOutput(ClipModel(patcher, ckpt_name))
+        towers = [Path(d) for d in folder_paths.get_folder_paths(FOLDER)]
+        model = load_model_file(FOLDER, ckpt_name, name, "CLIP checkpoint",
+                                lambda path: cs.load_clip(path, architecture, towers), EXPECTED)
+        return io.NodeOutput(ClipModel(managed(model), ckpt_name))
 
 
 class StyleEncode(io.ComfyNode):
@@ -192,104 +194,4 @@ class StyleMix(io.ComfyNode):
         return io.NodeOutput(cs.StyleEmbedding(embedding, style_a.clip, parts))
 
 
-class StyleInject(io.ComfyNode):
-    MODES = ["clip_guided", "mapper"]
-
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="DiffuGANStyleInject",
-            display_name="DiffuGAN StyleGAN Style Inject",
-            category="DiffuGAN/StyleGAN",
-            description=("Steers a draft's W+ toward a style: W+ out = W+ in + strength x offset (strength 0 returns "
-                         "W+ unchanged). clip_guided optimises the offset so CLIP sees the style in the image "
-                         "(StyleCLIP latent optimisation, needs 'clip'); mapper computes it in one pass with a "
-                         "mapper trained by scripts/train_style_mapper.py for this generator and CLIP."),
-            inputs=[
-                StyleGANType.Input("stylegan"),
-                WType.Input("w"),
-                StyleType.Input("style"),
-                io.Combo.Input("mode", options=cls.MODES, default="clip_guided"),
-                io.Float.Input("strength", default=1.0, min=-2.0, max=4.0, step=0.05),
-                ClipType.Input("clip", optional=True, tooltip="Needed by clip_guided: the CLIP that encoded the style."),
-                io.Combo.Input("mapper", options=[NO_MAPPER] + folder_paths.get_filename_list(MAPPER_FOLDER),
-                               default=NO_MAPPER, tooltip="Needed by mapper: a file in models/diffugan_mappers."),
-                io.Int.Input("steps", default=20, min=1, max=500, tooltip="clip_guided: optimisation steps."),
-                io.Float.Input("learning_rate", default=0.05, min=0.001, max=1.0, step=0.005,
-                               tooltip="clip_guided: Adam step size in W units."),
-                io.Float.Input("tether", default=1.0, min=0.0, max=100.0, step=0.1,
-                               tooltip="clip_guided: L2 pull toward the input W; higher keeps more of the draft."),
-                io.Combo.Input("noise_mode", options=NOISE_MODES, default="const"),
-                io.Int.Input("noise_seed", default=0, min=0, max=2**32 - 1, tooltip="Used by noise_mode=random."),
-            ],
-            outputs=[io.Image.Output(display_name="image"), WType.Output(display_name="w")],
-        )
-
-    @classmethod
-    def validate_inputs(cls, mapper=NO_MAPPER) -> bool | str:
-        if mapper in (None, NO_MAPPER):
-            return True
-        return missing_model_message(MAPPER_FOLDER, mapper, "style mapper")
-
-    @classmethod
-    def execute(cls, stylegan, w, style, mode, strength, steps, learning_rate, tether, noise_mode, noise_seed,
-                clip=None, mapper=NO_MAPPER) -> io.NodeOutput:
-        name = "DiffuGAN StyleGAN Style Inject"
-        ws = _check_w(stylegan, w, name)
-        if strength == 0:
-            return io.NodeOutput(_render(stylegan, ws, noise_mode, noise_seed), _w_payload(stylegan, ws))
-        with node_errors(name):
-            if mode == "clip_guided":
-                delta = cls._clip_guided(stylegan, ws, style, clip, steps, learning_rate, tether, noise_mode)
-            elif mode == "mapper":
-                delta = cls._mapped(stylegan, ws, style, mapper, name)
-            else:
-                raise ValueError(f"unknown mode '{mode}'; use one of {cls.MODES}")
-            out = ws + strength * delta
-        return io.NodeOutput(_render(stylegan, out, noise_mode, noise_seed), _w_payload(stylegan, out))
-
-    @staticmethod
-    def _clip_guided(stylegan, ws, style, clip, steps, lr, tether, noise_mode) -> torch.Tensor:
-        if clip is None:
-            raise ValueError("mode clip_guided needs the 'clip' input: connect the CLIP loader that encoded the style")
-        check_style(style.clip, clip.model.identity, "the 'clip' input uses")
-        G, device, _ = _load_on_device(stylegan)
-        model = clip.loaded()
-        # Backward through G and CLIP needs several times the forward memory: chunk the batch accordingly.
-        chunk = sg.images_per_chunk(G.config, mm.get_free_memory(device) // 4, most=8)
-        pbar = comfy.utils.ProgressBar(steps * ws.shape[0])
-
-        def on_step(i, loss, n):
-            mm.throw_exception_if_processing_interrupted()
-            pbar.update(n)
-
-        # The optimisation sees the noise the render will use; 'random' noise is held fixed (const) while optimising.
-        opt_noise = "none" if noise_mode == "none" else "const"
-        deltas = []
-        for i in range(0, ws.shape[0], chunk):
-            part = ws[i:i + chunk].to(device)
-            deltas.append(cs.clip_guided_delta(
-                G, model, part, style.embedding.to(device), steps=steps, lr=lr, tether=tether, noise_mode=opt_noise,
-                on_step=lambda j, loss, n=part.shape[0]: on_step(j, loss, n)).cpu())
-        return torch.cat(deltas)
-
-    @staticmethod
-    def _mapped(stylegan, ws, style, mapper_name, name) -> torch.Tensor:
-        if mapper_name in (None, NO_MAPPER):
-            raise ValueError("mode mapper needs a 'mapper' file (train one with scripts/train_style_mapper.py and put "
-                             f"it in the '{MAPPER_FOLDER}' model folder)")
-        path = model_file_or_error(MAPPER_FOLDER, mapper_name, "", "style mapper")
-        m = cs.load_mapper(path)
-        check_style(style.clip, m.config.clip, f"mapper '{mapper_name}' was trained on")
-        G = stylegan.generator
-        if (m.config.num_ws, m.config.w_dim) != (G.num_ws, G.w_dim):
-            raise ValueError(f"mapper '{mapper_name}' was trained for W+ ({m.config.num_ws}, {m.config.w_dim}) "
-                             f"({m.config.generator}), but {stylegan.identity} has ({G.num_ws}, {G.w_dim})")
-        if m.config.generator != stylegan.identity:
-            logging.warning("%s: mapper '%s' was trained on %s and is used with %s", name, mapper_name,
-                            m.config.generator, stylegan.identity)
-        with torch.inference_mode():
-            return m(style.embedding, ws.float()).float()
-
-
-NODES = [CLIPLoader, StyleEncode, StyleMix, StyleInject]
+NODES = [CLIPLoader, StyleEncode, StyleMix]

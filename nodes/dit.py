@@ -10,31 +10,33 @@ from __future__ import annotations
 
 import logging
 
-import torch
-from comfy_api.latest import io
-
 import comfy.conds
 import comfy.k_diffusion.sampling as k_diffusion_sampling
 import comfy.latent_formats
 import comfy.model_base
 import comfy.model_management as mm
 import comfy.model_patcher
+import comfy.patcher_extension
 import comfy.sample
 import comfy.samplers
 import comfy.supported_models_base
 import comfy.utils
 import folder_paths
 import latent_preview
+import torch
+from comfy_api.latest import io
 
 from ..models import dit as dit_model
-from ._common import (StyleType, check_style, missing_model_message, model_file_or_error, node_errors,
-                      register_model_folder)
-from .vit_controlnet import control_hook
+from ..models import region
+from ._common import StyleType, check_style, load_model_file, missing_model_message, register_model_folder
 
 FOLDER = "dit"
 register_model_folder(FOLDER, {".pt", ".pth", ".safetensors"})
 NULL_LABEL = -1  # in conditioning: "the model's null class" (classifier-free guidance's unconditional side)
-REGION_KEY = "diffugan_regions"  # transformer_options entry carrying a RegionAdaptiveState
+# The model-patch slot (ModelPatcher.set_model_patch) a DiT reads control patches from: each a callable
+# (tokens (R, T, D), adaLN conditioning (R, D), token grid, image index per row, transformer_options) -> residuals
+# for the outputs of the first blocks, or None. DiffuGAN ViT ControlNet Apply adds one; several sum.
+CONTROL_PATCH = "diffugan_dit_control"
 
 
 class DiTModelConfig(comfy.supported_models_base.BASE):
@@ -56,8 +58,32 @@ def _row_images(rows: int, transformer_options: dict) -> list[int]:
     return [r % per for r in range(rows)]
 
 
+def control_hook(transformer_options: dict, images: list[int]) -> dit_model.Control | None:
+    """The DiT's control hook for rows showing `images`: the sum of every control patch on the MODEL (CONTROL_PATCH;
+    residual lists of different depths add layer by layer), or None when there is none."""
+    patches = transformer_options.get("patches", {}).get(CONTROL_PATCH, [])
+    if not patches:
+        return None
+
+    def hook(tokens, c, grid):
+        total = None
+        for patch in patches:
+            res = patch(tokens, c, grid, images, transformer_options)
+            if res is None:
+                continue
+            if total is None:
+                total = list(res)
+            else:
+                total = [a + b for a, b in zip(total, res)] + (total[len(res):] or res[len(total):])
+        return total
+
+    return hook
+
+
 class DiTDiffusionModel(torch.nn.Module):
-    """What BaseModel calls: (x, timesteps, context, y=labels, style=...) -> ε with the latent's channels."""
+    """What BaseModel calls: (x, timesteps, context, y=labels, style=...) -> ε with the latent's channels. Like
+    ComfyUI's own diffusion models it runs the DIFFUSION_MODEL wrappers of the call (EasyCache's, the
+    region-adaptive sampler's) around its forward, and reads control patches from transformer_options."""
 
     def __init__(self, dit: dit_model.DiT):
         super().__init__()
@@ -68,7 +94,13 @@ class DiTDiffusionModel(torch.nn.Module):
         return self.dit.x_embedder.proj.weight.dtype
 
     def forward(self, x, timesteps, context=None, y=None, style=None, control=None, transformer_options={}, **kw):
-        hook = control_hook(transformer_options, _row_images(x.shape[0], transformer_options))  # ViT ControlNets
+        wrappers = comfy.patcher_extension.get_all_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL,
+                                                           transformer_options)
+        return comfy.patcher_extension.WrapperExecutor.new_class_executor(self._forward, self, wrappers).execute(
+            x, timesteps, y, style, transformer_options)
+
+    def _forward(self, x, timesteps, y, style, transformer_options):
+        hook = control_hook(transformer_options, _row_images(x.shape[0], transformer_options))
         out = self.dit(x, timesteps, y, style, control=hook)
         return out[:, : self.dit.config.in_channels]  # ε; the learned-variance half is not used by these samplers
 
@@ -77,29 +109,6 @@ class DiTModel(comfy.model_base.BaseModel):
     def __init__(self, dit: dit_model.DiT, device=None):
         super().__init__(DiTModelConfig(), comfy.model_base.ModelType.EPS, device=device)
         self.diffusion_model = DiTDiffusionModel(dit)
-
-    def _apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
-        state = transformer_options.get(REGION_KEY)
-        if state is None:
-            return super()._apply_model(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
-        # Region-adaptive path: the same inputs as BaseModel prepares, then only scheduled tokens are evaluated.
-        mm.throw_exception_if_processing_interrupted()
-        ms, dtype, device = self.model_sampling, self.get_dtype(), x.device
-        sigma = t
-        xc = ms.calculate_input(sigma, x).to(dtype)
-        timestep = ms.timestep(sigma).float()
-        y = kwargs.get("y")
-        style = kwargs.get("style")
-        y = y.to(device) if y is not None else None
-        style = style.to(device=device, dtype=dtype) if style is not None else None
-        # Rows are [chunk 0 batch | chunk 1 batch | ...], one chunk per cond (e.g. positive, negative).
-        chunks = transformer_options.get("uuids") or list(range(len(transformer_options.get("cond_or_uncond", [0]))))
-        per = x.shape[0] // max(len(chunks), 1)
-        row_keys = [(chunks[r // per], r % per) for r in range(x.shape[0])]
-        images = _row_images(x.shape[0], transformer_options)
-        return state(x, xc, sigma, timestep, y, style, row_keys, images,
-                     lambda eps, xx, s: ms.calculate_denoised(s, eps, xx),
-                     control_for=lambda rows: control_hook(transformer_options, [images[r] for r in rows]))
 
     def extra_conds(self, **kwargs):
         out = super().extra_conds(**kwargs)
@@ -164,9 +173,8 @@ class DiTLoader(io.ComfyNode):
     @classmethod
     def execute(cls, ckpt_name, num_heads) -> io.NodeOutput:
         name = "DiffuGAN DiT Loader"
-        path = model_file_or_error(FOLDER, ckpt_name, name, "DiT checkpoint")
-        with node_errors(name):
-            dit = dit_model.load_dit(path, num_heads=num_heads or None)
+        dit = load_model_file(FOLDER, ckpt_name, name, "DiT checkpoint",
+                              lambda path: dit_model.load_dit(path, num_heads=num_heads or None))
         return io.NodeOutput(dit_to_comfy_model(dit))
 
 
@@ -205,11 +213,30 @@ class DiTConditioning(io.ComfyNode):
 # --------------------------------------------------------------------------------------------------------------
 # Region-adaptive refinement
 # --------------------------------------------------------------------------------------------------------------
+def _region_wrapper(run: region.RegionRefinement):
+    """A DIFFUSION_MODEL wrapper for one sampling run: the DiT evaluated region-adaptively by `run` instead of on
+    every token. Added to the run's own model options, so it lives exactly as long as the run."""
+
+    def wrapper(executor, x, timesteps, y, style, transformer_options):
+        mm.throw_exception_if_processing_interrupted()
+        # Rows are [chunk 0 batch | chunk 1 batch | ...], one chunk per cond (e.g. positive, negative).
+        chunks = transformer_options.get("uuids") or list(range(len(transformer_options.get("cond_or_uncond", [0]))))
+        per = x.shape[0] // max(len(chunks), 1)
+        row_keys = [(chunks[r // per], r % per) for r in range(x.shape[0])]
+        images = _row_images(x.shape[0], transformer_options)
+        sigma = transformer_options["sigmas"].max().to(x.device).expand(x.shape[0])  # one noise level per step
+        return run(x, timesteps, sigma, y, style, row_keys, images,
+                   control_for=lambda rows: control_hook(transformer_options, [images[r] for r in rows]))
+
+    return wrapper
+
+
 def region_adaptive_euler(model, x, sigmas, extra_args=None, callback=None, disable=None, importance=None,
                           min_steps=0, border=1, dense_every=0):
     """k-diffusion-style sampler: Euler, with each token evaluated only at its own steps (see
-    models/dit.evaluation_schedule); between them its clean-latent prediction and its keys/values are forecast
-    from its last two evaluations (models/dit.RegionAdaptiveState)."""
+    models/region.evaluation_schedule); between them its clean-latent prediction and its keys/values are forecast
+    from its last two evaluations (models/region.RegionRefinement). The refinement run is created here and dropped
+    when sampling ends (also on error or interrupt): nothing is kept between prompts."""
     extra_args = dict(extra_args or {})
     base = getattr(getattr(model, "inner_model", None), "inner_model", None)
     if not isinstance(base, DiTModel):
@@ -223,21 +250,21 @@ def region_adaptive_euler(model, x, sigmas, extra_args=None, callback=None, disa
     if level.shape[0] not in (1, x.shape[0]):
         raise ValueError(f"DiffuGAN Region-Adaptive Sampler: the importance map has batch {level.shape[0]} but the "
                          f"latent has batch {x.shape[0]}; give one map per image or a single map")
-    counts = dit_model.token_step_counts(dit_model.step_counts_from_map(level, x.shape[-2:], steps, min_steps),
-                                         dit.config.patch_size, border)
+    counts = region.token_step_counts(region.step_counts_from_map(level, x.shape[-2:], steps, min_steps),
+                                      dit.config.patch_size, border)
     draft = getattr(model, "latent_image", None)
-    state = dit_model.RegionAdaptiveState(dit, counts, sigmas, draft, dense_every)
-    model_options = dict(extra_args.get("model_options", {}))
-    model_options["transformer_options"] = {**model_options.get("transformer_options", {}), REGION_KEY: state}
+    run = region.RegionRefinement(dit, counts, sigmas, draft, dense_every)
+    model_options = comfy.patcher_extension.copy_nested_dicts(extra_args.get("model_options", {}))
+    comfy.patcher_extension.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL,
+                                                 "diffugan_region", _region_wrapper(run), model_options,
+                                                 is_model_options=True)
     extra_args["model_options"] = model_options
     samples = k_diffusion_sampling.sample_euler(model, x, sigmas, extra_args=extra_args, callback=callback,
                                                 disable=disable)
     if draft is not None and draft.shape[-2:] == samples.shape[-2:]:
-        keep = state.untouched_pixels(dit.grid(samples)).to(samples.device)
+        keep = run.untouched_pixels(dit.grid(samples)).to(samples.device)
         samples = torch.where(keep, draft.to(samples), samples)  # 0-step regions: exactly the draft
-    logging.info("DiffuGAN region-adaptive sampling: %d steps, %.1f%% of token evaluations, transformer FLOPs "
-                 "%.3g of %.3g dense (%.2fx fewer)", steps, 100 * state.evaluated_tokens / max(state.total_tokens, 1),
-                 state.flops, state.dense_flops, state.dense_flops / max(state.flops, 1))
+    logging.info("DiffuGAN region-adaptive sampling: %s", run.summary())
     return samples
 
 
@@ -255,11 +282,13 @@ def region_sampler(importance: torch.Tensor, min_steps: int, border: int, dense_
         "importance": _level_map(importance), "min_steps": min_steps, "border": border, "dense_every": dense_every})
 
 
-REGION_INPUTS = [
+IMPORTANCE_INPUTS = [
     io.Mask.Input("importance", tooltip="Where detail matters (0..1), e.g. from DiffuGAN Importance or its Budget "
                                         "node: 1 gets every step, 0 gets min_steps."),
     io.Int.Input("min_steps", default=0, min=0, max=1000,
                  tooltip="Steps for the least important regions; 0 leaves them exactly as the draft."),
+]
+TUNING_INPUTS = [
     io.Int.Input("border", default=1, min=0, max=8,
                  tooltip="Grow important regions by this many tokens so their edges get the same steps."),
     io.Int.Input("dense_every", default=0, min=0, max=1000,
@@ -280,13 +309,49 @@ class RegionSampler(io.ComfyNode):
                          "and the keys/values they lend as attention context are forecast (linearly, from their "
                          "last two evaluations). All tokens share one noise level at every step, so region "
                          "borders get no noise seams."),
-            inputs=list(REGION_INPUTS),
+            inputs=IMPORTANCE_INPUTS + TUNING_INPUTS,
             outputs=[io.Sampler.Output(display_name="sampler")],
         )
 
     @classmethod
     def execute(cls, importance, min_steps, border, dense_every) -> io.NodeOutput:
         return io.NodeOutput(region_sampler(importance, min_steps, border, dense_every))
+
+
+def refine(model, positive, negative, latent, seed, max_steps, strength, cfg, importance, min_steps,
+           scheduler="normal", border=1, dense_every=0) -> dict:
+    """Region-adaptive img2img of a LATENT with a DiT MODEL; what both Refine nodes run."""
+    if strength <= 0:
+        return latent
+    total = int(max_steps / strength) if strength < 1 else max_steps
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, total).cpu()
+    sigmas = sigmas[-(max_steps + 1):]
+    sampler = region_sampler(importance, min(min_steps, max_steps), border, dense_every)
+    latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
+    callback = latent_preview.prepare_callback(model, max_steps)
+    samples = comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, latent_image,
+                                         noise_mask=latent.get("noise_mask"), callback=callback,
+                                         disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+    out = dict(latent)
+    out["samples"] = samples
+    return out
+
+
+REFINE_INPUTS = [
+    io.Model.Input("model"),
+    io.Conditioning.Input("positive"),
+    io.Conditioning.Input("negative"),
+    io.Latent.Input("latent"),
+    io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
+    io.Int.Input("max_steps", default=20, min=1, max=1000, tooltip="Steps for the most important regions."),
+    io.Float.Input("strength", default=0.6, min=0.0, max=1.0, step=0.01,
+                   tooltip="How much noise is added to the draft (img2img denoise): 0 returns it unchanged."),
+    io.Float.Input("cfg", default=4.0, min=0.0, max=30.0, step=0.1),
+]
+REFINE_DESCRIPTION = ("Refines a draft latent (VAEEncode of the StyleGAN draft) with a DiT: important regions get up "
+                      "to max_steps, the rest as few as min_steps (0 = untouched), and compute falls with the number "
+                      "of active tokens. strength = how much noise is added (img2img denoise).")
 
 
 class DiTRefine(io.ComfyNode):
@@ -296,42 +361,37 @@ class DiTRefine(io.ComfyNode):
             node_id="DiffuGANDiTRefine",
             display_name="DiffuGAN DiT Refine",
             category="DiffuGAN/DiT",
-            description=("Refines a draft latent (VAEEncode of the StyleGAN draft) with a DiT: important regions get "
-                         "up to max_steps, the rest as few as min_steps (0 = untouched), and compute falls with the "
-                         "number of active tokens. strength = how much noise is added (img2img denoise)."),
-            inputs=[
-                io.Model.Input("model"),
-                io.Conditioning.Input("positive"),
-                io.Conditioning.Input("negative"),
-                io.Latent.Input("latent"),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
-                io.Int.Input("max_steps", default=20, min=1, max=1000),
-                io.Float.Input("strength", default=0.6, min=0.0, max=1.0, step=0.01),
-                io.Float.Input("cfg", default=4.0, min=0.0, max=30.0, step=0.1),
-                io.Combo.Input("scheduler", options=list(comfy.samplers.SCHEDULER_NAMES), default="normal"),
-                *REGION_INPUTS,
-            ],
+            description=REFINE_DESCRIPTION + " The schedule, region borders and dense refreshes are on DiffuGAN DiT "
+                                             "Refine (Advanced).",
+            inputs=REFINE_INPUTS + IMPORTANCE_INPUTS,
+            outputs=[io.Latent.Output(display_name="latent")],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, latent, seed, max_steps, strength, cfg, importance,
+                min_steps) -> io.NodeOutput:
+        return io.NodeOutput(refine(model, positive, negative, latent, seed, max_steps, strength, cfg, importance,
+                                    min_steps))
+
+
+class DiTRefineAdvanced(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DiffuGANDiTRefineAdvanced",
+            display_name="DiffuGAN DiT Refine (Advanced)",
+            category="DiffuGAN/DiT",
+            description=REFINE_DESCRIPTION,
+            inputs=REFINE_INPUTS + [io.Combo.Input("scheduler", options=list(comfy.samplers.SCHEDULER_NAMES),
+                                                   default="normal")] + IMPORTANCE_INPUTS + TUNING_INPUTS,
             outputs=[io.Latent.Output(display_name="latent")],
         )
 
     @classmethod
     def execute(cls, model, positive, negative, latent, seed, max_steps, strength, cfg, scheduler, importance,
                 min_steps, border, dense_every) -> io.NodeOutput:
-        if strength <= 0:
-            return io.NodeOutput(latent)
-        total = int(max_steps / strength) if strength < 1 else max_steps
-        sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, total).cpu()
-        sigmas = sigmas[-(max_steps + 1):]
-        sampler = region_sampler(importance, min(min_steps, max_steps), border, dense_every)
-        latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
-        noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
-        callback = latent_preview.prepare_callback(model, max_steps)
-        samples = comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, latent_image,
-                                             noise_mask=latent.get("noise_mask"), callback=callback,
-                                             disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
-        out = dict(latent)
-        out["samples"] = samples
-        return io.NodeOutput(out)
+        return io.NodeOutput(refine(model, positive, negative, latent, seed, max_steps, strength, cfg, importance,
+                                    min_steps, scheduler, border, dense_every))
 
 
-NODES = [DiTLoader, DiTConditioning, RegionSampler, DiTRefine]
+NODES = [DiTLoader, DiTConditioning, RegionSampler, DiTRefine, DiTRefineAdvanced]

@@ -6,12 +6,19 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..models import importance as imp
-from ._common import (image_to_nchw, mask_to_n1hw, missing_model_message, model_file_or_error, nchw_to_image,
-                      node_errors, register_model_folder)
+from ._common import (
+    image_to_nchw,
+    load_model_file,
+    mask_to_n1hw,
+    missing_model_message,
+    nchw_to_image,
+    node_errors,
+    register_model_folder,
+)
+from ._ui import heatmap_overlay, parse_points, points_to_mask
 
 FOLDER = "diffugan_importance"
 register_model_folder(FOLDER, {".safetensors"})
-_SCORERS: dict = {}  # path -> (mtime, scorer): the last scorer loaded (tiny), reloaded when its file changes
 
 
 class ImportancePreview(io.ComfyNode):
@@ -38,7 +45,7 @@ class ImportancePreview(io.ComfyNode):
     @classmethod
     def execute(cls, image, importance, opacity) -> io.NodeOutput:
         with node_errors("DiffuGAN Importance Preview"):
-            out = imp.heatmap_overlay(image_to_nchw(image), mask_to_n1hw(importance), opacity)
+            out = heatmap_overlay(image_to_nchw(image), mask_to_n1hw(importance), opacity)
         out = nchw_to_image(out)
         return io.NodeOutput(out, ui=ui.PreviewImage(out, cls=cls))
 
@@ -94,7 +101,7 @@ class MergeEmphasis(io.ComfyNode):
         with node_errors("DiffuGAN Merge Emphasis"):
             score = mask_to_n1hw(importance).float()
             h, w = score.shape[-2:]
-            user = imp.points_to_mask(imp.parse_points(points or ""), h, w)
+            user = points_to_mask(parse_points(points or ""), h, w)
             if user_mask is not None:
                 painted = imp.match_mask(mask_to_n1hw(user_mask).float(), score.shape[0], h, w, name="user_mask")
                 user = torch.maximum(user, painted)
@@ -151,19 +158,12 @@ class LearnedImportance(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, scorer_name) -> io.NodeOutput:
-        import os
-
         import comfy.model_management as mm
 
         name = "DiffuGAN Importance (Learned)"
-        path = model_file_or_error(FOLDER, scorer_name, name, "importance scorer")
+        scorer = load_model_file(FOLDER, scorer_name, name, "importance scorer", imp.load_scorer)  # tiny: no cache
         with node_errors(name):
-            mtime = os.path.getmtime(path)
-            cached = _SCORERS.get(path)
-            if cached is None or cached[0] != mtime:
-                _SCORERS.clear()
-                _SCORERS[path] = cached = (mtime, imp.load_scorer(path))
-            scorer = cached[1].to(mm.get_torch_device())
+            scorer = scorer.to(mm.get_torch_device())
             with torch.inference_mode():
                 m = scorer.score(image_to_nchw(image))
         return io.NodeOutput(m[:, 0].float().cpu())

@@ -8,17 +8,24 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import torch
-from comfy_api.latest import io
-
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.utils
 import folder_paths
+import torch
+from comfy_api.latest import io
 
 from ..models import stylegan as sg
-from ._common import (StyleType, check_style, missing_model_message, model_file_or_error, nchw_to_image,
-                      node_errors, register_model_folder)
+from ._common import (
+    StyleType,
+    check_style,
+    load_model_file,
+    managed,
+    missing_model_message,
+    nchw_to_image,
+    node_errors,
+    register_model_folder,
+)
 
 FOLDER = "stylegan"
 register_model_folder(FOLDER, {".pkl", ".safetensors"})
@@ -45,7 +52,7 @@ class StyleGANModel:
         return sg.describe(self.generator, self.name)
 
 
-def _load_on_device(model: StyleGANModel) -> tuple[sg.Generator, torch.device, bool]:
+def load_on_device(model: StyleGANModel) -> tuple[sg.Generator, torch.device, bool]:
     mm.load_models_gpu([model.patcher])
     device = model.patcher.load_device
     fp16 = device.type == "cuda" and mm.should_use_fp16(device)
@@ -60,8 +67,8 @@ def _to_image(img: torch.Tensor) -> torch.Tensor:
     return nchw_to_image(img[:, :3]).to(mm.intermediate_device())
 
 
-def _render(model: StyleGANModel, ws: torch.Tensor, noise_mode: str, seed: int) -> torch.Tensor:
-    G, device, fp16 = _load_on_device(model)
+def render(model: StyleGANModel, ws: torch.Tensor, noise_mode: str, seed: int) -> torch.Tensor:
+    G, device, fp16 = load_on_device(model)
     pbar = comfy.utils.ProgressBar(ws.shape[0])
     out = []
     gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -76,12 +83,12 @@ def _render(model: StyleGANModel, ws: torch.Tensor, noise_mode: str, seed: int) 
     return torch.cat(out)
 
 
-def _w_payload(model: StyleGANModel, ws: torch.Tensor) -> dict:
+def w_payload(model: StyleGANModel, ws: torch.Tensor) -> dict:
     return {"ws": ws.detach().float().cpu(), "model": model.identity,
             "layer_names": model.generator.synthesis.layer_names()}
 
 
-def _check_w(model: StyleGANModel, w: dict, node: str, name: str = "w") -> torch.Tensor:
+def check_w(model: StyleGANModel, w: dict, node: str, name: str = "w") -> torch.Tensor:
     """W+ must fit the generator. W from another file of the same architecture is allowed (a known trick between
     fine-tunes of one base model) but noted in the log, since it usually is a wiring mistake."""
     ws = w["ws"]
@@ -116,12 +123,8 @@ class StyleGANLoader(io.ComfyNode):
     @classmethod
     def execute(cls, ckpt_name) -> io.NodeOutput:
         name = "DiffuGAN StyleGAN Loader"
-        path = model_file_or_error(FOLDER, ckpt_name, name, "StyleGAN checkpoint")
-        with node_errors(name), torch.inference_mode(False):  # plain tensors: style injection backpropagates
-            G = sg.load_stylegan(path)
-        patcher = comfy.model_patcher.ModelPatcher(G, load_device=mm.get_torch_device(),
-                                                   offload_device=mm.unet_offload_device())
-        return io.NodeOutput(StyleGANModel(patcher, ckpt_name))
+        G = load_model_file(FOLDER, ckpt_name, name, "StyleGAN checkpoint", sg.load_stylegan)
+        return io.NodeOutput(StyleGANModel(managed(G), ckpt_name))
 
 
 class StyleGANGenerate(io.ComfyNode):
@@ -164,12 +167,12 @@ class StyleGANGenerate(io.ComfyNode):
             seeds = [(seed + i) % 2**32 for i in range(batch_size)]
             z = sg.z_from_seeds(seeds, G.z_dim)
             c = _labels(G, class_label, style, batch_size)
-            G, device, _ = _load_on_device(stylegan)
+            G, device, _ = load_on_device(stylegan)
             with torch.inference_mode():
                 ws = sg.mapping_truncated(G, z.to(device), c.to(device) if c is not None else None, truncation_psi,
                                           truncation_cutoff or None)
-            image = _render(stylegan, ws, noise_mode, seed)
-        return io.NodeOutput(image, _w_payload(stylegan, ws))
+            image = render(stylegan, ws, noise_mode, seed)
+        return io.NodeOutput(image, w_payload(stylegan, ws))
 
 
 def _labels(G: sg.Generator, class_label: int, style, batch_size: int) -> torch.Tensor | None:
@@ -211,7 +214,7 @@ class StyleGANMix(io.ComfyNode):
     @classmethod
     def execute(cls, stylegan, w_a, w_b, layer_start, layer_end, noise_mode, noise_seed) -> io.NodeOutput:
         name = "DiffuGAN StyleGAN Style Mix"
-        a, b = _check_w(stylegan, w_a, name, "w_a"), _check_w(stylegan, w_b, name, "w_b")
+        a, b = check_w(stylegan, w_a, name, "w_a"), check_w(stylegan, w_b, name, "w_b")
         if a.shape[0] != b.shape[0]:
             if 1 not in (a.shape[0], b.shape[0]):
                 raise ValueError(f"{name}: 'w_a' has batch {a.shape[0]} and 'w_b' batch {b.shape[0]}; give equal "
@@ -220,8 +223,8 @@ class StyleGANMix(io.ComfyNode):
             a, b = a.expand(n, -1, -1), b.expand(n, -1, -1)
         with node_errors(name):
             ws = sg.mix_styles(a, b, layer_start, layer_end)
-            image = _render(stylegan, ws, noise_mode, noise_seed)
-        return io.NodeOutput(image, _w_payload(stylegan, ws))
+            image = render(stylegan, ws, noise_mode, noise_seed)
+        return io.NodeOutput(image, w_payload(stylegan, ws))
 
 
 class StyleGANFromW(io.ComfyNode):
@@ -231,7 +234,8 @@ class StyleGANFromW(io.ComfyNode):
             node_id="DiffuGANStyleGANFromW",
             display_name="DiffuGAN StyleGAN From W",
             category="DiffuGAN/StyleGAN",
-            description="Renders images from W+ latents (e.g. edited by style injection) with the generator that made them.",
+            description=("Renders images from W+ latents (e.g. edited by style injection) with the generator that "
+                         "made them."),
             inputs=[
                 StyleGANType.Input("stylegan"),
                 WType.Input("w"),
@@ -243,8 +247,8 @@ class StyleGANFromW(io.ComfyNode):
 
     @classmethod
     def execute(cls, stylegan, w, noise_mode, noise_seed) -> io.NodeOutput:
-        ws = _check_w(stylegan, w, "DiffuGAN StyleGAN From W")
-        return io.NodeOutput(_render(stylegan, ws, noise_mode, noise_seed))
+        ws = check_w(stylegan, w, "DiffuGAN StyleGAN From W")
+        return io.NodeOutput(render(stylegan, ws, noise_mode, noise_seed))
 
 
 NODES = [StyleGANLoader, StyleGANGenerate, StyleGANMix, StyleGANFromW]

@@ -1,46 +1,62 @@
 """ViT ControlNet nodes (category DiffuGAN/ControlNet): loader, Apply (MODEL -> MODEL) and an edge preprocessor.
 
-Apply patches a DiT MODEL: the ControlNet's residuals are added inside the DiT's forward pass for every sampler
-that calls it (stock KSampler, SamplerCustomAdvanced, our region-adaptive sampler). Several Apply nodes stack.
+Apply patches a clone of a DiT MODEL through ComfyUI's model patches: a control patch in the DiT's control slot
+(ModelPatcher.set_model_patch; the DiT adds its residuals after its first blocks for every sampler that calls it:
+stock KSampler, SamplerCustomAdvanced, the region-adaptive sampler) and, for budgets spent over steps, an
+OUTER_SAMPLE wrapper that gives the patch its step state for one sampling run. Several Apply nodes stack.
 Custom type: DIFFUGAN_CONTROLNET (a ViT ControlNet in ComfyUI's model management).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
+import comfy.model_patcher
+import comfy.patcher_extension
+import folder_paths
 import torch
 import torch.nn.functional as F
 from comfy_api.latest import io
 
-import comfy.model_management as mm
-import comfy.model_patcher
-import folder_paths
-
 from ..models import dit as dit_model
+from ..models import region
 from ..models import vit_controlnet as vc
-from ._common import (image_to_nchw, mask_to_n1hw, missing_model_message, model_file_or_error, nchw_to_image,
-                      node_errors, register_model_folder)
+from ._common import (
+    image_to_nchw,
+    load_model_file,
+    managed,
+    mask_to_n1hw,
+    missing_model_message,
+    nchw_to_image,
+    node_errors,
+    register_model_folder,
+)
+from .dit import CONTROL_PATCH
 
 FOLDER = "diffugan_controlnet"
 register_model_folder(FOLDER, {".safetensors"})
-CONTROL_KEY = "diffugan_control"  # transformer_options entry: list of ControlSpec
+WRAPPER_KEY = "diffugan_controlnet"
 
 ControlNetType = io.Custom("DIFFUGAN_CONTROLNET")
+TEMPORAL = ["every step", "reuse every n steps", "rotate budget over steps"]
 
 
 @dataclass
-class ControlSpec:
-    """One applied ControlNet, carried in the patched MODEL's transformer_options."""
+class ControlPatch:
+    """One applied ControlNet: a model patch in the DiT's control slot (nodes/dit.CONTROL_PATCH). Its inputs are
+    fixed when Apply runs; its step state (`run`, for the temporal budgets) exists only while a sampling run does:
+    the OUTER_SAMPLE wrapper Apply registers creates it when sampling starts and drops it when sampling ends."""
 
     patcher: comfy.model_patcher.ModelPatcher
     hint: torch.Tensor  # (B, C, H, W) in 0..1
     importance: torch.Tensor | None  # (B, 1, H, W) in 0..1
     settings: vc.ControlSettings
-    reuse: vc.ResidualReuse | vc.RotatingBudget | None = None  # state across steps (None: every step afresh)
+    new_run: Callable[[], vc.StepResiduals] | None = None  # a temporal budget's state for one run (None: none)
+    run: vc.StepResiduals | None = None
     _prepared: dict = field(default_factory=dict)
 
-    def __deepcopy__(self, memo):  # ModelPatcher.clone deep-copies model_options; share the spec (its inputs are
-        # fixed, and its step state starts afresh with every sampling run)
+    def __deepcopy__(self, memo):  # ModelPatcher.clone deep-copies model_options: share the patch (its inputs are
+        # fixed; its run state is set and cleared by the sampling run around it)
         return self
 
     def inputs(self, grid, device, dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -55,52 +71,73 @@ class ControlSpec:
             self._prepared = {key: (hint, imp)}
         return self._prepared[key]
 
+    def __call__(self, tokens, c, grid, images: list[int], transformer_options: dict):
+        """Residuals for rows showing `images` (image index per row: CFG's cond and uncond rows of an image get the
+        same control image), or None."""
+        net = self.patcher.model
+        dtype = next(net.parameters()).dtype
+        hint, imp = self.inputs(grid, tokens.device, dtype)
+        rows = torch.tensor([i % hint.shape[0] for i in images], device=tokens.device)
+        imp_rows = None if imp is None else imp[torch.tensor([i % imp.shape[0] for i in images], device=tokens.device)]
 
-def _sum_residuals(a: list, b: list) -> list:
-    """Residuals of two ControlNets, possibly of different depths, added layer by layer."""
-    if len(a) < len(b):
-        a, b = b, a
-    return [x + y for x, y in zip(a, b)] + a[len(b):]
+        def compute(only=None):
+            return net.residuals(tokens.to(dtype), c.to(dtype), hint[rows], grid, self.settings, imp_rows, only)
+
+        schedule = transformer_options.get("sample_sigmas")
+        if self.run is None or schedule is None or "sigmas" not in transformer_options:
+            res = compute()
+        else:  # per row set (which images, cond/uncond, shapes), at the sampler step of this noise level
+            key = (tuple(images), tuple(transformer_options.get("cond_or_uncond", ())), tuple(tokens.shape))
+            step = region.step_index(schedule, float(transformer_options["sigmas"].max()))
+            if isinstance(self.run, vc.RotatingBudget):
+                priority = net.per_token(hint[rows], self.settings, imp_rows)[0]
+                res = self.run(key, step, priority, grid, compute)
+            else:
+                res = self.run(key, step, compute)
+        return None if res is None else [r.to(tokens.dtype) for r in res]
 
 
-def control_hook(transformer_options: dict, images: list[int]) -> dit_model.Control | None:
-    """The DiT's control hook for rows showing `images` (image index per row, so CFG's cond and uncond rows of an
-    image get the same control image), summing every applied ControlNet; None when none is applied."""
-    specs = transformer_options.get(CONTROL_KEY) or []
-    if not specs:
-        return None
+def _sampling_run(executor, *args, **kwargs):
+    """OUTER_SAMPLE wrapper: every ControlNet patch with a temporal budget gets fresh step state for this sampling
+    run, dropped when it ends (also on error or interrupt), so nothing is held between prompts."""
+    options = executor.class_obj.model_options.get("transformer_options", {})
+    patches = [p for p in options.get("patches", {}).get(CONTROL_PATCH, []) if isinstance(p, ControlPatch)]
+    for p in patches:
+        p.run = p.new_run() if p.new_run is not None else None
+    try:
+        return executor(*args, **kwargs)
+    finally:
+        for p in patches:
+            p.run = None
 
-    def hook(tokens, c, grid):
-        total = None
-        for spec in specs:
-            net = spec.patcher.model
-            dtype = next(net.parameters()).dtype
-            hint, imp = spec.inputs(grid, tokens.device, dtype)
-            rows = torch.tensor([i % hint.shape[0] for i in images], device=tokens.device)
-            imp_rows = None if imp is None else imp[torch.tensor([i % imp.shape[0] for i in images],
-                                                                 device=tokens.device)]
 
-            def compute(only=None):
-                return net.residuals(tokens.to(dtype), c.to(dtype), hint[rows], grid, spec.settings, imp_rows, only)
-
-            schedule = transformer_options.get("sample_sigmas")
-            if spec.reuse is None or schedule is None or "sigmas" not in transformer_options:
-                res = compute()
-            else:  # per row set (which images, cond/uncond, shapes), at the sampler step of this noise level
-                key = (tuple(images), tuple(transformer_options.get("cond_or_uncond", ())), tuple(tokens.shape))
-                step = dit_model.step_index(schedule, float(transformer_options["sigmas"].max()))
-                if isinstance(spec.reuse, vc.RotatingBudget):
-                    priority = net.per_token(hint[rows], spec.settings, imp_rows)[0]
-                    res = spec.reuse(key, step, priority, grid, compute)
-                else:
-                    res = spec.reuse(key, step, compute)
-            if res is None:
-                continue
-            res = [r.to(tokens.dtype) for r in res]
-            total = res if total is None else _sum_residuals(total, res)
-        return total
-
-    return hook
+def apply_controlnet(model, controlnet, image, settings: vc.ControlSettings, importance=None,
+                     new_run: Callable[[], vc.StepResiduals] | None = None,
+                     name: str = "DiffuGAN ViT ControlNet Apply"):
+    """A clone of the DiT MODEL with the ControlNet as a control patch (and its weights as an additional model)."""
+    diffusion = getattr(model.model, "diffusion_model", None)
+    dit = getattr(diffusion, "dit", None)
+    if not isinstance(dit, dit_model.DiT):
+        raise ValueError(f"{name}: 'model' is not a DiffuGAN DiT (load it with DiffuGAN DiT Loader); a ViT "
+                         "ControlNet only fits the DiT it was trained for")
+    with node_errors(name):
+        controlnet.model.check_fits(dit)
+        if not torch.isfinite(image).all():
+            raise ValueError("'image' contains NaN or infinite values")
+        hint = image_to_nchw(image).float().clamp(0, 1)
+        mask = None
+        if importance is not None:
+            mask = mask_to_n1hw(importance).float()
+            if not torch.isfinite(mask).all():
+                raise ValueError("'importance' contains NaN or infinite values")
+            mask = mask.clamp(0, 1)
+    patched = model.clone()
+    patched.set_model_patch(ControlPatch(controlnet, hint, mask, settings, new_run), CONTROL_PATCH)
+    if not patched.get_wrappers(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY):  # one serves all
+        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, _sampling_run)
+    extra = patched.get_additional_models_with_key(WRAPPER_KEY)
+    patched.set_additional_models(WRAPPER_KEY, list(extra) + [controlnet])
+    return patched
 
 
 class ControlNetLoader(io.ComfyNode):
@@ -124,11 +161,29 @@ class ControlNetLoader(io.ComfyNode):
     @classmethod
     def execute(cls, controlnet_name) -> io.NodeOutput:
         name = "DiffuGAN ViT ControlNet Loader"
-        path = model_file_or_error(FOLDER, controlnet_name, name, "ViT ControlNet")
-        with node_errors(name):
-            net = vc.load_controlnet(path)
-        return io.NodeOutput(comfy.model_patcher.ModelPatcher(net, load_device=mm.get_torch_device(),
-                                                              offload_device=mm.unet_offload_device()))
+        net = load_model_file(FOLDER, controlnet_name, name, "ViT ControlNet", vc.load_controlnet)
+        return io.NodeOutput(managed(net))
+
+
+APPLY_INPUTS = [
+    io.Model.Input("model", tooltip="A DiT MODEL from DiffuGAN DiT Loader."),
+    ControlNetType.Input("controlnet"),
+    io.Image.Input("image", tooltip="Control image (edge map); any size, resized to the latent grid."),
+    io.Float.Input("strength", default=1.0, min=0.0, max=4.0, step=0.05),
+    io.Float.Input("budget", default=1.0, min=0.01, max=1.0, step=0.01,
+                   tooltip="Share of the DiT's tokens the control branch processes, spent where importance (or, "
+                           "without it, edge density) is highest (cost falls with it). 0.25 is about 3x cheaper "
+                           "than 1."),
+    io.Mask.Input("importance", optional=True,
+                  tooltip="Where control matters most (e.g. DiffuGAN Importance); without it, where the control "
+                          "image has edges."),
+]
+APPLY_DESCRIPTION = ("Adds structure control (e.g. edges from the stock Canny node or DiffuGAN Edges) to a DiT "
+                     "MODEL. The control branch processes `budget` x the DiT's tokens, spent where importance (or "
+                     "edge density) is highest, so it costs less where less matters. A plain ControlNet skips the "
+                     "other tokens; a mixed-resolution one (the zoo's) merges them 2x2, so from a budget of 0.25 up "
+                     "every region is still controlled. Strength 0 leaves the model unchanged; budget 1 is the "
+                     "dense ControlNet. Several Apply nodes stack.")
 
 
 class ControlNetApply(io.ComfyNode):
@@ -138,74 +193,66 @@ class ControlNetApply(io.ComfyNode):
             node_id="DiffuGANControlNetApply",
             display_name="DiffuGAN ViT ControlNet Apply",
             category="DiffuGAN/ControlNet",
-            description=("Adds structure control (e.g. edges from the stock Canny node or DiffuGAN Edges) to a DiT "
-                         "MODEL. The control branch processes `budget` x the DiT's tokens, spent where importance "
-                         "(or edge density) is highest, so it costs less where less matters. A plain ControlNet "
-                         "skips the other tokens; a mixed-resolution one (the zoo's) merges them 2x2, so from a "
-                         "budget of 0.25 up every region is still controlled. Strength 0 leaves the model "
-                         "unchanged; budget 1 is the dense ControlNet."),
-            inputs=[
-                io.Model.Input("model", tooltip="A DiT MODEL from DiffuGAN DiT Loader."),
-                ControlNetType.Input("controlnet"),
-                io.Image.Input("image", tooltip="Control image (edge map); any size, resized to the latent grid."),
-                io.Float.Input("strength", default=1.0, min=0.0, max=4.0, step=0.05),
-                io.Float.Input("budget", default=1.0, min=0.01, max=1.0, step=0.01,
-                               tooltip="Tokens the control branch processes, as a fraction of the DiT's "
-                                       "(cost falls with it). 0.25 is about 3x cheaper than 1."),
-                io.Mask.Input("importance", optional=True,
-                              tooltip="Importance MASK (DiffuGAN Importance): chooses the tokens within the budget."),
+            description=APPLY_DESCRIPTION + " Per-token strength, edge priority and budgets spent over sampler steps "
+                                            "are on DiffuGAN ViT ControlNet Apply (Advanced).",
+            inputs=list(APPLY_INPUTS),
+            outputs=[io.Model.Output(display_name="model")],
+        )
+
+    @classmethod
+    def execute(cls, model, controlnet, image, strength, budget, importance=None) -> io.NodeOutput:
+        # tokens by importance where the user gave one, else by the control image's edge density
+        settings = vc.ControlSettings(strength, budget, edge_priority=0.0 if importance is not None else 1.0)
+        return io.NodeOutput(apply_controlnet(model, controlnet, image, settings, importance))
+
+
+class ControlNetApplyAdvanced(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DiffuGANControlNetApplyAdvanced",
+            display_name="DiffuGAN ViT ControlNet Apply (Advanced)",
+            category="DiffuGAN/ControlNet",
+            description=APPLY_DESCRIPTION,
+            inputs=APPLY_INPUTS + [
                 io.Float.Input("importance_modulation", default=0.0, min=0.0, max=1.0, step=0.05,
-                               tooltip="0: same strength everywhere; 1: strength x importance per token."),
+                               tooltip="0: the same strength everywhere; 1: strength x importance per token."),
                 io.Float.Input("edge_priority", default=0.0, min=0.0, max=1.0, step=0.05,
-                               tooltip="Mix edge density of the control image into which tokens get the budget."),
+                               tooltip="How the budget's tokens are chosen: 0 by importance, 1 by the control "
+                                       "image's edge density, between a blend."),
                 io.Float.Input("edge_gain", default=0.0, min=0.0, max=4.0, step=0.05,
-                               tooltip="Extra strength where edges are dense: x (1 + gain x edge density)."),
-                io.Int.Input("reuse_steps", default=1, min=1, max=16, optional=True,
-                             tooltip="Compute the control branch at every n-th sampler step and reuse its "
-                                     "residuals in between: it costs 1/n on average. 1: every step."),
-                io.Boolean.Input("budget_over_steps", default=False, optional=True,
-                                 tooltip="Spend the budget over steps: each step processes budget x tokens, a "
-                                         "different interleaved group spanning the whole image, so every token is "
-                                         "refreshed every 1 / budget steps; the others keep their last residuals. "
-                                         "The first step processes all. At 0.25 about 3x cheaper over a run, and "
-                                         "the edges followed almost as well as every step dense."),
+                               tooltip="Extra strength where edges are dense: x (1 + edge_gain x density)."),
+                io.Combo.Input("over_steps", options=TEMPORAL, default=TEMPORAL[0],
+                               tooltip="How the branch is spent over the sampler's steps. every step: the budget "
+                                       "above at every step. reuse every n steps: the branch runs every n-th step "
+                                       "and its residuals are reused between (about 1/n the cost). rotate budget "
+                                       "over steps: each step a different interleaved `budget` share of the tokens, "
+                                       "spanning the whole image; the others keep their last residuals (the first "
+                                       "step processes all)."),
+                io.Int.Input("reuse_n", default=2, min=1, max=16,
+                             tooltip="For 'reuse every n steps': n."),
+                io.Float.Input("rotation_top_share", default=0.0, min=0.0, max=1.0, step=0.05,
+                               tooltip="For 'rotate budget over steps': the share of each step's tokens given to "
+                                       "the highest-priority tokens at every step (importance first); the rest "
+                                       "rotate. 0: plain rotation."),
             ],
             outputs=[io.Model.Output(display_name="model")],
         )
 
     @classmethod
     def execute(cls, model, controlnet, image, strength, budget, importance_modulation, edge_priority, edge_gain,
-                importance=None, reuse_steps=1, budget_over_steps=False) -> io.NodeOutput:
-        name = "DiffuGAN ViT ControlNet Apply"
-        diffusion = getattr(model.model, "diffusion_model", None)
-        dit = getattr(diffusion, "dit", None)
-        if not isinstance(dit, dit_model.DiT):
-            raise ValueError(f"{name}: 'model' is not a DiffuGAN DiT (load it with DiffuGAN DiT Loader); a ViT "
-                             "ControlNet only fits the DiT it was trained for")
-        with node_errors(name):
-            controlnet.model.check_fits(dit)
-            if not torch.isfinite(image).all():
-                raise ValueError("'image' contains NaN or infinite values")
-            hint = image_to_nchw(image).float().clamp(0, 1)
-            mask = None
-            if importance is not None:
-                mask = mask_to_n1hw(importance).float()
-                if not torch.isfinite(mask).all():
-                    raise ValueError("'importance' contains NaN or infinite values")
-                mask = mask.clamp(0, 1)
-            if budget_over_steps and reuse_steps != 1:
-                raise ValueError("'reuse_steps' and 'budget_over_steps' are two ways to spend the ControlNet over "
-                                 "steps; set reuse_steps to 1 or budget_over_steps to false")
-            reuse = (vc.RotatingBudget(budget) if budget_over_steps and budget < 1 else
-                     vc.ResidualReuse(int(reuse_steps)) if reuse_steps != 1 else None)
+                over_steps, reuse_n, rotation_top_share, importance=None) -> io.NodeOutput:
+        name = "DiffuGAN ViT ControlNet Apply (Advanced)"
+        if over_steps not in TEMPORAL:
+            raise ValueError(f"{name}: 'over_steps' must be one of {TEMPORAL}, got {over_steps!r}")
+        if over_steps == TEMPORAL[1] and reuse_n > 1:
+            new_run = lambda: vc.ResidualReuse(int(reuse_n))  # noqa: E731
+        elif over_steps == TEMPORAL[2] and budget < 1:
+            new_run = lambda: vc.RotatingBudget(budget, rotation_top_share)  # noqa: E731
+        else:
+            new_run = None
         settings = vc.ControlSettings(strength, budget, importance_modulation, edge_priority, edge_gain)
-        patched = model.clone()
-        options = patched.model_options.setdefault("transformer_options", {})
-        spec = ControlSpec(controlnet, hint, mask, settings, reuse)
-        options[CONTROL_KEY] = list(options.get(CONTROL_KEY, [])) + [spec]
-        extra = patched.get_additional_models_with_key(CONTROL_KEY)
-        patched.set_additional_models(CONTROL_KEY, list(extra) + [controlnet])
-        return io.NodeOutput(patched)
+        return io.NodeOutput(apply_controlnet(model, controlnet, image, settings, importance, new_run, name))
 
 
 class Edges(io.ComfyNode):
@@ -232,4 +279,4 @@ class Edges(io.ComfyNode):
         return io.NodeOutput(nchw_to_image(edges.expand(-1, 3, -1, -1)))
 
 
-NODES = [ControlNetLoader, ControlNetApply, Edges]
+NODES = [ControlNetLoader, ControlNetApply, ControlNetApplyAdvanced, Edges]

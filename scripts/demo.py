@@ -31,13 +31,13 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 
-import conftest  # noqa: E402,F401  (registers the pack as the package `diffugan`)
-from _harness import ComfyServer  # noqa: E402
-from drawn import write_coarse_smiley, write_sketch  # noqa: E402
-from random_weights import perturb  # noqa: E402
-from vae_files import write_random_taesd_vae  # noqa: E402
+import devkit  # noqa: E402,F401  (registers the pack as the package `diffugan`)
+from devkit.harness import ComfyServer  # noqa: E402
+from devkit.drawn import write_coarse_smiley, write_sketch  # noqa: E402
+from devkit.random_weights import perturb  # noqa: E402
+from devkit.vae_files import write_random_taesd_vae  # noqa: E402
 
 
 def draw_example_draft(path: Path, size: int = 256) -> None:
@@ -59,7 +59,8 @@ def write_random_stylegan(path: Path) -> None:
 
     torch.manual_seed(0)
     cfg = sg.StyleGANConfig("stylegan2", z_dim=128, c_dim=0, w_dim=128, img_resolution=64, img_channels=3,
-                            mapping_kwargs={"num_layers": 4}, synthesis_kwargs={"channel_base": 4096, "channel_max": 128})
+                            mapping_kwargs={"num_layers": 4},
+                            synthesis_kwargs={"channel_base": 4096, "channel_max": 128})
     path.parent.mkdir(parents=True, exist_ok=True)
     sg.save_stylegan_safetensors(sg.Generator(cfg), path)
 

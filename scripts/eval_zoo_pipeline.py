@@ -21,15 +21,16 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
-import conftest  # noqa: E402,F401  (registers the pack as the package `diffugan`)
+import devkit  # noqa: E402,F401  (registers the pack as the package `diffugan`)
 import train_zoo_clip as tzc  # noqa: E402
 import train_zoo_stylegan as tzs  # noqa: E402
 import zoo_data  # noqa: E402
 from download_models import sha256_of  # noqa: E402
 
 from diffugan.models import clip_style as cs  # noqa: E402
+from devkit import sampling  # noqa: E402
 from diffugan.models import dit, taesd  # noqa: E402
 from diffugan.models import stylegan as sg  # noqa: E402
 
@@ -55,15 +56,15 @@ def main(argv=None) -> None:
     G, clip = sg.load_stylegan(args.stylegan), cs.load_clip(args.clip)
     model, vae = dit.load_dit(args.dit), taesd.load_vae(args.vae)
     n = len(zoo_data.load(args.data, "heldout")[1])
-    sigmas, ts = dit.img2img_schedule(args.steps, args.strength)
+    sigmas, ts = sampling.img2img_schedule(args.steps, args.strength)
     null = torch.full((n,), model.config.null_class, dtype=torch.long)
     style = tzc.heldout_captions(clip, args.data)
     draft = tzs.sample_images(G, style, n, args.seed, args.psi)
     draft = F.interpolate(draft, size=(128, 128), mode="bicubic", align_corners=False).clamp(0, 1)
     z = torch.cat([vae.encode(draft[i:i + 64] * 2 - 1) for i in range(0, n, 64)]) * taesd.SD1_SCALE
     noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(args.seed))
-    refined = torch.cat([dit.euler_img2img(model, z[i:i + 64], null[i:i + 64], sigmas, ts, args.cfg, noise[i:i + 64],
-                                           style=style[i:i + 64])[0] for i in range(0, n, 64)])
+    refined = torch.cat([sampling.euler_img2img(model, z[i:i + 64], null[i:i + 64], sigmas, ts, args.cfg,
+                                                noise[i:i + 64], style=style[i:i + 64])[0] for i in range(0, n, 64)])
     stages = {"draft": draft, "vae": _decode(vae, z), "refined": _decode(vae, refined)}
     results = {"settings": {k: str(v) for k, v in vars(args).items()},
                "sha256": {k: sha256_of(getattr(args, k)) for k in ("stylegan", "clip", "dit", "vae")}}

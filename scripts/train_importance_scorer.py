@@ -34,21 +34,20 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
-import conftest  # noqa: E402,F401  (registers the pack as the package `diffugan`)
+import devkit  # noqa: E402,F401  (registers the pack as the package `diffugan`)
+from devkit import metrics  # noqa: E402
 import zoo_data  # noqa: E402
-from drawn import coarsen  # noqa: E402
+from devkit.drawn import coarsen  # noqa: E402
 
+from devkit import sampling  # noqa: E402
 from diffugan.models import dit, importance, taesd  # noqa: E402
-
-SIZE = 128
-
 
 def coarse(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Each image down to a random 16-40 px and back up (bicubic): drafts of varying blurriness."""
     sizes = [int(torch.randint(16, 41, (1,), generator=gen)) for _ in range(len(x))]
-    return torch.cat([coarsen(img[None], px, SIZE) for img, px in zip(x, sizes)]).clamp(-1, 1)
+    return torch.cat([coarsen(img[None], px, x.shape[-1]) for img, px in zip(x, sizes)]).clamp(-1, 1)
 
 
 @torch.no_grad()
@@ -60,7 +59,7 @@ def make_targets(args, split: str, n: int) -> dict:
     cache = args.data / f"scorer-targets-{split}-{n}-{args.steps}-{args.strength}-{args.cfg}-{key}.pt"
     if cache.exists():
         return torch.load(cache, weights_only=True)  # our own file; tensors only
-    x, records = zoo_data.load(args.data, split, SIZE)
+    x, records = zoo_data.load(args.data, split)  # at the data set's own size
     gen = torch.Generator().manual_seed(args.seed + (split == "heldout"))
     pick = torch.randperm(len(x), generator=gen)[:n]
     x, labels = x[pick], torch.tensor([zoo_data.zoo_label(records[i]) for i in pick])
@@ -74,17 +73,17 @@ def make_targets(args, split: str, n: int) -> dict:
         generated[torch.randperm(n, generator=gen)[:round(args.generated_share * n)]] = True
         clip = cs.load_clip(args.generated_clip)
         style = train_zoo_dit.style_vectors(clip, args.generated_clip, args.data, split)[0][pick, 0][generated]
-        shape = (model.config.in_channels, SIZE // 8, SIZE // 8)
+        shape = (model.config.in_channels, x.shape[-2] // 8, x.shape[-1] // 8)
         noise = torch.cat([torch.randn((len(style[i:i + 32]), *shape), generator=gen)  # drawn 32 at a time
                            for i in range(0, len(style), 32)])
         drafts[generated] = train_zoo_dit.text_to_image(model, vae, style, noise, args.generated_steps, 3.0, chunk=32)
         print(f"{split}: {int(generated.sum())} generated drafts", flush=True)
-    sigmas, ts = dit.img2img_schedule(args.steps, args.strength)
+    sigmas, ts = sampling.img2img_schedule(args.steps, args.strength)
     targets, t0 = [], time.time()
     for i in range(0, n, 32):
         z = vae.encode(drafts[i:i + 32]) * taesd.SD1_SCALE
         noise = torch.randn(z.shape, generator=gen)
-        refined, _ = dit.euler_img2img(model, z, labels[i:i + 32], sigmas, ts, args.cfg, noise)
+        refined, _ = sampling.euler_img2img(model, z, labels[i:i + 32], sigmas, ts, args.cfg, noise)
         targets.append((refined - z).norm(dim=1, keepdim=True))
         print(f"{split} targets {min(i + 32, n)}/{n} ({time.time() - t0:.0f}s)", flush=True)
     out = {"drafts": drafts, "targets": torch.cat(targets), "generated": generated}
@@ -103,7 +102,7 @@ def analytic_ranks(drafts: torch.Tensor, targets: torch.Tensor) -> list[float]:
     pix = drafts * 0.5 + 0.5
     maps = torch.cat([F.adaptive_avg_pool2d(importance.analytic_importance(pix[i:i + 16]), targets.shape[-2:])
                       for i in range(0, len(pix), 16)])
-    return [importance.spearman(a, b) for a, b in zip(maps, targets)]
+    return [metrics.spearman(a, b) for a, b in zip(maps, targets)]
 
 
 @torch.no_grad()
@@ -111,7 +110,7 @@ def rank_scores(scorer, drafts: torch.Tensor, targets: torch.Tensor, rho_a: list
                 generated: torch.Tensor | None = None) -> dict:
     pix = drafts * 0.5 + 0.5
     learned = torch.cat([scorer(pix[i:i + 64]) for i in range(0, len(pix), 64)])
-    rho_l = [importance.spearman(a, b) for a, b in zip(learned, targets)]
+    rho_l = [metrics.spearman(a, b) for a, b in zip(learned, targets)]
     out = {"spearman_learned": sum(rho_l) / len(rho_l), "spearman_analytic": sum(rho_a) / len(rho_a),
            "learned_beats_analytic_on": sum(a > b for a, b in zip(rho_l, rho_a)) / len(rho_l)}
     if generated is not None and 0 < int(generated.sum()) < len(generated):

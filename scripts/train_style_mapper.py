@@ -9,7 +9,8 @@ Only image embeddings are used in training; at run time a text embedding drives 
 Held-out pairs (fixed, seeded) are scored every --eval-every steps: mean similarity with the mapper vs without.
 With --prompts, the text-driven gain is reported too: similarity of G(w + M(text, w)) to the text vs of G(w).
 
-    python scripts/train_style_mapper.py --stylegan ffhq.pkl --clip ViT-B-32.bin --out models/diffugan_mappers/m.safetensors
+    python scripts/train_style_mapper.py --stylegan ffhq.pkl --clip ViT-B-32.bin \
+        --out models/diffugan_mappers/m.safetensors
     torchrun --nproc_per_node 4 scripts/train_style_mapper.py …       # DistributedDataParallel, same script
 
 Writes the mapper (safetensors with its config and the identities of the generator and CLIP), <out>.json (settings,
@@ -28,8 +29,8 @@ import torch
 import torch.distributed as dist
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-import conftest  # noqa: E402,F401  (registers the pack as the package `diffugan`)
+sys.path.insert(0, str(ROOT))
+import devkit  # noqa: E402,F401  (registers the pack as the package `diffugan`)
 
 from diffugan.models import clip_style as cs  # noqa: E402
 from diffugan.models import stylegan as sg  # noqa: E402

@@ -35,14 +35,15 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
-import conftest  # noqa: E402,F401  (registers the pack as the package `diffugan`)
+import devkit  # noqa: E402,F401  (registers the pack as the package `diffugan`)
 import zoo_data  # noqa: E402
 
 from diffugan.models import clip_style as cs  # noqa: E402
 
 ARCH = "DiffuGAN-CLIP-Emoji"
+CLIP_SIZE = 64  # the zoo CLIP's image tower sees 64 px emoji (antialiased downscales of the renders)
 CAPTIONS = (  # phrasings per image; the first is the data set's caption, used for held-out caption retrieval
     lambda r: r["caption"],
     lambda r: r["name"],
@@ -125,7 +126,8 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
 @torch.no_grad()
 def heldout_captions(clip: cs.StyleCLIP, data: Path) -> torch.Tensor:
     """Unit text embeddings (N, D) of the held-out images' own captions, in zoo_data.load's order."""
-    return text_embeddings(clip, pooled_text(clip, [CAPTIONS[0](r) for r in zoo_data.load(data, "heldout")[1]]))
+    return text_embeddings(clip, pooled_text(clip, [CAPTIONS[0](r)
+                                                    for r in zoo_data.load(data, "heldout", CLIP_SIZE)[1]]))
 
 
 _JUDGE_REFERENCES: dict[tuple[str, str], tuple] = {}
@@ -141,7 +143,7 @@ def judge_text_to_image(clip: cs.StyleCLIP, data: Path, generate, unconditional:
     images to the held-out ones; and "samples", the first 16 prompted images."""
     key = (clip.identity, str(data))
     if key not in _JUDGE_REFERENCES:  # the same for every model judged by this CLIP on this data
-        x_held, x_train = zoo_data.load(data, "heldout")[0], zoo_data.load(data, "train")[0]
+        x_held, x_train = zoo_data.load(data, "heldout", CLIP_SIZE)[0], zoo_data.load(data, "train", CLIP_SIZE)[0]
         text, real = heldout_captions(clip, data), image_embeddings(clip, (x_held + 1) / 2)
         _JUDGE_REFERENCES[key] = (text, real, {
             "captions": len(text), "real_clip_score": float((real * text).sum(1).mean()),
@@ -150,7 +152,7 @@ def judge_text_to_image(clip: cs.StyleCLIP, data: Path, generate, unconditional:
     out = dict(references)
     for name, style in (("prompt", text), ("unconditional", None))[:2 if unconditional else 1]:
         images = generate(style)
-        size = zoo_data.RESOLUTION
+        size = CLIP_SIZE
         if images.shape[-1] != size:
             images = F.interpolate(images, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
         feats = image_embeddings(clip, images.clamp(0, 1))
@@ -217,8 +219,8 @@ def main(argv=None) -> None:
     clip = cs.StyleCLIP(model, ARCH, cfg, text_tower=folder)
     model.text.transformer.requires_grad_(False).eval()
 
-    x_train, r_train = zoo_data.load(args.data, "train")
-    x_held, r_held = zoo_data.load(args.data, "heldout")
+    x_train, r_train = zoo_data.load(args.data, "train", CLIP_SIZE)
+    x_held, r_held = zoo_data.load(args.data, "heldout", CLIP_SIZE)
     x_train, x_held = (x_train + 1) / 2, (x_held + 1) / 2
     t0 = time.time()
     texts = sorted({c(r) for r in r_train for c in CAPTIONS})
@@ -252,7 +254,9 @@ def main(argv=None) -> None:
         if unexpected or any(not k.startswith(cs.TEXT_TOWER_PREFIX) for k in missing):
             raise SystemExit(f"{ckpt} does not match {ARCH}; delete it to start over")
         opt.load_state_dict(state["opt"])
-        gen.set_state(state["gen"]); step = int(state["step"]); log = json.loads(state["log"])
+        gen.set_state(state["gen"])
+        step = int(state["step"])
+        log = json.loads(state["log"])
         print(f"resumed at step {step}")
     else:
         log["evals"].append({"step": 0, "heldout": evaluate(clip, *held[:2], prompt_pooled, *held[2:]),

@@ -29,17 +29,18 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
-import conftest  # noqa: E402,F401  (registers the pack as the package `diffugan`)
+import devkit  # noqa: E402,F401  (registers the pack as the package `diffugan`)
+from devkit import metrics  # noqa: E402
 import train_zoo_dit  # noqa: E402
-from drawn import coarsen  # noqa: E402
+from devkit.drawn import coarsen  # noqa: E402
 import zoo_data  # noqa: E402
 
+from devkit import sampling  # noqa: E402
 from diffugan.models import dit, taesd  # noqa: E402
 from diffugan.models import vit_controlnet as vc  # noqa: E402
 
-SIZE = train_zoo_dit.SIZE
 
 
 def hook(net: vc.ViTControlNet, hint: torch.Tensor, settings: vc.ControlSettings):
@@ -72,7 +73,7 @@ EDGE_EVAL = {"draft_px": 24, "strength": 0.8, "steps": 20, "cfg": 3.0}
 
 def follow_edges(model, net, vae, images, y, hints, settings: vc.ControlSettings | None, **kw) -> torch.Tensor:
     """Per-image edge F1 of the refined coarse drafts against their control edges (`refined_edges`' arguments)."""
-    return vc.edge_f1(refined_edges(model, net, vae, images, y, hints, settings, **kw), hints)
+    return metrics.edge_f1(refined_edges(model, net, vae, images, y, hints, settings, **kw), hints)
 
 
 @torch.no_grad()
@@ -85,8 +86,8 @@ def refined_edges(model, net, vae, images, y, hints, settings: vc.ControlSetting
     The drafts, steps and guidance are EDGE_EVAL's, updated by `overrides` (same keys)."""
     e = EDGE_EVAL | overrides
     cfg = e["cfg"]
-    coarse = coarsen(images, e["draft_px"], SIZE).clamp(-1, 1)
-    sigmas, ts = dit.img2img_schedule(e["steps"], e["strength"])
+    coarse = coarsen(images, e["draft_px"], images.shape[-1]).clamp(-1, 1)
+    sigmas, ts = sampling.img2img_schedule(e["steps"], e["strength"])
     gen = torch.Generator().manual_seed(99)
     edges = []
     for i in range(0, len(images), 16):
@@ -94,10 +95,10 @@ def refined_edges(model, net, vae, images, y, hints, settings: vc.ControlSetting
         z = vae.encode(coarse[s]) * taesd.SD1_SCALE
         noise = torch.randn(z.shape, generator=gen)
         if settings is None:
-            out, _ = dit.euler_img2img(model, z, y[s], sigmas, ts, cfg, noise)
+            out, _ = sampling.euler_img2img(model, z, y[s], sigmas, ts, cfg, noise)
         else:
             controlled = ControlledDiT(model, net, hints[s], settings, reuse_steps, over_steps)
-            out, _ = dit.euler_img2img(controlled, z, y[s], sigmas, ts, cfg, noise)
+            out, _ = sampling.euler_img2img(controlled, z, y[s], sigmas, ts, cfg, noise)
         edges.append(vc.canny_edges(vae.decode(out / taesd.SD1_SCALE) * 0.5 + 0.5))
     return torch.cat(edges)
 
@@ -152,10 +153,10 @@ def main(argv=None) -> None:
     model = dit.load_dit(args.dit)  # frozen (requires_grad False)
     vae = taesd.load_vae(args.vae)
     z_train, y_train = train_zoo_dit.cached_latents(args.vae, args.data, "train")
-    x_train, _ = zoo_data.load(args.data, "train", SIZE)
+    x_train, _ = zoo_data.load(args.data, "train")
     e_train = vc.canny_edges(x_train * 0.5 + 0.5)
     z_held, y_held = train_zoo_dit.cached_latents(args.vae, args.data, "heldout")
-    x_held, _ = zoo_data.load(args.data, "heldout", SIZE)
+    x_held, _ = zoo_data.load(args.data, "heldout")
     pick = torch.linspace(0, len(x_held) - 1, args.eval_images).round().long()
     x_eval, y_eval = x_held[pick], y_held[pick]
     e_held = vc.canny_edges(x_held * 0.5 + 0.5)

@@ -2,9 +2,10 @@
 
 DiT's own recipe at a small size: ε-prediction MSE under DiT's linear-β schedule (1e-4…0.02, 1000 steps), uniform
 timesteps, label dropout 0.1 for classifier-free guidance, AdamW, an EMA of the weights (the EMA is what is saved).
-Images are 128 px (the stored 64 px emoji, bicubic), so the SD1-scaled latents are 4x16x16 and the DiT sees 64
-tokens at patch 2. Class label = style x category (`zoo_data.zoo_label`): 20 classes, 0-9 twemoji, 10-19 noto.
-No learned variance (ComfyUI's samplers use ε only).
+Images are the data set's 256 px renders, so the SD1-scaled latents are 4x32x32 and the DiT sees 256 tokens at
+patch 2. Class label = style x category (`zoo_data.zoo_label`): 30 classes, 0-9 twemoji, 10-19 noto, 20-29
+openmoji. No learned variance (ComfyUI's samplers use ε only). The loop (resume, EMA, schedule, logging,
+evaluation, `torchrun`) is devkit.train.TrainLoop.
 
     python scripts/train_zoo_dit.py --vae zoo/diffugan-emoji-vae.safetensors --out zoo/diffugan-emoji-dit.safetensors
 
@@ -16,8 +17,10 @@ Held-out figure, every --eval-every steps: the ε-MSE of the EMA model on held-o
 Refiner emphasis (--low-noise P): with probability P a sample's timestep is drawn below --low-noise-t instead of
 over all 1000 steps. Refinement runs at strength <= 0.6, so that is where the model's capacity pays; the full range
 stays trained (1 - P of the samples), so strength 1.0 still works. (SDXL's refiner takes this to the extreme and is
-trained on the lowest 200 timesteps only.) --init continues from a saved DiT (e.g. the shipped zoo model); the
-log keeps the earlier run's settings and final figures under "init".
+trained on the lowest 200 timesteps only.) --init starts from a saved DiT (e.g. the shipped zoo model): every
+tensor whose shape fits is taken (a model of another latent size or label count keeps its blocks; label rows are
+matched by style and category, the null row to the null row); the log keeps the earlier run's settings and final
+figures under "init".
 
 Style conditioning (--style-clip CLIP): the DiT also takes a 256-d style vector from the zoo CLIP through
 `style_proj` into its adaLN conditioning (zero-initialised, so a DiT from --init without it starts out unchanged).
@@ -31,27 +34,24 @@ and no style: the gap is what the prompt tells the model about images it never s
 from __future__ import annotations
 
 import argparse
-import copy
-import dataclasses
 import json
-import math
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
-import conftest  # noqa: E402,F401  (registers the pack as the package `diffugan`)
+import devkit  # noqa: E402,F401  (registers the pack as the package `diffugan`)
 import train_zoo_clip as tzc  # noqa: E402
 import zoo_data  # noqa: E402
 
 from diffugan.models import clip_style as cs  # noqa: E402
+from devkit import sampling  # noqa: E402
+from devkit.train import TrainLoop  # noqa: E402
 from diffugan.models import dit, taesd  # noqa: E402
 
-SIZE = 128
 EVAL_T = (100, 300, 500, 700, 900)
 X0_T = (100, 300, 600)
 
@@ -68,11 +68,12 @@ def cached_latents(vae_path: Path, data: Path, split: str) -> tuple[torch.Tensor
     from safetensors.torch import load_file, save_file
 
     key = hashlib.sha256(vae_path.read_bytes()).hexdigest()[:12]
-    cache = data / f"latents-{SIZE}-{split}-{key}.safetensors"
+    cache = data / f"latents-{zoo_data.resolution(data)}-{split}-{key}.safetensors"
     if not cache.exists():
-        x, records = zoo_data.load(data, split, SIZE)
+        x, records = zoo_data.load(data, split)
         z = encode_latents(taesd.load_vae(vae_path), x)
-        save_file({"latents": z.contiguous(), "labels": torch.tensor([zoo_data.zoo_label(r) for r in records])}, str(cache))
+        labels = torch.tensor([zoo_data.zoo_label(r) for r in records])
+        save_file({"latents": z.contiguous(), "labels": labels}, str(cache))
     t = load_file(str(cache))
     return t["latents"], t["labels"]
 
@@ -87,7 +88,7 @@ def style_vectors(clip: cs.StyleCLIP, clip_path: Path, data: Path, split: str) -
     key = hashlib.sha256(clip_path.read_bytes()).hexdigest()[:12]
     cache = data / f"styles-{split}-{key}.safetensors"
     if not cache.exists():
-        x, records = zoo_data.load(data, split)
+        x, records = zoo_data.load(data, split, tzc.CLIP_SIZE)
         with torch.no_grad():
             texts = [c(r) for r in records for c in tzc.CAPTIONS]
             text = tzc.text_embeddings(clip, tzc.pooled_text(clip, texts)).view(len(records), len(tzc.CAPTIONS), -1)
@@ -98,7 +99,9 @@ def style_vectors(clip: cs.StyleCLIP, clip_path: Path, data: Path, split: str) -
 
 
 def _predict(model: dit.DiT, xt, t, y, style=None) -> torch.Tensor:
-    return torch.cat([model(xt[i:i + 128], t[i:i + 128], y[i:i + 128], None if style is None else style[i:i + 128])
+    d = next(model.parameters()).device
+    return torch.cat([model(xt[i:i + 128].to(d), t[i:i + 128].to(d), y[i:i + 128].to(d),
+                            None if style is None else style[i:i + 128].to(d)).float().cpu()
                       for i in range(0, len(xt), 128)])
 
 
@@ -133,11 +136,11 @@ def text_to_image(model: dit.DiT, vae: taesd.TinyAutoencoder, style: torch.Tenso
                   steps: int, cfg: float, chunk: int = 64) -> torch.Tensor:
     """Images in [-1, 1] from pure noise (N, C, h, w) with the null label: Euler over `steps`, the style (N, D) on
     the cond rows with guidance `cfg`, or with style None unconditional (no guidance); decoded by `vae`."""
-    sigmas, ts = dit.img2img_schedule(steps, 1.0)
+    sigmas, ts = sampling.img2img_schedule(steps, 1.0)
     null = torch.full((len(noise),), model.config.null_class, dtype=torch.long)
     out = []
     for i in range(0, len(noise), chunk):
-        z, _ = dit.euler_img2img(model, torch.zeros_like(noise[i:i + chunk]), null[i:i + chunk], sigmas, ts,
+        z, _ = sampling.euler_img2img(model, torch.zeros_like(noise[i:i + chunk]), null[i:i + chunk], sigmas, ts,
                                  cfg if style is not None else 1.0, noise[i:i + chunk],
                                  style=None if style is None else style[i:i + chunk])
         out.append(vae.decode(z / taesd.SD1_SCALE).clamp(-1, 1))
@@ -147,14 +150,49 @@ def text_to_image(model: dit.DiT, vae: taesd.TinyAutoencoder, style: torch.Tenso
 @torch.no_grad()
 def text_to_image_metrics(model: dit.DiT, vae_path: Path, clip: cs.StyleCLIP, data: Path, steps: int = 25,
                           cfg: float = 3.0, seed: int = 0) -> dict:
-    """Text -> image on the held-out captions (128 px from pure noise, Euler, `steps`, guidance `cfg` against
-    "null label, no style"; unconditional without guidance), judged by the zoo CLIP (train_zoo_clip.judge_text_to_image)."""
+    """Text -> image on the held-out captions (at the DiT's size, from pure noise, Euler, `steps`, guidance `cfg`
+    against "null label, no style"; unconditional without guidance), judged by the zoo CLIP
+    (train_zoo_clip.judge_text_to_image)."""
 
     vae = taesd.load_vae(vae_path)
-    shape = (len(zoo_data.load(data, "heldout")[1]), model.config.in_channels, SIZE // 8, SIZE // 8)
+    n, latent = len(zoo_data.load(data, "heldout", tzc.CLIP_SIZE)[1]), model.config.input_size
+    shape = (n, model.config.in_channels, latent, latent)
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
-    out = tzc.judge_text_to_image(clip, data, lambda style: text_to_image(model, vae, style, noise, steps, cfg) * 0.5 + 0.5)
+    out = tzc.judge_text_to_image(clip, data,
+                                  lambda style: text_to_image(model, vae, style, noise, steps, cfg) * 0.5 + 0.5)
     return {"steps": steps, "cfg": cfg, **out}
+
+
+def init_from(model: dit.DiT, path: Path) -> dict:
+    """Take every tensor of the DiT at `path` whose shape fits `model` (label rows matched by style x category:
+    a model with fewer styles gives its rows to the first styles, its null row to the null row). Returns what was
+    taken, reshaped or left at its initialisation."""
+    old = dit.load_dit(path)
+    theirs = {k: v.float() for k, v in old.state_dict().items()}
+    mine = model.state_dict()
+    taken, fresh = [], []
+    for k, v in mine.items():
+        if k == "pos_embed":  # fixed sin-cos table of the model's own grid
+            continue
+        if (k == "y_embedder.embedding_table.weight" and k in theirs and theirs[k].shape != v.shape
+                and theirs[k].shape[1] == v.shape[1]):
+            rows = theirs[k]
+            n = min(old.config.num_classes, model.config.num_classes)
+            v[:n] = rows[:n]
+            if old.config.class_dropout_prob > 0 and model.config.class_dropout_prob > 0:
+                v[model.config.null_class] = rows[old.config.null_class]
+            taken.append(f"{k} (rows 0..{n - 1} and null)")
+        elif k in theirs and theirs[k].shape == v.shape:
+            v.copy_(theirs[k])
+            taken.append(k)
+        else:
+            fresh.append(k)
+    blocks = [k for k in fresh if k.startswith("blocks.")]
+    if blocks:
+        raise SystemExit(f"--init {path}: its transformer blocks do not fit ({blocks[0]} and {len(blocks) - 1} more): "
+                         f"it has {old.config}, this run {model.config}")
+    model.load_state_dict(mine)
+    return {"taken": len(taken), "fresh": fresh, "config": old.config.__dict__}
 
 
 def main(argv=None) -> None:
@@ -163,22 +201,28 @@ def main(argv=None) -> None:
     ap.add_argument("--vae", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--steps", type=int, default=2000)
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=32, help="per process")
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--depth", type=int, default=6)
     ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--patch", type=int, default=2)
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--eval-images", type=int, default=256, help="held-out latents in the periodic evaluation "
+                    "(all of them at the end)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads on the CPU (0: torch's default)")
     ap.add_argument("--low-noise", type=float, default=0.0, help="share of samples with t < --low-noise-t")
     ap.add_argument("--low-noise-t", type=int, default=650)
-    ap.add_argument("--init", type=Path, default=None, help="start from this saved DiT (same architecture)")
+    ap.add_argument("--init", type=Path, default=None, help="start from this saved DiT (tensors whose shape fits)")
     ap.add_argument("--style-clip", type=Path, default=None, help="train style conditioning on this zoo CLIP")
     ap.add_argument("--style-dropout", type=float, default=0.2)
     args = ap.parse_args(argv)
 
     torch.manual_seed(args.seed)
+    loop = TrainLoop(args.out, steps=args.steps, seed=args.seed, settings=vars(args), eval_every=args.eval_every,
+                     threads=args.threads)
     z_train, y_train = cached_latents(args.vae, args.data, "train")
     z_held, y_held = cached_latents(args.vae, args.data, "heldout")
     clip = style_clip = None
@@ -187,92 +231,60 @@ def main(argv=None) -> None:
         style_clip = clip.identity
         text_train, image_train = style_vectors(clip, args.style_clip, args.data, "train")
         held_style = style_vectors(clip, args.style_clip, args.data, "heldout")[0][:, 0]  # the data set's caption
-    classes = zoo_data.NUM_LABELS
-    config = dit.DiTConfig(depth=args.depth, hidden_size=args.hidden, num_heads=args.heads, patch_size=2,
-                           num_classes=classes, learn_sigma=False, class_dropout_prob=0.1, input_size=SIZE // 8,
-                           style_dim=0 if style_clip is None else text_train.shape[-1])
-    model = dit.DiT(config).train()
-    model.style_clip = style_clip or ""
-    previous = None
+    config = dit.DiTConfig(depth=args.depth, hidden_size=args.hidden, num_heads=args.heads, patch_size=args.patch,
+                           num_classes=zoo_data.NUM_LABELS, learn_sigma=False, class_dropout_prob=0.1,
+                           input_size=z_train.shape[-1], style_dim=0 if style_clip is None else text_train.shape[-1])
+    raw = dit.DiT(config).train()
+    raw.style_clip = style_clip or ""
+    loop.log.update(config=config.__dict__, latent_std=float(z_train.std()), latent_mean=float(z_train.mean()),
+                    style_clip=style_clip, tokens=(z_train.shape[-1] // args.patch) ** 2, init=None)
     if args.init is not None:
-        init = dit.load_dit(args.init)
-        adds_style = init.config.style_dim == 0 and config.style_dim > 0
-        if (dataclasses.replace(init.config, style_dim=config.style_dim) if adds_style else init.config) != config:
-            raise SystemExit(f"--init {args.init} has config {init.config}, not {config}")
-        missing, _ = model.load_state_dict({k: v.float() for k, v in init.state_dict().items()}, strict=not adds_style)
-        assert all(k.startswith("style_proj.") for k in missing), missing  # zero-initialised: starts unchanged
+        loop.log["init"] = {"path": str(args.init), **init_from(raw, args.init)}
         prev_log = args.init.with_suffix(".json")
-        previous = {"path": str(args.init)}
         if prev_log.exists():
             p = json.loads(prev_log.read_text())
-            previous.update(settings=p["settings"], final=p["final"], init=p.get("init"))
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
+            loop.log["init"].update(settings=p["settings"], final=p.get("final"), previous=p.get("init"))
+    model = loop.module(raw)
+    ema = loop.ema(model, args.ema)
+    opt = loop.optimizer(torch.optim.AdamW(raw.parameters(), lr=args.lr, weight_decay=0.0))
     alphas_bar = torch.cumprod(1 - dit.linear_betas(), 0).float()
-    gen = torch.Generator().manual_seed(args.seed)
-    log = {"settings": {k: str(v) for k, v in vars(args).items()}, "config": config.__dict__, "curve": [],
-           "evals": [], "init": previous, "latent_std": float(z_train.std()), "latent_mean": float(z_train.mean()),
-           "style_clip": style_clip}
+    sub = slice(None, None, max(1, len(z_held) // args.eval_images))
     held = (z_held, y_held, alphas_bar) + ((held_style,) if style_clip else ())
-    ckpt = args.out.with_suffix(".train.pt")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    step = 0
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=True)  # our own file; tensors only
-        model.load_state_dict(state["model"]); ema.load_state_dict(state["ema"]); opt.load_state_dict(state["opt"])
-        gen.set_state(state["gen"]); step = int(state["step"]); log = json.loads(state["log"])
-        print(f"resumed at step {step}")
-    t0, running = time.time(), []
-    while step < args.steps:
+    periodic = tuple(h[sub] if h is not alphas_bar else h for h in held)
+    loop.evaluate = lambda: evaluate(ema, *(held if loop.step == args.steps else periodic))
+    gen, dev = loop.gen, loop.device
+    for step in loop:
         idx = torch.randint(0, len(z_train), (args.batch,), generator=gen)
         z0, y = z_train[idx], y_train[idx]
         t = torch.randint(0, len(alphas_bar), (args.batch,), generator=gen)
-        if args.low_noise > 0:  # (no extra draws otherwise: runs without it keep the earlier random stream)
+        if args.low_noise > 0:
             low = torch.rand(args.batch, generator=gen) < args.low_noise
             t = torch.where(low, torch.randint(0, args.low_noise_t, (args.batch,), generator=gen), t)
         noise = torch.randn(z0.shape, generator=gen)
         ab = alphas_bar[t][:, None, None, None]
         xt = ab.sqrt() * z0 + (1 - ab).sqrt() * noise
+        style = None
         if style_clip is None:
             drop = torch.rand(args.batch, generator=gen) < config.class_dropout_prob
-            y = torch.where(drop, torch.full_like(y, config.null_class), y)
-            loss = (model(xt, t, y) - noise).square().mean()
         else:
             k = text_train.shape[1]  # draws 0..k-1: that caption phrasing; k..k+k/2-1: the image (one in three)
             which = torch.randint(0, k + k // 2, (args.batch,), generator=gen)
             style = torch.where((which < k)[:, None], text_train[idx, which.clamp(max=k - 1)], image_train[idx])
             has = torch.rand(args.batch, generator=gen) >= args.style_dropout
             drop = torch.rand(args.batch, generator=gen) < torch.where(has, 0.5, config.class_dropout_prob)
-            y = torch.where(drop, torch.full_like(y, config.null_class), y)
-            pred = torch.empty_like(noise)
-            if has.any():
-                pred[has] = model(xt[has], t[has], y[has], style[has])
-            if (~has).any():
-                pred[~has] = model(xt[~has], t[~has], y[~has])
-            loss = (pred - noise).square().mean()
-        for g in opt.param_groups:  # linear warm-up, then cosine to 10 %
-            g["lr"] = args.lr * min(1.0, (step + 1) / 200) * (0.55 + 0.45 * math.cos(math.pi * step / args.steps))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            decay = min(args.ema, (1 + step) / (10 + step))
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - decay)
-        step += 1
-        running.append(float(loss.detach()))
-        if step % 50 == 0:
-            log["curve"].append({"step": step, "loss": sum(running) / len(running), "sec": round(time.time() - t0, 1)})
-            running = []
-            print(f"step {step} loss {log['curve'][-1]['loss']:.4f} ({time.time() - t0:.0f}s)", flush=True)
-        if step % args.eval_every == 0 or step == args.steps:
-            log["evals"].append({"step": step, **evaluate(ema, *held)})
-            print(json.dumps(log["evals"][-1]), flush=True)
-            torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                        "gen": gen.get_state(), "step": step, "log": json.dumps(log)}, ckpt)
-    log["final"] = log["evals"][-1]
-    log["steps_done"] = step  # below settings["steps"] when a run is ended early with a smaller --steps
+            style = style * has[:, None]  # a zero row: no style (DiT.conditioning)
+            style = style.to(dev)
+        y = torch.where(drop, torch.full_like(y, config.null_class), y)
+        with loop.autocast():
+            pred = model(xt.to(dev), t.to(dev), y.to(dev), style)
+        loss = (pred.float() - noise.to(dev)).square().mean()
+        loop.backward(loss, opt)
+        loop.record(loss=loss)
+    loop.finish()
+    if not loop.is_main or loop.stopped:
+        return
+    log = loop.log
+    ema = ema.cpu()
     dit.save_dit_safetensors(ema, args.out, half=True)
     if style_clip is not None:
         t2i = text_to_image_metrics(ema, args.vae, clip, args.data)

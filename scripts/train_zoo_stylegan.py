@@ -28,11 +28,9 @@ captions); resumes from <out>.train.pt.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -40,19 +38,22 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
-import conftest  # noqa: E402,F401  (registers the pack as the package `diffugan`)
+import devkit  # noqa: E402,F401  (registers the pack as the package `diffugan`)
 import train_zoo_clip as tzc  # noqa: E402
 import train_zoo_dit  # noqa: E402
 import zoo_data  # noqa: E402
 
 from diffugan.models import clip_style as cs  # noqa: E402
 from diffugan.models import stylegan as sg  # noqa: E402
+from devkit.train import TrainLoop  # noqa: E402
 from diffugan.models.stylegan import Conv2dLayer, FullyConnectedLayer  # noqa: E402
 
+DRAFT_SIZE = 64  # the zoo StyleGAN draws 64 px drafts (trained on antialiased downscales of the 256 px renders)
 
-def generator_config(c_dim: int, channel_base: int, channel_max: int, resolution: int = zoo_data.RESOLUTION
+
+def generator_config(c_dim: int, channel_base: int, channel_max: int, resolution: int = DRAFT_SIZE
                      ) -> sg.StyleGANConfig:
     return sg.StyleGANConfig("stylegan2", z_dim=128, c_dim=c_dim, w_dim=256, img_resolution=resolution,
                              img_channels=3, mapping_kwargs={"num_layers": 4},
@@ -117,20 +118,20 @@ class Discriminator(nn.Module):
 # DiffAugment: colour, translation, cutout (differentiable, per sample)
 # --------------------------------------------------------------------------------------------------------------
 def diff_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    n, _, h, w = x.shape
-    r = lambda *s: torch.rand(*s, generator=gen)  # noqa: E731
+    n, _, h, w = x.shape  # random draws on the CPU from `gen` (the same on every device), applied on x's device
+    r = lambda *s: torch.rand(*s, generator=gen).to(x.device)  # noqa: E731
     x = x + (r(n, 1, 1, 1) - 0.5)  # brightness
     mean = x.mean(dim=1, keepdim=True)
     x = (x - mean) * (r(n, 1, 1, 1) * 2) + mean  # saturation
     mean = x.mean(dim=[1, 2, 3], keepdim=True)
     x = (x - mean) * (r(n, 1, 1, 1) + 0.5) + mean  # contrast
-    shift = (torch.randint(-(h // 8), h // 8 + 1, (n, 2), generator=gen).float() * 2 / h)  # translation, 1/8
-    theta = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).repeat(n, 1, 1)
+    shift = (torch.randint(-(h // 8), h // 8 + 1, (n, 2), generator=gen).float() * 2 / h).to(x.device)  # 1/8
+    theta = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]], device=x.device).repeat(n, 1, 1)  # translation
     theta[:, :, 2] = shift
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="nearest", padding_mode="border", align_corners=False)
     cy, cx = (r(n) * h).long(), (r(n) * w).long()  # cutout, half the size
-    yy, xx = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
+    yy, xx = torch.arange(h, device=x.device)[None, :, None], torch.arange(w, device=x.device)[None, None, :]
     keep = ((yy - cy[:, None, None]).abs() >= h // 4) | ((xx - cx[:, None, None]).abs() >= w // 4)
     return x * keep[:, None].to(x.dtype)
 
@@ -148,13 +149,13 @@ def draw_labels(text: torch.Tensor, image: torch.Tensor, idx: torch.Tensor, drop
 
 
 def generate(G: sg.Generator, c: torch.Tensor, gen: torch.Generator, mixing: float) -> torch.Tensor:
-    z = torch.randn(len(c), G.z_dim, generator=gen)
+    z = torch.randn(len(c), G.z_dim, generator=gen).to(c.device)
     ws = G.mapping(z, c)
     if mixing > 0:  # style mixing regularisation: from a random layer on, the W of a second z (same label)
         cut = torch.randint(1, ws.shape[1], (len(c),), generator=gen)
         cut = torch.where(torch.rand(len(c), generator=gen) < mixing, cut, torch.full_like(cut, ws.shape[1]))
-        ws2 = G.mapping(torch.randn(len(c), G.z_dim, generator=gen), c)
-        rows = torch.arange(ws.shape[1])[None, :, None]
+        ws2 = G.mapping(torch.randn(len(c), G.z_dim, generator=gen).to(c.device), c)
+        rows, cut = torch.arange(ws.shape[1], device=c.device)[None, :, None], cut.to(c.device)
         ws = torch.where(rows < cut[:, None, None], ws, ws2)
     return G.synthesis(ws, noise_mode="random", generator=gen), ws
 
@@ -170,7 +171,7 @@ def sample_images(G: sg.Generator, style: torch.Tensor | None, n: int, seed: int
 
 
 def evaluate(G: sg.Generator, clip: cs.StyleCLIP, data: Path, psi: float = 1.0, seed: int = 0) -> dict:
-    n = len(zoo_data.load(data, "heldout")[1])
+    n = len(zoo_data.load(data, "heldout", 64)[1])
     return {"psi": psi, **tzc.judge_text_to_image(clip, data, lambda style: sample_images(G, style, n, seed, psi))}
 
 
@@ -191,45 +192,53 @@ def main(argv=None) -> None:
     ap.add_argument("--ema-kimg", type=float, default=10.0)
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads on the CPU (0: torch's default)")
     args = ap.parse_args(argv)
 
     torch.manual_seed(args.seed)
-    x_train, _ = zoo_data.load(args.data, "train")
+    loop = TrainLoop(args.out, steps=args.steps, seed=args.seed, settings=vars(args), eval_every=args.eval_every,
+                     grad_clip=None, threads=args.threads)
+    x_train, _ = zoo_data.load(args.data, "train", DRAFT_SIZE)
     clip = cs.load_clip(args.clip)
     text, image = train_zoo_dit.style_vectors(clip, args.clip, args.data, "train")
     config = generator_config(text.shape[-1], args.channel_base, args.channel_max, x_train.shape[-1])
     G = sg.Generator(config).train()
     G.style_clip = clip.identity
     D = Discriminator(config.img_resolution, config.c_dim, args.channel_base, args.channel_max).train()
-    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    loop.log.update(config=config.__dict__, style_clip=clip.identity, train_images=len(x_train),
+                    g_params=sum(p.numel() for p in G.parameters()), d_params=sum(p.numel() for p in D.parameters()))
+    # two optimizers, a gradient penalty through autograd.grad and D frozen in G's step: gradients are averaged
+    # over processes by the loop (ddp=False) rather than by DistributedDataParallel
+    G, D = loop.module(G, "G", ddp=False), loop.module(D, "D", ddp=False)
+
+    def ema_decay(steps: int) -> float:  # StyleGAN2-ADA: half-life ema_kimg, ramped up over the first 5 % of images
+        images = args.batch * loop.world
+        return 0.5 ** (images / max(min(args.ema_kimg * 1000, steps * images * 0.05), 1e-8))
+
+    G_ema = loop.ema(G, ema_decay)
     r1_ratio = args.r1_every / (args.r1_every + 1)  # lazy regularisation (StyleGAN2): adjust D's lr and betas
-    opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(0.0, 0.99), eps=1e-8)
-    opt_d = torch.optim.Adam(D.parameters(), lr=args.lr * r1_ratio, betas=(0.0, 0.99 ** r1_ratio), eps=1e-8)
-    gen = torch.Generator().manual_seed(args.seed)
-    log = {"settings": {k: str(v) for k, v in vars(args).items()}, "config": config.__dict__, "style_clip": clip.identity,
-           "train_images": len(x_train), "g_params": sum(p.numel() for p in G.parameters()),
-           "d_params": sum(p.numel() for p in D.parameters()), "curve": [], "evals": []}
-    ckpt = args.out.with_suffix(".train.pt")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    step = 0
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=True)  # our own file; tensors only
-        G.load_state_dict(state["G"]); D.load_state_dict(state["D"]); G_ema.load_state_dict(state["G_ema"])
-        opt_g.load_state_dict(state["opt_g"]); opt_d.load_state_dict(state["opt_d"])
-        gen.set_state(state["gen"]); step = int(state["step"]); log = json.loads(state["log"])
-        print(f"resumed at step {step}")
-    t0, running = time.time(), {"g": [], "d": [], "r1": [], "real": [], "fake": []}
-    while step < args.steps:
+    opt_g = loop.optimizer(torch.optim.Adam(G.parameters(), lr=args.lr, betas=(0.0, 0.99), eps=1e-8), schedule=False)
+    opt_d = loop.optimizer(torch.optim.Adam(D.parameters(), lr=args.lr * r1_ratio, betas=(0.0, 0.99 ** r1_ratio),
+                                            eps=1e-8), schedule=False)
+
+    def evaluate_ema() -> dict:
+        result = evaluate(G_ema, clip, args.data)
+        result.pop("samples")
+        return result
+
+    loop.evaluate = evaluate_ema
+    gen, dev = loop.gen, loop.device
+    for step in loop:
         # one generated batch (labels drawn apart from the real batch's) serves both updates: D sees it detached
         idx = torch.randint(0, len(x_train), (args.batch,), generator=gen)
-        c_real = draw_labels(text, image, idx, args.label_dropout, gen)
+        c_real = draw_labels(text, image, idx, args.label_dropout, gen).to(dev)
         c_fake = draw_labels(text, image, torch.randint(0, len(x_train), (args.batch,), generator=gen),
-                             args.label_dropout, gen)
+                             args.label_dropout, gen).to(dev)
         fake, ws = generate(G, c_fake, gen, args.mixing)
         with torch.no_grad():
             G.mapping.w_avg.lerp_(ws[:, 0].mean(0), 1 - 0.995)  # as NVlabs' mapping tracks it during training
         # discriminator: real images with their labels against the generated ones
-        real = x_train[idx]
+        real = x_train[idx].to(dev)
         regularise = step % args.r1_every == 0
         real.requires_grad_(regularise)
         real_logits = D(diff_augment(real, gen), c_real)
@@ -239,43 +248,18 @@ def main(argv=None) -> None:
             grad, = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
             r1 = grad.square().sum(dim=[1, 2, 3]).mean()
             loss_d = loss_d + r1 * (args.r1_gamma / 2) * args.r1_every
-            running["r1"].append(float(r1.detach()))
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
+            loop.record(r1=r1)
+        loop.backward(loss_d, opt_d)
         # generator: non-saturating loss through the updated (augmented) discriminator
         D.requires_grad_(False)
         loss_g = F.softplus(-D(diff_augment(fake, gen), c_fake)).mean()
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
+        loop.backward(loss_g, opt_g)
         D.requires_grad_(True)
-        # EMA of G (StyleGAN2-ADA: half-life ema_kimg, ramped up over the first 5 % of images shown)
-        step += 1
-        with torch.no_grad():
-            ema_nimg = min(args.ema_kimg * 1000, step * args.batch * 0.05)
-            beta = 0.5 ** (args.batch / max(ema_nimg, 1e-8))
-            for pe, p in zip(G_ema.parameters(), G.parameters()):
-                pe.copy_(p.lerp(pe, beta))
-            for be, b in zip(G_ema.buffers(), G.buffers()):
-                be.copy_(b)
-        running["g"].append(float(loss_g.detach())); running["d"].append(float(loss_d.detach()))
-        running["real"].append(float(real_logits.detach().mean())); running["fake"].append(float(fake_logits.detach().mean()))
-        if step % 50 == 0:
-            entry = {"step": step, "sec": round(time.time() - t0, 1),
-                     **{k: sum(v) / len(v) for k, v in running.items() if v}}
-            log["curve"].append(entry)
-            running = {k: [] for k in running}
-            print(json.dumps(entry), flush=True)
-        if step % args.eval_every == 0 or step == args.steps:
-            result = evaluate(G_ema, clip, args.data)
-            result.pop("samples")
-            log["evals"].append({"step": step, **result})
-            print(json.dumps(log["evals"][-1]), flush=True)
-            torch.save({"G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
-                        "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "gen": gen.get_state(),
-                        "step": step, "log": json.dumps(log)}, ckpt)
-    log["steps_done"] = step
+        loop.record(g=loss_g, d=loss_d, real=real_logits.detach().mean(), fake=fake_logits.detach().mean())
+    loop.finish()
+    if not loop.is_main or loop.stopped:
+        return
+    log, G_ema = loop.log, G_ema.cpu()
     G_ema.style_clip = clip.identity
     sg.save_stylegan_safetensors(G_ema, args.out)
     G_saved = sg.load_stylegan(args.out)  # the figures are those of the shipped file

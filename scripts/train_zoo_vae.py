@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
-import conftest  # noqa: E402,F401  (registers the pack as the package `diffugan`)
+import devkit  # noqa: E402,F401  (registers the pack as the package `diffugan`)
 import zoo_data  # noqa: E402
 
 from diffugan.models import taesd  # noqa: E402
@@ -66,7 +66,9 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--crop", type=int, default=32)
-    ap.add_argument("--size", type=int, default=128, help="image size (bicubic from the stored 64 px)")
+    ap.add_argument("--size", type=int, default=256, help="image size (the stored renders, or downscaled from them)")
+    ap.add_argument("--init", type=Path, default=None, help="fine-tune this saved VAE instead of starting afresh")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--full-frac", type=float, default=0.25, help="last fraction of steps on --full-crop crops")
     ap.add_argument("--full-crop", type=int, default=64)
     ap.add_argument("--full-batch", type=int, default=8)
@@ -80,7 +82,9 @@ def main(argv=None) -> None:
     torch.manual_seed(args.seed)
     train, _ = zoo_data.load(args.data, "train", args.size)
     held, _ = zoo_data.load(args.data, "heldout", args.size)
-    vae = taesd.TinyAutoencoder().train()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    vae = (taesd.load_vae(args.init).requires_grad_(True) if args.init else taesd.TinyAutoencoder()).train()
     params = [p for n, p in vae.named_parameters() if not n.startswith("vae_")]
     opt = torch.optim.Adam(params, lr=args.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 *
@@ -92,8 +96,12 @@ def main(argv=None) -> None:
     step = 0
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=True)  # our own file; tensors only
-        vae.load_state_dict(state["vae"]); opt.load_state_dict(state["opt"]); sched.load_state_dict(state["sched"])
-        gen.set_state(state["gen"]); step = int(state["step"]); log = json.loads(state["log"])
+        vae.load_state_dict(state["vae"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        gen.set_state(state["gen"])
+        step = int(state["step"])
+        log = json.loads(state["log"])
         print(f"resumed at step {step}")
     t0 = time.time()
     while step < args.steps:
@@ -109,7 +117,9 @@ def main(argv=None) -> None:
             + args.latent_penalty * r.square().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step(); sched.step(); step += 1
+        opt.step()
+        sched.step()
+        step += 1
         if step % 25 == 0:
             log["curve"].append({"step": step, "loss": float(loss_px.detach()), "sec": round(time.time() - t0, 1)})
             print(f"step {step} loss {float(loss_px.detach()):.4f} ({time.time() - t0:.0f}s)", flush=True)
@@ -128,8 +138,10 @@ def main(argv=None) -> None:
         log["latent_raw_absmax_p999"] = float(raw.abs().flatten().quantile(0.999)) if raw.numel() < 2 ** 24 else None
     log["final"] = log["evals"][-1]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    taesd.save_vae(vae, args.out, {"trained_on": "DiffuGAN emoji64 (twemoji + noto, train split)",
-                                   "steps": str(args.steps), "heldout_psnr_db": f"{log['final']['heldout_psnr_db']:.2f}"})
+    taesd.save_vae(vae, args.out, {"trained_on": f"DiffuGAN emoji at {args.size} px "
+                                                 "(twemoji + noto + openmoji SVG renders, train split)",
+                                   "steps": str(args.steps),
+                                   "heldout_psnr_db": f"{log['final']['heldout_psnr_db']:.2f}"})
     args.out.with_suffix(".json").write_text(json.dumps(log, indent=1))
     print(f"wrote {args.out}: held-out PSNR {log['final']['heldout_psnr_db']:.2f} dB")
 

@@ -15,9 +15,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 
-from _harness import ComfyServer, open_frontend  # noqa: E402
+from devkit.harness import ComfyServer, open_frontend  # noqa: E402
 
 CONVERT_JS = """
 const [api, name, done] = arguments;

@@ -18,8 +18,11 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import zoo_data  # noqa: E402
 from download_models import sha256_of  # noqa: E402
 
-DATA = ("Data: the DiffuGAN emoji set (`scripts/zoo_data.py`): {n} emoji drawn twice — {tw}; {no} — 64 px, "
-        "upsampled to 128 px; {held} % of the emoji held out (both drawings of an emoji on the same side).")
+DATA = ("Data: the DiffuGAN emoji set (`scripts/zoo_data.py`): {images} images of the Unicode emoji in {n} drawing "
+        "styles ({licences}), rendered from their SVG sources at {px} px by resvg (never upsampled); captions from "
+        "emoji-datasource's names and categories (MIT), keywords from OpenMoji's annotations; {held} % of the emoji "
+        "held out (every drawing of an emoji on the same side). Images derived from OpenMoji stay under CC BY-SA 4.0 "
+        "(attribution as above, share-alike), and so do the zoo models trained on them.")
 
 
 def card_vae(name: str, log: dict) -> str:
@@ -73,7 +76,7 @@ def card_dit(name: str, log: dict) -> str:
         "- per t: " + ", ".join(f"t={k[9:]}: {v:.4f}" for k, v in f.items() if re.fullmatch(r"eps_mse_t\d+", k)),
         *([("- clean-latent error the refiner sees (held-out x0-MSE; latents have std ≈ 1): "
             + ", ".join(f"t={k}: {v:.3f}" for k, v in x0.items())
-            + f" (first evaluation of the last run: "
+            + " (first evaluation of the last run: "
             + ", ".join(f"t={k[8:]}: {v:.3f}" for k, v in first.items() if k.startswith("x0_mse_t")) + ")")]
           if x0 else []),
         *(_dit_style_lines(log) if log.get("style_clip") else []),
@@ -121,8 +124,9 @@ LIMITS_STYLEGAN = ("a CPU-sized GAN run: its drafts are smooth blobs in the prom
                    "squares for 'blue circle'), not yet recognisable emoji, and seeds vary the shape less than the "
                    "prompt does. On 8 prompts (6 drafts each, ψ 0.7) the zoo CLIP ranked the prompt's own text first "
                    "for 3. The FD was still falling at the last evaluation: a longer (GPU) run is the next step.")
-LIMITS_PIPELINE = ("the refiner lowers the Fréchet distance but does not sharpen: it replaces the drafts' smooth shading "
-                   "with the flat, blotchy texture of its own samples and can lose small features (see the sheet).")
+LIMITS_PIPELINE = ("the refiner lowers the Fréchet distance but does not sharpen: it replaces the drafts' smooth "
+                   "shading with the flat, blotchy texture of its own samples and can lose small features "
+                   "(see the sheet).")
 LIMITS_CLIP = ("its images are 64 px emoji only, not the world: a prompt far from every emoji name lands near "
                "whichever emoji sounds closest. Its image tower over-fits the 3,442 training images (compare the "
                "training and held-out retrieval above); the pretrained text tower is what carries it to unseen "
@@ -187,7 +191,8 @@ def card_clip(name: str, log: dict) -> str:
         f"{s['batch']}, lr {s['lr']}, {log['captions_per_image']} caption phrasings per image, seed {s['seed']}.",
         f"- held-out retrieval ({log['heldout_images']} images of emoji never trained on): image → its caption among "
         f"all held-out captions top-1 **{h['caption_top1']:.3f}**, top-5 **{h['caption_top5']:.3f}** (chance "
-        f"{1 / log['heldout_images']:.3f} / {5 / log['heldout_images']:.3f}; untrained {first['heldout']['caption_top1']:.3f}"
+        f"{1 / log['heldout_images']:.3f} / {5 / log['heldout_images']:.3f}; "
+        f"untrained {first['heldout']['caption_top1']:.3f}"
         f" / {first['heldout']['caption_top5']:.3f}); image → emoji name top-1 {h['name_top1']:.3f}, top-5 "
         f"{h['name_top5']:.3f}",
         f"- zero-shot on held-out images: style (Twemoji / Noto) {h['style_acc']:.3f}, category (10) "
@@ -211,7 +216,8 @@ def card_stylegan(name: str, log: dict) -> str:
         f"{c['c_dim']}-d embedding of the zoo CLIP ({log['style_clip']}), so DiffuGAN Style Encode's output is its "
         "prompt; without one (c = 0) it draws unprompted. Trained by `scripts/train_zoo_stylegan.py` "
         f"on the {log['train_images']} training images: {log['steps_done']} steps, batch {s['batch']} "
-        f"({log['steps_done'] * int(s['batch']) / 1000:.0f} k images shown), lr {s['lr']}, R1 γ {s['r1_gamma']} (lazy), "
+        f"({log['steps_done'] * int(s['batch']) / 1000:.0f} k images shown), lr {s['lr']}, "
+        f"R1 γ {s['r1_gamma']} (lazy), "
         f"style mixing {s['mixing']}, DiffAugment colour/translation/cutout, a residual discriminator "
         f"({log['d_params'] / 1e6:.2f} M parameters, not shipped) with projection conditioning; labels: a caption "
         f"phrasing or one time in three the image's own CLIP embedding, none {100 * float(s['label_dropout']):.0f} % "
@@ -252,12 +258,13 @@ def card_pipeline(log: dict) -> str:
     ])
 
 
-CARDS = {"vae": card_vae, "stylegan": card_stylegan, "clip_style": card_clip, "dit": card_dit, "diffugan_importance": card_scorer, "diffugan_controlnet": card_controlnet}
+CARDS = {"vae": card_vae, "stylegan": card_stylegan, "clip_style": card_clip, "dit": card_dit,
+         "diffugan_importance": card_scorer, "diffugan_controlnet": card_controlnet}
 
 
 def main() -> None:
-    meta = json.loads((zoo_data.DEFAULT_OUT / "emoji64.json").read_text()) if (
-        zoo_data.DEFAULT_OUT / "emoji64.json").exists() else None
+    meta = json.loads((zoo_data.DEFAULT_OUT / "emoji.json").read_text()) if (
+        zoo_data.DEFAULT_OUT / "emoji.json").exists() else None
     files, cards = [], []
     for path in sorted(ZOO.glob("*/*.safetensors")):
         kind = path.parent.name
@@ -276,9 +283,8 @@ def main() -> None:
             "from the training logs (`<model>.json`).", ""]
     if meta:
         c = meta["counts"]
-        n = c["twemoji"]["train"] + c["twemoji"]["heldout"]
-        head += [DATA.format(n=n, tw=meta["sources"]["emoji-datasource-twitter"]["licence"],
-                             no=meta["sources"]["emoji-datasource-google"]["licence"],
+        head += [DATA.format(images=sum(v for s in c.values() for v in s.values()), n=len(c),
+                             licences="; ".join(meta["licences"].values()), px=meta["resolution"],
                              held=zoo_data.HELD_OUT_PERCENT), ""]
     if (ZOO / "pipeline.json").exists():
         cards.append(card_pipeline(json.loads((ZOO / "pipeline.json").read_text())))

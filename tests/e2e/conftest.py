@@ -1,7 +1,7 @@
 """One real ComfyUI server for the whole e2e session, on a free loopback port, with the pack linked in."""
 import pytest
 
-from _harness import ComfyServer
+from devkit.harness import ComfyServer
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from _harness import ARTIFACTS, ROOT, open_frontend
+from devkit.harness import ARTIFACTS, ROOT, open_frontend
 
 UI_WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from _harness import ROOT, read_images, save_artifact
+from devkit.harness import ROOT, read_images, save_artifact
 from diffugan.models import clip_style as cs
 
 WORKFLOW = json.loads((ROOT / "workflows" / "api" / "style_draft.json").read_text())
@@ -38,6 +38,7 @@ def test_missing_mapper_and_clip_files_name_their_folders(server, models):
     prompt["1"]["inputs"]["ckpt_name"] = "ViT-B-32.safetensors"
     run = server.run_prompt(prompt)
     assert not run.ok
-    assert "style mapper 'watercolor.safetensors' not found. Put it in the 'diffugan_mappers' model folder" in run.error()
+    assert ("style mapper 'watercolor.safetensors' not found. Put it in the 'diffugan_mappers' model folder"
+            in run.error())
     assert "CLIP checkpoint 'ViT-B-32.safetensors' not found. Put it in the 'clip_style' model folder" in run.error()
     assert "open_clip_pytorch_model.bin" in run.error()  # says which files belong there

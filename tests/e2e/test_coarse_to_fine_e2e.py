@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from _harness import ROOT, save_artifact
+from devkit.harness import ROOT, save_artifact
 from diffugan.models import dit
 from diffugan.models import stylegan as sg
-from random_weights import perturb
-from vae_files import write_random_taesd_vae
+from devkit.random_weights import perturb
+from devkit.vae_files import write_random_taesd_vae
 
 WORKFLOW = json.loads((ROOT / "workflows" / "api" / "coarse_to_fine.json").read_text())
 
@@ -22,7 +22,8 @@ def models(server):
     models = server.base / "models"
     torch.manual_seed(0)
     cfg = sg.StyleGANConfig("stylegan2", z_dim=32, c_dim=0, w_dim=32, img_resolution=64, img_channels=3,
-                            mapping_kwargs={"num_layers": 2}, synthesis_kwargs={"channel_base": 1024, "channel_max": 64})
+                            mapping_kwargs={"num_layers": 2},
+                            synthesis_kwargs={"channel_base": 1024, "channel_max": 64})
     (models / "stylegan").mkdir(parents=True, exist_ok=True)
     sg.save_stylegan_safetensors(sg.Generator(cfg), models / "stylegan" / WORKFLOW["1"]["inputs"]["ckpt_name"])
     model = perturb(dit.DiT(dit.DiTConfig(depth=2, hidden_size=64, num_heads=4, patch_size=2, num_classes=1000,

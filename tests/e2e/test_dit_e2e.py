@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from diffugan.models import dit
-from random_weights import perturb
+from devkit.random_weights import perturb
 
 CKPT = "tiny-dit-e2e.safetensors"
 
@@ -75,7 +75,7 @@ def test_region_refine_node_and_region_sampler_on_the_server(server, dit_file):
         "5": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 32, "height": 32}},
         "6": {"class_type": "MaskComposite", "inputs": {"destination": ["4", 0], "source": ["5", 0], "x": 32, "y": 16,
                                                         "operation": "add"}},
-        "7": {"class_type": "DiffuGANDiTRefine", "inputs": {
+        "7": {"class_type": "DiffuGANDiTRefineAdvanced", "inputs": {
             "model": ["1", 0], "positive": ["2", 0], "negative": ["2", 1], "latent": ["3", 0], "seed": 3,
             "max_steps": 6, "strength": 1.0, "cfg": 3.0, "scheduler": "normal", "importance": ["6", 0],
             "min_steps": 1, "border": 0, "dense_every": 0}},

@@ -4,7 +4,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from _harness import ROOT, save_artifact
+from devkit.harness import ROOT, save_artifact
 
 WORKFLOW = json.loads((ROOT / "workflows" / "api" / "importance.json").read_text())
 

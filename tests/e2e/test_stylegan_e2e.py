@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from _harness import ROOT, save_artifact
+from devkit.harness import ROOT, save_artifact
 from diffugan.models import stylegan as sg
 
 WORKFLOW = json.loads((ROOT / "workflows" / "api" / "stylegan_draft.json").read_text())
@@ -17,7 +17,8 @@ CKPT = WORKFLOW["1"]["inputs"]["ckpt_name"]
 def generator(server):
     torch.manual_seed(0)
     cfg = sg.StyleGANConfig("stylegan2", z_dim=32, c_dim=0, w_dim=32, img_resolution=64, img_channels=3,
-                            mapping_kwargs={"num_layers": 2}, synthesis_kwargs={"channel_base": 1024, "channel_max": 64})
+                            mapping_kwargs={"num_layers": 2},
+                            synthesis_kwargs={"channel_base": 1024, "channel_max": 64})
     G = sg.Generator(cfg).eval().requires_grad_(False)
     folder = server.base / "models" / "stylegan"
     folder.mkdir(parents=True, exist_ok=True)

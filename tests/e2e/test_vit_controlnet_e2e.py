@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from diffugan.models import dit
 from diffugan.models import vit_controlnet as vc
-from random_weights import perturb
+from devkit.random_weights import perturb
 
 CKPT, CN = "tiny-dit-cn-e2e.safetensors", "tiny-cn-e2e.safetensors"
 
@@ -40,9 +40,10 @@ def _ksampler(model, node_save, prefix):
 
 
 def _apply(strength, budget, **extra):
-    return {"class_type": "DiffuGANControlNetApply", "inputs": {
+    return {"class_type": "DiffuGANControlNetApplyAdvanced", "inputs": {
         "model": ["1", 0], "controlnet": ["4", 0], "image": ["6", 0], "strength": strength, "budget": budget,
-        "importance": ["7", 0], "importance_modulation": 0.5, "edge_priority": 0.5, "edge_gain": 0.0} | extra}
+        "importance": ["7", 0], "importance_modulation": 0.5, "edge_priority": 0.5, "edge_gain": 0.0,
+        "over_steps": "every step", "reuse_n": 2, "rotation_top_share": 0.0} | extra}
 
 
 def _latent(server, run, node):
@@ -61,7 +62,7 @@ def test_controlnet_with_stock_canny_on_the_server(server, files):
         "7": {"class_type": "DiffuGANImportanceAnalytic", "inputs": {"image": ["5", 0], "smoothing": 1.0}},
         "8": _apply(1.0, 0.25),
         "9": _apply(0.0, 0.25),
-        "10": _apply(1.0, 0.25, reuse_steps=2),
+        "10": _apply(1.0, 0.25, over_steps="reuse every n steps", reuse_n=2),
     }
     prompt |= _ksampler(["1", 0], "20", "plain") | _ksampler(["8", 0], "21", "cn") | _ksampler(["9", 0], "22", "zero")
     prompt |= _ksampler(["10", 0], "23", "reuse")
@@ -83,8 +84,7 @@ def test_controlnet_for_another_dit_is_refused_on_the_server(server, files):
         "4": {"class_type": "DiffuGANControlNetLoader", "inputs": {"controlnet_name": CN}},
         "5": {"class_type": "LoadImage", "inputs": {"image": "cn_square.png"}},
         "8": {"class_type": "DiffuGANControlNetApply", "inputs": {
-            "model": ["1", 0], "controlnet": ["4", 0], "image": ["5", 0], "strength": 1.0, "budget": 1.0,
-            "importance_modulation": 0.0, "edge_priority": 0.0, "edge_gain": 0.0}},
+            "model": ["1", 0], "controlnet": ["4", 0], "image": ["5", 0], "strength": 1.0, "budget": 1.0}},
         "9": {"class_type": "DiffuGANDiTConditioning", "inputs": {"class_label": 3}},
         "10": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
         "11": {"class_type": "KSampler", "inputs": {

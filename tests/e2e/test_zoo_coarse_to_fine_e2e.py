@@ -9,7 +9,7 @@ import json
 
 import torch
 
-from _harness import ROOT, run_prompted_refine, save_artifact
+from devkit.harness import ROOT, run_prompted_refine, save_artifact
 
 WORKFLOW = json.loads((ROOT / "workflows" / "api" / "emoji_coarse_to_fine.json").read_text())
 PROMPTS = ("red heart", "grinning face")

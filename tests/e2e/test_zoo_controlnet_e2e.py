@@ -5,8 +5,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from _harness import ROOT, save_artifact
-from drawn import write_coarse_smiley, write_sketch
+from devkit.harness import ROOT, save_artifact
+from devkit import metrics
+from devkit.drawn import write_coarse_smiley, write_sketch
 
 
 def test_emoji_controlnet_workflow_follows_the_sketch(server):
@@ -27,7 +28,7 @@ def test_emoji_controlnet_workflow_follows_the_sketch(server):
         control = torch.from_numpy(np.asarray(Image.open(edges).convert("L")) > 127).float()[None, None]
         out = torch.from_numpy(np.asarray(Image.open(refined).convert("RGB")).copy()).float().div(255)
         got = vc.canny_edges(out.permute(2, 0, 1)[None])
-        f1[name] = float(vc.edge_f1(got, control)[0])
+        f1[name] = float(metrics.edge_f1(got, control)[0])
         if name == "with":
             save_artifact(refined, "e2e_zoo_controlnet_refined.png")
     assert f1["with"] > f1["without"] + 0.05, f1

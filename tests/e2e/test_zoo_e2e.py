@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from _harness import ROOT, save_artifact
-from drawn import write_coarse_smiley
+from devkit.harness import ROOT, save_artifact
+from devkit.drawn import write_coarse_smiley
 
 WORKFLOW = json.loads((ROOT / "workflows" / "api" / "emoji_refine.json").read_text())
 

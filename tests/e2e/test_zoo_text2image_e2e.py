@@ -10,7 +10,7 @@ the 380 held-out captions (zoo-CLIP score 0.055 with the prompt vs 0.009 without
 two prompts do not reliably separate."""
 import json
 
-from _harness import ROOT, run_prompted_refine, save_artifact
+from devkit.harness import ROOT, run_prompted_refine, save_artifact
 
 WORKFLOW = json.loads((ROOT / "workflows" / "api" / "emoji_text2image.json").read_text())
 PROMPTS = ("red heart", "grinning face")

@@ -169,7 +169,8 @@ def test_locked_tower_is_the_pretrained_sentence_encoder(emoji_clip):
     text = emoji_clip.clip.text
     tokens = emoji_clip.tokenizer(texts)
     with torch.no_grad():
-        ours = text.pooler(text.transformer(input_ids=tokens, attention_mask=(tokens != 0).long()), (tokens != 0).long())
+        ours = text.pooler(text.transformer(input_ids=tokens, attention_mask=(tokens != 0).long()),
+                           (tokens != 0).long())
     assert torch.allclose(ours, reference, atol=1e-5)
     unit = F.normalize(ours, dim=-1)
     assert unit[0] @ unit[1] > unit[0] @ unit[2] + 0.2

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from diffugan.models import checkpoints as ck
-from diffugan.models import dit
-from random_weights import perturb
+from devkit import sampling
+from diffugan.models import dit, flops, region
+from devkit.random_weights import perturb
 
 TINY = dit.DiTConfig(depth=2, hidden_size=384, num_heads=6, patch_size=2, num_classes=10, input_size=8)
 
@@ -79,7 +80,8 @@ def test_wrong_shape_and_missing_keys_are_named(tmp_path):
     del sd["blocks.0.mlp.fc2.bias"]
     path = tmp_path / "DiT-S-2-64x64.pt"
     torch.save(sd, path)
-    with pytest.raises(ck.CheckpointError, match=r"blocks.1.attn.qkv.weight: expected \(1152, 384\), found \(1152, 400\)"
+    with pytest.raises(ck.CheckpointError, match=r"blocks.1.attn.qkv.weight: expected \(1152, 384\), "
+                       r"found \(1152, 400\)"
                        r".*missing keys \(1\): blocks.0.mlp.fc2.bias"):
         dit.load_dit(path)
 
@@ -87,7 +89,8 @@ def test_wrong_shape_and_missing_keys_are_named(tmp_path):
 def test_not_a_dit_is_explained(tmp_path):
     path = tmp_path / "unet.pt"
     torch.save({"conv_in.weight": torch.zeros(1)}, path)
-    with pytest.raises(ck.CheckpointError, match="unet.pt: not a DiT checkpoint .*facebookresearch/DiT parameter names"):
+    with pytest.raises(ck.CheckpointError,
+                       match="unet.pt: not a DiT checkpoint .*facebookresearch/DiT parameter names"):
         dit.load_dit(path)
 
 
@@ -154,55 +157,55 @@ def test_schedule_is_dits_linear_betas():
 # --- region-adaptive pieces -----------------------------------------------------------------------------------
 def test_evaluation_schedule_counts_and_spacing():
     counts = torch.tensor([[0, 1, 3, 5, 8]])
-    sched = dit.evaluation_schedule(counts, 8)[0]  # (K, T)
+    sched = region.evaluation_schedule(counts, 8)[0]  # (K, T)
     assert sched.sum(0).tolist() == [0, 1, 3, 5, 8]  # each token evaluated exactly n times
     assert sched[0, 1:].all()  # step 0 evaluates every token that has steps
     assert sched[:, 2].nonzero()[:, 0].tolist() == [0, 2, 5]  # floor(j * 8 / 3)
     with pytest.raises(ValueError, match="step counts must be in 0..8"):
-        dit.evaluation_schedule(torch.tensor([[9]]), 8)
+        region.evaluation_schedule(torch.tensor([[9]]), 8)
 
 
 def test_token_counts_take_the_patch_maximum_and_grow_by_the_border():
     steps = torch.zeros(1, 1, 8, 8, dtype=torch.long)
     steps[0, 0, 3, 3] = 6  # one latent pixel inside token (1, 1) of a 4x4 token grid
-    assert dit.token_step_counts(steps, 2, border=0).view(4, 4)[1, 1] == 6
-    assert (dit.token_step_counts(steps, 2, border=0) > 0).sum() == 1
-    grown = dit.token_step_counts(steps, 2, border=1).view(4, 4)
+    assert region.token_step_counts(steps, 2, border=0).view(4, 4)[1, 1] == 6
+    assert (region.token_step_counts(steps, 2, border=0) > 0).sum() == 1
+    grown = region.token_step_counts(steps, 2, border=1).view(4, 4)
     assert grown[:3, :3].eq(6).all() and grown[3].eq(0).all()
 
 
 def test_step_counts_from_an_image_sized_map():
     m = torch.zeros(1, 1, 64, 96)
     m[..., :32, :] = 1.0
-    counts = dit.step_counts_from_map(m, (8, 12), total_steps=10, min_steps=2)
+    counts = region.step_counts_from_map(m, (8, 12), total_steps=10, min_steps=2)
     assert counts.shape == (1, 1, 8, 12) and counts[..., :4, :].eq(10).all() and counts[..., 4:, :].eq(2).all()
     with pytest.raises(ValueError, match="min_steps 11 must be between 0 and the number of steps"):
-        dit.step_counts_from_map(m, (8, 12), 10, 11)
+        region.step_counts_from_map(m, (8, 12), 10, 11)
 
 
 def test_subset_pass_with_fresh_cache_equals_dense_at_active_tokens():
     m = make_dit()
     x, t, y = torch.randn(2, 4, 8, 12), torch.tensor([5.0, 5.0]), torch.tensor([1, 10])
     cache = [None] * TINY.depth
-    dense = dit.forward_subset(m, x, t, y, None, None, cache)
+    dense = region.forward_tokens(m, x, t, y, None, None, cache)
     torch.testing.assert_close(dense, m(x, t, y), rtol=0, atol=0)
     idx = torch.tensor([0, 3, 5, 20])
-    sub = dit.forward_subset(m, x, t, y, None, idx, cache)
-    mask = dit.token_pixels(torch.zeros(1, 24, dtype=torch.bool).index_fill(1, idx, True), (4, 6), 2)
+    sub = region.forward_tokens(m, x, t, y, None, idx, cache)
+    mask = region.token_pixels(torch.zeros(1, 24, dtype=torch.bool).index_fill(1, idx, True), (4, 6), 2)
     torch.testing.assert_close(sub * mask, dense * mask, rtol=1e-5, atol=1e-5)
 
 
 def test_counted_flops_fall_with_the_active_fraction():
     cfg = dit.standard_config("DiT-XL/2", 256)
-    dense = dit.transformer_flops(cfg, 256, 256)
+    dense = flops.transformer_flops(cfg, 256, 256)
     # The DiT paper reports 118.6 "Gflops" for DiT-XL/2 at 256², counting multiply-adds; we count 2 per MAC.
     assert abs(dense / 2 / 1e9 - 118.6) < 0.02 * 118.6, dense
-    quarter = dit.transformer_flops(cfg, 64, 256)
+    quarter = flops.transformer_flops(cfg, 64, 256)
     assert 0.24 < quarter / dense < 0.27  # linear layers dominate; attention keys stay at all 256 tokens
 
 
 def test_evaluations_forecast_linearly_in_sigma_and_hold_otherwise():
-    ev = dit.Evaluations(torch.tensor([1.0, 5.0]), sigma=3.0, tokens=2)
+    ev = region.TokenForecast(torch.tensor([1.0, 5.0]), sigma=3.0, tokens=2)
     assert torch.equal(ev.weight(2.0, forecast=1), torch.zeros(2))  # one evaluation: held
     ev.record(torch.tensor([2.0, 7.0]), torch.tensor([True, False]), torch.tensor([True, False]), sigma=2.0)
     d = ev.weight(1.5, forecast=1)  # token 0: (2 - 1.5) / (3 - 2); token 1 has one evaluation
@@ -211,7 +214,7 @@ def test_evaluations_forecast_linearly_in_sigma_and_hold_otherwise():
     assert torch.equal(ev.weight(0.0, forecast=1), torch.tensor([1.0, 0.0]))  # never past one gap
     assert torch.equal(ev.weight(1.5, forecast=0), torch.zeros(2))
     with pytest.raises(ValueError, match="forecast must be 0"):
-        dit.RegionAdaptiveState(make_dit(), torch.ones(1, 4, dtype=torch.long), torch.ones(3), None, forecast=2)
+        region.RegionRefinement(make_dit(), torch.ones(1, 4, dtype=torch.long), torch.ones(3), None, forecast=2)
 
 
 @pytest.mark.parametrize("forecast", [0, 1])
@@ -219,10 +222,10 @@ def test_region_state_with_every_token_every_step_is_plain_euler(forecast):
     m = make_dit()
     draft, noise = torch.randn(2, 4, 8, 12), torch.randn(2, 4, 8, 12)
     y = torch.tensor([1, 2])
-    sigmas, ts = dit.img2img_schedule(6, 0.5)
-    plain, _ = dit.euler_img2img(m, draft, y, sigmas, ts, 2.0, noise)
+    sigmas, ts = sampling.img2img_schedule(6, 0.5)
+    plain, _ = sampling.euler_img2img(m, draft, y, sigmas, ts, 2.0, noise)
     full = torch.full((2, 24), 6)
-    region, state = dit.euler_img2img(m, draft, y, sigmas, ts, 2.0, noise, full, forecast=forecast)
+    region, state = sampling.euler_img2img(m, draft, y, sigmas, ts, 2.0, noise, full, forecast=forecast)
     torch.testing.assert_close(region, plain, rtol=0, atol=0)
     assert state.flops == state.dense_flops
 
@@ -232,12 +235,12 @@ def test_held_predictions_follow_the_n_step_euler_schedule_exactly():
     m = make_dit()
     draft, noise = torch.randn(1, 4, 8, 12), torch.randn(1, 4, 8, 12)
     y = torch.tensor([3])
-    sigmas, ts = dit.img2img_schedule(8, 0.6)
-    half, _ = dit.euler_img2img(m, draft, y, sigmas, ts, 1.0, noise, torch.full((1, 24), 4), forecast=0)
+    sigmas, ts = sampling.img2img_schedule(8, 0.6)
+    half, _ = sampling.euler_img2img(m, draft, y, sigmas, ts, 1.0, noise, torch.full((1, 24), 4), forecast=0)
     sub_sigmas = torch.cat([sigmas[:-1:2], sigmas[-1:]])
-    coarse, _ = dit.euler_img2img(m, draft, y, sub_sigmas, ts[::2], 1.0, noise)
+    coarse, _ = sampling.euler_img2img(m, draft, y, sub_sigmas, ts[::2], 1.0, noise)
     torch.testing.assert_close(half, coarse, rtol=1e-5, atol=1e-5)
-    forecast, _ = dit.euler_img2img(m, draft, y, sigmas, ts, 1.0, noise, torch.full((1, 24), 4), forecast=1)
+    forecast, _ = sampling.euler_img2img(m, draft, y, sigmas, ts, 1.0, noise, torch.full((1, 24), 4), forecast=1)
     assert (forecast - coarse).abs().max() > 1e-4  # the forecast changes the in-between steps
 
 
@@ -248,8 +251,8 @@ def test_region_sampling_never_writes_into_the_draft_or_noise():
     draft, noise = torch.randn(2, 4, 8, 12), torch.randn(2, 4, 8, 12)
     keep = draft.clone(), noise.clone()
     counts = torch.randint(0, 7, (2, 24))  # mixed counts: partial updates at most steps, some tokens untouched
-    sigmas, ts = dit.img2img_schedule(6, 0.7)
-    out, state = dit.euler_img2img(m, draft, torch.tensor([1, 2]), sigmas, ts, 2.0, noise, counts)
+    sigmas, ts = sampling.img2img_schedule(6, 0.7)
+    out, state = sampling.euler_img2img(m, draft, torch.tensor([1, 2]), sigmas, ts, 2.0, noise, counts)
     assert torch.equal(draft, keep[0]) and torch.equal(noise, keep[1])
     untouched = state.untouched_pixels(m.grid(draft))
     assert torch.equal(out[untouched.expand_as(out)], keep[0][untouched.expand_as(out)])

@@ -1,67 +1,8 @@
 """Pure-torch tests of models/importance.py (no ComfyUI)."""
-import math
-
 import pytest
 import torch
 
 from diffugan.models import importance as imp
-
-
-def test_colorize_hits_anchor_colours_exactly():
-    values = imp.HEAT_ANCHORS[:, 0].view(1, 1, 1, -1)
-    rgb = imp.colorize(values)  # (1,3,1,K)
-    torch.testing.assert_close(rgb[0, :, 0].T, imp.HEAT_ANCHORS[:, 1:])
-
-
-def test_colorize_is_piecewise_linear_between_anchors():
-    a, b = imp.HEAT_ANCHORS[1], imp.HEAT_ANCHORS[2]
-    mid = (a[0] + b[0]) / 2
-    rgb = imp.colorize(mid.view(1, 1, 1, 1))[0, :, 0, 0]
-    torch.testing.assert_close(rgb, (a[1:] + b[1:]) / 2)
-
-
-def test_overlay_opacity_endpoints():
-    g = torch.Generator().manual_seed(0)
-    image = torch.rand(2, 3, 16, 24, generator=g)
-    mask = torch.rand(2, 1, 16, 24, generator=g)
-    torch.testing.assert_close(imp.heatmap_overlay(image, mask, 0.0), image)
-    torch.testing.assert_close(imp.heatmap_overlay(image, mask, 1.0), imp.colorize(mask))
-
-
-def test_overlay_marks_important_region_red_and_rest_blue():
-    image = torch.full((1, 3, 32, 32), 0.5)
-    mask = torch.zeros(1, 1, 32, 32)
-    mask[..., 8:16, 8:16] = 1.0
-    out = imp.heatmap_overlay(image, mask, 1.0)
-    hot, cold = out[0, :, 12, 12], out[0, :, 28, 28]
-    assert hot[0] > 0.8 and hot[2] < 0.1  # red
-    assert cold[2] > cold[0]  # blue dominates where nothing matters
-
-
-def test_mask_of_other_size_is_resized_and_single_mask_broadcasts():
-    image = torch.rand(3, 3, 40, 60)
-    mask = torch.ones(1, 1, 10, 15)
-    out = imp.heatmap_overlay(image, mask, 1.0)
-    assert out.shape == image.shape
-    torch.testing.assert_close(out, imp.colorize(torch.ones(3, 1, 40, 60)))
-
-
-def test_batch_mismatch_is_refused_with_a_clear_error():
-    with pytest.raises(ValueError, match="'importance' has batch 2 but the image has batch 3"):
-        imp.heatmap_overlay(torch.rand(3, 3, 8, 8), torch.rand(2, 1, 8, 8))
-
-
-@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_non_finite_inputs_are_refused(bad):
-    mask = torch.zeros(1, 1, 8, 8)
-    mask[0, 0, 3, 3] = bad
-    with pytest.raises(ValueError, match="'importance' contains 1 NaN/inf"):
-        imp.heatmap_overlay(torch.rand(1, 3, 8, 8), mask)
-
-
-def test_opacity_out_of_range_is_refused():
-    with pytest.raises(ValueError, match="'opacity' must be in 0..1"):
-        imp.heatmap_overlay(torch.rand(1, 3, 8, 8), torch.rand(1, 1, 8, 8), 1.5)
 
 
 # --- analytic scorer ------------------------------------------------------------------------------------------
@@ -104,33 +45,15 @@ def test_analytic_rejects_non_finite():
 
 
 # --- user emphasis --------------------------------------------------------------------------------------------
-def test_points_parse_and_blobs():
-    pts = imp.parse_points('[{"x": 10, "y": 20, "radius": 8}, {"x": 50, "y": 5, "weight": 0.5}]')
-    assert pts == [{"x": 10.0, "y": 20.0, "radius": 8.0, "weight": 1.0},
-                   {"x": 50.0, "y": 5.0, "radius": 32.0, "weight": 0.5}]
-    m = imp.points_to_mask(pts[:1], 40, 64)
-    sigma2 = (8 / 2) ** 2  # sigma = radius / 2
-    near = float(m[0, 0, 19, 9])  # pixel centre (9.5, 19.5), 0.71 px from the click
-    assert abs(near - math.exp(-0.5 / (2 * sigma2))) < 1e-6
-    ring = float(m[0, 0, 19, 17])  # centre (17.5, 19.5): 7.5 px right, 0.5 up
-    assert abs(ring - math.exp(-(7.5 ** 2 + 0.25) / (2 * sigma2))) < 1e-6
-    assert imp.points_to_mask([], 4, 4).sum() == 0 and imp.parse_points("  ") == []
-
-
-@pytest.mark.parametrize("text,msg", [("[{x: 1}]", "not valid JSON"), ('[{"y": 1}]', "at least x and y"),
-                                      ('[{"x": 1, "y": 2, "radius": -3}]', "radius > 0"), ('"abc"', "JSON list")])
-def test_points_errors_are_clear(text, msg):
-    with pytest.raises(ValueError, match=msg):
-        imp.parse_points(text)
-
-
 def test_merge_modes_arithmetic():
     score = torch.tensor([0.2, 0.6, 0.9]).view(1, 1, 1, 3)
     user = torch.tensor([1.0, 0.0, 0.5]).view(1, 1, 1, 3)
     torch.testing.assert_close(imp.merge_emphasis(score, user, "max", 0.8).flatten(), torch.tensor([0.8, 0.6, 0.9]))
     torch.testing.assert_close(imp.merge_emphasis(score, user, "add", 0.5).flatten(), torch.tensor([0.7, 0.6, 1.0]))
-    torch.testing.assert_close(imp.merge_emphasis(score, user, "multiply", 1.0).flatten(), torch.tensor([0.2, 0.0, 0.45]))
-    torch.testing.assert_close(imp.merge_emphasis(score, user, "multiply", 0.5).flatten(), torch.tensor([0.2, 0.3, 0.675]))
+    torch.testing.assert_close(imp.merge_emphasis(score, user, "multiply", 1.0).flatten(),
+                               torch.tensor([0.2, 0.0, 0.45]))
+    torch.testing.assert_close(imp.merge_emphasis(score, user, "multiply", 0.5).flatten(),
+                               torch.tensor([0.2, 0.3, 0.675]))
     for mode in imp.MERGE_MODES:
         torch.testing.assert_close(imp.merge_emphasis(score, user, mode, 0.0), score)
     with pytest.raises(ValueError, match="unknown merge mode 'avg'"):
@@ -178,7 +101,7 @@ def test_budget_extremes_and_errors():
 
 # --- learned scorer ------------------------------------------------------------------------------------------------
 def test_learned_scorer_is_small_and_predicts_at_one_eighth():
-    from random_weights import perturb
+    from devkit.random_weights import perturb
 
     torch.manual_seed(0)
     scorer = perturb(imp.LearnedScorer(), 0.05).eval()
@@ -213,16 +136,3 @@ def test_learned_scorer_save_load_is_strict(tmp_path):
     save_safetensors(tmp_path / "other.safetensors", scorer.state_dict(), {"format": "something.else"})
     with pytest.raises(CheckpointError, match="not a DiffuGAN importance scorer"):
         imp.load_scorer(tmp_path / "other.safetensors")
-
-
-def test_spearman_with_ties_matches_the_definition():
-    a = torch.tensor([0.0, 0.0, 0.0, 1.0, 2.0, 3.0])
-    assert imp.average_ranks(a).tolist() == [1.0, 1.0, 1.0, 3.0, 4.0, 5.0]
-    assert imp.spearman(a, a * 10 + 1) == pytest.approx(1.0)
-    assert imp.spearman(a, -a) == pytest.approx(-1.0)
-    assert imp.spearman(a, torch.ones(6)) == 0.0
-    # Pearson of the average ranks, by hand: ranks of b = [5, 4, 3, 2, 1, 0]
-    b = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0, 0.0])
-    ra, rb = torch.tensor([1.0, 1, 1, 3, 4, 5]), torch.tensor([5.0, 4, 3, 2, 1, 0])
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    assert imp.spearman(a, b) == pytest.approx(float((ra * rb).sum() / (ra.norm() * rb.norm())))

@@ -95,7 +95,8 @@ def test_pickle_calling_os_system_is_refused_without_running(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pkl"
     path.write_bytes(pickle.dumps({"G_ema": _Payload(marker)}, protocol=4))
-    with pytest.raises(ck.UnsafePickleError, match=r"evil.pkl: refused to load: the pickle asks for '(posix|os).system'"):
+    with pytest.raises(ck.UnsafePickleError,
+                       match=r"evil.pkl: refused to load: the pickle asks for '(posix|os).system'"):
         sg.load_stylegan(path)
     assert not marker.exists()
 
@@ -156,7 +157,8 @@ def test_wrong_shape_names_key_expected_and_found(tmp_path):
     path = tmp_path / "bad.safetensors"
     ck.save_safetensors(path, sd, {"format": sg.SAFETENSORS_FORMAT, "config": asdict(SG2)})
     with pytest.raises(ck.CheckpointError,
-                       match=r"bad.safetensors: .*synthesis.b8.conv1.weight: expected \(32, 32, 3, 3\), found \(32, 32, 1, 1\)"):
+                       match=r"bad.safetensors: .*synthesis.b8.conv1.weight: expected \(32, 32, 3, 3\), "
+                             r"found \(32, 32, 1, 1\)"):
         sg.load_stylegan(path)
 
 
@@ -168,7 +170,8 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path):
 
     path = tmp_path / "keys.safetensors"
     ck.save_safetensors(path, sd, {"format": sg.SAFETENSORS_FORMAT, "config": asdict(SG2)})
-    with pytest.raises(ck.CheckpointError, match=r"missing keys \(1\): mapping.w_avg .*unexpected keys \(1\): mapping.fc9.weight"):
+    with pytest.raises(ck.CheckpointError,
+                       match=r"missing keys \(1\): mapping.w_avg .*unexpected keys \(1\): mapping.fc9.weight"):
         sg.load_stylegan(path)
 
 
@@ -188,8 +191,10 @@ def test_unknown_variant_setting_is_refused(tmp_path):
     path = tmp_path / "variant.safetensors"
     from dataclasses import asdict
 
-    ck.save_safetensors(path, make_generator(SG2).state_dict(), {"format": sg.SAFETENSORS_FORMAT, "config": asdict(cfg)})
-    with pytest.raises(ck.CheckpointError, match="variant.safetensors: unsupported stylegan2 variant .*superres_factor"):
+    ck.save_safetensors(path, make_generator(SG2).state_dict(),
+                        {"format": sg.SAFETENSORS_FORMAT, "config": asdict(cfg)})
+    with pytest.raises(ck.CheckpointError,
+                       match="variant.safetensors: unsupported stylegan2 variant .*superres_factor"):
         sg.load_stylegan(path)
 
 

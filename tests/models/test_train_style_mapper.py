@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from _harness import ROOT
+from devkit.harness import ROOT
 from clip_files import write_hub_folder
 from diffugan.models import clip_style as cs
 from diffugan.models import stylegan as sg
@@ -19,7 +19,8 @@ def test_script_trains_writes_and_resumes(tmp_path):
                             mapping_kwargs={"num_layers": 2}, synthesis_kwargs={"channel_base": 256, "channel_max": 32})
     sg.save_stylegan_safetensors(sg.Generator(cfg), tmp_path / "g.safetensors")
     out = tmp_path / "mapper.safetensors"
-    cmd = [sys.executable, str(ROOT / "scripts" / "train_style_mapper.py"), "--stylegan", str(tmp_path / "g.safetensors"),
+    cmd = [sys.executable, str(ROOT / "scripts" / "train_style_mapper.py"),
+           "--stylegan", str(tmp_path / "g.safetensors"),
            "--clip", str(clip_file), "--out", str(out), "--batch", "4", "--heldout", "4", "--hidden", "32",
            "--layers", "2", "--eval-every", "5", "--prompts", "red;blue"]
     run = subprocess.run(cmd + ["--steps", "10"], capture_output=True, text=True, timeout=300)
@@ -29,7 +30,8 @@ def test_script_trains_writes_and_resumes(tmp_path):
     assert {"heldout_sim_without", "heldout_sim_with", "text_sim_without", "text_sim_with"} <= set(log["evals"][-1])
     assert out.with_suffix(".png").stat().st_size > 0
     mapper = cs.load_mapper(out)
-    assert mapper.config.clip == cs.load_clip(clip_file).identity and mapper.config.generator.startswith("g.safetensors")
+    assert (mapper.config.clip == cs.load_clip(clip_file).identity
+            and mapper.config.generator.startswith("g.safetensors"))
     run = subprocess.run(cmd + ["--steps", "15"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and "resumed at step 10" in run.stdout, run.stdout + run.stderr[-2000:]
     assert [e["step"] for e in json.loads(out.with_suffix(".json").read_text())["evals"]] == [0, 5, 10, 15]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from diffugan.models import dit, taesd
-from drawn import smiley
+from devkit.drawn import smiley
 
 ZOO = Path(__file__).resolve().parents[2] / "zoo"
 MANIFEST = json.loads((ZOO / "manifest.json").read_text())["files"]

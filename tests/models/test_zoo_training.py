@@ -1,7 +1,8 @@
 """The zoo's training scripts, end to end on a tiny stand-in data set (drawn smileys in the emoji set's file format):
 the DiT trainer (fresh, then continued with --init and the low-noise emphasis, then with style conditioning from
-the zoo CLIP), the CLIP trainer, the ControlNet trainer, and the model cards written from their logs. Tiny models and a few steps: this checks the scripts' plumbing and logs, not
-what the real runs learn (their figures are in zoo/README.md)."""
+the zoo CLIP), the CLIP trainer, the ControlNet trainer, and the model cards written from their logs. Tiny models
+and a few steps: this checks the scripts' plumbing and logs, not what the real runs learn (their figures are in
+zoo/README.md)."""
 from __future__ import annotations
 
 import json
@@ -17,7 +18,7 @@ from diffugan.models import clip_style as cs
 from diffugan.models import dit, taesd
 from diffugan.models import stylegan as sg
 from diffugan.models import vit_controlnet as vc
-from drawn import smiley
+from devkit.drawn import smiley
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -45,8 +46,8 @@ def tiny_set(tmp_path_factory) -> tuple[Path, Path]:
         records.append({"name": f"smiley {i}", "style": style, "category": category,
                         "caption": f"smiley {i}, {category.lower()}, {style} style",
                         "split": "heldout" if i >= 8 else "train"})
-    save_file({"images": torch.stack(images).contiguous()}, str(data / "emoji64.safetensors"))
-    (data / "emoji64.json").write_text(json.dumps({"records": records}))
+    save_file({"images": torch.stack(images).contiguous()}, str(data / "emoji.safetensors"))
+    (data / "emoji.json").write_text(json.dumps({"resolution": 64, "records": records}))
     torch.manual_seed(0)
     vae_path = root / "vae.safetensors"
     taesd.save_vae(taesd.TinyAutoencoder().eval(), vae_path)
@@ -193,7 +194,8 @@ def test_frechet_distance_matches_the_closed_form():
     diagonal covariances the root is elementwise."""
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(20000, 3, generator=gen, dtype=torch.float64) * torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
-    b = torch.randn(20000, 3, generator=gen, dtype=torch.float64) * torch.tensor([3.0, 1.0, 0.5], dtype=torch.float64) + 1
+    b = (torch.randn(20000, 3, generator=gen, dtype=torch.float64)
+         * torch.tensor([3.0, 1.0, 0.5], dtype=torch.float64) + 1)
     va, vb = torch.tensor([1.0, 4.0, 0.25]), torch.tensor([9.0, 1.0, 0.25])
     expected = 3 + float((va + vb - 2 * (va * vb).sqrt()).sum())  # = 3 + 4 + 1 + 0
     assert train_zoo_clip.frechet_distance(a, b) == pytest.approx(expected, rel=0.03)
@@ -220,3 +222,38 @@ def test_scorer_trainer_on_coarse_and_generated_drafts(tiny_set, tiny_clip, tmp_
     with pytest.raises(SystemExit):  # generated drafts need the CLIP the DiT was trained with
         train_importance_scorer.main(["--data", str(data), "--dit", str(base), "--vae", str(vae), "--out", str(out),
                                       "--generated-share", "0.5"])
+
+
+def _torchrun(script: str, args: list[str], tmp_path: Path) -> None:
+    """Runs a trainer unchanged under torchrun with 2 processes on the CPU (gloo), as users with GPUs run it."""
+    import os
+    import subprocess
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", str(ROOT / "scripts" / script), *args]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def test_dit_trainer_runs_under_torchrun_with_two_processes(tiny_set, tmp_path):
+    data, vae = tiny_set
+    out = tmp_path / "ddp" / "dit.safetensors"
+    _torchrun("train_zoo_dit.py", ["--data", str(data), "--vae", str(vae), "--out", str(out), "--steps", "2",
+                                   "--hidden", "32", "--depth", "1", "--heads", "2", "--batch", "2",
+                                   "--eval-every", "2"], tmp_path)
+    log = json.loads(out.with_suffix(".json").read_text())
+    assert log["world_size"] == 2 and log["steps_done"] == 2 and [e["step"] for e in log["evals"]] == [2]
+    assert torch.isfinite(torch.tensor(log["final"]["eps_mse_mean"]))
+    dit.load_dit(out)  # one model, written once (by rank 0)
+
+
+def test_stylegan_trainer_runs_under_torchrun_with_two_processes(tiny_set, tiny_clip, tmp_path):
+    data, _ = tiny_set
+    out = tmp_path / "ddp" / "stylegan.safetensors"
+    _torchrun("train_zoo_stylegan.py", ["--data", str(data), "--clip", str(tiny_clip), "--out", str(out),
+                                        "--steps", "2", "--batch", "2", "--channel-base", "256", "--channel-max",
+                                        "16", "--eval-every", "2", "--r1-every", "2"], tmp_path)
+    log = json.loads(out.with_suffix(".json").read_text())
+    assert log["world_size"] == 2 and log["steps_done"] == 2 and "r1" in log["curve"][-1]
+    assert sg.load_stylegan(out).c_dim == 256

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from _harness import make_base_dir, require_comfyui
+from devkit.harness import make_base_dir, require_comfyui
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from diffugan.models import dit
-from random_weights import perturb
+from devkit.random_weights import perturb
 
 CFG = dit.DiTConfig(depth=2, hidden_size=96, num_heads=3, patch_size=2, num_classes=10, input_size=8)
 

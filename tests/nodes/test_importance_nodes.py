@@ -37,7 +37,7 @@ def test_learned_node_scores_with_a_file_from_its_folder(comfy, run_node, tmp_pa
     import folder_paths
 
     from diffugan.models import importance as imp
-    from random_weights import perturb
+    from devkit.random_weights import perturb
 
     torch.manual_seed(0)
     scorer = perturb(imp.LearnedScorer(), 0.05).eval()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from diffugan.models import dit
-from random_weights import perturb
+from devkit.random_weights import perturb
 
 CFG = dit.DiTConfig(depth=2, hidden_size=96, num_heads=3, patch_size=2, num_classes=10, input_size=8)
 
@@ -102,12 +102,41 @@ def test_refine_node_runs_img2img_with_strength(run_node, model, conds):
     draft = {"samples": _draft(batch=1) / 0.18215}
     mask = torch.zeros(1, 64, 96)
     mask[:, :32] = 1
-    out = run_node("DiffuGANDiTRefine", model=model, positive=conds[0], negative=conds[1], latent=draft, seed=1,
-                   max_steps=4, strength=0.5, cfg=2.0, scheduler="normal", importance=mask, min_steps=0, border=0,
+    common = dict(model=model, positive=conds[0], negative=conds[1], latent=draft, seed=1, max_steps=4, strength=0.5,
+                  cfg=2.0, importance=mask, min_steps=0)
+    out = run_node("DiffuGANDiTRefineAdvanced", **common, scheduler="normal", border=0,
                    dense_every=0).args[0]["samples"]
     assert out.shape == draft["samples"].shape
     torch.testing.assert_close(out[..., 4:, :], draft["samples"][..., 4:, :], rtol=1e-6, atol=1e-6)
     assert (out[..., :4, :] - draft["samples"][..., :4, :]).abs().mean() > 0.01
+    # the simple node: the advanced one at its defaults (normal schedule, a border of one token, no dense refresh)
+    simple = run_node("DiffuGANDiTRefine", **common).args[0]["samples"]
+    advanced = run_node("DiffuGANDiTRefineAdvanced", **common, scheduler="normal", border=1,
+                        dense_every=0).args[0]["samples"]
+    assert torch.equal(simple, advanced)
+    torch.testing.assert_close(simple[..., 6:, :], draft["samples"][..., 6:, :], rtol=1e-6, atol=1e-6)
+
+
+def test_region_sampling_stacks_with_easycache(run_node, model, conds):
+    """Core's EasyCache on the same MODEL: at threshold 0 it never reuses (the region result bit for bit); at a
+    high threshold it skips whole steps around the region-adaptive evaluations (still a refinement, finite)."""
+    mask = torch.zeros(1, 64, 96)
+    mask[:, :, 48:] = 1.0
+    draft = _draft()
+    region = _sample(model, _region(run_node, mask, min_steps=2), *conds, draft, steps=12)
+
+    from comfy_extras.nodes_easycache import EasyCacheNode  # core's node, run as the executor runs it
+
+    def cached(threshold):
+        patched = EasyCacheNode.PREPARE_CLASS_CLONE({}).EXECUTE_NORMALIZED(
+            model=model, reuse_threshold=threshold, start_percent=0.0, end_percent=1.0, verbose=False).args[0]
+        return _sample(patched, _region(run_node, mask, min_steps=2), *conds, draft, steps=12)
+
+    torch.testing.assert_close(cached(0.0), region, rtol=0, atol=0)
+    skipping = cached(3.0)
+    assert torch.isfinite(skipping).all() and not torch.equal(skipping, region)
+    assert (skipping - region).abs().mean() < (region - draft).abs().mean()  # a perturbation, not another image
+    assert "diffugan_region" not in str(model.model_options)  # the run's wrapper never reached the MODEL
 
 
 def test_region_sampler_refuses_other_models(run_node, comfy):

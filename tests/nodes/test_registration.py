@@ -7,7 +7,8 @@ def test_every_pack_node_is_registered(comfy, pack_node_ids):
     assert pack_node_ids, "the pack registered no nodes"
     missing = [n for n in pack_node_ids if n not in comfy.NODE_CLASS_MAPPINGS]
     assert not missing, f"not registered in ComfyUI: {missing}"
-    ours = [k for k, v in comfy.NODE_CLASS_MAPPINGS.items() if getattr(v, "RELATIVE_PYTHON_MODULE", "") == "custom_nodes.DiffuGAN"]
+    ours = [k for k, v in comfy.NODE_CLASS_MAPPINGS.items()
+            if getattr(v, "RELATIVE_PYTHON_MODULE", "") == "custom_nodes.DiffuGAN"]
     assert sorted(ours) == sorted(pack_node_ids)
 
 
@@ -39,3 +40,24 @@ def test_importance_preview_runs_in_comfy(run_node):
     preview = out.args[0]
     assert preview.shape == image.shape and preview.dtype == torch.float32
     assert out.ui is not None  # shown on the node in the UI
+
+
+def test_every_category_has_a_stage_colour_in_the_frontend(comfy, pack_node_ids):
+    import re
+    from pathlib import Path
+
+    js = (Path(__file__).resolve().parents[2] / "js" / "diffugan.js").read_text()
+    coloured = set(re.findall(r'"(DiffuGAN/[^"]+)":\s*\[', js))
+    categories = {comfy.NODE_CLASS_MAPPINGS[n].GET_SCHEMA().category for n in pack_node_ids}
+    assert categories <= coloured, f"categories without a stage colour in js/diffugan.js: {categories - coloured}"
+
+
+def test_advanced_twins_show_more_than_the_simple_nodes(comfy):
+    """A node shows what a user sets; research switches live on its (Advanced) twin, as KSampler's do."""
+    for simple in ("DiffuGANDiTRefine", "DiffuGANControlNetApply", "DiffuGANStyleInject"):
+        plain = comfy.NODE_CLASS_MAPPINGS[simple].GET_SCHEMA()
+        advanced = comfy.NODE_CLASS_MAPPINGS[simple + "Advanced"].GET_SCHEMA()
+        names = [i.id for i in plain.inputs]
+        assert advanced.display_name == plain.display_name + " (Advanced)"
+        assert names == [i.id for i in advanced.inputs][: len(names)] or set(names) < {i.id for i in advanced.inputs}
+        assert len(names) <= 10, (simple, names)

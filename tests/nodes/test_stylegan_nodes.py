@@ -48,7 +48,8 @@ def test_folder_registered_and_listed(comfy, checkpoints):
     import folder_paths
 
     assert folder_paths.get_folder_paths("stylegan")[0].endswith("models/stylegan")
-    assert {"tiny.pkl", "tiny_cond.safetensors", "tiny_text.safetensors"} <= set(folder_paths.get_filename_list("stylegan"))
+    assert ({"tiny.pkl", "tiny_cond.safetensors", "tiny_text.safetensors"}
+            <= set(folder_paths.get_filename_list("stylegan")))
     spec = comfy.NODE_CLASS_MAPPINGS["DiffuGANStyleGANLoader"].GET_NODE_INFO_V1()["input"]["required"]["ckpt_name"]
     assert spec[0] == "COMBO" and {"tiny.pkl", "tiny_cond.safetensors"} <= set(spec[1]["options"])
 
@@ -76,12 +77,13 @@ def test_conditional_safetensors_model_uses_the_class_label(run_node, checkpoint
     b = run_node("DiffuGANStyleGANGenerate", stylegan=model, seed=1, batch_size=1, truncation_psi=1.0,
                  truncation_cutoff=0, noise_mode="none", class_label=2).args[0]
     assert not torch.allclose(a, b)
-    with pytest.raises(ValueError, match="DiffuGAN StyleGAN Generate: class label 3 is out of range: this generator has 3"):
+    with pytest.raises(ValueError,
+                       match="DiffuGAN StyleGAN Generate: class label 3 is out of range: this generator has 3"):
         run_node("DiffuGANStyleGANGenerate", stylegan=model, seed=1, batch_size=1, truncation_psi=1.0,
                  truncation_cutoff=0, noise_mode="none", class_label=3)
 
 
-def _style(clip: str, vector) -> "cs.StyleEmbedding":
+def _style(clip: str, vector):
     from diffugan.models import clip_style as cs
 
     v = torch.nn.functional.normalize(torch.tensor(vector, dtype=torch.float32), dim=0)
@@ -136,7 +138,8 @@ def test_mix_and_from_w_round_trip(run_node, checkpoints):
 
 def test_random_noise_is_seeded(run_node, checkpoints):
     model = _load(run_node, "tiny.pkl")
-    gen = dict(stylegan=model, batch_size=1, truncation_psi=1.0, truncation_cutoff=0, noise_mode="random", class_label=0)
+    gen = dict(stylegan=model, batch_size=1, truncation_psi=1.0, truncation_cutoff=0, noise_mode="random",
+               class_label=0)
     a = run_node("DiffuGANStyleGANGenerate", seed=3, **gen).args[0]
     b = run_node("DiffuGANStyleGANGenerate", seed=3, **gen).args[0]
     torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -146,7 +149,8 @@ def test_w_from_another_generator_is_refused(run_node, checkpoints):
     big, small = _load(run_node, "tiny.pkl"), _load(run_node, "tiny_cond.safetensors")
     w = run_node("DiffuGANStyleGANGenerate", stylegan=small, seed=0, batch_size=1, truncation_psi=1.0,
                  truncation_cutoff=0, noise_mode="const", class_label=0).args[1]
-    with pytest.raises(ValueError, match="DiffuGAN StyleGAN From W: 'w' comes from tiny_cond.safetensors .* does not fit tiny.pkl"):
+    with pytest.raises(ValueError,
+                       match="DiffuGAN StyleGAN From W: 'w' comes from tiny_cond.safetensors .* does not fit tiny.pkl"):
         run_node("DiffuGANStyleGANFromW", stylegan=big, w=w, noise_mode="const", noise_seed=0)
 
 
@@ -156,5 +160,6 @@ def test_missing_and_malicious_files_get_clear_errors(comfy, checkpoints, run_no
     assert "StyleGAN checkpoint 'ffhq.pkl' not found. Put it in the 'stylegan' model folder" in msg
     assert "models/stylegan" in msg and "tiny.pkl" in msg
     assert cls.validate_inputs(ckpt_name="tiny.pkl") is True
-    with pytest.raises(ValueError, match="DiffuGAN StyleGAN Loader: evil.pkl: refused to load: the pickle asks for 'posix.system'"):
+    with pytest.raises(ValueError,
+                       match="DiffuGAN StyleGAN Loader: evil.pkl: refused to load: the pickle asks for 'posix.system'"):
         _load(run_node, "evil.pkl")

@@ -7,7 +7,7 @@ import torch
 
 from diffugan.models import dit
 from diffugan.models import vit_controlnet as vc
-from random_weights import perturb
+from devkit.random_weights import perturb
 
 CFG = dit.DiTConfig(depth=3, hidden_size=64, num_heads=4, patch_size=2, num_classes=10, input_size=8)
 
@@ -41,11 +41,27 @@ def _load(run_node, files):
     return model, conds
 
 
+SIMPLE = {"strength", "budget", "importance"}
+ADVANCED = dict(importance_modulation=0.0, edge_priority=0.0, edge_gain=0.0, over_steps="every step", reuse_n=2,
+                rotation_top_share=0.0)
+
+
 def _apply(run_node, model, name, image, **kw):
-    args = dict(strength=1.0, budget=1.0, importance_modulation=0.0, edge_priority=0.0, edge_gain=0.0)
-    args.update(kw)
+    """Apply, or Apply (Advanced) when an advanced setting is given (the others at their defaults)."""
     cn = run_node("DiffuGANControlNetLoader", controlnet_name=name).args[0]
-    return run_node("DiffuGANControlNetApply", model=model, controlnet=cn, image=image, **args).args[0]
+    args = dict(strength=1.0, budget=1.0) | kw
+    if set(kw) <= SIMPLE:
+        return run_node("DiffuGANControlNetApply", model=model, controlnet=cn, image=image, **args).args[0]
+    return run_node("DiffuGANControlNetApplyAdvanced", model=model, controlnet=cn, image=image,
+                    **(ADVANCED | args)).args[0]
+
+
+def _runs(patched) -> list:
+    """Records the step state each sampling run of the last applied ControlNet gets (it is dropped at the end)."""
+    patch = patched.model_options["transformer_options"]["patches"]["diffugan_dit_control"][-1]
+    made, new_run = [], patch.new_run
+    patch.new_run = lambda: made.append(new_run()) or made[-1]
+    return made
 
 
 def _sample(comfy, model, conds, batch=2, h=8, w=12, cfg=3.0):
@@ -79,6 +95,10 @@ def test_budget_and_importance_with_batches(comfy, run_node, files):
     dense = _sample(comfy, _apply(run_node, model, "trained.safetensors", edges), conds)
     budget = _sample(comfy, _apply(run_node, model, "trained.safetensors", edges, budget=0.25,
                                    importance=importance), conds)
+    # the simple node spends the budget by importance when given one: the same as the advanced node at edge_priority 0
+    advanced = _sample(comfy, _apply(run_node, model, "trained.safetensors", edges, budget=0.25,
+                                     importance=importance, edge_priority=0.0), conds)
+    assert torch.equal(budget, advanced)
     assert dense.shape == budget.shape == (2, 4, 8, 12) and torch.isfinite(budget).all()
     assert not torch.allclose(dense, budget)
     # stacking two ControlNets works
@@ -96,14 +116,13 @@ def test_region_adaptive_refine_uses_the_controlnet(run_node, files):
 
     def refine(m):
         return run_node("DiffuGANDiTRefine", model=m, positive=conds[0], negative=conds[1], latent=draft, seed=1,
-                        max_steps=3, strength=0.5, cfg=2.0, scheduler="normal", importance=mask, min_steps=0,
-                        border=0, dense_every=0).args[0]["samples"]
+                        max_steps=3, strength=0.5, cfg=2.0, importance=mask, min_steps=0).args[0]["samples"]
 
     plain = refine(model)
     assert torch.equal(refine(_apply(run_node, model, "fresh.safetensors", control)), plain)
     controlled = refine(_apply(run_node, model, "trained.safetensors", control))
     assert (controlled - plain)[..., :4, :].abs().max() > 1e-4
-    torch.testing.assert_close(controlled[..., 4:, :], draft["samples"][..., 4:, :], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(controlled[..., 6:, :], draft["samples"][..., 6:, :], rtol=1e-6, atol=1e-6)  # border 1
 
 
 def test_clear_errors(comfy, run_node, files):
@@ -131,27 +150,50 @@ def test_reuse_steps_computes_the_branch_every_nth_step(comfy, run_node, files):
     model, conds = _load(run_node, files)
     control = run_node("DiffuGANEdges", image=_edges(), low_threshold=0.1, high_threshold=0.2).args[0]
     every = _sample(comfy, _apply(run_node, model, "trained.safetensors", control), conds)
-    assert torch.equal(_sample(comfy, _apply(run_node, model, "trained.safetensors", control, reuse_steps=1), conds),
-                       every)
-    patched = _apply(run_node, model, "trained.safetensors", control, reuse_steps=2)
-    reuse = patched.model_options["transformer_options"]["diffugan_control"][-1].reuse
+    assert torch.equal(_sample(comfy, _apply(run_node, model, "trained.safetensors", control,
+                                             over_steps="reuse every n steps", reuse_n=1), conds), every)
+    patched = _apply(run_node, model, "trained.safetensors", control, over_steps="reuse every n steps", reuse_n=2)
+    runs = _runs(patched)
     first = _sample(comfy, patched, conds)  # 3 steps: the branch runs at steps 0 and 2 of each row set
-    assert reuse.computed == 2 * len(reuse._entries) > 0
+    assert len(runs) == 1 and runs[0].computed == 2 * len(runs[0]._entries) > 0
+    patch = patched.model_options["transformer_options"]["patches"]["diffugan_dit_control"][-1]
+    assert patch.run is None  # the run's state was dropped when sampling ended
     assert torch.isfinite(first).all() and not torch.equal(first, every)
     assert (first - every).abs().max() < (every - _sample(comfy, model, conds)).abs().max()  # still controlled
-    assert torch.equal(_sample(comfy, patched, conds), first)  # a second run starts afresh, not from the first's
+    assert torch.equal(_sample(comfy, patched, conds), first)  # a second run starts afresh, with state of its own
+    assert len(runs) == 2 and runs[1] is not runs[0]
+
+
+def test_run_state_is_dropped_when_sampling_fails(comfy, run_node, files):
+    import comfy.patcher_extension as pe
+
+    model, conds = _load(run_node, files)
+    control = run_node("DiffuGANEdges", image=_edges(), low_threshold=0.1, high_threshold=0.2).args[0]
+    patched = _apply(run_node, model, "trained.safetensors", control, over_steps="reuse every n steps", reuse_n=2)
+    runs = _runs(patched)
+
+    def fail(executor, *args, **kwargs):  # an error inside the run, as an interrupt raises
+        raise RuntimeError("interrupted")
+
+    patched.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, "test_fail", fail)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        _sample(comfy, patched, conds)
+    patch = patched.model_options["transformer_options"]["patches"]["diffugan_dit_control"][-1]
+    assert len(runs) == 1 and patch.run is None
 
 
 def test_budget_over_steps_processes_one_quarter_per_step(comfy, run_node, files):
     model, conds = _load(run_node, files)
     control = run_node("DiffuGANEdges", image=_edges(), low_threshold=0.1, high_threshold=0.2).args[0]
     dense = _sample(comfy, _apply(run_node, model, "trained.safetensors", control), conds)
-    patched = _apply(run_node, model, "trained.safetensors", control, budget=0.25, budget_over_steps=True)
-    rotating = patched.model_options["transformer_options"]["diffugan_control"][-1].reuse
+    patched = _apply(run_node, model, "trained.safetensors", control, budget=0.25,
+                     over_steps="rotate budget over steps")
+    runs = _runs(patched)
     out = _sample(comfy, patched, conds)  # 3 steps on a 4 x 6 token grid: all 24 tokens, then 6, then 6, per row
+    rotating = runs[0]
     rows = sum(shape[0] for _, _, shape in rotating._entries)  # the entries' keys: (images, cond/uncond, shape)
     assert rotating.computed_tokens == (24 + 6 + 6) * rows > 0
     assert torch.isfinite(out).all() and not torch.equal(out, dense)
     assert (out - dense).abs().max() < (dense - _sample(comfy, model, conds)).abs().max()
-    with pytest.raises(ValueError, match="'reuse_steps' and 'budget_over_steps' are two ways"):
-        _apply(run_node, model, "trained.safetensors", control, budget=0.25, budget_over_steps=True, reuse_steps=2)
+    with pytest.raises(ValueError, match="'over_steps' must be one of"):
+        _apply(run_node, model, "trained.safetensors", control, over_steps="sometimes")

@@ -10,7 +10,7 @@ import torch
 
 
 def write_random_taesd_vae(path: Path, seed: int = 0) -> None:
-    from _harness import require_comfyui
+    from .harness import require_comfyui
 
     comfy_dir = str(require_comfyui())
     if comfy_dir not in sys.path:
