@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -42,6 +41,7 @@ import zoo_data  # noqa: E402
 from devkit.drawn import coarsen  # noqa: E402
 
 from devkit import sampling  # noqa: E402
+from devkit.train import TrainLoop  # noqa: E402
 from diffugan.models import dit, importance, taesd  # noqa: E402
 
 def coarse(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -137,6 +137,7 @@ def main(argv=None) -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads on the CPU (0: torch's default)")
     ap.add_argument("--generated-share", type=float, default=0.0, help="share of drafts made by text -> image")
     ap.add_argument("--generated-clip", type=Path, default=None, help="the zoo CLIP (for --generated-share)")
     ap.add_argument("--generated-steps", type=int, default=12)
@@ -150,38 +151,40 @@ def main(argv=None) -> None:
     x_train, y_train = train["drafts"] * 0.5 + 0.5, normalise(train["targets"])
     rho_analytic = analytic_ranks(held["drafts"], held["targets"])
     scorer = importance.LearnedScorer().train()
-    opt = torch.optim.AdamW(scorer.parameters(), lr=args.lr, weight_decay=1e-4)
-    gen = torch.Generator().manual_seed(args.seed)
-    log = {"settings": {k: str(v) for k, v in vars(args).items()}, "params": importance.scorer_params(scorer),
-           "curve": [], "evals": []}
-    t0, running = time.time(), []
-    for step in range(1, args.train_steps + 1):
+    loop = TrainLoop(args.out, steps=args.train_steps, seed=args.seed, settings=vars(args), eval_every=250,
+                     warmup=0, final_lr=0.0, grad_clip=None, threads=args.threads)
+    loop.log["params"] = importance.scorer_params(scorer)
+    scorer = loop.module(scorer, "scorer")
+    opt = loop.optimizer(torch.optim.AdamW(scorer.parameters(), lr=args.lr, weight_decay=1e-4))
+    raw = loop.raw(scorer)
+
+    def evaluate() -> dict:
+        raw.eval()
+        out = rank_scores(raw, held["drafts"], held["targets"], rho_analytic, held.get("generated"))
+        raw.train()
+        return out
+
+    loop.evaluate = evaluate
+    gen = loop.gen
+    for step in loop:
         idx = torch.randint(0, len(x_train), (args.batch,), generator=gen)
         x, y = x_train[idx], y_train[idx]
         if torch.rand(1, generator=gen) < 0.5:  # mirror: the refiner's change mirrors with the draft
             x, y = x.flip(-1), y.flip(-1)
-        loss = F.mse_loss(torch.sigmoid(scorer(x)), y)
-        for g in opt.param_groups:
-            g["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * step / args.train_steps))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        running.append(float(loss.detach()))
-        if step % 50 == 0:
-            log["curve"].append({"step": step, "loss": sum(running) / len(running), "sec": round(time.time() - t0, 1)})
-            running = []
-        if step % 250 == 0 or step == args.train_steps:
-            scorer.eval()
-            log["evals"].append({"step": step, **rank_scores(scorer, held["drafts"], held["targets"], rho_analytic,
-                                                             held.get("generated"))})
-            scorer.train()
-            print(json.dumps(log["evals"][-1]), flush=True)
+        with loop.autocast():
+            pred = scorer(x.to(loop.device))
+        loss = F.mse_loss(torch.sigmoid(pred.float()), y.to(loop.device))
+        loop.backward(loss, opt)
+        loop.record(loss=loss)
+    loop.finish()
+    if not loop.is_main or loop.stopped:
+        return
+    scorer, log = raw.cpu(), loop.log
     scorer.eval()
-    log["final"] = log["evals"][-1]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     kinds = "coarse and generated" if args.generated_share > 0 else "coarse"
     importance.save_scorer(scorer, args.out,
-                           {"trained_on": f"DiffuGAN emoji64 drafts ({kinds}), zoo DiT refinement change"})
+                           {"trained_on": f"DiffuGAN emoji drafts ({kinds}), zoo DiT refinement change"})
     args.out.with_suffix(".json").write_text(json.dumps(log, indent=1))
     f = log["final"]
     print(f"wrote {args.out}: held-out Spearman learned {f['spearman_learned']:.3f} vs analytic "

@@ -12,6 +12,7 @@ With --prompts, the text-driven gain is reported too: similarity of G(w + M(text
     python scripts/train_style_mapper.py --stylegan ffhq.pkl --clip ViT-B-32.bin \
         --out models/diffugan_mappers/m.safetensors
     torchrun --nproc_per_node 4 scripts/train_style_mapper.py …       # DistributedDataParallel, same script
+The loop (resume, logging, evaluation, torchrun) is devkit.train.TrainLoop.
 
 Writes the mapper (safetensors with its config and the identities of the generator and CLIP), <out>.json (settings,
 loss curve, held-out figures) and <out>.png (loss curve). Resumes from <out>.train.pt when it exists.
@@ -20,18 +21,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import devkit  # noqa: E402,F401  (registers the pack as the package `diffugan`)
 
+from devkit.train import TrainLoop  # noqa: E402
 from diffugan.models import clip_style as cs  # noqa: E402
 from diffugan.models import stylegan as sg  # noqa: E402
 
@@ -105,13 +104,10 @@ def main() -> None:
     ap.add_argument("--note", default="", help="free text recorded in the log (e.g. 'random-weight models')")
     args = ap.parse_args()
 
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    rank = 0
-    if distributed:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        rank = dist.get_rank()
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)
+    loop = TrainLoop(args.out, steps=args.steps, seed=args.seed, settings=vars(args), eval_every=args.eval_every,
+                     log_every=10, warmup=0, final_lr=1.0, grad_clip=None)  # constant learning rate
+    device = loop.device
 
     G = sg.load_stylegan(args.stylegan).to(device)
     clip = cs.load_clip(args.clip, args.clip_arch).to(device)
@@ -122,7 +118,8 @@ def main() -> None:
     G.to(device)
     mapper.w_mean.copy_(mean)
     mapper.w_std.copy_(std)
-    opt = torch.optim.Adam(mapper.parameters(), lr=args.lr)
+    model = loop.module(mapper, "mapper")
+    opt = loop.optimizer(torch.optim.Adam(mapper.parameters(), lr=args.lr))
 
     held_gen = torch.Generator().manual_seed(10_000 + args.seed)  # the same held-out pairs on every run and rank
     held = sample_batch(G, clip, args.heldout, held_gen, args.psi, device)
@@ -130,49 +127,24 @@ def main() -> None:
     prompts_emb = clip.encode_texts(prompts).detach() if prompts else None
     text_ws = sample_batch(G, clip, args.heldout, held_gen, args.psi, device)[0]
 
-    state_path = args.out.with_suffix(".train.pt")
-    log = {"settings": {k: str(v) for k, v in vars(args).items()}, "curve": [], "evals": []}
-    start = 0
-    if state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        mapper.load_state_dict(state["mapper"])
-        opt.load_state_dict(state["opt"])
-        start, log = state["step"], json.loads(state["log"])
-        print(f"resumed at step {start}", flush=True)
-    model = torch.nn.parallel.DistributedDataParallel(mapper) if distributed else mapper
-    gen = torch.Generator().manual_seed(args.seed * 1000 + rank + start)
-
-    if start == 0 and rank == 0:
-        log["evals"].append({"step": 0, **evaluate(mapper, G, clip, held, prompts_emb, text_ws)})
-    t0, window = time.time(), []
-    for step in range(start + 1, args.steps + 1):
-        w, t = sample_batch(G, clip, args.batch, gen, args.psi, device)
+    loop.evaluate = lambda: evaluate(mapper, G, clip, held, prompts_emb, text_ws)
+    if not loop.ckpt.exists() and loop.is_main:
+        loop.log["evals"].append({"step": 0, **loop.evaluate()})
+    for _ in loop:
+        w, t = sample_batch(G, clip, args.batch, loop.gen, args.psi, device)
         loss, _ = cs.mapper_loss(model, G, clip, w, t, args.tether)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        window.append(float(loss.detach()))
-        if rank == 0 and (step % 10 == 0 or step == args.steps):
-            log["curve"].append((step, sum(window) / len(window)))
-            window = []
-        if rank == 0 and (step % args.eval_every == 0 or step == args.steps):
-            ev = {"step": step, **evaluate(mapper, G, clip, held, prompts_emb, text_ws)}
-            log["evals"].append(ev)
-            print(f"step {step}: loss {float(loss):.4f} " +
-                  " ".join(f"{k} {v:.4f}" for k, v in ev.items() if k != "step") + f" ({time.time() - t0:.0f}s)",
-                  flush=True)
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"mapper": mapper.state_dict(), "opt": opt.state_dict(), "step": step,
-                        "log": json.dumps(log)}, state_path)
-    if rank == 0:
-        log["seconds"] = time.time() - t0
-        cs.save_mapper(mapper, args.out)
-        args.out.with_suffix(".json").write_text(json.dumps(log, indent=1))
-        plot(log["curve"], args.out.with_suffix(".png"), f"style mapper loss ({args.out.name})")
-        print(f"wrote {args.out}, {args.out.with_suffix('.json')}, {args.out.with_suffix('.png')}")
-    if distributed:
-        dist.destroy_process_group()
-
+        loop.backward(loss, opt)
+        loop.record(loss=loss)
+    loop.finish()
+    if not loop.is_main or loop.stopped:
+        return
+    log = loop.log
+    log["seconds"] = log["curve"][-1]["sec"] if log["curve"] else 0.0
+    cs.save_mapper(mapper, args.out)
+    args.out.with_suffix(".json").write_text(json.dumps(log, indent=1))
+    plot([(c["step"], c["loss"]) for c in log["curve"]], args.out.with_suffix(".png"),
+         f"style mapper loss ({args.out.name})")
+    print(f"wrote {args.out}, {args.out.with_suffix('.json')}, {args.out.with_suffix('.png')}")
 
 if __name__ == "__main__":
     main()

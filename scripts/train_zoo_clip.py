@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import devkit  # noqa: E402,F401  (registers the pack as the package `diffugan`)
 import zoo_data  # noqa: E402
 
+from devkit.train import TrainLoop  # noqa: E402
 from diffugan.models import clip_style as cs  # noqa: E402
 
 ARCH = "DiffuGAN-CLIP-Emoji"
@@ -208,9 +209,12 @@ def main(argv=None) -> None:
     ap.add_argument("--weight-decay", type=float, default=0.05)
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads on the CPU (0: torch's default)")
     args = ap.parse_args(argv)
 
     torch.manual_seed(args.seed)
+    loop = TrainLoop(args.out, steps=args.steps, seed=args.seed, settings=vars(args), eval_every=args.eval_every,
+                     log_every=25, warmup=100, final_lr=0.0, grad_clip=1.0, threads=args.threads)
     cfg = cs.model_config(ARCH)
     tower = cs.locked_tower(cfg)
     folder = cs.text_tower_dir(tower)
@@ -237,69 +241,42 @@ def main(argv=None) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98))
-    gen = torch.Generator().manual_seed(args.seed)
-    log = {"settings": {k: str(v) for k, v in vars(args).items()}, "arch": ARCH, "text_tower": tower,
-           "captions_per_image": len(CAPTIONS), "train_images": len(x_train), "heldout_images": len(x_held),
-           "trained_parameters": sum(p.numel() for p in params),
-           "locked_parameters": sum(p.numel() for p in model.text.transformer.parameters()),
-           "curve": [], "evals": []}
-    ckpt = args.out.with_suffix(".train.pt")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    step = 0
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=True)  # our own file; tensors only
-        missing, unexpected = model.load_state_dict(state["model"], strict=False)
-        if unexpected or any(not k.startswith(cs.TEXT_TOWER_PREFIX) for k in missing):
-            raise SystemExit(f"{ckpt} does not match {ARCH}; delete it to start over")
-        opt.load_state_dict(state["opt"])
-        gen.set_state(state["gen"])
-        step = int(state["step"])
-        log = json.loads(state["log"])
-        print(f"resumed at step {step}")
-    else:
-        log["evals"].append({"step": 0, "heldout": evaluate(clip, *held[:2], prompt_pooled, *held[2:]),
-                             "train": evaluate(clip, *train_probe[:2], prompt_pooled, *train_probe[2:])})
-        print(json.dumps(log["evals"][-1]), flush=True)
+    # encode_images / the text projection, not forward: gradients averaged over processes by the loop (ddp=False)
+    loop.module(model, "clip", ddp=False)
+    opt = loop.optimizer(torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                                            {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98)))
+    loop.log.update(arch=ARCH, text_tower=tower, captions_per_image=len(CAPTIONS), train_images=len(x_train),
+                    heldout_images=len(x_held), trained_parameters=sum(p.numel() for p in params),
+                    locked_parameters=sum(p.numel() for p in model.text.transformer.parameters()))
+
+    def evaluate_both() -> dict:
+        return {"heldout": evaluate(clip, *held[:2], prompt_pooled, *held[2:]),
+                "train": evaluate(clip, *train_probe[:2], prompt_pooled, *train_probe[2:])}
+
+    loop.evaluate = evaluate_both
+    if not loop.ckpt.exists():  # the untrained tower's figures, for the card
+        loop.log["evals"].append({"step": 0, **evaluate_both()})
+        print(json.dumps(loop.log["evals"][-1]), flush=True)
     model.visual.train()
-    t0, running = time.time(), []
-    while step < args.steps:
+    gen, dev = loop.gen, loop.device
+    for step in loop:
         idx = torch.randint(0, len(x_train), (args.batch,), generator=gen)
         which = torch.randint(0, len(CAPTIONS), (args.batch,), generator=gen)
         tid = caption_ids[idx, which]
-        img = clip.encode_images(augment(x_train[idx], gen))
-        txt = text_embeddings(clip, pooled[tid])
+        img = clip.encode_images(augment(x_train[idx], gen).to(dev))
+        txt = text_embeddings(clip, pooled[tid].to(dev))
         logits = model.logit_scale.exp() * img @ txt.T
-        same = (tid[:, None] == tid[None, :]).float()  # equal texts are positives of each other
+        same = (tid[:, None] == tid[None, :]).float().to(dev)  # equal texts are positives of each other
         target = same / same.sum(1, keepdim=True)
         loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-        for g in opt.param_groups:  # linear warm-up, then cosine to 0
-            g["lr"] = args.lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        loop.backward(loss, opt)
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        step += 1
-        running.append(float(loss.detach()))
-        if step % 25 == 0 or step == 5:
-            log["curve"].append({"step": step, "loss": sum(running) / len(running),
-                                 "temperature": float(1 / model.logit_scale.detach().exp()),
-                                 "sec": round(time.time() - t0, 1)})
-            running = []
-            print(f"step {step} loss {log['curve'][-1]['loss']:.4f} ({time.time() - t0:.0f}s)", flush=True)
-        if step % args.eval_every == 0 or step == args.steps:
-            log["evals"].append({"step": step, "heldout": evaluate(clip, *held[:2], prompt_pooled, *held[2:]),
-                                 "train": evaluate(clip, *train_probe[:2], prompt_pooled, *train_probe[2:])})
-            print(json.dumps(log["evals"][-1]), flush=True)
-            torch.save({"model": {k: v for k, v in model.state_dict().items()
-                                  if not k.startswith(cs.TEXT_TOWER_PREFIX)},
-                        "opt": opt.state_dict(), "gen": gen.get_state(), "step": step, "log": json.dumps(log)},
-                       ckpt)
-    log["final"] = log["evals"][-1]
-    log["steps_done"] = step
+        loop.record(loss=loss, temperature=1 / model.logit_scale.detach().exp())
+    loop.finish()
+    if not loop.is_main or loop.stopped:
+        return
+    log = loop.log
     model.eval()
     cs.save_clip_safetensors(clip, args.out, include_locked_tower=False, dtype=torch.float16)
     args.out.with_suffix(".json").write_text(json.dumps(log, indent=1))

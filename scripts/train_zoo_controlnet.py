@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -38,6 +36,7 @@ from devkit.drawn import coarsen  # noqa: E402
 import zoo_data  # noqa: E402
 
 from devkit import sampling  # noqa: E402
+from devkit.train import TrainLoop  # noqa: E402
 from diffugan.models import dit, taesd  # noqa: E402
 from diffugan.models import vit_controlnet as vc  # noqa: E402
 
@@ -147,9 +146,12 @@ def main(argv=None) -> None:
     ap.add_argument("--budgets", default="1.0,0.5,0.25")
     ap.add_argument("--eval-images", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads on the CPU (0: torch's default)")
     args = ap.parse_args(argv)
 
     torch.manual_seed(args.seed)
+    loop = TrainLoop(args.out, steps=args.steps, seed=args.seed, settings=vars(args), eval_every=args.steps,
+                     warmup=50, final_lr=0.1, grad_clip=1.0, threads=args.threads)
     model = dit.load_dit(args.dit)  # frozen (requires_grad False)
     vae = taesd.load_vae(args.vae)
     z_train, y_train = train_zoo_dit.cached_latents(args.vae, args.data, "train")
@@ -170,19 +172,19 @@ def main(argv=None) -> None:
         net = net.train().requires_grad_(True)
     else:
         net = vc.ViTControlNet.from_dit(model, args.depth, hint_channels=1, coarse_tokens=args.coarse_tokens).train()
-    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.0)
+    net = loop.module(net, "controlnet", ddp=False)  # called through the frozen DiT's hook, not its forward
+    opt = loop.optimizer(torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.0))
     alphas_bar = torch.cumprod(1 - dit.linear_betas(), 0).float()
     budgets = [float(b) for b in args.budgets.split(",")]
-    gen = torch.Generator().manual_seed(args.seed)
-    log = {"settings": {k: str(v) for k, v in vars(args).items()}, "curve": [], "evals": []}
     if args.init is not None and args.init.with_suffix(".json").exists():  # the runs this one continues
         before_log = json.loads(args.init.with_suffix(".json").read_text())
-        log["previous_runs"] = before_log.get("previous_runs", []) + [before_log["settings"]]
-    before = denoising(model, net, z_held, y_held, e_held, alphas_bar)
-    log["evals"].append({"step": 0, **{k: v for k, v in before.items() if k != "per_t"}})
-    print(json.dumps(log["evals"][-1]), flush=True)
-    t0, running = time.time(), []
-    for step in range(1, args.steps + 1):
+        loop.log["previous_runs"] = before_log.get("previous_runs", []) + [before_log["settings"]]
+    if not loop.ckpt.exists():
+        before = denoising(model, net, z_held, y_held, e_held, alphas_bar)
+        loop.log["evals"].append({"step": 0, **{k: v for k, v in before.items() if k != "per_t"}})
+        print(json.dumps(loop.log["evals"][-1]), flush=True)
+    gen = loop.gen
+    for step in loop:
         idx = torch.randint(0, len(z_train), (args.batch,), generator=gen)
         z0, y, hint = z_train[idx], y_train[idx], e_train[idx]
         t = torch.randint(0, len(alphas_bar), (args.batch,), generator=gen)
@@ -194,17 +196,12 @@ def main(argv=None) -> None:
         budget = budgets[int(torch.randint(0, len(budgets), (1,), generator=gen))]
         settings = vc.ControlSettings(budget=budget, edge_priority=1.0)
         loss = (model(xt, t, y, control=hook(net, hint, settings)) - noise).square().mean()
-        for g in opt.param_groups:
-            g["lr"] = args.lr * min(1.0, step / 50) * (0.55 + 0.45 * math.cos(math.pi * step / args.steps))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        running.append(float(loss.detach()))
-        if step % 50 == 0:
-            log["curve"].append({"step": step, "loss": sum(running) / len(running), "sec": round(time.time() - t0, 1)})
-            running = []
-            print(f"step {step} loss {log['curve'][-1]['loss']:.4f} ({time.time() - t0:.0f}s)", flush=True)
+        loop.backward(loss, opt)
+        loop.record(loss=loss)
+    loop.finish()
+    if not loop.is_main or loop.stopped:
+        return
+    log = loop.log
     net.eval()
     after = denoising(model, net, z_held, y_held, e_held, alphas_bar)
     log["evals"].append({"step": args.steps, **{k: v for k, v in after.items() if k != "per_t"}})

@@ -26,7 +26,7 @@ def test_script_trains_writes_and_resumes(tmp_path):
     run = subprocess.run(cmd + ["--steps", "10"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     log = json.loads(out.with_suffix(".json").read_text())
-    assert [s for s, _ in log["curve"]] == [10] and [e["step"] for e in log["evals"]] == [0, 5, 10]
+    assert [c["step"] for c in log["curve"]] == [10] and [e["step"] for e in log["evals"]] == [0, 5, 10]
     assert {"heldout_sim_without", "heldout_sim_with", "text_sim_without", "text_sim_with"} <= set(log["evals"][-1])
     assert out.with_suffix(".png").stat().st_size > 0
     mapper = cs.load_mapper(out)

@@ -27,6 +27,7 @@ import train_zoo_clip  # noqa: E402
 import train_zoo_controlnet  # noqa: E402
 import train_zoo_dit  # noqa: E402
 import train_zoo_stylegan  # noqa: E402
+import train_zoo_vae  # noqa: E402
 import zoo_data  # noqa: E402
 import zoo_manifest  # noqa: E402
 
@@ -257,3 +258,19 @@ def test_stylegan_trainer_runs_under_torchrun_with_two_processes(tiny_set, tiny_
     log = json.loads(out.with_suffix(".json").read_text())
     assert log["world_size"] == 2 and log["steps_done"] == 2 and "r1" in log["curve"][-1]
     assert sg.load_stylegan(out).c_dim == 256
+
+
+def test_vae_trainer_fine_tunes_calibrates_and_resumes(tiny_set, tmp_path, capsys):
+    data, vae = tiny_set
+    out = tmp_path / "vae" / "vae.safetensors"
+    args = ["--data", str(data), "--out", str(out), "--init", str(vae), "--size", "64", "--batch", "2", "--crop",
+            "32", "--full-crop", "64", "--full-batch", "2", "--eval-every", "2"]
+    train_zoo_vae.main([*args, "--steps", "2"])
+    log = json.loads(out.with_suffix(".json").read_text())
+    assert log["steps_done"] == 2 and [e["step"] for e in log["evals"]] == [2]
+    assert torch.isfinite(torch.tensor(log["final"]["heldout_psnr_db"]))
+    assert abs(log["latent_sd1_mean"]) < 1e-3 and abs(log["latent_sd1_std"] - 1) < 1e-3  # calibrated
+    taesd.load_vae(out)
+    capsys.readouterr()
+    train_zoo_vae.main([*args, "--steps", "3"])  # continues from <out>.train.pt
+    assert "resumed at step 2" in capsys.readouterr().out
