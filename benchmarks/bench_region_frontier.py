@@ -62,7 +62,7 @@ def main() -> None:
     sha = hashlib.sha256(args.checkpoint.read_bytes()).hexdigest()[:12]
     maps = {}
     for area in args.areas:  # the same drafts for every area; only the work map changes
-        vae, drafts, labels, maps[area], _ = brr.zoo_drafts(args.vae, args.drafts, 32, area)
+        vae, drafts, labels, maps[area], _ = brr.zoo_drafts(args.vae, args.drafts, 32, area, model.config)
     noise = torch.randn(drafts.shape, generator=torch.Generator().manual_seed(2))
 
     def sample(sigmas, ts, counts=None, **kw):

@@ -80,15 +80,17 @@ def timed(fn):
     return out, time.perf_counter() - t
 
 
-def zoo_drafts(vae_path: Path, n: int, draft_px: int, area: float):
-    """Held-out emoji made coarse, their latents (SD1-scaled), labels and two-level work maps."""
+def zoo_drafts(vae_path: Path, n: int, draft_px: int, area: float, config: dit.DiTConfig):
+    """Held-out emoji made coarse, their latents (SD1-scaled), labels and two-level work maps, at the DiT's working
+    size and in the drawing styles its labels know."""
     import zoo_data
 
     from diffugan.models import importance, taesd
 
     vae = taesd.load_vae(vae_path)
-    x, records = zoo_data.load(zoo_data.DEFAULT_OUT, "heldout", 128)
-    pick = torch.linspace(0, len(x) - 1, n).round().long()  # spread over both styles and all categories
+    known = tuple(zoo_data.STYLES[: config.num_classes // len(zoo_data.CATEGORIES)])
+    x, records = zoo_data.load(zoo_data.DEFAULT_OUT, "heldout", 8 * config.input_size, styles=known)
+    pick = torch.linspace(0, len(x) - 1, n).round().long()  # spread over the styles and all categories
     x, records = x[pick], [records[i] for i in pick]
     coarse = coarsen(x, draft_px).clamp(-1, 1)
     with torch.no_grad():
@@ -124,7 +126,7 @@ def main() -> None:
             ap.error("--checkpoint needs --vae (quality is measured on decoded pixels)")
         sha = hashlib.sha256(args.checkpoint.read_bytes()).hexdigest()[:12]  # which version of the file
         model, weights = dit.load_dit(args.checkpoint), f"trained: {args.checkpoint.name} (sha256 {sha}…)"
-        vae, drafts, labels, work, names = zoo_drafts(args.vae, args.drafts, args.draft_px, args.area)
+        vae, drafts, labels, work, names = zoo_drafts(args.vae, args.drafts, args.draft_px, args.area, model.config)
     else:
         model = perturb(dit.DiT(dit.standard_config(args.model, args.size)).eval(), 0.02)  # every layer does work
         weights = "random (speed only: its quality figures mean nothing)"

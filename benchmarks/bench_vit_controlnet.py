@@ -203,7 +203,9 @@ class EdgeEval:
 
         self.tzc, self.model, self.net = tzc, model, net
         self.vae = taesd.load_vae(args.vae)
-        x, records = zoo_data.load(zoo_data.DEFAULT_OUT, "heldout", 128)
+        size = 8 * model.config.input_size  # the DiT's working size; only the drawing styles its labels know
+        known = zoo_data.STYLES[: model.config.num_classes // len(zoo_data.CATEGORIES)]
+        x, records = zoo_data.load(zoo_data.DEFAULT_OUT, "heldout", size, styles=tuple(known))
         pick = torch.linspace(0, len(x) - 1, args.images).round().long()
         self.x, self.y = x[pick], torch.tensor([zoo_data.zoo_label(records[i]) for i in pick])
         self.edges = vc.canny_edges(self.x * 0.5 + 0.5)
