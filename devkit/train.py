@@ -11,7 +11,7 @@ periodic held-out evaluation. The trainers write only what is theirs (data, loss
             loss = ...                                # draw the batch from loop.gen (per rank)
         loop.backward(loss, opt)
         loop.record(loss=loss)
-    loop.finish()                                     # rank 0 then writes the model
+    if loop.finish():                                 # rank 0 of a finished run writes the model
 
 Run as `python script.py …` on one process, or unchanged under `torchrun --nproc_per_node N script.py …`:
 gloo on CPU, NCCL on GPUs (one per process, bf16 autocast). Every rank draws its own batches (its generator is
@@ -174,13 +174,16 @@ class TrainLoop:
         """True when a signal ended the run before its last step (write no final model then)."""
         return self.step < self.steps
 
-    def finish(self) -> None:
+    def finish(self) -> bool:
+        """Ends the run (processes joined); True where this process should write the results: rank 0 of a run that
+        reached its last step (a run stopped by a signal has only its state saved)."""
         self.log["steps_done"] = self.step
         if self.log["evals"]:
             self.log["final"] = self.log["evals"][-1]
         if self.world > 1 and dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()
+        return self.is_main and not self.stopped
 
     def _on_signal(self, signum, frame) -> None:
         self._stop = True

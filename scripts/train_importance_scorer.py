@@ -176,8 +176,7 @@ def main(argv=None) -> None:
         loss = F.mse_loss(torch.sigmoid(pred.float()), y.to(loop.device))
         loop.backward(loss, opt)
         loop.record(loss=loss)
-    loop.finish()
-    if not loop.is_main or loop.stopped:
+    if not loop.finish():
         return
     scorer, log = raw.cpu(), loop.log
     scorer.eval()

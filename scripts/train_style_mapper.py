@@ -135,8 +135,7 @@ def main() -> None:
         loss, _ = cs.mapper_loss(model, G, clip, w, t, args.tether)
         loop.backward(loss, opt)
         loop.record(loss=loss)
-    loop.finish()
-    if not loop.is_main or loop.stopped:
+    if not loop.finish():
         return
     log = loop.log
     log["seconds"] = log["curve"][-1]["sec"] if log["curve"] else 0.0

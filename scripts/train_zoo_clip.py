@@ -273,8 +273,7 @@ def main(argv=None) -> None:
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         loop.record(loss=loss, temperature=1 / model.logit_scale.detach().exp())
-    loop.finish()
-    if not loop.is_main or loop.stopped:
+    if not loop.finish():
         return
     log = loop.log
     model.eval()

@@ -198,8 +198,7 @@ def main(argv=None) -> None:
         loss = (model(xt, t, y, control=hook(net, hint, settings)) - noise).square().mean()
         loop.backward(loss, opt)
         loop.record(loss=loss)
-    loop.finish()
-    if not loop.is_main or loop.stopped:
+    if not loop.finish():
         return
     log = loop.log
     net.eval()

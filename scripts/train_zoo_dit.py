@@ -280,8 +280,7 @@ def main(argv=None) -> None:
         loss = (pred.float() - noise.to(dev)).square().mean()
         loop.backward(loss, opt)
         loop.record(loss=loss)
-    loop.finish()
-    if not loop.is_main or loop.stopped:
+    if not loop.finish():
         return
     log = loop.log
     ema = ema.cpu()

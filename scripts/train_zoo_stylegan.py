@@ -256,8 +256,7 @@ def main(argv=None) -> None:
         loop.backward(loss_g, opt_g)
         D.requires_grad_(True)
         loop.record(g=loss_g, d=loss_d, real=real_logits.detach().mean(), fake=fake_logits.detach().mean())
-    loop.finish()
-    if not loop.is_main or loop.stopped:
+    if not loop.finish():
         return
     log, G_ema = loop.log, G_ema.cpu()
     G_ema.style_clip = clip.identity

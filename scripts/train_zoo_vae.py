@@ -105,8 +105,7 @@ def main(argv=None) -> None:
             + args.latent_penalty * r.square().mean()
         loop.backward(loss, opt)
         loop.record(loss=loss_px)
-    loop.finish()
-    if not loop.is_main or loop.stopped:
+    if not loop.finish():
         return
     log = loop.log
     vae.eval()
