@@ -10,9 +10,9 @@ with their own Canny edges as control (tokens picked by edge density, as trained
 are scored against the control map (F1, 1 px tolerance, over the image and inside the top-k tokens), next to the
 same refinement without the ControlNet, with a mixed-resolution ControlNet's fine weights as a plain top-k one, and
 with the branch spent over steps (--reuse-steps: the dense branch every n-th step; --over-steps-budgets: each step
-budget x the tokens, a different interleaved group each time; Apply's reuse_steps and budget_over_steps;
---over-steps-fixed: part of each step's tokens kept on the top tokens, scored also within the top quarter of tokens
-by edge density). Writes
+budget x the tokens, a different interleaved group each time; Apply (Advanced)'s over_steps "reuse every n steps"
+and "rotate budget over steps"; --over-steps-fixed: its rotation_top_share, the part of each step's tokens kept on
+the top tokens (importance first), scored also within the top quarter of tokens by edge density). Writes
 benchmarks/results/vit_controlnet.json (random) or vit_controlnet_zoo.json (trained).
 
     .venv/bin/python benchmarks/bench_vit_controlnet.py [--model DiT-B/2] [--size 256] [--control-depth 6]
