@@ -1,14 +1,20 @@
-"""Measure the zoo's coarse-to-fine pipeline on the held-out captions: does refining the StyleGAN drafts help?
+"""Measure the zoo's coarse-to-fine pipeline on held-out data: does refining improve what it is given?
 
-For each of the 380 held-out captions (the data set's own caption): the zoo StyleGAN draws a draft steered by the
-caption's zoo-CLIP embedding (truncation --psi toward the prompt's mean w, as the Generate node does), upsampled to
-128 px; the zoo VAE encodes it; the zoo DiT refines it with the same prompt (dense Euler img2img at --strength, the
-schedule the region-adaptive sampler spends on its most important regions, guidance --cfg); the VAE decodes it.
-Judged by the zoo CLIP (train_zoo_clip.judge_text_to_image): CLIP score with the caption and Fréchet distance of
-CLIP image features to the held-out images, for the draft, the draft through the VAE alone (what the latent round
-trip costs) and the refined draft. The refinement gain is refined minus VAE round trip.
+1. Drafts. For each held-out caption (the data set's own caption): the zoo StyleGAN draws a draft steered by the
+   caption's zoo-CLIP embedding (truncation --psi toward the prompt's mean w, as the Generate node does), upsampled to
+   the DiT's working size; the zoo VAE encodes it; the zoo DiT refines it with the same prompt (dense Euler img2img at
+   --strength, the schedule the region-adaptive sampler spends on its most important regions, guidance --cfg); the
+   VAE decodes it. Judged by the zoo CLIP (train_zoo_clip.judge_text_to_image): CLIP score with the caption and
+   Fréchet distance of CLIP image features to the held-out images; and a detail measure: the high-frequency energy
+   (mean squared difference to a Gaussian-blurred copy, sigma 1.5 px at the working size) as a ratio to that of the
+   real held-out images (1 = as detailed as real emoji; a blurry draft is below 1).
+2. Degraded real images. The held-out images themselves, downscaled to --degrade-px and back up (blurred, as a
+   coarse draft is), refined the same way with their caption: PSNR and SSIM (kornia) to the originals and the same
+   detail ratio, for the degraded input, its VAE round trip and the refined image.
+Each figure for the input, the VAE round trip alone (what the latent round trip costs) and the refined image; the
+refinement gain is refined minus VAE round trip.
 
-    python scripts/eval_zoo_pipeline.py        # -> zoo/pipeline.json (the zoo card reads it)
+    python scripts/eval_zoo_pipeline.py        # -> zoo/pipeline.json (the zoo card reads it) + pipeline.png
 """
 from __future__ import annotations
 
@@ -51,34 +57,86 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=20, help="refinement steps (the workflow's Refine: max_steps 20)")
     ap.add_argument("--cfg", type=float, default=3.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--degrade-px", type=int, default=48, help="degraded images: downscaled to this and back")
+    ap.add_argument("--limit", type=int, default=0, help="only the first N held-out captions/images (0: all)")
     args = ap.parse_args(argv)
 
     G, clip = sg.load_stylegan(args.stylegan), cs.load_clip(args.clip)
     model, vae = dit.load_dit(args.dit), taesd.load_vae(args.vae)
-    n = len(zoo_data.load(args.data, "heldout")[1])
-    sigmas, ts = sampling.img2img_schedule(args.steps, args.strength)
-    null = torch.full((n,), model.config.null_class, dtype=torch.long)
+    size = 8 * model.config.input_size  # the DiT's working size
+    real, records = zoo_data.load(args.data, "heldout", size)
+    real = (real + 1) / 2
+    n = min(len(records), args.limit) if args.limit else len(records)
+    refine = _refiner(model, vae, args)
     style = tzc.heldout_captions(clip, args.data)
-    draft = tzs.sample_images(G, style, n, args.seed, args.psi)
-    draft = F.interpolate(draft, size=(128, 128), mode="bicubic", align_corners=False).clamp(0, 1)
-    z = torch.cat([vae.encode(draft[i:i + 64] * 2 - 1) for i in range(0, n, 64)]) * taesd.SD1_SCALE
-    noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(args.seed))
-    refined = torch.cat([sampling.euler_img2img(model, z[i:i + 64], null[i:i + 64], sigmas, ts, args.cfg,
-                                                noise[i:i + 64], style=style[i:i + 64])[0] for i in range(0, n, 64)])
-    stages = {"draft": draft, "vae": _decode(vae, z), "refined": _decode(vae, refined)}
-    results = {"settings": {k: str(v) for k, v in vars(args).items()},
+    draft = tzs.sample_images(G, style, len(style), args.seed, args.psi)[:n]
+    draft = F.interpolate(draft, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+    stages = dict(zip(("draft", "vae", "refined"), refine(draft, style[:n])))
+    results = {"settings": {k: str(v) for k, v in vars(args).items()}, "size": size,
                "sha256": {k: sha256_of(getattr(args, k)) for k in ("stylegan", "clip", "dit", "vae")}}
+    detail_real = high_frequency(real)
     for name, images in stages.items():
         results[name] = tzc.judge_text_to_image(clip, args.data, lambda _: images, unconditional=False)
         results[name].pop("samples")
-    for key in ("prompt_clip_score", "prompt_fd"):
+        results[name]["detail_ratio"] = high_frequency(images) / detail_real
+    for key in ("prompt_clip_score", "prompt_fd", "detail_ratio"):
         results[f"gain_{key}"] = results["refined"][key] - results["vae"][key]
-    tzc.save_grid(torch.cat([stages[k][:8] for k in stages]), args.out.with_suffix(".png"))
+    # degraded real images: blurred copies of the held-out images, refined with their own caption
+    degraded = F.interpolate(F.interpolate(real[:n], size=args.degrade_px, mode="bilinear", antialias=True),
+                             size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+    restored = dict(zip(("degraded", "vae", "refined"), refine(degraded, style[:n])))
+    results["degraded"] = {"px": args.degrade_px, "images": n}
+    for name, images in restored.items():
+        results["degraded"][name] = {"psnr_db": psnr(images, real[:n]), "ssim": ssim(images, real[:n]),
+                                     "detail_ratio": high_frequency(images) / detail_real}
+    tzc.save_grid(torch.cat([stages[k][:8] for k in stages] + [real[:8]] + [restored[k][:8] for k in restored]),
+                  args.out.with_suffix(".png"))
     args.out.write_text(json.dumps(results, indent=1) + "\n")
-    for name in ("draft", "vae", "refined"):
+    for name in stages:
         r = results[name]
-        print(f"{name:8s} CLIP score {r['prompt_clip_score']:.3f}  FD {r['prompt_fd']:.3f}")
+        print(f"{name:8s} CLIP score {r['prompt_clip_score']:.3f}  FD {r['prompt_fd']:.3f}  "
+              f"detail {r['detail_ratio']:.3f}")
+    for name in restored:
+        r = results["degraded"][name]
+        print(f"degraded {name:8s} PSNR {r['psnr_db']:.2f} dB  SSIM {r['ssim']:.3f}  detail {r['detail_ratio']:.3f}")
     print(f"wrote {args.out}")
+
+
+def _refiner(model: dit.DiT, vae: taesd.TinyAutoencoder, args):
+    """images in 0..1 and their styles -> (images, VAE round trip, refined), each in 0..1."""
+    sigmas, ts = sampling.img2img_schedule(args.steps, args.strength)
+
+    def refine(images: torch.Tensor, style: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n = len(images)
+        null = torch.full((n,), model.config.null_class, dtype=torch.long)
+        z = torch.cat([vae.encode(images[i:i + 64] * 2 - 1) for i in range(0, n, 64)]) * taesd.SD1_SCALE
+        noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(args.seed))
+        refined = torch.cat([sampling.euler_img2img(model, z[i:i + 64], null[i:i + 64], sigmas, ts, args.cfg,
+                                                    noise[i:i + 64], style=style[i:i + 64])[0]
+                             for i in range(0, n, 64)])
+        return images, _decode(vae, z), _decode(vae, refined)
+
+    return refine
+
+
+def high_frequency(images: torch.Tensor) -> float:
+    """Mean high-frequency energy of images in 0..1: mean squared difference to a Gaussian blur (sigma 1.5 px)."""
+    import kornia
+
+    blurred = kornia.filters.gaussian_blur2d(images, (9, 9), (1.5, 1.5))
+    return float((images - blurred).square().mean())
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean per-image PSNR in dB, images in 0..1."""
+    mse = (a.clamp(0, 1) - b).square().flatten(1).mean(1)
+    return float((10 * torch.log10(1 / mse.clamp_min(1e-10))).mean())
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
+    import kornia
+
+    return float(kornia.metrics.ssim(a.clamp(0, 1), b, 11).mean())
 
 
 def _decode(vae: taesd.TinyAutoencoder, z: torch.Tensor) -> torch.Tensor:

@@ -157,7 +157,7 @@ def judge_text_to_image(clip: cs.StyleCLIP, data: Path, generate, unconditional:
         if images.shape[-1] != size:
             images = F.interpolate(images, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
         feats = image_embeddings(clip, images.clamp(0, 1))
-        out[f"{name}_clip_score"] = float((feats * text).sum(1).mean())
+        out[f"{name}_clip_score"] = float((feats * text[: len(feats)]).sum(1).mean())  # the first captions
         out[f"{name}_fd"] = frechet_distance(feats, real)
         if name == "prompt":
             out["samples"] = images[:16].clamp(0, 1)

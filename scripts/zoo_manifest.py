@@ -254,8 +254,22 @@ def card_pipeline(log: dict) -> str:
         "",
         f"- refinement gain (refined minus VAE round trip): CLIP score {log['gain_prompt_clip_score']:+.3f}, Fréchet "
         f"distance {log['gain_prompt_fd']:+.3f}. Sheet (rows: draft, VAE round trip, refined): `pipeline.png`",
+        *(_pipeline_detail_lines(log) if "degraded" in log else []),
         f"- limits: {LIMITS_PIPELINE}",
     ])
+
+
+def _pipeline_detail_lines(log: dict) -> list[str]:
+    """The detail ratio of the drafts and the restoration of degraded held-out images (later evaluations only)."""
+    d = log["degraded"]
+    return [
+        f"- detail (high-frequency energy as a ratio to real held-out emoji, 1 = as detailed): draft "
+        f"{log['draft']['detail_ratio']:.2f}, VAE round trip {log['vae']['detail_ratio']:.2f}, refined "
+        f"{log['refined']['detail_ratio']:.2f}",
+        f"- degraded held-out images ({d['images']}, down to {d['px']} px and back), refined with their caption: "
+        + "; ".join(f"{name} PSNR {d[name]['psnr_db']:.2f} dB, SSIM {d[name]['ssim']:.3f}, detail "
+                    f"{d[name]['detail_ratio']:.2f}" for name in ("degraded", "vae", "refined")),
+    ]
 
 
 CARDS = {"vae": card_vae, "stylegan": card_stylegan, "clip_style": card_clip, "dit": card_dit,

@@ -28,6 +28,7 @@ import train_zoo_controlnet  # noqa: E402
 import train_zoo_dit  # noqa: E402
 import train_zoo_stylegan  # noqa: E402
 import train_zoo_vae  # noqa: E402
+import eval_zoo_pipeline  # noqa: E402
 import zoo_data  # noqa: E402
 import zoo_manifest  # noqa: E402
 
@@ -274,3 +275,30 @@ def test_vae_trainer_fine_tunes_calibrates_and_resumes(tiny_set, tmp_path, capsy
     capsys.readouterr()
     train_zoo_vae.main([*args, "--steps", "3"])  # continues from <out>.train.pt
     assert "resumed at step 2" in capsys.readouterr().out
+
+
+def test_pipeline_evaluation_reports_drafts_and_degraded_images(tiny_set, tiny_clip, tmp_path):
+    """scripts/eval_zoo_pipeline.py on tiny models: CLIP figures and the detail ratio for draft, VAE round trip and
+    refined; PSNR / SSIM to the originals for degraded held-out images; the sheet."""
+    data, vae = tiny_set
+    G = tmp_path / "sg" / "stylegan.safetensors"
+    train_zoo_stylegan.main(["--data", str(data), "--clip", str(tiny_clip), "--out", str(G), "--batch", "2",
+                             "--channel-base", "256", "--channel-max", "16", "--eval-every", "1", "--steps", "1"])
+    D = tmp_path / "dit" / "dit.safetensors"
+    train_zoo_dit.main(["--data", str(data), "--vae", str(vae), "--out", str(D), "--steps", "1", "--hidden", "32",
+                        "--depth", "1", "--heads", "2", "--batch", "4", "--eval-every", "1",
+                        "--style-clip", str(tiny_clip)])
+    out = tmp_path / "pipeline.json"
+    eval_zoo_pipeline.main(["--data", str(data), "--stylegan", str(G), "--clip", str(tiny_clip), "--dit", str(D),
+                            "--vae", str(vae), "--out", str(out), "--steps", "2", "--limit", "3",
+                            "--degrade-px", "16"])
+    r = json.loads(out.read_text())
+    assert r["size"] == 64
+    for stage in ("draft", "vae", "refined"):
+        assert r[stage]["detail_ratio"] > 0 and torch.isfinite(torch.tensor(r[stage]["prompt_fd"]))
+    d = r["degraded"]
+    assert d["images"] == 3 and d["px"] == 16
+    for stage in ("degraded", "vae", "refined"):
+        assert 0 < d[stage]["ssim"] <= 1 and d[stage]["psnr_db"] > 0
+    assert out.with_suffix(".png").is_file()
+    assert "degraded held-out images (3, down to 16 px" in zoo_manifest.card_pipeline(r)
