@@ -1,13 +1,14 @@
 """Region-adaptive vs uniform DiT refinement: counted transformer FLOPs, wall time and quality, side by side in one run.
 
-Same drafts, noise and model for every method; the Euler loop and the region state are the ones the ComfyUI
-sampler uses (models/dit.py), driven here without ComfyUI so the timings contain only the refinement itself.
+Same drafts, noise and model for every method; the region state is the one the ComfyUI sampler uses
+(models/region.py's RegionRefinement), driven by the same Euler update (devkit/sampling.py) without ComfyUI, so
+the timings contain only the refinement itself.
 
 Methods (all img2img from the same noised draft, K = --steps at --strength, classifier-free guidance --cfg):
   reference     uniform with --ref-steps (the quality reference: the same ODE solved finely)
   uniform       every token, every step, K steps (the full-cost baseline)
   region        important tokens every step, the rest --min-steps; between its evaluations a token's prediction and
-                its keys/values are forecast from its last two evaluations (RegionAdaptiveState's default)
+                its keys/values are forecast from its last two evaluations (RegionRefinement's default)
   region_hold   diagnostic: the same, but holding a token's last prediction and keys/values (forecast 0)
   fewer_steps   uniform with the step count that costs the same counted FLOPs as `region`
   random_tokens the region method's per-token step counts, shuffled over the tokens (same FLOPs, wrong places)
@@ -88,8 +89,8 @@ def zoo_drafts(vae_path: Path, n: int, draft_px: int, area: float, config: dit.D
     from diffugan.models import importance, taesd
 
     vae = taesd.load_vae(vae_path)
-    known = tuple(zoo_data.STYLES[: config.num_classes // len(zoo_data.CATEGORIES)])
-    x, records = zoo_data.load(zoo_data.DEFAULT_OUT, "heldout", 8 * config.input_size, styles=known)
+    x, records = zoo_data.load(zoo_data.DEFAULT_OUT, "heldout", 8 * config.input_size,
+                               styles=zoo_data.known_styles(config.num_classes))
     pick = torch.linspace(0, len(x) - 1, n).round().long()  # spread over the styles and all categories
     x, records = x[pick], [records[i] for i in pick]
     coarse = coarsen(x, draft_px).clamp(-1, 1)

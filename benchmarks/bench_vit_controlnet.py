@@ -66,13 +66,15 @@ def main() -> None:
     ap.add_argument("--strength", type=float, default=None,
                     help="trained mode: refinement strength (default: train_zoo_controlnet.EDGE_EVAL)")
     ap.add_argument("--reuse-steps", default="2,4",
-                    help="trained mode: also edge F1 with the dense branch computed every n-th step (Apply's "
-                         "reuse_steps), its residuals reused between")
+                    help="trained mode: also edge F1 with the dense branch computed every n-th step (Apply "
+                         "(Advanced)'s over_steps 'reuse every n steps'), its residuals reused between")
     ap.add_argument("--over-steps-budgets", default="0.25",
-                    help="trained mode: also edge F1 with these budgets spent over steps (Apply's budget_over_steps)")
+                    help="trained mode: also edge F1 with these budgets spent over steps (Apply (Advanced)'s "
+                         "'rotate budget over steps')")
     ap.add_argument("--over-steps-fixed", default="0,0.25,0.5",
                     help="trained mode: the budgets over steps with these shares fixed on the top tokens (by edge "
-                         "density) at every step, the rest in turn (RotatingBudget's `fixed`; Apply uses 0)")
+                         "density) at every step, the rest in turn (RotatingBudget's `fixed`: Apply (Advanced)'s "
+                         "rotation_top_share, default 0)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     budgets = [float(b) for b in args.budgets.split(",")]
@@ -86,7 +88,7 @@ def main() -> None:
     if trained:
         model, net = dit.load_dit(args.dit), vc.load_controlnet(args.controlnet)
         net.check_fits(model)
-        args.size, args.model, args.control_depth = 128, args.dit.name, net.config.depth
+        args.size, args.model, args.control_depth = 8 * model.config.input_size, args.dit.name, net.config.depth
     else:
         model = dit.DiT(dit.standard_config(args.model, args.size)).eval()
         net = vc.ViTControlNet.from_dit(model, args.control_depth, coarse_tokens=not args.plain_tokens).eval()
@@ -204,8 +206,8 @@ class EdgeEval:
         self.tzc, self.model, self.net = tzc, model, net
         self.vae = taesd.load_vae(args.vae)
         size = 8 * model.config.input_size  # the DiT's working size; only the drawing styles its labels know
-        known = zoo_data.STYLES[: model.config.num_classes // len(zoo_data.CATEGORIES)]
-        x, records = zoo_data.load(zoo_data.DEFAULT_OUT, "heldout", size, styles=tuple(known))
+        x, records = zoo_data.load(zoo_data.DEFAULT_OUT, "heldout", size,
+                                   styles=zoo_data.known_styles(model.config.num_classes))
         pick = torch.linspace(0, len(x) - 1, args.images).round().long()
         self.x, self.y = x[pick], torch.tensor([zoo_data.zoo_label(records[i]) for i in pick])
         self.edges = vc.canny_edges(self.x * 0.5 + 0.5)

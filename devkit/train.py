@@ -83,6 +83,9 @@ class TrainLoop:
         self._modules[name] = model
         if not ddp:
             self._manual_sync |= {id(p) for p in model.parameters()}
+            if self.world > 1:  # every process starts from rank 0's weights and buffers, as DDP would make it
+                for t in list(model.parameters()) + list(model.buffers()):
+                    dist.broadcast(t.data, 0)
             return model
         if self.world > 1:
             return nn.parallel.DistributedDataParallel(
@@ -126,11 +129,15 @@ class TrainLoop:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         ps = list(params) if params is not None else [p for g in opt.param_groups for p in g["params"]]
-        if self.world > 1:
-            for p in ps:
-                if p.grad is not None and id(p) in self._manual_sync:
-                    dist.all_reduce(p.grad)
-                    p.grad /= self.world
+        synced = [p for p in ps if id(p) in self._manual_sync and p.requires_grad]
+        if self.world > 1 and synced:  # one collective over every such parameter (zeros where a rank has no grad)
+            flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in synced])
+            dist.all_reduce(flat)
+            flat /= self.world
+            offset = 0
+            for p in synced:
+                p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+                offset += p.numel()
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(ps, self.grad_clip)
         opt.step()
@@ -154,6 +161,10 @@ class TrainLoop:
                 yield self.step
                 self._update_emas()
                 self.step += 1
+                if self.world > 1:  # a signal may reach one process first: all stop after the same step
+                    flag = torch.tensor(float(self._stop), device=self.device)
+                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                    self._stop = bool(flag.item())
                 self._elapsed = time.time() - t0
                 if self.step % self.log_every == 0 or self.step == self.steps:
                     self._log_line()

@@ -310,7 +310,7 @@ class RegionRefinement:
             self.evaluated_tokens += sum(active)
         self.dense_flops += len(row_keys) * transformer_flops(cfg, total, total)
         self.total_tokens += len(row_keys) * total
-        return out.to(xc.dtype)
+        return out  # float32: ComfyUI computes the denoised latent in float32 from it
 
     def _context(self, key, sigma: float, out: torch.Tensor) -> torch.Tensor:
         """A row's keys and values of every block at `sigma` (2 x depth, H, T, dh: k0, v0, k1, v1, ...): the

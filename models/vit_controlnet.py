@@ -115,8 +115,8 @@ class RotatingBudget(StepResiduals):
     step instead, the rest of k still in turn over the other tokens. A token not processed at a step keeps the
     residuals of the last step that processed it, and step 0 of a run processes every token, so after it a step
     costs about budget x the dense branch. (On the zoo a fixed share did not pay: edge F1 over the image fell as it
-    grew, and within the top tokens it gained no more than the noise between image sets; Apply uses none, and
-    benchmarks/bench_vit_controlnet.py --over-steps-fixed measures it.)"""
+    grew, and within the top tokens it gained no more than the noise between image sets: Apply (Advanced)'s
+    rotation_top_share defaults to 0, and benchmarks/bench_vit_controlnet.py --over-steps-fixed measures it.)"""
 
     def __init__(self, budget: float, fixed: float = 0.0):
         if not 0 < budget <= 1:
@@ -277,10 +277,12 @@ class ViTControlNet(nn.Module):
     def per_token(self, hint: torch.Tensor, settings: ControlSettings, importance: torch.Tensor | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """(priority, scale), each (N, T), for a prepared hint (N, ...): which tokens the budget goes to first
-        (importance mixed with edge density by `edge_priority`) and each token's strength."""
+        (importance mixed with edge density by `edge_priority`; without an importance map, edge density: a uniform
+        map would rank nothing) and each token's strength."""
         density = self.edge_density(hint)
         imp = torch.ones_like(density) if importance is None else importance.to(density).expand_as(density)
-        priority = (1 - settings.edge_priority) * imp + settings.edge_priority * density
+        ep = settings.edge_priority
+        priority = density if importance is None else (1 - ep) * imp + ep * density
         scale = settings.strength * (1 - settings.importance_modulation + settings.importance_modulation * imp)
         return priority, scale * (1 + settings.edge_gain * density)
 

@@ -76,7 +76,7 @@ class StyleInject(io.ComfyNode):
             elif mode == "mapper":
                 delta = cls._mapped(stylegan, ws, style, mapper, name)
             else:
-                raise ValueError(f"unknown mode '{mode}'; use one of {cls.MODES}")
+                raise ValueError(f"unknown mode '{mode}'; use one of {MODES}")
             out = ws + strength * delta
         return io.NodeOutput(render(stylegan, out, noise_mode, noise_seed), w_payload(stylegan, out))
 
@@ -125,6 +125,7 @@ class StyleInject(io.ComfyNode):
 
 class StyleInjectAdvanced(StyleInject):
     NAME = "DiffuGAN StyleGAN Style Inject (Advanced)"
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(

@@ -219,7 +219,8 @@ class ControlNetApplyAdvanced(io.ComfyNode):
                                tooltip="0: the same strength everywhere; 1: strength x importance per token."),
                 io.Float.Input("edge_priority", default=0.0, min=0.0, max=1.0, step=0.05,
                                tooltip="How the budget's tokens are chosen: 0 by importance, 1 by the control "
-                                       "image's edge density, between a blend."),
+                                       "image's edge density, between a blend (without an importance map: by edge "
+                                       "density)."),
                 io.Float.Input("edge_gain", default=0.0, min=0.0, max=4.0, step=0.05,
                                tooltip="Extra strength where edges are dense: x (1 + edge_gain x density)."),
                 io.Combo.Input("over_steps", options=TEMPORAL, default=TEMPORAL[0],

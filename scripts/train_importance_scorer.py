@@ -1,7 +1,8 @@
 """Distil the learned importance scorer from what the refiner actually does.
 
 Target (per draft): where a full, uniform refinement changes the draft. Drafts are emoji of the zoo set made coarse
-(down to 16-40 px and back up to 128, as a fast generator's blurry output) and, with --generated-share P, for a
+(down to 16-40 px and back up to the DiT's working size, as a fast generator's blurry output; only the drawing
+styles its labels know) and, with --generated-share P, for a
 share P of them generated drafts instead: the zoo's text -> image path on the emoji's caption (zoo CLIP style, null
 label, --generated-steps Euler steps from noise, guidance 3, decoded by the zoo VAE), the drafts the text -> image
 workflow refines. Each draft is encoded by the zoo VAE; the zoo DiT
@@ -59,12 +60,14 @@ def make_targets(args, split: str, n: int) -> dict:
     cache = args.data / f"scorer-targets-{split}-{n}-{args.steps}-{args.strength}-{args.cfg}-{key}.pt"
     if cache.exists():
         return torch.load(cache, weights_only=True)  # our own file; tensors only
-    x, records = zoo_data.load(args.data, split)  # at the data set's own size
+    vae, model = taesd.load_vae(args.vae), dit.load_dit(args.dit)
+    x, records = zoo_data.load(args.data, split, 8 * model.config.input_size)  # at the DiT's working size
+    known = zoo_data.known_styles(model.config.num_classes)  # the drawing styles its labels know
+    allowed = torch.tensor([i for i, r in enumerate(records) if r["style"] in known])
     gen = torch.Generator().manual_seed(args.seed + (split == "heldout"))
-    pick = torch.randperm(len(x), generator=gen)[:n]
+    pick = allowed[torch.randperm(len(allowed), generator=gen)[:n]]
     x, labels = x[pick], torch.tensor([zoo_data.zoo_label(records[i]) for i in pick])
     drafts = coarse(x, gen)
-    vae, model = taesd.load_vae(args.vae), dit.load_dit(args.dit)
     generated = torch.zeros(n, dtype=torch.bool)
     if args.generated_share > 0:  # text -> image drafts on the emoji's caption (zoo-CLIP style, null label)
         import train_zoo_dit
@@ -109,7 +112,8 @@ def analytic_ranks(drafts: torch.Tensor, targets: torch.Tensor) -> list[float]:
 def rank_scores(scorer, drafts: torch.Tensor, targets: torch.Tensor, rho_a: list[float],
                 generated: torch.Tensor | None = None) -> dict:
     pix = drafts * 0.5 + 0.5
-    learned = torch.cat([scorer(pix[i:i + 64]) for i in range(0, len(pix), 64)])
+    dev = next(scorer.parameters()).device
+    learned = torch.cat([scorer(pix[i:i + 64].to(dev)).float().cpu() for i in range(0, len(pix), 64)])
     rho_l = [metrics.spearman(a, b) for a, b in zip(learned, targets)]
     out = {"spearman_learned": sum(rho_l) / len(rho_l), "spearman_analytic": sum(rho_a) / len(rho_a),
            "learned_beats_analytic_on": sum(a > b for a, b in zip(rho_l, rho_a)) / len(rho_l)}

@@ -96,7 +96,8 @@ def image_embeddings(clip: cs.StyleCLIP, x: torch.Tensor) -> torch.Tensor:
 
 
 def text_embeddings(clip: cs.StyleCLIP, pooled: torch.Tensor) -> torch.Tensor:
-    return F.normalize(clip.clip.text.proj(pooled), dim=-1)
+    proj = clip.clip.text.proj
+    return F.normalize(proj(pooled.to(next(proj.parameters()).device)), dim=-1)
 
 
 def save_grid(images: torch.Tensor, path: Path, columns: int = 8) -> None:
@@ -173,15 +174,16 @@ def evaluate(clip: cs.StyleCLIP, x: torch.Tensor, records: list[dict], prompt_po
              caption_pooled: torch.Tensor, name_pooled: torch.Tensor, name_index: torch.Tensor) -> dict:
     was = clip.clip.visual.training
     clip.clip.visual.eval()
-    img = image_embeddings(clip, x)
-    cap = text_embeddings(clip, caption_pooled)
+    img = image_embeddings(clip, x).cpu()
+    cap = text_embeddings(clip, caption_pooled).cpu()
     sim = img @ cap.T
     target = torch.arange(len(x))
-    names = img @ text_embeddings(clip, name_pooled).T
+    names = img @ text_embeddings(clip, name_pooled).cpu().T
     style = torch.tensor([zoo_data.STYLES.index(r["style"]) for r in records])
     cat = torch.tensor([zoo_data.CATEGORIES.index(r["category"]) for r in records])
-    s_emb = text_embeddings(clip, torch.stack([prompt_pooled[STYLE_PROMPTS[s]] for s in zoo_data.STYLES]))
-    c_emb = text_embeddings(clip, torch.stack([prompt_pooled[CATEGORY_PROMPTS[c]] for c in zoo_data.CATEGORIES]))
+    s_emb = text_embeddings(clip, torch.stack([prompt_pooled[STYLE_PROMPTS[s]] for s in zoo_data.STYLES])).cpu()
+    c_emb = text_embeddings(clip,
+                            torch.stack([prompt_pooled[CATEGORY_PROMPTS[c]] for c in zoo_data.CATEGORIES])).cpu()
     off = ~torch.eye(len(x), dtype=torch.bool)
     clip.clip.visual.train(was)
     return {
@@ -254,7 +256,7 @@ def main(argv=None) -> None:
                 "train": evaluate(clip, *train_probe[:2], prompt_pooled, *train_probe[2:])}
 
     loop.evaluate = evaluate_both
-    if not loop.ckpt.exists():  # the untrained tower's figures, for the card
+    if not loop.ckpt.exists() and loop.is_main:  # the untrained tower's figures, for the card
         loop.log["evals"].append({"step": 0, **evaluate_both()})
         print(json.dumps(loop.log["evals"][-1]), flush=True)
     model.visual.train()

@@ -1,12 +1,13 @@
 """Train the demo zoo's ViT ControlNet: edge structure control for the zoo DiT, the DiT frozen.
 
-Pairs: each emoji of the zoo set (128 px) and its Canny edges (kornia, thresholds 0.1 / 0.2, one channel). The
-control branch (the DiT's first --depth blocks copied, zero-initialised projections: it starts as a no-op) learns
-the DiT's own ε-prediction loss with the edges as extra input; the DiT's weights never change. Each batch draws a
-token budget from --budgets (tokens picked by edge density) so the branch also works when it sees only part of
-the image; labels are dropped 10 % of the time as in the DiT's training (guidance keeps working). With
---coarse-tokens the branch spends short budgets on mixed-resolution tokens (2x2-merged where edges are sparse;
-see models/vit_controlnet.py); --init continues from a saved ControlNet (adding the merged tokens if asked).
+Pairs: each emoji of the zoo set (at the DiT's working size, which must be the data set's) and its Canny edges
+(kornia, thresholds 0.1 / 0.2, one channel). The control branch (the DiT's first --depth blocks copied,
+zero-initialised projections: it starts as a no-op) learns the DiT's own ε-prediction loss with the edges as extra
+input; the DiT's weights never change. Each batch draws a token budget from --budgets (tokens picked by edge
+density) so the branch also works when it sees only part of the image; labels are dropped 10 % of the time as in the
+DiT's training (guidance keeps working). With --coarse-tokens the branch spends short budgets on mixed-resolution
+tokens (2x2-merged where edges are sparse; see models/vit_controlnet.py); --init continues from a saved ControlNet
+(adding the merged tokens if asked).
 
 Verification on held-out emoji (written to <out>.json):
   - denoising: ε-MSE at t = 100…900 (fixed noise) of the DiT with the ControlNet vs without;
@@ -154,6 +155,11 @@ def main(argv=None) -> None:
                      warmup=50, final_lr=0.1, grad_clip=1.0, threads=args.threads)
     model = dit.load_dit(args.dit)  # frozen (requires_grad False)
     vae = taesd.load_vae(args.vae)
+    size, styles = 8 * model.config.input_size, zoo_data.known_styles(model.config.num_classes)
+    if size != zoo_data.resolution(args.data) or styles != tuple(zoo_data.STYLES):
+        raise SystemExit(f"--dit {args.dit} works at {size} px on the styles {styles}; the data at {args.data} "
+                         f"are {zoo_data.resolution(args.data)} px renders of {zoo_data.STYLES}: train the "
+                         "ControlNet for a DiT trained on these data")
     z_train, y_train = train_zoo_dit.cached_latents(args.vae, args.data, "train")
     x_train, _ = zoo_data.load(args.data, "train")
     e_train = vc.canny_edges(x_train * 0.5 + 0.5)
@@ -173,13 +179,14 @@ def main(argv=None) -> None:
     else:
         net = vc.ViTControlNet.from_dit(model, args.depth, hint_channels=1, coarse_tokens=args.coarse_tokens).train()
     net = loop.module(net, "controlnet", ddp=False)  # called through the frozen DiT's hook, not its forward
+    model, dev = model.to(loop.device), loop.device
     opt = loop.optimizer(torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.0))
     alphas_bar = torch.cumprod(1 - dit.linear_betas(), 0).float()
     budgets = [float(b) for b in args.budgets.split(",")]
     if args.init is not None and args.init.with_suffix(".json").exists():  # the runs this one continues
         before_log = json.loads(args.init.with_suffix(".json").read_text())
         loop.log["previous_runs"] = before_log.get("previous_runs", []) + [before_log["settings"]]
-    if not loop.ckpt.exists():
+    if not loop.ckpt.exists() and loop.is_main:  # before training, on the CPU like every evaluation here
         before = denoising(model, net, z_held, y_held, e_held, alphas_bar)
         loop.log["evals"].append({"step": 0, **{k: v for k, v in before.items() if k != "per_t"}})
         print(json.dumps(loop.log["evals"][-1]), flush=True)
@@ -193,14 +200,17 @@ def main(argv=None) -> None:
         xt = ab.sqrt() * z0 + (1 - ab).sqrt() * noise
         drop = torch.rand(args.batch, generator=gen) < model.config.class_dropout_prob
         y = torch.where(drop, torch.full_like(y, model.config.null_class), y)
-        budget = budgets[int(torch.randint(0, len(budgets), (1,), generator=gen))]
+        # the budget of this step: the same on every process (their branches then train the same token layout)
+        budget = budgets[int(torch.randint(0, len(budgets), (1,), generator=torch.Generator().manual_seed(step)))]
         settings = vc.ControlSettings(budget=budget, edge_priority=1.0)
-        loss = (model(xt, t, y, control=hook(net, hint, settings)) - noise).square().mean()
+        with loop.autocast():
+            pred = model(xt.to(dev), t.to(dev), y.to(dev), control=hook(net, hint.to(dev), settings))
+        loss = (pred.float() - noise.to(dev)).square().mean()
         loop.backward(loss, opt)
         loop.record(loss=loss)
     if not loop.finish():
         return
-    log = loop.log
+    log, model, net = loop.log, model.cpu(), net.cpu()
     net.eval()
     after = denoising(model, net, z_held, y_held, e_held, alphas_bar)
     log["evals"].append({"step": args.steps, **{k: v for k, v in after.items() if k != "per_t"}})

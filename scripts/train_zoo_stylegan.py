@@ -163,15 +163,16 @@ def generate(G: sg.Generator, c: torch.Tensor, gen: torch.Generator, mixing: flo
 @torch.no_grad()
 def sample_images(G: sg.Generator, style: torch.Tensor | None, n: int, seed: int, psi: float = 1.0) -> torch.Tensor:
     """n images in 0..1 for labels `style` (n, D) (None: c = 0, the unprompted mode), fixed z from `seed`."""
-    z = torch.randn(n, G.z_dim, generator=torch.Generator().manual_seed(seed))
-    c = torch.zeros(n, G.c_dim) if style is None else style
-    out = [G.synthesis(sg.mapping_truncated(G, z[i:i + 64], c[i:i + 64], psi), noise_mode="const")
+    dev = next(G.parameters()).device
+    z = torch.randn(n, G.z_dim, generator=torch.Generator().manual_seed(seed)).to(dev)
+    c = (torch.zeros(n, G.c_dim) if style is None else style).to(dev)
+    out = [G.synthesis(sg.mapping_truncated(G, z[i:i + 64], c[i:i + 64], psi), noise_mode="const").float().cpu()
            for i in range(0, n, 64)]
     return (torch.cat(out) * 0.5 + 0.5).clamp(0, 1)
 
 
 def evaluate(G: sg.Generator, clip: cs.StyleCLIP, data: Path, psi: float = 1.0, seed: int = 0) -> dict:
-    n = len(zoo_data.load(data, "heldout", 64)[1])
+    n = len(zoo_data.load(data, "heldout", DRAFT_SIZE)[1])
     return {"psi": psi, **tzc.judge_text_to_image(clip, data, lambda style: sample_images(G, style, n, seed, psi))}
 
 

@@ -116,6 +116,7 @@ def main(argv=None) -> None:
         log["latent_sd1_mean"], log["latent_sd1_std"] = float(sd1.mean()), float(sd1.std())
         log["latent_raw_absmax_p999"] = float(raw.abs().flatten().quantile(0.999)) if raw.numel() < 2 ** 24 else None
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    vae = vae.cpu()
     taesd.save_vae(vae, args.out, {"trained_on": f"DiffuGAN emoji at {args.size} px "
                                                  "(twemoji + noto + openmoji SVG renders, train split)",
                                    "steps": str(args.steps),

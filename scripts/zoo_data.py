@@ -72,6 +72,11 @@ def zoo_label(record: dict) -> int:
 NUM_LABELS = len(STYLES) * len(CATEGORIES)
 
 
+def known_styles(num_classes: int) -> tuple[str, ...]:
+    """The drawing styles whose labels a zoo DiT with `num_classes` classes knows (an earlier DiT: the first two)."""
+    return tuple(STYLES[: num_classes // len(CATEGORIES)])
+
+
 def tarball_url(package: str, version: str) -> str:
     return f"https://registry.npmjs.org/{package}/-/{package.split('/')[-1]}-{version}.tgz"
 

@@ -115,7 +115,8 @@ LIMITS_DIT = ("still CPU-sized and not yet good enough to improve drafts: refine
 LIMITS_CONTROLNET = ("it steers the zoo DiT, whose refinements are still blotchy (see its card): the structure "
                      "follows the edges more closely, the pictures are not yet good. At a 25 % token budget it "
                      "still loses 17.5 % of the dense edge F1 (benchmark, 32 images; the target is 5 %); spent over "
-                     "steps instead (Apply's budget_over_steps) it loses 2.8 % at 3.5x fewer branch FLOPs per run. "
+                     "steps instead (Apply (Advanced)'s 'rotate budget over steps') it loses 2.8 % at 3.5x fewer "
+                     "branch FLOPs per run. "
                      "See benchmarks/results/vit_controlnet_zoo*.json for edge F1 at each token budget.")
 
 
