@@ -44,16 +44,18 @@ ADVANCED_INPUTS = [
 
 class StyleInject(io.ComfyNode):
     NAME = "DiffuGAN StyleGAN Style Inject"
+    _NODE_ID, _INPUTS = "DiffuGANStyleInject", INPUTS
+    _TEXT = DESCRIPTION + " Optimisation steps, step size, tether and noise are on DiffuGAN StyleGAN Style Inject " \
+                          "(Advanced)."
 
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="DiffuGANStyleInject",
+            node_id=cls._NODE_ID,
             display_name=cls.NAME,
             category="DiffuGAN/StyleGAN",
-            description=DESCRIPTION + " Optimisation steps, step size, tether and noise are on DiffuGAN StyleGAN "
-                                      "Style Inject (Advanced).",
-            inputs=list(INPUTS),
+            description=cls._TEXT,
+            inputs=list(cls._INPUTS),
             outputs=[io.Image.Output(display_name="image"), WType.Output(display_name="w")],
         )
 
@@ -125,17 +127,7 @@ class StyleInject(io.ComfyNode):
 
 class StyleInjectAdvanced(StyleInject):
     NAME = "DiffuGAN StyleGAN Style Inject (Advanced)"
-
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="DiffuGANStyleInjectAdvanced",
-            display_name=cls.NAME,
-            category="DiffuGAN/StyleGAN",
-            description=DESCRIPTION,
-            inputs=INPUTS + ADVANCED_INPUTS,
-            outputs=[io.Image.Output(display_name="image"), WType.Output(display_name="w")],
-        )
+    _NODE_ID, _INPUTS, _TEXT = "DiffuGANStyleInjectAdvanced", INPUTS + ADVANCED_INPUTS, DESCRIPTION
 
 
 NODES = [StyleInject, StyleInjectAdvanced]

@@ -129,7 +129,7 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
 def heldout_captions(clip: cs.StyleCLIP, data: Path) -> torch.Tensor:
     """Unit text embeddings (N, D) of the held-out images' own captions, in zoo_data.load's order."""
     return text_embeddings(clip, pooled_text(clip, [CAPTIONS[0](r)
-                                                    for r in zoo_data.load(data, "heldout", CLIP_SIZE)[1]]))
+                                                    for r in zoo_data.records(data, "heldout")]))
 
 
 _JUDGE_REFERENCES: dict[tuple[str, str], tuple] = {}

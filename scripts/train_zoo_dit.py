@@ -155,7 +155,7 @@ def text_to_image_metrics(model: dit.DiT, vae_path: Path, clip: cs.StyleCLIP, da
     (train_zoo_clip.judge_text_to_image)."""
 
     vae = taesd.load_vae(vae_path)
-    n, latent = len(zoo_data.load(data, "heldout", tzc.CLIP_SIZE)[1]), model.config.input_size
+    n, latent = len(zoo_data.records(data, "heldout")), model.config.input_size
     shape = (n, model.config.in_channels, latent, latent)
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
     out = tzc.judge_text_to_image(clip, data,

@@ -172,7 +172,7 @@ def sample_images(G: sg.Generator, style: torch.Tensor | None, n: int, seed: int
 
 
 def evaluate(G: sg.Generator, clip: cs.StyleCLIP, data: Path, psi: float = 1.0, seed: int = 0) -> dict:
-    n = len(zoo_data.load(data, "heldout", DRAFT_SIZE)[1])
+    n = len(zoo_data.records(data, "heldout"))
     return {"psi": psi, **tzc.judge_text_to_image(clip, data, lambda style: sample_images(G, style, n, seed, psi))}
 
 

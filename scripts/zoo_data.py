@@ -195,6 +195,14 @@ def resolution(data_dir: Path = DEFAULT_OUT) -> int:
     return int(json.loads(path.read_text())["resolution"])
 
 
+def records(data_dir: Path = DEFAULT_OUT, split: str | None = None) -> list[dict]:
+    """The records of a split (what `load` returns beside the images), without reading the images."""
+    path = Path(data_dir) / f"{DATA_NAME}.json"
+    if not path.exists():
+        raise SystemExit(f"{path} is missing: run `python scripts/zoo_data.py` first")
+    return [r for r in json.loads(path.read_text())["records"] if split is None or r["split"] == split]
+
+
 def load(data_dir: Path = DEFAULT_OUT, split: str | None = None, size: int | None = None,
          styles: tuple[str, ...] | None = None) -> tuple[torch.Tensor, list[dict]]:
     """Images as float (N, 3, size, size) in [-1, 1] and their records, optionally one split and some styles only.
