@@ -47,3 +47,32 @@ def write_coarse_smiley(path: Path, size: int = 128, coarse: int = 24) -> None:
 def write_sketch(path: Path, size: int = 128) -> None:
     """A sharp smiley with an open mouth: a structure for the ControlNet that the coarse draft does not have."""
     write_png(smiley(size, mouth="open") * 0.5 + 0.5, path)
+
+
+def heart(size: int = 128) -> torch.Tensor:
+    """A red heart on white (two discs over a triangle): (1, 3, size, size) in [0, 1]. A style reference image."""
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    inside = (((xx + 0.33) ** 2 + (yy + 0.25) ** 2) < 0.4 ** 2) | (((xx - 0.33) ** 2 + (yy + 0.25) ** 2) < 0.4 ** 2)
+    inside |= (yy > -0.2) & (yy < 0.8 - xx.abs() * 1.05) & (xx.abs() < 0.72)
+    img = torch.ones(3, size, size)
+    img[:, inside] = torch.tensor([0.87, 0.14, 0.2])[:, None]
+    return img[None]
+
+
+def write_painted(x: torch.Tensor, painted: torch.Tensor, path: Path) -> None:
+    """(1, 3, H, W) in [0, 1] with a painted region (H, W) bool, stored as the stock mask editor stores paint:
+    alpha 0 where painted (the stock LoadImage's MASK is 1 - alpha)."""
+    import numpy as np
+    from PIL import Image
+
+    rgb = (x[0].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
+    alpha = ((~painted).byte() * 255).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(path)
+
+
+def write_painted_draft(path: Path, size: int = 128, coarse: int = 24) -> None:
+    """The coarse smiley with its eyes painted as emphasis (a user's brush stroke over them)."""
+    x = coarsen(smiley(size) * 0.5 + 0.5, coarse)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    write_painted(x, ((yy + 0.25).abs() < 0.2) & (xx.abs() < 0.5), path)

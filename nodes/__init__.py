@@ -8,7 +8,7 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from . import clip_style, dit, importance, style_inject, stylegan, vit_controlnet
-from ._common import add_zoo_folder
+from ._common import add_zoo_folder, install_example_inputs
 
 STAGES = [clip_style, stylegan, style_inject, importance, vit_controlnet, dit]
 add_zoo_folder("vae")  # the zoo's VAE (TAESD layout) for the stock VAELoader
@@ -20,4 +20,7 @@ def all_nodes() -> list[type[io.ComfyNode]]:
 
 class DiffuGANExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        # called once as ComfyUI loads the pack (ComfyUI 0.3.75 never calls on_load): the shipped workflows'
+        # example images into ComfyUI's input folder
+        install_example_inputs()
         return all_nodes()

@@ -92,8 +92,38 @@ def model_file_or_error(folder: str, file_name: str, node: str, what: str, expec
             + f"{what} '{file_name}' not found. Put it in the '{folder}' model folder ({places})"
             + (f"; found there: {', '.join(available[:10])}" if available else "; that folder is empty")
             + (f". Expected: {expected}" if expected else "")
+            + _how_to_get(folder, file_name)
         )
     return path
+
+
+def _how_to_get(folder: str, file_name: str) -> str:
+    """Where a missing file comes from: the pack's zoo (zoo/manifest.json), or the download command of
+    scripts/download_models.py's catalog (loaded by path: a stdlib-only script users run on its own)."""
+    import importlib.util
+    import json
+    import sys
+
+    try:
+        shipped = {f["path"] for f in json.loads((ZOO_DIR / "manifest.json").read_text())["files"]}
+    except (OSError, ValueError, KeyError):
+        shipped = set()
+    if f"{folder}/{file_name}" in shipped:
+        return f". It ships with the pack in {ZOO_DIR / folder}: reinstall or update the pack to get it back"
+    script = ZOO_DIR.parent / "scripts" / "download_models.py"
+    try:
+        catalog = sys.modules.get("diffugan_download_models")
+        if catalog is None:  # Python's recipe for importing a source file directly
+            spec = importlib.util.spec_from_file_location("diffugan_download_models", script)
+            catalog = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = catalog
+            spec.loader.exec_module(catalog)
+        entry = next((e for e in catalog.CATALOG.values() if e.folder == folder and e.file == file_name), None)
+    except (OSError, ImportError, AttributeError):
+        return ""
+    if entry is None:
+        return ""
+    return f". Download it ({entry.what}) with: python {script} {entry.name}   (or from {entry.url})"
 
 
 def load_model_file(folder: str, file_name: str, node: str, what: str, load, expected: str = ""):
@@ -122,3 +152,32 @@ def missing_model_message(folder: str, file_name: str, what: str, expected: str 
         return True
     except ValueError as e:
         return str(e)
+
+
+# Example inputs the shipped workflows load (example_inputs/, drawn by scripts/example_inputs.py).
+EXAMPLE_INPUTS = Path(__file__).resolve().parent.parent / "example_inputs"
+
+
+def install_example_inputs() -> list[str]:
+    """Copy the pack's example images into ComfyUI's input folder, where the stock LoadImage lists them, so the
+    shipped workflows run on a fresh install. A file of the same name already there (the user's, or an earlier
+    copy) is left as it is. Returns the names copied."""
+    import logging
+    import shutil
+
+    import folder_paths
+
+    dest = Path(folder_paths.get_input_directory())
+    copied = []
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        for src in sorted(EXAMPLE_INPUTS.glob("*.png")):
+            if not (dest / src.name).exists():
+                shutil.copyfile(src, dest / src.name)
+                copied.append(src.name)
+    except OSError as e:  # a read-only input folder: the workflows then name files the user must add
+        logging.warning("DiffuGAN: could not copy the example inputs into %s (%s); the shipped workflows that load "
+                        "them need them there (they are in %s)", dest, e, EXAMPLE_INPUTS)
+    if copied:
+        logging.info("DiffuGAN: copied example inputs into %s: %s", dest, ", ".join(copied))
+    return copied

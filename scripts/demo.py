@@ -1,22 +1,20 @@
-"""The DiffuGAN demo: starts the real ComfyUI headless with the pack, runs the shipped workflows, saves results.
+"""The DiffuGAN demo: starts the real ComfyUI headless with the pack, runs the shipped example workflows, saves
+results.
 
     bash scripts/demo.sh            # run once, write output/demo/, print timings, stop the server
     bash scripts/demo.sh --serve    # same, then leave ComfyUI running for a browser at the printed URL
 
-What it runs (said plainly): the zoo workflows run on TRAINED weights, the demo zoo shipped in zoo/ (a VAE, a CLIP,
-a text-conditioned StyleGAN2, a style-conditioned DiT refiner, an importance scorer and a ViT ControlNet, trained on
-the emoji set). For each of a few prompts (PROMPTS), emoji_coarse_to_fine draws StyleGAN drafts steered by the
-prompt, scores where detail matters with the learned scorer and refines region-adaptively with the same prompt;
-emoji_text2image makes its draft with 12 DiT steps instead. emoji_refine refines a coarse drawn smiley with
-region-adaptive steps; emoji_controlnet does the same steered to the edges of a drawn sketch. Each writes a contact
-sheet, one row per image: draft | importance (or edges) | refined, with the prompt in front for the prompted ones.
-style_draft steers unprompted zoo StyleGAN drafts toward a prompt by CLIP-guided Style Inject.
-The other workflows show the nodes with models the zoo does not have (a StyleGAN2 without text conditioning, a
-256 px DiT-S/2), so they run on RANDOM-WEIGHT models this script writes into the demo's model folders:
-diffugan-random-stylegan2-64.safetensors in models/stylegan, and for coarse_to_fine a DiT-S/2 and a VAE in ComfyUI's
-TAESD layout (diffugan-random-dit-s2-256.safetensors in models/dit, diffugan-random-taesd.safetensors in
-models/vae). Their timings are real; their pictures are not worth keeping. The importance workflow gets a
-procedurally drawn draft with a painted emphasis mask.
+What it runs (said plainly): every workflow in example_workflows/api/, as a fresh install has them: on TRAINED
+weights, the demo zoo shipped in zoo/ (a VAE, a CLIP, a text-conditioned StyleGAN2, a style-conditioned DiT
+refiner, an importance scorer and a ViT ControlNet, trained on the emoji set), with the example input images the
+pack copies into ComfyUI's input folder. For each of a few prompts (PROMPTS), text_to_image_hybrid draws StyleGAN
+drafts steered by the prompt, scores where detail matters with the learned scorer (plus a clicked point), steers
+the refiner with the ViT ControlNet on the draft's own edges and refines region-adaptively with the same prompt;
+text_to_image_dit makes its draft with 12 DiT steps instead. The others run once: refine_any_image (a coarse
+drawn smiley, refined with region-adaptive steps), sketch_controlnet_refine (the same, steered to the edges of a
+drawn sketch), user_emphasis (emphasis painted in the mask editor and clicked), style_from_reference_image (a
+reference picture as the style) and stylegan_style_mixing. Each writes a contact sheet, one row per image: draft |
+importance (or edges) | refined, with the prompt in front for the prompted ones.
 """
 from __future__ import annotations
 
@@ -35,46 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 import devkit  # noqa: E402,F401  (registers the pack as the package `diffugan`)
 from devkit.harness import ComfyServer  # noqa: E402
-from devkit.drawn import write_coarse_smiley, write_sketch  # noqa: E402
-from devkit.random_weights import perturb  # noqa: E402
-from devkit.vae_files import write_random_taesd_vae  # noqa: E402
 
-
-def draw_example_draft(path: Path, size: int = 256) -> None:
-    """A stand-in draft: smooth sky (little detail needed) above a textured ground, with the textured part painted
-    as emphasis the way the stock mask editor stores it (alpha 0 = painted; LoadImage's MASK is 1 - alpha)."""
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    sky = np.stack([0.45 + 0.3 * yy, 0.65 + 0.2 * yy, 0.95 - 0.1 * yy], -1)
-    ground = 0.35 + 0.25 * np.sign(np.sin(xx * 60) * np.sin(yy * 60))[..., None] * np.array([0.8, 0.6, 0.3])
-    rgb = np.where(yy[..., None] < 0.55, sky, ground)
-    alpha = np.where(yy >= 0.55, 0, 255).astype(np.uint8)
-    Image.fromarray(np.dstack([(rgb.clip(0, 1) * 255).astype(np.uint8), alpha]), "RGBA").save(path)
-
-
-def write_random_stylegan(path: Path) -> None:
-    """A seeded random-weight StyleGAN2 in the real safetensors layout, so the workflow runs before the zoo exists."""
-    import torch
-
-    from diffugan.models import stylegan as sg
-
-    torch.manual_seed(0)
-    cfg = sg.StyleGANConfig("stylegan2", z_dim=128, c_dim=0, w_dim=128, img_resolution=64, img_channels=3,
-                            mapping_kwargs={"num_layers": 4},
-                            synthesis_kwargs={"channel_base": 4096, "channel_max": 128})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sg.save_stylegan_safetensors(sg.Generator(cfg), path)
-
-
-def write_random_dit(path: Path) -> None:
-    """A seeded random-weight DiT-S/2 for 256x256 images (DiffuGAN safetensors, config in the metadata)."""
-    import torch
-
-    from diffugan.models import dit
-
-    torch.manual_seed(0)
-    model = perturb(dit.DiT(dit.standard_config("DiT-S/2", 256)), 0.02)  # a fresh DiT outputs exactly zero
-    path.parent.mkdir(parents=True, exist_ok=True)
-    dit.save_dit_safetensors(model, path)
 
 
 def missing_files(object_info: dict, prompt: dict) -> list[str]:
@@ -154,13 +113,8 @@ def run_workflow(server: ComfyServer, name: str, prompt: dict, out: Path, what: 
 
 # Workflows run once per prompt: workflow -> (node, input, prompts)
 TEXTS = ["red heart", "grinning face", "flag of japan", "a noto emoji of a cat", "pizza", "rocket"]
-PROMPTS = {"emoji_coarse_to_fine": ("2", "text", TEXTS), "emoji_text2image": ("2", "text", TEXTS)}
+PROMPTS = {"text_to_image_hybrid": ("2", "text", TEXTS), "text_to_image_dit": ("2", "text", TEXTS)}
 
-RANDOM_MODELS = [  # (model folder, file name the shipped workflows use, writer, what it is)
-    ("stylegan", "diffugan-random-stylegan2-64.safetensors", write_random_stylegan, "StyleGAN2"),
-    ("dit", "diffugan-random-dit-s2-256.safetensors", write_random_dit, "DiT-S/2"),
-    ("vae", "diffugan-random-taesd.safetensors", write_random_taesd_vae, "TAESD-layout VAE"),
-]
 
 
 def main() -> None:
@@ -177,16 +131,8 @@ def main() -> None:
     print(f"ComfyUI {server.get('/system_stats')['system']['comfyui_version']} up in {time.monotonic() - t0:.1f}s "
           f"at {server.url} (log: {server.log_path})")
     try:
-        draw_example_draft(base / "input" / "example.png")
-        write_coarse_smiley(base / "input" / "diffugan_emoji_draft.png")  # the zoo workflows' draft
-        write_sketch(base / "input" / "diffugan_emoji_sketch.png")  # and the structure the ControlNet follows
-        for folder, file_name, write, what in RANDOM_MODELS:
-            path = base / "models" / folder / file_name
-            if not path.exists():
-                write(path)
-                print(f"wrote a RANDOM-WEIGHT {what} (no trained weights yet): {path}")
-        object_info = server.get("/object_info")  # after the demo's files are written: their combos list them
-        for api_path in sorted((ROOT / "workflows" / "api").glob("*.json")):
+        object_info = server.get("/object_info")
+        for api_path in sorted((ROOT / "example_workflows" / "api").glob("*.json")):
             prompt = json.loads(api_path.read_text())
             missing = missing_files(object_info, prompt)
             if missing:

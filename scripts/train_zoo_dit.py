@@ -12,7 +12,8 @@ evaluation, `torchrun`) is devkit.train.TrainLoop.
 Held-out figure, every --eval-every steps: the ε-MSE of the EMA model on held-out latents at t = 100, 300, 500,
 700, 900 with fixed noise, next to the same figure for predicting ε = 0 (i.e. 1.0), and the clean-latent error
 (x0-MSE) the refiner actually sees at t = 100, 300, 600. Writes the DiT (safetensors, config in the metadata; fp16),
-<out>.json (settings, loss curve, evaluations) and resumes from <out>.train.pt.
+<out>.json (settings, loss curve, evaluations) and resumes from <out>.train.pt. At every evaluation before the
+last step the EMA so far is written to <out stem>.latest.safetensors (+ .json), to evaluate or ship mid-run.
 
 Refiner emphasis (--low-noise P): with probability P a sample's timestep is drawn below --low-noise-t instead of
 over all 1000 steps. Refinement runs at strength <= 0.6, so that is where the model's capacity pays; the full range
@@ -34,6 +35,7 @@ and no style: the gap is what the prompt tells the model about images it never s
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
@@ -213,6 +215,8 @@ def main(argv=None) -> None:
                     "(all of them at the end)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads on the CPU (0: torch's default)")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU too (about 2x faster a step on "
+                    "CPUs with AMX or AVX512-BF16; GPUs always use it)")
     ap.add_argument("--low-noise", type=float, default=0.0, help="share of samples with t < --low-noise-t")
     ap.add_argument("--low-noise-t", type=int, default=650)
     ap.add_argument("--init", type=Path, default=None, help="start from this saved DiT (tensors whose shape fits)")
@@ -222,7 +226,7 @@ def main(argv=None) -> None:
 
     torch.manual_seed(args.seed)
     loop = TrainLoop(args.out, steps=args.steps, seed=args.seed, settings=vars(args), eval_every=args.eval_every,
-                     threads=args.threads)
+                     threads=args.threads, cpu_bf16=args.bf16)
     z_train, y_train = cached_latents(args.vae, args.data, "train")
     z_held, y_held = cached_latents(args.vae, args.data, "heldout")
     clip = style_clip = None
@@ -251,7 +255,16 @@ def main(argv=None) -> None:
     sub = slice(None, None, max(1, len(z_held) // args.eval_images))
     held = (z_held, y_held, alphas_bar) + ((held_style,) if style_clip else ())
     periodic = tuple(h[sub] if h is not alphas_bar else h for h in held)
-    loop.evaluate = lambda: evaluate(ema, *(held if loop.step == args.steps else periodic))
+
+    def evaluate_and_snapshot() -> dict:
+        figures = evaluate(ema, *(held if loop.step == args.steps else periodic))
+        if loop.step < args.steps:  # the EMA so far, to evaluate or ship mid-run (the last step writes it below)
+            snap = args.out.with_name(args.out.stem + ".latest.safetensors")
+            dit.save_dit_safetensors(copy.deepcopy(ema).cpu(), snap, half=True)
+            snap.with_suffix(".json").write_text(json.dumps({**loop.log, "steps_done": loop.step,
+                                                             "final": {"step": loop.step, **figures}}, indent=1))
+        return figures
+    loop.evaluate = evaluate_and_snapshot
     gen, dev = loop.gen, loop.device
     for step in loop:
         idx = torch.randint(0, len(z_train), (args.batch,), generator=gen)

@@ -1,11 +1,16 @@
-"""Regenerate the shipped UI-format workflows (workflows/*.json) from their API-format sources (workflows/api/).
+"""Regenerate the shipped example workflows' UI files and thumbnails from their API-format sources.
 
-The API format is what tests queue; the UI format is what users drag into ComfyUI. Rather than hand-writing node
-positions and link tables, this loads each API workflow into the real ComfyUI frontend (headless Chromium, same
-harness as the browser tests), lets the frontend lay it out, and saves what the frontend serializes.
+example_workflows/api/<name>.json (API format) is what the tests queue and what this script starts from; it writes
+  example_workflows/<name>.json   the UI format users drag in and the template browser lists: the API workflow
+                                  loaded into the real ComfyUI frontend (headless Chromium, the browser tests'
+                                  harness), laid out by the frontend and saved as the frontend serializes it;
+  example_workflows/<name>.jpg    the template browser's thumbnail, from the workflow's real output: it is queued
+                                  on a freshly installed server (nothing but the pack: the zoo models and example
+                                  inputs it ships) and the last saved image is shown with the first (the draft or
+                                  input) inset in its corner.
 
-    .venv/bin/python scripts/ui_workflows.py            # needs scripts/setup_env.sh to have run
-    .venv/bin/python scripts/ui_workflows.py emoji_coarse_to_fine   # only the named workflows
+    .venv/bin/python scripts/ui_workflows.py                     # needs scripts/setup_env.sh to have run
+    .venv/bin/python scripts/ui_workflows.py text_to_image_hybrid  # only the named workflows
 """
 from __future__ import annotations
 
@@ -19,6 +24,9 @@ sys.path.insert(0, str(ROOT))
 
 from devkit.harness import ComfyServer, open_frontend  # noqa: E402
 
+EXAMPLES = ROOT / "example_workflows"
+THUMB_PX, INSET_PX = 320, 120
+
 CONVERT_JS = """
 const [api, name, done] = arguments;
 Promise.resolve(window.app.loadApiJson(api, name)).then(() => {
@@ -29,13 +37,34 @@ Promise.resolve(window.app.loadApiJson(api, name)).then(() => {
 """
 
 
+def thumbnail(saved: list[Path], dest: Path) -> None:
+    """The last saved image, square, with the first one (the draft or input) inset at the bottom left."""
+    from PIL import Image, ImageOps
+
+    main = ImageOps.fit(Image.open(saved[-1]).convert("RGB"), (THUMB_PX, THUMB_PX), Image.BICUBIC)
+    if len(saved) > 1:
+        inset = ImageOps.expand(ImageOps.fit(Image.open(saved[0]).convert("RGB"), (INSET_PX, INSET_PX),
+                                             Image.BICUBIC), border=3, fill="white")
+        main.paste(inset, (6, THUMB_PX - inset.height - 6))
+    main.save(dest, quality=90)
+
+
+def saved_images(run) -> list[Path]:
+    """The first image of each Save node's output, in node order (previews left out)."""
+    out = []
+    for node_id in sorted(run.history["outputs"], key=int):
+        files = [f for f in run.output_images(node_id) if not f.is_relative_to(run.server.base / "temp")]
+        out += files[:1]
+    return out
+
+
 def main() -> None:
     names = set(sys.argv[1:])
     with tempfile.TemporaryDirectory() as tmp:
-        server = ComfyServer(Path(tmp) / "base")
+        server = ComfyServer(Path(tmp) / "base")  # a fresh install: the pack and nothing else
         driver = open_frontend(server, Path(tmp) / "profile")
         try:
-            for api_path in sorted((ROOT / "workflows" / "api").glob("*.json")):
+            for api_path in sorted((EXAMPLES / "api").glob("*.json")):
                 if names and api_path.stem not in names:
                     continue
                 api = json.loads(api_path.read_text())
@@ -44,9 +73,14 @@ def main() -> None:
                     raise SystemExit(f"{api_path.name}: {out}")
                 wf = json.loads(out)
                 assert len(wf["nodes"]) == len(api), (api_path.name, len(wf["nodes"]), len(api))
-                dest = ROOT / "workflows" / api_path.name
+                dest = EXAMPLES / api_path.name
                 dest.write_text(json.dumps(wf, indent=2) + "\n")
-                print(f"wrote {dest.relative_to(ROOT)} ({len(wf['nodes'])} nodes, {len(wf['links'])} links)")
+                run = server.run_prompt(api)
+                if not run.ok:
+                    raise SystemExit(f"{api_path.name} failed on a fresh install: {run.error()}")
+                thumbnail(saved_images(run), dest.with_suffix(".jpg"))
+                print(f"wrote {dest.relative_to(ROOT)} ({len(wf['nodes'])} nodes, {len(wf['links'])} links) "
+                      f"and its thumbnail")
         finally:
             driver.quit()
             server.stop()

@@ -5,7 +5,7 @@ import pytest
 
 from devkit.harness import ARTIFACTS, ROOT, open_frontend
 
-UI_WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+UI_WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
-"""The shipped style workflow on the real ComfyUI server with the zoo's trained CLIP and StyleGAN: CLIP Style
-Loader -> Style Encode (prompt + negative) -> unprompted StyleGAN drafts -> CLIP-guided Style Inject."""
+"""The shipped style-mixing workflow on the real ComfyUI server with the zoo's trained CLIP and StyleGAN: two
+unprompted StyleGAN drafts, the fine styles of the second mixed into the first, CLIP Style Loader -> Style Encode
+(prompt + negative) -> CLIP-guided Style Inject of the mixed drafts."""
 import json
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 from devkit.harness import ROOT, read_images, save_artifact
 from diffugan.models import clip_style as cs
 
-WORKFLOW = json.loads((ROOT / "workflows" / "api" / "style_draft.json").read_text())
+WORKFLOW = json.loads((ROOT / "example_workflows" / "api" / "stylegan_style_mixing.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -19,12 +20,12 @@ def models():
 def test_style_workflow_steers_drafts_toward_the_prompt(server, models):
     run = server.run_prompt(WORKFLOW)
     assert run.ok, run.error()
-    drafts, styled = run.output_images("6"), run.output_images("7")
-    assert len(drafts) == len(styled) == 2
+    drafts, styled, mixed = run.output_images("6"), run.output_images("11"), run.output_images("10")
+    assert len(drafts) == len(styled) == len(mixed) == 2
     target = cs.fuse(torch.cat([models.encode_texts([WORKFLOW["2"]["inputs"]["text"]]).detach()]), [1.0],
                      models.encode_texts([WORKFLOW["2"]["inputs"]["negative"]]).detach(), [0.5])
     with torch.no_grad():
-        before = models.encode_images(read_images(drafts)) @ target
+        before = models.encode_images(read_images(mixed)) @ target  # Style Inject starts from the mixed drafts
         after = models.encode_images(read_images(styled)) @ target
     assert (after > before).all(), (before, after)  # read back from the saved 8-bit PNGs
     save_artifact(styled[0], "e2e_style_injected.png")

@@ -1,20 +1,21 @@
-"""The shipped coarse-to-fine workflow on the real server: StyleGAN draft -> stock ImageScale / VAELoader /
-VAEEncode -> importance -> region-adaptive DiT Refine -> stock VAEDecode -> Save, with small random models written
-in their real formats under the names the workflow uses."""
+"""The coarse-to-fine graph at DiT-S/2's 256 px layout (a test workflow, not shipped: no zoo model has it) on the
+real server: StyleGAN draft -> stock ImageScale / VAELoader / VAEEncode -> importance -> region-adaptive DiT Refine
+-> stock VAEDecode -> Save, with small random models written in their real formats under the names it uses."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from devkit.harness import ROOT, save_artifact
+from devkit.harness import save_artifact
 from diffugan.models import dit
 from diffugan.models import stylegan as sg
 from devkit.random_weights import perturb
 from devkit.vae_files import write_random_taesd_vae
 
-WORKFLOW = json.loads((ROOT / "workflows" / "api" / "coarse_to_fine.json").read_text())
+WORKFLOW = json.loads((Path(__file__).parent / "workflows" / "random_coarse_to_fine.json").read_text())
 
 
 @pytest.fixture(scope="module")

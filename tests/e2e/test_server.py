@@ -1,12 +1,13 @@
 """API-format prompts queued over HTTP to the real ComfyUI server; outputs read from /history and the disk."""
 import json
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from devkit.harness import ROOT, save_artifact
+from devkit.harness import save_artifact
 
-WORKFLOW = json.loads((ROOT / "workflows" / "api" / "importance.json").read_text())
+WORKFLOW = json.loads((Path(__file__).parent / "workflows" / "importance.json").read_text())
 
 
 def _write_input_with_painted_mask(server, name: str) -> None:

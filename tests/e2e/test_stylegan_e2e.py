@@ -1,15 +1,17 @@
-"""The shipped StyleGAN workflow on the real ComfyUI server, with a small generator written in the real format."""
+"""A StyleGAN draft + mixing graph (a test workflow) on the real ComfyUI server, with a small generator written in
+the real format."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from devkit.harness import ROOT, save_artifact
+from devkit.harness import save_artifact
 from diffugan.models import stylegan as sg
 
-WORKFLOW = json.loads((ROOT / "workflows" / "api" / "stylegan_draft.json").read_text())
+WORKFLOW = json.loads((Path(__file__).parent / "workflows" / "random_stylegan_draft.json").read_text())
 CKPT = WORKFLOW["1"]["inputs"]["ckpt_name"]
 
 

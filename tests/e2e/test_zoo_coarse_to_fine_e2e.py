@@ -11,7 +11,7 @@ import torch
 
 from devkit.harness import ROOT, run_prompted_refine, save_artifact
 
-WORKFLOW = json.loads((ROOT / "workflows" / "api" / "emoji_coarse_to_fine.json").read_text())
+WORKFLOW = json.loads((ROOT / "example_workflows" / "api" / "text_to_image_hybrid.json").read_text())
 PROMPTS = ("red heart", "grinning face")
 
 

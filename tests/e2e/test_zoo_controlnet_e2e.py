@@ -7,7 +7,6 @@ from PIL import Image
 
 from devkit.harness import ROOT, save_artifact
 from devkit import metrics
-from devkit.drawn import write_coarse_smiley, write_sketch
 
 
 def test_emoji_controlnet_workflow_follows_the_sketch(server):
@@ -15,9 +14,7 @@ def test_emoji_controlnet_workflow_follows_the_sketch(server):
     better than the same graph with the ControlNet at strength 0 (which is exactly no ControlNet)."""
     from diffugan.models import vit_controlnet as vc
 
-    workflow = json.loads((ROOT / "workflows" / "api" / "emoji_controlnet.json").read_text())
-    write_coarse_smiley(server.base / "input" / workflow["1"]["inputs"]["image"])
-    write_sketch(server.base / "input" / workflow["5"]["inputs"]["image"])
+    workflow = json.loads((ROOT / "example_workflows" / "api" / "sketch_controlnet_refine.json").read_text())
     off = json.loads(json.dumps(workflow))
     off["10"]["inputs"]["strength"] = 0.0
     f1 = {}

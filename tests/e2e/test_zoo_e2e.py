@@ -11,9 +11,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from devkit.harness import ROOT, save_artifact
-from devkit.drawn import write_coarse_smiley
 
-WORKFLOW = json.loads((ROOT / "workflows" / "api" / "emoji_refine.json").read_text())
+WORKFLOW = json.loads((ROOT / "example_workflows" / "api" / "refine_any_image.json").read_text())
 
 
 def high_freq(img: np.ndarray) -> float:
@@ -29,7 +28,6 @@ def test_zoo_models_are_listed_by_default(server):
 
 
 def test_emoji_refine_workflow_on_the_zoo_models(server):
-    write_coarse_smiley(server.base / "input" / WORKFLOW["1"]["inputs"]["image"])
     run = server.run_prompt(WORKFLOW)
     assert run.ok, run.error()
     [draft], [levels], [refined] = (run.output_images(n) for n in ("11", "13", "14"))
@@ -42,7 +40,6 @@ def test_emoji_refine_workflow_on_the_zoo_models(server):
 
 
 def test_learned_importance_node_with_the_zoo_scorer(server):
-    write_coarse_smiley(server.base / "input" / "diffugan_emoji_draft.png")
     prompt = {
         "1": {"class_type": "LoadImage", "inputs": {"image": "diffugan_emoji_draft.png"}},
         "2": {"class_type": "DiffuGANImportanceLearned",

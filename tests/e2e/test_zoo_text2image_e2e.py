@@ -12,7 +12,7 @@ import json
 
 from devkit.harness import ROOT, run_prompted_refine, save_artifact
 
-WORKFLOW = json.loads((ROOT / "workflows" / "api" / "emoji_text2image.json").read_text())
+WORKFLOW = json.loads((ROOT / "example_workflows" / "api" / "text_to_image_dit.json").read_text())
 PROMPTS = ("red heart", "grinning face")
 
 

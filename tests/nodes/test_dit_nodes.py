@@ -79,6 +79,20 @@ def test_label_out_of_range_is_a_clear_error(comfy, run_node, model):
 def test_missing_file_names_the_folder(comfy, dit_file):
     msg = comfy.NODE_CLASS_MAPPINGS["DiffuGANDiTLoader"].validate_inputs(ckpt_name="DiT-XL-2-256x256.pt", num_heads=0)
     assert "DiT checkpoint 'DiT-XL-2-256x256.pt' not found. Put it in the 'dit' model folder" in msg
+    assert "Download it (facebookresearch DiT-XL/2, ImageNet 256²) with: python " in msg  # the catalog's command
+    assert msg.rstrip(")").endswith("https://dl.fbaipublicfiles.com/DiT/models/DiT-XL-2-256x256.pt")
+    assert "scripts/download_models.py dit-xl-2-256" in msg
+    msg = comfy.NODE_CLASS_MAPPINGS["DiffuGANDiTLoader"].validate_inputs(ckpt_name="my-own-dit.pt", num_heads=0)
+    assert "not found. Put it in the 'dit' model folder" in msg and "Download" not in msg  # nothing to promise
+
+
+def test_missing_zoo_file_says_it_ships_with_the_pack(comfy, monkeypatch):
+    import folder_paths
+
+    monkeypatch.setattr(folder_paths, "get_full_path", lambda folder, name: None)  # as if deleted
+    msg = comfy.NODE_CLASS_MAPPINGS["DiffuGANDiTLoader"].validate_inputs(ckpt_name="diffugan-emoji-dit.safetensors",
+                                                                         num_heads=0)
+    assert "It ships with the pack in " in msg and msg.rstrip().endswith("reinstall or update the pack to get it back")
 
 
 def test_conditioning_from_another_node_is_refused(comfy, model):

@@ -1,0 +1,129 @@
+"""The shipped example workflows on a freshly installed server: the pack linked into an empty ComfyUI base directory
+and nothing else (no file a test or the demo writes). They must be listed by the template browser with their
+thumbnails, validate against that server's /object_info (comfy-lint, a third-party linter, --strict), and run."""
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from devkit.harness import ROOT, ComfyServer
+
+EXAMPLES = ROOT / "example_workflows"
+API = sorted((EXAMPLES / "api").glob("*.json"))
+EXAMPLE_INPUTS = ROOT / "example_inputs"
+USER_FILE = "diffugan_reference_heart.png"  # a user's own picture of the same name as an example input: kept
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory):
+    base = tmp_path_factory.mktemp("fresh_install")
+    (base / "input").mkdir()
+    Image.new("RGB", (64, 64), (40, 90, 200)).save(base / "input" / USER_FILE)
+    srv = ComfyServer(base)
+    yield srv
+    srv.stop()
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_every_example_has_ui_file_api_source_and_thumbnail():
+    ui = {p.stem for p in EXAMPLES.glob("*.json")}
+    assert ui == {p.stem for p in API} and len(ui) >= 7, ui
+    for path in API:
+        api = json.loads(path.read_text())
+        workflow = json.loads((EXAMPLES / path.name).read_text())
+        assert sorted(n["type"] for n in workflow["nodes"]) == sorted(n["class_type"] for n in api.values()), path
+        assert (EXAMPLES / f"{path.stem}.jpg").read_bytes()[:3] == b"\xff\xd8\xff", f"{path.stem}.jpg is no JPEG"
+
+
+def test_template_browser_lists_the_examples_with_thumbnails(fresh):
+    import requests
+
+    templates = fresh.get("/workflow_templates")
+    assert sorted(templates["DiffuGAN"]) == sorted(p.stem for p in API), templates
+    for path in API:  # what the frontend fetches for a custom node's template: <name>.json and <name>.jpg
+        r = requests.get(f"{fresh.url}/api/workflow_templates/DiffuGAN/{path.stem}.json", timeout=30)
+        assert r.status_code == 200 and r.json() == json.loads((EXAMPLES / path.name).read_text())
+        r = requests.get(f"{fresh.url}/api/workflow_templates/DiffuGAN/{path.stem}.jpg", timeout=30)
+        assert r.status_code == 200 and r.headers["Content-Type"] == "image/jpeg"
+
+
+def test_example_inputs_are_installed_without_overwriting_the_users_files(fresh):
+    inputs = fresh.base / "input"
+    shipped = sorted(EXAMPLE_INPUTS.glob("*.png"))
+    assert len(shipped) >= 4
+    for src in shipped:
+        if src.name == USER_FILE:
+            assert Image.open(inputs / src.name).getpixel((0, 0)) == (40, 90, 200)
+        else:
+            assert _sha(inputs / src.name) == _sha(src), src.name
+    assert {p.name for p in shipped} <= set(fresh.combo_options("LoadImage", "image"))
+
+
+def test_examples_validate_against_a_fresh_servers_object_info(fresh):
+    """comfy-lint (PyPI, pinned in requirements-dev.txt) checks node types, required inputs, links and their types,
+    and every combo value — model and input file names included — against the server's /object_info."""
+    lint = Path(sys.executable).parent / "comfy-lint"
+    r = subprocess.run([str(lint), "--strict", "--json", "--server", fresh.url, *map(str, API)],
+                       capture_output=True, text=True, timeout=120)
+    report = json.loads(r.stdout)
+    problems = [d for f in report["files"] for d in f["diagnostics"]]
+    assert r.returncode == 0 and report["summary"]["files"] == len(API) and not problems, problems or r.stderr
+
+
+def test_the_linter_catches_what_a_fresh_install_lacks(fresh, tmp_path):
+    """The check above is not vacuous: a missing model file and a wrong link are caught."""
+    broken = json.loads((EXAMPLES / "api" / "user_emphasis.json").read_text())
+    broken["8"]["inputs"]["ckpt_name"] = "not-shipped-dit.safetensors"
+    broken["1"]["inputs"]["image"] = "written_by_a_demo.png"
+    broken["10"]["inputs"]["model"] = ["3", 0]
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    lint = Path(sys.executable).parent / "comfy-lint"
+    r = subprocess.run([str(lint), "--strict", "--json", "--server", fresh.url, str(tmp_path / "broken.json")],
+                       capture_output=True, text=True, timeout=120)
+    rules = sorted((d["node_id"], d["rule"]) for d in json.loads(r.stdout)["files"][0]["diagnostics"])
+    assert r.returncode == 1 and rules == [("1", "invalid-enum"), ("10", "type-mismatch"), ("8", "invalid-enum")]
+
+
+@pytest.mark.parametrize("path", API, ids=[p.stem for p in API])
+def test_example_runs_on_a_fresh_install(fresh, path):
+    api = json.loads(path.read_text())
+    run = fresh.run_prompt(api)
+    assert run.ok, f"{run.error()}\n{fresh.log_tail()}"
+    saves = [k for k, n in api.items() if n["class_type"] == "SaveImage"]
+    assert saves and all(run.output_images(k) for k in saves)
+
+
+def test_user_emphasis_raises_the_work_where_painted_and_clicked(fresh):
+    """user_emphasis: the eyes band painted in the mask editor (the example input's alpha) and a click on the mouth
+    get more refinement work (the Budget's level map, read back through the stock MaskToImage) than without them."""
+    import numpy as np
+
+    api = json.loads((EXAMPLES / "api" / "user_emphasis.json").read_text())
+    api["90"] = {"class_type": "MaskToImage", "inputs": {"mask": ["7", 0]}}
+    api["91"] = {"class_type": "SaveImage", "inputs": {"images": ["90", 0], "filename_prefix": "DiffuGAN/t_levels"}}
+    plain = json.loads(json.dumps(api))
+    del plain["6"]["inputs"]["user_mask"]
+    plain["6"]["inputs"]["points"] = ""
+    levels = {}
+    for name, prompt in (("emphasis", api), ("plain", plain)):
+        run = fresh.run_prompt(prompt)
+        assert run.ok, run.error()
+        [path] = run.output_images("91")
+        levels[name] = np.asarray(Image.open(path).convert("L"), dtype=np.float32) / 255
+    alpha = np.asarray(Image.open(EXAMPLE_INPUTS / "diffugan_emoji_painted.png"))[..., 3]
+    painted = alpha == 0
+    point = json.loads(api["6"]["inputs"]["points"])[0]
+    yy, xx = np.mgrid[:128, :128]
+    clicked = (xx - point["x"]) ** 2 + (yy - point["y"]) ** 2 < (point["radius"] / 2) ** 2
+    for region, where in (("painted", painted), ("clicked", clicked)):
+        gain = levels["emphasis"][where].mean() - levels["plain"][where].mean()
+        assert gain > 0.1, (region, gain)  # levels come in steps of 1/3
+    rest = ~(painted | clicked)
+    assert levels["emphasis"][rest].mean() <= levels["plain"][rest].mean() + 1e-6  # the budget holds: less elsewhere
