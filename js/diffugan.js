@@ -1,4 +1,4 @@
-// DiffuGAN frontend extension. For now: give every DiffuGAN node a stage colour so a graph shows at a glance
+// DiffuGAN frontend extension: give every DiffuGAN node a stage colour so a graph shows at a glance
 // which stage each node belongs to (the keys are the nodes' categories; a test checks every category has one).
 import { app } from "../../scripts/app.js";
 

@@ -1,0 +1,225 @@
+// DiffuGAN emphasis editor: click and brush where detail matters, on the importance preview, right inside the
+// "DiffuGAN Merge Emphasis" node. What you add is stored in that node's `points` input (JSON, image pixels), so the
+// workflow saves, reloads and queues it like any other input.
+//
+//   click            add a point (weight 1); drag before releasing to set its radius
+//   Shift + click    the same with half the weight (a lighter emphasis)
+//   Ctrl + drag      magnify brush: a stroke of points (radius = the brush size) along the path
+//   Undo / Clear     the buttons under the picture
+//
+// The picture is the last output of the DiffuGAN Importance Preview fed (directly or through other nodes) by this
+// Merge node, so after a run you see the merged heatmap the refiner works from, and your new points over it.
+import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
+
+const MERGE = "DiffuGANImportanceMerge";
+const PREVIEW = "DiffuGANImportancePreview";
+const BRUSH_RADIUS_SHARE = 0.06; // brush radius as a share of the picture's width
+const MIN_RADIUS = 4;
+
+function readPoints(node) {
+  const w = node.widgets?.find((w) => w.name === "points");
+  if (!w || !w.value || !String(w.value).trim()) return [];
+  try {
+    const raw = JSON.parse(w.value);
+    return Array.isArray(raw) ? raw : [raw];
+  } catch {
+    return []; // typed JSON that does not parse: the node's own error says why when it runs
+  }
+}
+
+function writePoints(node, points) {
+  const w = node.widgets?.find((w) => w.name === "points");
+  if (!w) return;
+  const round = (v) => Math.round(v * 10) / 10;
+  w.value = points.length
+    ? JSON.stringify(points.map((p) => ({ x: round(p.x), y: round(p.y), radius: round(p.radius ?? 32),
+                                          weight: p.weight ?? 1, ...(p.stroke ? { stroke: true } : {}) })))
+    : "";
+  w.callback?.(w.value);
+  node.graph?.setDirtyCanvas(true, true);
+}
+
+// The Merge nodes whose output reaches `node` (walking its inputs upstream).
+function upstreamMerges(node, seen = new Set()) {
+  if (!node || seen.has(node.id)) return [];
+  seen.add(node.id);
+  if (node.type === MERGE) return [node];
+  const found = [];
+  for (const input of node.inputs ?? []) {
+    if (input.link == null) continue;
+    const link = node.graph.links[input.link] ?? node.graph.links.get?.(input.link);
+    if (link) found.push(...upstreamMerges(node.graph.getNodeById(link.origin_id), seen));
+  }
+  return found;
+}
+
+function createEditor(node) {
+  const root = document.createElement("div");
+  root.className = "diffugan-emphasis";
+  root.style.cssText = "display:flex;flex-direction:column;gap:4px;width:100%;height:100%;";
+  const canvas = document.createElement("canvas");
+  canvas.className = "diffugan-emphasis-canvas";
+  canvas.style.cssText = "flex:1;min-height:0;width:100%;background:#222;cursor:crosshair;touch-action:none;";
+  const bar = document.createElement("div");
+  bar.style.cssText = "display:flex;gap:4px;font-size:11px;color:#bbb;align-items:center;";
+  const hint = document.createElement("span");
+  hint.textContent = "run once to see the preview; click, Shift+click, Ctrl+drag";
+  hint.style.flex = "1";
+  const undo = Object.assign(document.createElement("button"), { textContent: "Undo" });
+  const clear = Object.assign(document.createElement("button"), { textContent: "Clear" });
+  bar.append(hint, undo, clear);
+  root.append(canvas, bar);
+
+  const state = { image: null, drag: null };
+  node.diffuganEmphasis = state;
+
+  // picture rectangle inside the canvas (contain) and the conversions to image pixels
+  const layout = () => {
+    const cw = canvas.clientWidth, ch = canvas.clientHeight;
+    if (canvas.width !== cw || canvas.height !== ch) Object.assign(canvas, { width: cw, height: ch });
+    const img = state.image;
+    if (!img) return null;
+    const s = Math.min(cw / img.naturalWidth, ch / img.naturalHeight);
+    const w = img.naturalWidth * s, h = img.naturalHeight * s;
+    return { s, x: (cw - w) / 2, y: (ch - h) / 2, w, h };
+  };
+  const toImage = (e) => {
+    const r = layout();
+    if (!r) return null;
+    const b = canvas.getBoundingClientRect();
+    const cx = ((e.clientX - b.left) * canvas.width) / b.width, cy = ((e.clientY - b.top) * canvas.height) / b.height;
+    const x = (cx - r.x) / r.s, y = (cy - r.y) / r.s;
+    if (x < 0 || y < 0 || x > state.image.naturalWidth || y > state.image.naturalHeight) return null;
+    return { x, y };
+  };
+
+  const draw = () => {
+    const ctx = canvas.getContext("2d");
+    const r = layout();
+    ctx.clearRect(0, 0, canvas.width, canvas.height);
+    if (!r) return;
+    ctx.drawImage(state.image, r.x, r.y, r.w, r.h);
+    const pending = state.drag ? state.drag.points : [];
+    for (const p of [...readPoints(node), ...pending]) {
+      const radius = Math.max(1, (p.radius ?? 32) * r.s);
+      const weight = Math.max(0, Math.min(1, p.weight ?? 1));
+      ctx.beginPath();
+      ctx.arc(r.x + p.x * r.s, r.y + p.y * r.s, radius, 0, 2 * Math.PI);
+      ctx.fillStyle = `rgba(255, 70, 20, ${0.15 + 0.3 * weight})`;
+      ctx.fill();
+      ctx.strokeStyle = "rgba(255, 255, 255, 0.8)";
+      ctx.lineWidth = 1;
+      ctx.stroke();
+    }
+  };
+  state.draw = draw;
+
+  canvas.addEventListener("pointerdown", (e) => {
+    const at = toImage(e);
+    if (!at || e.button !== 0) return;
+    e.preventDefault();
+    e.stopPropagation();
+    canvas.setPointerCapture(e.pointerId);
+    const weight = e.shiftKey ? 0.5 : 1;
+    if (e.ctrlKey || e.metaKey) {
+      const radius = Math.max(MIN_RADIUS, state.image.naturalWidth * BRUSH_RADIUS_SHARE);
+      state.drag = { brush: true, radius, weight, last: at, points: [{ ...at, radius, weight }] };
+    } else {
+      state.drag = { brush: false, start: at, weight, points: [{ ...at, radius: 16, weight }] };
+    }
+    draw();
+  });
+  canvas.addEventListener("pointermove", (e) => {
+    const d = state.drag;
+    if (!d) return;
+    e.stopPropagation();
+    const at = toImage(e);
+    if (!at) return;
+    if (d.brush) {  // a point every half radius along the path
+      const dist = Math.hypot(at.x - d.last.x, at.y - d.last.y);
+      const n = Math.floor(dist / (d.radius / 2));
+      for (let i = 1; i <= n; i++) {
+        const t = (i * d.radius) / 2 / dist;
+        d.points.push({ x: d.last.x + (at.x - d.last.x) * t, y: d.last.y + (at.y - d.last.y) * t,
+                        radius: d.radius, weight: d.weight });
+      }
+      if (n) d.last = d.points[d.points.length - 1];
+    } else {
+      d.points[0].radius = Math.max(MIN_RADIUS, Math.hypot(at.x - d.start.x, at.y - d.start.y));
+    }
+    draw();
+  });
+  const finish = (e) => {
+    const d = state.drag;
+    if (!d) return;
+    e.stopPropagation();
+    state.drag = null;
+    const points = readPoints(node);
+    points.push(...d.points.map((p) => (d.brush ? { ...p, stroke: true } : p)));
+    writePoints(node, points);
+    state.history = [...(state.history ?? []), d.points.length];
+    draw();
+  };
+  canvas.addEventListener("pointerup", finish);
+  canvas.addEventListener("pointercancel", finish);
+  undo.addEventListener("click", (e) => {
+    e.stopPropagation();
+    const points = readPoints(node);
+    const n = state.history?.pop() ?? 1;
+    writePoints(node, points.slice(0, Math.max(0, points.length - n)));
+    draw();
+  });
+  clear.addEventListener("click", (e) => {
+    e.stopPropagation();
+    state.history = [];
+    writePoints(node, []);
+    draw();
+  });
+  new ResizeObserver(draw).observe(canvas);
+
+  state.setImage = (url) => {
+    const img = new Image();
+    img.onload = () => {
+      state.image = img;
+      hint.textContent = `${img.naturalWidth}×${img.naturalHeight} · click, Shift+click, Ctrl+drag`;
+      canvas.dataset.loaded = img.src;
+      draw();
+    };
+    img.src = url;
+  };
+  return root;
+}
+
+app.registerExtension({
+  name: "DiffuGAN.EmphasisEditor",
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (nodeData.name !== MERGE) return;
+    const onNodeCreated = nodeType.prototype.onNodeCreated;
+    nodeType.prototype.onNodeCreated = function () {
+      const r = onNodeCreated?.apply(this, arguments);
+      this.addDOMWidget("emphasis_editor", "diffugan_emphasis", createEditor(this), {
+        serialize: false,
+        getMinHeight: () => 220,
+      });
+      const points = this.widgets.find((w) => w.name === "points");
+      const cb = points?.callback;
+      if (points) points.callback = (v) => { cb?.call(points, v); this.diffuganEmphasis?.draw?.(); };
+      this.setSize([Math.max(this.size[0], 300), Math.max(this.size[1], 420)]);
+      return r;
+    };
+  },
+  async setup() {
+    // After a preview runs, show its picture in the Merge node(s) upstream of it.
+    api.addEventListener("executed", ({ detail }) => {
+      const preview = app.graph?.getNodeById(Number(detail?.node) || detail?.node);
+      const image = detail?.output?.images?.[0];
+      if (!preview || preview.type !== PREVIEW || !image) return;
+      const params = new URLSearchParams({ filename: image.filename, subfolder: image.subfolder ?? "",
+                                           type: image.type ?? "temp" });
+      for (const merge of upstreamMerges(preview)) {
+        merge.diffuganEmphasis?.setImage(api.apiURL(`/view?${params}`));
+      }
+    });
+  },
+});
