@@ -118,7 +118,7 @@ class StyleEncode(io.ComfyNode):
                          "mean of their unit CLIP embeddings, minus the negative prompt's direction, renormalised "
                          "onto the unit sphere. One prompt alone gives exactly its own embedding."),
             inputs=[
-                ClipType.Input("clip"),
+                ClipType.Input("clip", tooltip="The CLIP that encodes prompts and images (CLIP Style Loader)."),
                 io.String.Input("text", default="", multiline=True,
                                 tooltip="One prompt per line; an optional weight after a bar: 'watercolor | 1.5'."),
                 io.Image.Input("images", optional=True,
@@ -176,9 +176,10 @@ class StyleMix(io.ComfyNode):
             category="DiffuGAN/CLIP Style",
             description="Blends two styles by spherical interpolation (slerp): 0 = style A, 1 = style B.",
             inputs=[
-                StyleType.Input("style_a"),
-                StyleType.Input("style_b"),
-                io.Float.Input("mix", default=0.5, min=0.0, max=1.0, step=0.05),
+                StyleType.Input("style_a", tooltip="The style at mix 0."),
+                StyleType.Input("style_b", tooltip="The style at mix 1 (encoded by the same CLIP as style_a)."),
+                io.Float.Input("mix", default=0.5, min=0.0, max=1.0, step=0.05,
+                               tooltip="0 gives style_a, 1 style_b; between, a blend on the unit sphere."),
             ],
             outputs=[StyleType.Output(display_name="style")],
         )

@@ -198,7 +198,9 @@ class DiTConditioning(io.ComfyNode):
                          "the released models, e.g. 207 golden retriever), negative = the null class for "
                          "classifier-free guidance. class_label -1 makes both unconditional. An optional style "
                          "(DiffuGAN Style Encode) conditions DiTs trained with it."),
-            inputs=[io.Int.Input("class_label", default=0, min=-1, max=100000),
+            inputs=[io.Int.Input("class_label", default=0, min=-1, max=100000,
+                                 tooltip="The DiT's class (ImageNet 0-999 for the released DiTs; the zoo DiT's card "
+                                         "lists its labels); -1: no class (the null label, for a style alone)."),
                     StyleType.Input("style", optional=True,
                                     tooltip="For DiTs trained with style conditioning: the positive side gets the "
                                             "style, the negative side none, so CFG pushes toward the style.")],
@@ -339,15 +341,22 @@ def refine(model, positive, negative, latent, seed, max_steps, strength, cfg, im
 
 
 REFINE_INPUTS = [
-    io.Model.Input("model"),
-    io.Conditioning.Input("positive"),
-    io.Conditioning.Input("negative"),
-    io.Latent.Input("latent"),
-    io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
+    io.Model.Input("model",
+                   tooltip="A DiT from DiffuGAN DiT Loader (optionally patched, e.g. by a ControlNet Apply or "
+                           "EasyCache)."),
+    io.Conditioning.Input("positive",
+                          tooltip="From DiffuGAN DiT Conditioning: the class (and style) to refine toward."),
+    io.Conditioning.Input("negative",
+                          tooltip="From DiffuGAN DiT Conditioning: the unconditional side of classifier-free "
+                                  "guidance."),
+    io.Latent.Input("latent", tooltip="The draft, encoded by the VAE the DiT was trained with (stock VAE Encode)."),
+    io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                 tooltip="Seed of the noise added to the draft."),
     io.Int.Input("max_steps", default=20, min=1, max=1000, tooltip="Steps for the most important regions."),
     io.Float.Input("strength", default=0.6, min=0.0, max=1.0, step=0.01,
                    tooltip="How much noise is added to the draft (img2img denoise): 0 returns it unchanged."),
-    io.Float.Input("cfg", default=4.0, min=0.0, max=30.0, step=0.1),
+    io.Float.Input("cfg", default=4.0, min=0.0, max=30.0, step=0.1,
+                   tooltip="Classifier-free guidance scale; 1 turns guidance off (half the compute)."),
 ]
 REFINE_DESCRIPTION = ("Refines a draft latent (VAEEncode of the StyleGAN draft) with a DiT: important regions get up "
                       "to max_steps, the rest as few as min_steps (0 = untouched), and compute falls with the number "
@@ -383,7 +392,9 @@ class DiTRefineAdvanced(io.ComfyNode):
             category="DiffuGAN/DiT",
             description=REFINE_DESCRIPTION,
             inputs=REFINE_INPUTS + [io.Combo.Input("scheduler", options=list(comfy.samplers.SCHEDULER_NAMES),
-                                                   default="normal")] + IMPORTANCE_INPUTS + TUNING_INPUTS,
+                                                   default="normal",
+                                                   tooltip="Any ComfyUI scheduler; normal is the plain img2img "
+                                                           "schedule.")] + IMPORTANCE_INPUTS + TUNING_INPUTS,
             outputs=[io.Latent.Output(display_name="latent")],
         )
 

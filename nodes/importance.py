@@ -33,7 +33,7 @@ class ImportancePreview(io.ComfyNode):
                 "can see where the refiner will spend its steps. A mask of another size is resized to the image."
             ),
             inputs=[
-                io.Image.Input("image"),
+                io.Image.Input("image", tooltip="The image the importance map is shown over."),
                 io.Mask.Input("importance", tooltip="Importance map in 0..1 (any stock MASK works)."),
                 io.Float.Input("opacity", default=0.55, min=0.0, max=1.0, step=0.05,
                                tooltip="0 shows the image, 1 shows only the heatmap."),
@@ -61,7 +61,7 @@ class AnalyticImportance(io.ComfyNode):
                          "contrast, multi-scale high-frequency energy and edge density, smoothed into regions, "
                          "0..1 per image. Output is a stock MASK."),
             inputs=[
-                io.Image.Input("image"),
+                io.Image.Input("image", tooltip="The image to score (any size)."),
                 io.Float.Input("smoothing", default=1.0, min=0.0, max=8.0, step=0.25,
                                tooltip="Region size: 0 = per-pixel detail, higher = broader regions."),
             ],
@@ -84,14 +84,22 @@ class MergeEmphasis(io.ComfyNode):
             category="DiffuGAN/Importance",
             description=("Adds what you say matters to the importance map: a painted MASK (stock mask editor) and/or "
                          "clicked points as JSON [{\"x\": 120, \"y\": 80, \"radius\": 24, \"weight\": 1}] in "
-                         "image pixels (Gaussian blobs). max raises only, add adds, multiply gates the score."),
+                         "image pixels (Gaussian blobs). max raises only, add adds, multiply gates the score. After a "
+                         "run this node shows the Importance Preview it feeds: click there to add a point (drag for "
+                         "its radius), Shift+click for half the weight, Ctrl+drag to brush; they land in points."),
             inputs=[
-                io.Mask.Input("importance"),
-                io.Combo.Input("mode", options=list(imp.MERGE_MODES), default="max"),
-                io.Float.Input("strength", default=1.0, min=0.0, max=1.0, step=0.05),
+                io.Mask.Input("importance",
+                              tooltip="The importance map to add emphasis to (e.g. from Importance Analytic or "
+                                      "Learned)."),
+                io.Combo.Input("mode", options=list(imp.MERGE_MODES), default="max",
+                               tooltip="max raises the score where you emphasised, never lowers it; add adds your "
+                                       "emphasis; multiply keeps the score only where you emphasised."),
+                io.Float.Input("strength", default=1.0, min=0.0, max=1.0, step=0.05,
+                               tooltip="How much of your emphasis is merged in (0: none)."),
                 io.Mask.Input("user_mask", optional=True, tooltip="Painted emphasis; resized if of another size."),
                 io.String.Input("points", default="", multiline=True, optional=True,
-                                tooltip="JSON list of clicks: x, y (pixels), radius (pixels, default 32), weight."),
+                                tooltip="JSON list of clicks: x, y (pixels), radius (pixels, default 32), weight. "
+                                        "Written by clicking on the picture below (or typed)."),
             ],
             outputs=[io.Mask.Output(display_name="importance")],
         )
@@ -120,9 +128,11 @@ class ImportanceBudget(io.ComfyNode):
                          "whose mean is the budget, e.g. 0.3 = 30 % of the full-image work. More important regions "
                          "never get less work. The refiner reads this level map as its step map."),
             inputs=[
-                io.Mask.Input("importance"),
-                io.Int.Input("levels", default=4, min=2, max=64),
-                io.Float.Input("budget", default=0.3, min=0.0, max=1.0, step=0.05),
+                io.Mask.Input("importance", tooltip="The importance map (0..1) to turn into work levels."),
+                io.Int.Input("levels", default=4, min=2, max=64,
+                             tooltip="Number of work levels (e.g. 4: a region gets 0, 1/3, 2/3 or all of the work)."),
+                io.Float.Input("budget", default=0.3, min=0.0, max=1.0, step=0.05,
+                               tooltip="Mean work over the image: 0.3 = 30 % of refining every pixel fully."),
             ],
             outputs=[io.Mask.Output(display_name="levels")],
         )
@@ -145,7 +155,8 @@ class LearnedImportance(io.ComfyNode):
                          "models/diffugan_importance), trained to predict where the refiner changes a draft most. "
                          "0..1 per image at the image size; a stock MASK like the analytic node's."),
             inputs=[
-                io.Image.Input("image"),
+                io.Image.Input("image",
+                               tooltip="The image to score (any size; the scorer runs at its own resolution)."),
                 io.Combo.Input("scorer_name", options=folder_paths.get_filename_list(FOLDER),
                                tooltip="A scorer file in ComfyUI/models/diffugan_importance (the zoo ships one)."),
             ],

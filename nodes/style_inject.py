@@ -22,11 +22,14 @@ DESCRIPTION = ("Steers a draft's W+ toward a style: W+ out = W+ in + strength x 
                "optimisation, needs 'clip'); mapper computes it in one pass with a mapper trained by "
                "scripts/train_style_mapper.py for this generator and CLIP.")
 INPUTS = [
-    StyleGANType.Input("stylegan"),
-    WType.Input("w"),
-    StyleType.Input("style"),
-    io.Combo.Input("mode", options=MODES, default="clip_guided"),
-    io.Float.Input("strength", default=1.0, min=-2.0, max=4.0, step=0.05),
+    StyleGANType.Input("stylegan", tooltip="The StyleGAN that made w (from DiffuGAN StyleGAN Loader)."),
+    WType.Input("w", tooltip="The drafts' W+ latents (the second output of StyleGAN Generate or Mix)."),
+    StyleType.Input("style", tooltip="Where to steer the drafts (from DiffuGAN Style Encode)."),
+    io.Combo.Input("mode", options=MODES, default="clip_guided",
+                   tooltip="clip_guided: optimise W+ toward the style through the CLIP (slower, needs clip); mapper: "
+                           "one step of a trained style mapper (fast, needs mapper)."),
+    io.Float.Input("strength", default=1.0, min=-2.0, max=4.0, step=0.05,
+                   tooltip="How far to move toward the style; negative moves away from it."),
     ClipType.Input("clip", optional=True, tooltip="Needed by clip_guided: the CLIP that encoded the style."),
     io.Combo.Input("mapper", options=[NO_MAPPER] + folder_paths.get_filename_list(MAPPER_FOLDER), default=NO_MAPPER,
                    optional=True, tooltip="Needed by mapper: a file in models/diffugan_mappers."),
@@ -37,7 +40,9 @@ ADVANCED_INPUTS = [
                    tooltip="clip_guided: Adam step size in W units."),
     io.Float.Input("tether", default=1.0, min=0.0, max=100.0, step=0.1,
                    tooltip="clip_guided: L2 pull toward the input W; higher keeps more of the draft."),
-    io.Combo.Input("noise_mode", options=NOISE_MODES, default="const"),
+    io.Combo.Input("noise_mode", options=NOISE_MODES, default="const",
+                   tooltip="const: the generator's fixed noise (reproducible); random: fresh noise from noise_seed; "
+                           "none: no noise."),
     io.Int.Input("noise_seed", default=0, min=0, max=2**32 - 1, tooltip="Used by noise_mode=random."),
 ]
 

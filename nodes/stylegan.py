@@ -137,9 +137,11 @@ class StyleGANGenerate(io.ComfyNode):
             description=("Draws a batch of drafts from consecutive seeds (seed, seed+1, …; the same images NVIDIA's "
                          "gen_images.py gives for those seeds). Also outputs their W+ for mixing and style injection."),
             inputs=[
-                StyleGANType.Input("stylegan"),
-                io.Int.Input("seed", default=0, min=0, max=2**32 - 1, control_after_generate=True),
-                io.Int.Input("batch_size", default=1, min=1, max=64),
+                StyleGANType.Input("stylegan", tooltip="A StyleGAN from DiffuGAN StyleGAN Loader."),
+                io.Int.Input("seed", default=0, min=0, max=2**32 - 1, control_after_generate=True,
+                             tooltip="Seed of the latent z (image i of a batch uses seed + i, as NVIDIA's generate "
+                                     "script)."),
+                io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Number of drafts."),
                 io.Float.Input("truncation_psi", default=0.7, min=-1.0, max=2.0, step=0.05,
                                tooltip="'Temperature': 1 = full variety, 0 = the average image, 0.5–0.8 = typical."),
                 io.Int.Input("truncation_cutoff", default=0, min=0, max=64,
@@ -199,13 +201,17 @@ class StyleGANMix(io.ComfyNode):
             description=("Style mixing: W+ of A with the style layers [layer_start, layer_end) taken from B. Early "
                          "layers carry pose and shape, late layers colour and texture. A batch of 1 is broadcast."),
             inputs=[
-                StyleGANType.Input("stylegan"),
+                StyleGANType.Input("stylegan", tooltip="A StyleGAN from DiffuGAN StyleGAN Loader."),
                 WType.Input("w_a", tooltip="Keeps its styles outside the range."),
                 WType.Input("w_b", tooltip="Gives its styles inside the range."),
-                io.Int.Input("layer_start", default=0, min=0, max=64),
+                io.Int.Input("layer_start", default=0, min=0, max=64,
+                             tooltip="First style layer taken from w_b (early layers: pose and shape; late: colour "
+                                     "and texture)."),
                 io.Int.Input("layer_end", default=4, min=0, max=64,
                              tooltip="Exclusive; the generator's number of style layers is in the error if exceeded."),
-                io.Combo.Input("noise_mode", options=NOISE_MODES, default="const"),
+                io.Combo.Input("noise_mode", options=NOISE_MODES, default="const",
+                               tooltip="const: the generator's fixed noise (reproducible); random: fresh noise from "
+                                       "noise_seed; none: no noise."),
                 io.Int.Input("noise_seed", default=0, min=0, max=2**32 - 1, tooltip="Used by noise_mode=random."),
             ],
             outputs=[io.Image.Output(display_name="image"), WType.Output(display_name="w")],
@@ -237,9 +243,12 @@ class StyleGANFromW(io.ComfyNode):
             description=("Renders images from W+ latents (e.g. edited by style injection) with the generator that "
                          "made them."),
             inputs=[
-                StyleGANType.Input("stylegan"),
-                WType.Input("w"),
-                io.Combo.Input("noise_mode", options=NOISE_MODES, default="const"),
+                StyleGANType.Input("stylegan", tooltip="A StyleGAN from DiffuGAN StyleGAN Loader."),
+                WType.Input("w",
+                            tooltip="W+ latents (from StyleGAN Generate, Mix or Style Inject) for this generator."),
+                io.Combo.Input("noise_mode", options=NOISE_MODES, default="const",
+                               tooltip="const: the generator's fixed noise (reproducible); random: fresh noise from "
+                                       "noise_seed; none: no noise."),
                 io.Int.Input("noise_seed", default=0, min=0, max=2**32 - 1, tooltip="Used by noise_mode=random."),
             ],
             outputs=[io.Image.Output(display_name="image")],

@@ -167,9 +167,11 @@ class ControlNetLoader(io.ComfyNode):
 
 APPLY_INPUTS = [
     io.Model.Input("model", tooltip="A DiT MODEL from DiffuGAN DiT Loader."),
-    ControlNetType.Input("controlnet"),
+    ControlNetType.Input("controlnet",
+                         tooltip="A ViT ControlNet from DiffuGAN ControlNet Loader, trained for this DiT."),
     io.Image.Input("image", tooltip="Control image (edge map); any size, resized to the latent grid."),
-    io.Float.Input("strength", default=1.0, min=0.0, max=4.0, step=0.05),
+    io.Float.Input("strength", default=1.0, min=0.0, max=4.0, step=0.05,
+                   tooltip="Scale of the ControlNet's residuals; 0 is exactly no ControlNet."),
     io.Float.Input("budget", default=1.0, min=0.01, max=1.0, step=0.01,
                    tooltip="Share of the DiT's tokens the control branch processes, spent where importance (or, "
                            "without it, edge density) is highest (cost falls with it). 0.25 is about 3x cheaper "
@@ -266,9 +268,12 @@ class Edges(io.ComfyNode):
             description=("Canny edge map (kornia) of an image as a white-on-black IMAGE for the ViT ControlNet; "
                          "lower thresholds keep more, weaker edges."),
             inputs=[
-                io.Image.Input("image"),
-                io.Float.Input("low_threshold", default=0.1, min=0.0, max=1.0, step=0.01),
-                io.Float.Input("high_threshold", default=0.2, min=0.0, max=1.0, step=0.01),
+                io.Image.Input("image", tooltip="The picture whose edges are found."),
+                io.Float.Input("low_threshold", default=0.1, min=0.0, max=1.0, step=0.01,
+                               tooltip="Canny hysteresis: weaker gradients are never edges."),
+                io.Float.Input("high_threshold", default=0.2, min=0.0, max=1.0, step=0.01,
+                               tooltip="Canny hysteresis: stronger gradients are always edges; between the two, "
+                                       "edges connected to strong ones."),
             ],
             outputs=[io.Image.Output(display_name="edges")],
         )
