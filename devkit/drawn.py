@@ -72,7 +72,8 @@ def write_painted(x: torch.Tensor, painted: torch.Tensor, path: Path) -> None:
 
 
 def write_painted_draft(path: Path, size: int = 128, coarse: int = 24) -> None:
-    """The coarse smiley with its eyes painted as emphasis (a user's brush stroke over them)."""
+    """The coarse smiley with its forehead painted as emphasis (a user's brush stroke over a plain region that the
+    image statistics alone would leave to the fewest steps)."""
     x = coarsen(smiley(size) * 0.5 + 0.5, coarse)
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
-    write_painted(x, ((yy + 0.25).abs() < 0.2) & (xx.abs() < 0.5), path)
+    write_painted(x, ((yy + 0.58).abs() < 0.12) & (xx.abs() < 0.4), path)

@@ -24,7 +24,7 @@ import comfy.utils
 import folder_paths
 import latent_preview
 import torch
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..models import dit as dit_model
 from ..models import region
@@ -234,11 +234,12 @@ def _region_wrapper(run: region.RegionRefinement):
 
 
 def region_adaptive_euler(model, x, sigmas, extra_args=None, callback=None, disable=None, importance=None,
-                          min_steps=0, border=1, dense_every=0):
+                          min_steps=0, border=1, dense_every=0, report=None):
     """k-diffusion-style sampler: Euler, with each token evaluated only at its own steps (see
     models/region.evaluation_schedule); between them its clean-latent prediction and its keys/values are forecast
     from its last two evaluations (models/region.RegionRefinement). The refinement run is created here and dropped
-    when sampling ends (also on error or interrupt): nothing is kept between prompts."""
+    when sampling ends (also on error or interrupt): nothing is kept between prompts. A `report` dict (the Refine
+    nodes pass one) receives the per-token step counts, the token grid and the run's summary."""
     extra_args = dict(extra_args or {})
     base = getattr(getattr(model, "inner_model", None), "inner_model", None)
     if not isinstance(base, DiTModel):
@@ -267,6 +268,9 @@ def region_adaptive_euler(model, x, sigmas, extra_args=None, callback=None, disa
         keep = run.untouched_pixels(dit.grid(samples)).to(samples.device)
         samples = torch.where(keep, draft.to(samples), samples)  # 0-step regions: exactly the draft
     logging.info("DiffuGAN region-adaptive sampling: %s", run.summary())
+    if report is not None:
+        report.update(counts=counts.cpu(), grid=tuple(s // dit.config.patch_size for s in x.shape[-2:]), steps=steps,
+                      summary=run.summary())
     return samples
 
 
@@ -278,10 +282,11 @@ def _level_map(mask: torch.Tensor) -> torch.Tensor:
     return mask[:, None].float().clamp(0, 1)  # (B, 1, H, W)
 
 
-def region_sampler(importance: torch.Tensor, min_steps: int, border: int, dense_every: int):
-    """The SAMPLER object both region nodes use."""
+def region_sampler(importance: torch.Tensor, min_steps: int, border: int, dense_every: int, report=None):
+    """The SAMPLER object the region nodes use."""
     return comfy.samplers.KSAMPLER(region_adaptive_euler, extra_options={
-        "importance": _level_map(importance), "min_steps": min_steps, "border": border, "dense_every": dense_every})
+        "importance": _level_map(importance), "min_steps": min_steps, "border": border, "dense_every": dense_every,
+        "report": report})
 
 
 IMPORTANCE_INPUTS = [
@@ -321,14 +326,17 @@ class RegionSampler(io.ComfyNode):
 
 
 def refine(model, positive, negative, latent, seed, max_steps, strength, cfg, importance, min_steps,
-           scheduler="normal", border=1, dense_every=0) -> dict:
-    """Region-adaptive img2img of a LATENT with a DiT MODEL; what both Refine nodes run."""
+           scheduler="normal", border=1, dense_every=0) -> tuple[dict, torch.Tensor | None]:
+    """Region-adaptive img2img of a LATENT with a DiT MODEL; what both Refine nodes run. Returns the latent and
+    the step map the run used (an IMAGE: each token's step count as a heat colour, at the image's size), or None
+    when nothing ran."""
     if strength <= 0:
-        return latent
+        return latent, None
     total = int(max_steps / strength) if strength < 1 else max_steps
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, total).cpu()
     sigmas = sigmas[-(max_steps + 1):]
-    sampler = region_sampler(importance, min(min_steps, max_steps), border, dense_every)
+    report = {}
+    sampler = region_sampler(importance, min(min_steps, max_steps), border, dense_every, report)
     latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
     noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
     callback = latent_preview.prepare_callback(model, max_steps)
@@ -337,7 +345,20 @@ def refine(model, positive, negative, latent, seed, max_steps, strength, cfg, im
                                          disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
     out = dict(latent)
     out["samples"] = samples
-    return out
+    return out, step_map_image(report, latent_image.shape[-2:])
+
+
+def step_map_image(report: dict, latent_hw) -> torch.Tensor | None:
+    """The per-token step counts of a run as a heat-coloured IMAGE (blue: few steps, red: all), one per image,
+    each token a block of the image's pixels (8 per latent pixel)."""
+    if "counts" not in report:
+        return None
+    from ._ui import colorize
+
+    counts = report["counts"].float() / max(report["steps"], 1)  # (B, T)
+    grid = counts.view(counts.shape[0], 1, *report["grid"])
+    size = (latent_hw[0] * 8, latent_hw[1] * 8)
+    return colorize(torch.nn.functional.interpolate(grid, size=size, mode="nearest")).movedim(1, -1).contiguous()
 
 
 REFINE_INPUTS = [
@@ -360,7 +381,8 @@ REFINE_INPUTS = [
 ]
 REFINE_DESCRIPTION = ("Refines a draft latent (VAEEncode of the StyleGAN draft) with a DiT: important regions get up "
                       "to max_steps, the rest as few as min_steps (0 = untouched), and compute falls with the number "
-                      "of active tokens. strength = how much noise is added (img2img denoise).")
+                      "of active tokens. strength = how much noise is added (img2img denoise). After a run the node "
+                      "shows the step map it used: each token's steps, blue (few) to red (all).")
 
 
 class DiTRefine(io.ComfyNode):
@@ -379,8 +401,9 @@ class DiTRefine(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, latent, seed, max_steps, strength, cfg, importance,
                 min_steps) -> io.NodeOutput:
-        return io.NodeOutput(refine(model, positive, negative, latent, seed, max_steps, strength, cfg, importance,
-                                    min_steps))
+        out, step_map = refine(model, positive, negative, latent, seed, max_steps, strength, cfg, importance,
+                               min_steps)
+        return _with_step_map(cls, out, step_map)
 
 
 class DiTRefineAdvanced(io.ComfyNode):
@@ -401,8 +424,16 @@ class DiTRefineAdvanced(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, latent, seed, max_steps, strength, cfg, scheduler, importance,
                 min_steps, border, dense_every) -> io.NodeOutput:
-        return io.NodeOutput(refine(model, positive, negative, latent, seed, max_steps, strength, cfg, importance,
-                                    min_steps, scheduler, border, dense_every))
+        out, step_map = refine(model, positive, negative, latent, seed, max_steps, strength, cfg, importance,
+                               min_steps, scheduler, border, dense_every)
+        return _with_step_map(cls, out, step_map)
+
+
+def _with_step_map(cls, latent: dict, step_map: torch.Tensor | None) -> io.NodeOutput:
+    """The refined latent, with the run's step map shown on the node (a preview, not an output)."""
+    if step_map is None:
+        return io.NodeOutput(latent)
+    return io.NodeOutput(latent, ui=ui.PreviewImage(step_map, cls=cls))
 
 
 NODES = [DiTLoader, DiTConditioning, RegionSampler, DiTRefine, DiTRefineAdvanced]

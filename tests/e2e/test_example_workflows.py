@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from devkit.harness import ROOT, ComfyServer
+from devkit.harness import ROOT, ComfyServer, save_artifact
 
 EXAMPLES = ROOT / "example_workflows"
 API = sorted((EXAMPLES / "api").glob("*.json"))
@@ -101,22 +101,28 @@ def test_example_runs_on_a_fresh_install(fresh, path):
 
 
 def test_user_emphasis_raises_the_work_where_painted_and_clicked(fresh):
-    """user_emphasis: the eyes band painted in the mask editor (the example input's alpha) and a click on the mouth
-    get more refinement work (the Budget's level map, read back through the stock MaskToImage) than without them."""
+    """user_emphasis: the forehead painted in the mask editor (the example input's alpha) and a click on the cheek,
+    plain regions the image statistics alone leave to few steps, get more refinement work (the Budget's level map,
+    read back through the stock MaskToImage, and the step map the Refine node shows) than without them."""
     import numpy as np
 
     api = json.loads((EXAMPLES / "api" / "user_emphasis.json").read_text())
     api["90"] = {"class_type": "MaskToImage", "inputs": {"mask": ["7", 0]}}
     api["91"] = {"class_type": "SaveImage", "inputs": {"images": ["90", 0], "filename_prefix": "DiffuGAN/t_levels"}}
+    api["10"]["inputs"]["seed"] = 1234  # not the example's own run (cached by the server: its Refine would not show)
     plain = json.loads(json.dumps(api))
     del plain["6"]["inputs"]["user_mask"]
     plain["6"]["inputs"]["points"] = ""
-    levels = {}
+    levels, steps = {}, {}
     for name, prompt in (("emphasis", api), ("plain", plain)):
         run = fresh.run_prompt(prompt)
         assert run.ok, run.error()
         [path] = run.output_images("91")
         levels[name] = np.asarray(Image.open(path).convert("L"), dtype=np.float32) / 255
+        [step_map] = run.output_images("10")  # the Refine node shows the step map it used (a temp preview)
+        save_artifact(step_map, f"e2e_user_emphasis_step_map_{name}.png")
+        save_artifact(path, f"e2e_user_emphasis_levels_{name}.png")
+        steps[name] = np.asarray(Image.open(step_map).convert("RGB"), dtype=np.float32) / 255
     alpha = np.asarray(Image.open(EXAMPLE_INPUTS / "diffugan_emoji_painted.png"))[..., 3]
     painted = alpha == 0
     point = json.loads(api["6"]["inputs"]["points"])[0]
@@ -125,5 +131,10 @@ def test_user_emphasis_raises_the_work_where_painted_and_clicked(fresh):
     for region, where in (("painted", painted), ("clicked", clicked)):
         gain = levels["emphasis"][where].mean() - levels["plain"][where].mean()
         assert gain > 0.1, (region, gain)  # levels come in steps of 1/3
+        full = {k: ((v[..., 0] > 0.8) & (v[..., 1] < 0.3))[where].mean() for k, v in steps.items()}  # red: all steps
+        assert full["emphasis"] >= full["plain"], (region, full)  # never fewer steps where the user asked for more
+    # The zoo DiT's 8 x 8 tokens of 16 px, grown by a one-token border, already give most of the face every step,
+    # so here the step map changes only at a few tokens (the level map above is where the emphasis shows).
+    assert np.abs(steps["emphasis"] - steps["plain"]).max() > 0.1
     rest = ~(painted | clicked)
     assert levels["emphasis"][rest].mean() <= levels["plain"][rest].mean() + 1e-6  # the budget holds: less elsewhere

@@ -1,7 +1,11 @@
 """Region-adaptive sampling inside the real ComfyUI: identity with the stock Euler sampler, untouched regions,
 CFG and batches, interrupts."""
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from diffugan.models import dit
 from devkit.random_weights import perturb
@@ -104,8 +108,18 @@ def test_refine_node_runs_img2img_with_strength(run_node, model, conds):
     mask[:, :32] = 1
     common = dict(model=model, positive=conds[0], negative=conds[1], latent=draft, seed=1, max_steps=4, strength=0.5,
                   cfg=2.0, importance=mask, min_steps=0)
-    out = run_node("DiffuGANDiTRefineAdvanced", **common, scheduler="normal", border=0,
-                   dense_every=0).args[0]["samples"]
+    result = run_node("DiffuGANDiTRefineAdvanced", **common, scheduler="normal", border=0, dense_every=0)
+    out = result.args[0]["samples"]
+    # the node shows the step map it used: the top half's tokens red (all 4 steps), the rest dark blue (0 steps)
+    import folder_paths
+
+    [shown] = result.ui.as_dict()["images"]
+    assert shown["type"] == "temp"
+    step_map = Image.open(Path(folder_paths.get_temp_directory()) / shown["subfolder"] / shown["filename"])
+    px = np.asarray(step_map.convert("RGB"), dtype=np.float32) / 255
+    assert px.shape == (64, 96, 3)  # the image's size: 8 x the latent's 8 x 12
+    assert px[:32, :, 0].min() > 0.8 and px[:32, :, 2].max() < 0.2  # red: every step
+    assert px[32:, :, 0].max() < 0.1 and px[32:, :, 2].min() > 0.25  # dark blue: untouched
     assert out.shape == draft["samples"].shape
     torch.testing.assert_close(out[..., 4:, :], draft["samples"][..., 4:, :], rtol=1e-6, atol=1e-6)
     assert (out[..., :4, :] - draft["samples"][..., :4, :]).abs().mean() > 0.01
