@@ -12,17 +12,15 @@ DOCS = ROOT / "js" / "docs"
 EXAMPLES = ROOT / "example_workflows" / "api"
 
 
-def _is_file_list(options: list) -> bool:
-    return any(isinstance(o, str) and "." in o[-12:] and " " not in o for o in options)
-
+FILE_INPUTS = {"ckpt_name", "scorer_name", "controlnet_name", "mapper", "vae_name", "image"}  # lists of files
 
 def _input_line(name: str, spec: list, optional: bool) -> str:
     kind, extra = (spec[0], spec[1] if len(spec) > 1 else {}) if spec else ("?", {})
     options = kind if isinstance(kind, list) else extra.get("options") if kind == "COMBO" else None
     if options is not None:
         kind = "COMBO"
-        if _is_file_list(options):
-            what = "a file from its model folder"
+        if name in FILE_INPUTS:
+            what = "a file from its folder (the server lists what it finds)"
         else:
             what = "one of " + ", ".join(f"`{o}`" for o in options[:12]) + (" …" if len(options) > 12 else "")
     else:
@@ -30,7 +28,12 @@ def _input_line(name: str, spec: list, optional: bool) -> str:
                 f"{extra['min']}…{extra['max']}" if "min" in extra and "max" in extra else ""]
         what = ", ".join(b for b in bits if b)
     tip = extra.get("tooltip", "")
-    return (f"| `{name}`{' (optional)' if optional else ''} | {kind} | {what} | {tip} |").replace("\n", " ")
+    row = f"| `{name}`{' (optional)' if optional else ''} | {kind} | {_cell(what)} | {_cell(tip)} |"
+    return row.replace("\n", " ")
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")  # a bar inside a table cell
 
 
 def render(node_id: str, info: dict) -> str:
@@ -49,7 +52,8 @@ def render(node_id: str, info: dict) -> str:
                   if any(n["class_type"] == node_id for n in json.loads(p.read_text()).values()))
     if used:
         lines += ["", "## In the example workflows", "",
-                  "Workflow → Browse Templates → DiffuGAN: " + ", ".join(f"`{u}`" for u in used) + "."]
+                  "Workflow → Browse Templates, under this pack's folder name: " + ", ".join(f"`{u}`" for u in used)
+                  + "."]
     return "\n".join(lines) + "\n"
 
 

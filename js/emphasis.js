@@ -17,14 +17,17 @@ const PREVIEW = "DiffuGANImportancePreview";
 const BRUSH_RADIUS_SHARE = 0.06; // brush radius as a share of the picture's width
 const MIN_RADIUS = 4;
 
+// The points in the node's input; null when the typed text is not a JSON list of points (then the editor leaves it
+// alone rather than overwrite what the user typed; the node's own error says what is wrong when it runs).
 function readPoints(node) {
   const w = node.widgets?.find((w) => w.name === "points");
   if (!w || !w.value || !String(w.value).trim()) return [];
   try {
     const raw = JSON.parse(w.value);
-    return Array.isArray(raw) ? raw : [raw];
+    const list = Array.isArray(raw) ? raw : [raw];
+    return list.every((p) => p && Number.isFinite(p.x) && Number.isFinite(p.y)) ? list : null;
   } catch {
-    return []; // typed JSON that does not parse: the node's own error says why when it runs
+    return null;
   }
 }
 
@@ -38,6 +41,10 @@ function writePoints(node, points) {
     : "";
   w.callback?.(w.value);
   node.graph?.setDirtyCanvas(true, true);
+}
+
+function pointsText(node) {
+  return node.widgets?.find((w) => w.name === "points")?.value ?? "";
 }
 
 // The Merge nodes whose output reaches `node` (walking its inputs upstream).
@@ -71,7 +78,15 @@ function createEditor(node) {
   bar.append(hint, undo, clear);
   root.append(canvas, bar);
 
-  const state = { image: null, drag: null };
+  const state = { image: null, drag: null, maskSize: null, undo: [] };
+  // Points are stored in the pixels of the importance mask the node merges into (its size comes with each run);
+  // the picture may be of another size.
+  const scale = () => {
+    const img = state.image, m = state.maskSize;
+    return img && m ? { x: m[1] / img.naturalWidth, y: m[0] / img.naturalHeight } : { x: 1, y: 1 };
+  };
+  const toView = (p) => { const k = scale(); return { ...p, x: p.x / k.x, y: p.y / k.y, radius: (p.radius ?? 32) / k.x }; };
+  const toStored = (p) => { const k = scale(); return { ...p, x: p.x * k.x, y: p.y * k.y, radius: p.radius * k.x }; };
   node.diffuganEmphasis = state;
 
   // picture rectangle inside the canvas (contain) and the conversions to image pixels
@@ -101,8 +116,8 @@ function createEditor(node) {
     if (!r) return;
     ctx.drawImage(state.image, r.x, r.y, r.w, r.h);
     const pending = state.drag ? state.drag.points : [];
-    for (const p of [...readPoints(node), ...pending]) {
-      const radius = Math.max(1, (p.radius ?? 32) * r.s);
+    for (const p of [...(readPoints(node) ?? []).map(toView), ...pending]) {
+      const radius = Math.max(1, p.radius * r.s);
       const weight = Math.max(0, Math.min(1, p.weight ?? 1));
       ctx.beginPath();
       ctx.arc(r.x + p.x * r.s, r.y + p.y * r.s, radius, 0, 2 * Math.PI);
@@ -120,13 +135,18 @@ function createEditor(node) {
     if (!at || e.button !== 0) return;
     e.preventDefault();
     e.stopPropagation();
+    if (readPoints(node) === null) {
+      hint.textContent = "points is not a JSON list of {x, y, radius, weight}: fix or clear it first";
+      return;
+    }
     canvas.setPointerCapture(e.pointerId);
     const weight = e.shiftKey ? 0.5 : 1;
     if (e.ctrlKey || e.metaKey) {
       const radius = Math.max(MIN_RADIUS, state.image.naturalWidth * BRUSH_RADIUS_SHARE);
       state.drag = { brush: true, radius, weight, last: at, points: [{ ...at, radius, weight }] };
     } else {
-      state.drag = { brush: false, start: at, weight, points: [{ ...at, radius: 16, weight }] };
+      state.drag = { brush: false, start: at, startClient: [e.clientX, e.clientY], weight,
+                     points: [{ ...at, radius: 16, weight }] };
     }
     draw();
   });
@@ -145,7 +165,8 @@ function createEditor(node) {
                         radius: d.radius, weight: d.weight });
       }
       if (n) d.last = d.points[d.points.length - 1];
-    } else {
+    } else if (d.dragging || Math.hypot(e.clientX - d.startClient[0], e.clientY - d.startClient[1]) > 4) {
+      d.dragging = true;  // a shaky click stays a click; past 4 screen pixels it sets the radius
       d.points[0].radius = Math.max(MIN_RADIUS, Math.hypot(at.x - d.start.x, at.y - d.start.y));
     }
     draw();
@@ -156,24 +177,33 @@ function createEditor(node) {
     e.stopPropagation();
     state.drag = null;
     const points = readPoints(node);
-    points.push(...d.points.map((p) => (d.brush ? { ...p, stroke: true } : p)));
+    if (points === null) return;
+    state.undo.push(pointsText(node));
+    points.push(...d.points.map((p) => toStored(d.brush ? { ...p, stroke: true } : p)));
     writePoints(node, points);
-    state.history = [...(state.history ?? []), d.points.length];
+    state.written = pointsText(node);
     draw();
   };
   canvas.addEventListener("pointerup", finish);
   canvas.addEventListener("pointercancel", finish);
+  const setText = (text) => {
+    const w = node.widgets?.find((w) => w.name === "points");
+    if (!w) return;
+    w.value = text;
+    w.callback?.(text);
+    state.written = text;
+    node.graph?.setDirtyCanvas(true, true);
+  };
   undo.addEventListener("click", (e) => {
     e.stopPropagation();
-    const points = readPoints(node);
-    const n = state.history?.pop() ?? 1;
-    writePoints(node, points.slice(0, Math.max(0, points.length - n)));
+    if (state.written !== pointsText(node)) state.undo = [];  // edited by hand since: nothing of ours to undo
+    if (state.undo.length) setText(state.undo.pop());
     draw();
   });
   clear.addEventListener("click", (e) => {
     e.stopPropagation();
-    state.history = [];
-    writePoints(node, []);
+    state.undo.push(pointsText(node));
+    setText("");
     draw();
   });
   new ResizeObserver(draw).observe(canvas);
@@ -212,7 +242,14 @@ app.registerExtension({
   async setup() {
     // After a preview runs, show its picture in the Merge node(s) upstream of it.
     api.addEventListener("executed", ({ detail }) => {
-      const preview = app.graph?.getNodeById(Number(detail?.node) || detail?.node);
+      const id = detail?.display_node ?? detail?.node;
+      const node = app.graph?.getNodeById(Number(id) || id);
+      if (node?.type === MERGE && detail.output?.mask_size) {
+        node.diffuganEmphasis && (node.diffuganEmphasis.maskSize = detail.output.mask_size[0]);
+        node.diffuganEmphasis?.draw();
+        return;
+      }
+      const preview = node;
       const image = detail?.output?.images?.[0];
       if (!preview || preview.type !== PREVIEW || !image) return;
       const params = new URLSearchParams({ filename: image.filename, subfolder: image.subfolder ?? "",

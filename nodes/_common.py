@@ -123,7 +123,12 @@ def _how_to_get(folder: str, file_name: str) -> str:
         return ""
     if entry is None:
         return ""
-    return f". Download it ({entry.what}) with: python {script} {entry.name}   (or from {entry.url})"
+    import shlex
+
+    import folder_paths
+
+    return (f". Download it ({entry.what}) with: python {shlex.quote(str(script))} {entry.name} --models-dir "
+            f"{shlex.quote(folder_paths.models_dir)}   (or from {entry.url})")
 
 
 def load_model_file(folder: str, file_name: str, node: str, what: str, load, expected: str = ""):
@@ -173,7 +178,9 @@ def install_example_inputs() -> list[str]:
         dest.mkdir(parents=True, exist_ok=True)
         for src in sorted(EXAMPLE_INPUTS.glob("*.png")):
             if not (dest / src.name).exists():
-                shutil.copyfile(src, dest / src.name)
+                tmp = dest / f".{src.name}.diffugan-tmp"
+                shutil.copyfile(src, tmp)
+                tmp.replace(dest / src.name)  # never a half-copied picture under the real name
                 copied.append(src.name)
     except OSError as e:  # a read-only input folder: the workflows then name files the user must add
         logging.warning("DiffuGAN: could not copy the example inputs into %s (%s); the shipped workflows that load "

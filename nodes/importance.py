@@ -114,7 +114,8 @@ class MergeEmphasis(io.ComfyNode):
                 painted = imp.match_mask(mask_to_n1hw(user_mask).float(), score.shape[0], h, w, name="user_mask")
                 user = torch.maximum(user, painted)
             out = imp.merge_emphasis(score, user, mode, strength)
-        return io.NodeOutput(out[:, 0])
+        # the mask's size, for the frontend's emphasis editor (points are in these pixels)
+        return io.NodeOutput(out[:, 0], ui={"mask_size": [[h, w]]})
 
 
 class ImportanceBudget(io.ComfyNode):

@@ -7,7 +7,10 @@ example_workflows/api/<name>.json (API format) is what the tests queue and what 
   example_workflows/<name>.jpg    the template browser's thumbnail, from the workflow's real output: it is queued
                                   on a freshly installed server (nothing but the pack: the zoo models and example
                                   inputs it ships) and the last saved image is shown with the first (the draft or
-                                  input) inset in its corner.
+                                  input) inset in its corner. A workflow that needs a model of the user's own
+                                  (devkit.sd1_files.USER_MODELS: a Stable Diffusion 1.5 checkpoint) runs with a
+                                  small random-weight stand-in in that format, and its thumbnail leaves out the
+                                  stand-in's output (it shows the draft and the importance map it is given).
 
     .venv/bin/python scripts/ui_workflows.py                     # needs scripts/setup_env.sh to have run
     .venv/bin/python scripts/ui_workflows.py text_to_image_hybrid  # only the named workflows
@@ -23,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from devkit.harness import ComfyServer, open_frontend  # noqa: E402
+from devkit.sd1_files import USER_MODELS, write_tiny_sd1_checkpoint  # noqa: E402
 
 EXAMPLES = ROOT / "example_workflows"
 THUMB_PX, INSET_PX = 320, 120
@@ -75,10 +79,14 @@ def main() -> None:
                 assert len(wf["nodes"]) == len(api), (api_path.name, len(wf["nodes"]), len(api))
                 dest = EXAMPLES / api_path.name
                 dest.write_text(json.dumps(wf, indent=2) + "\n")
+                stand_in = USER_MODELS.get(api_path.stem)
+                if stand_in:
+                    write_tiny_sd1_checkpoint(server.base / "models" / stand_in[0] / stand_in[1])
                 run = server.run_prompt(api)
                 if not run.ok:
                     raise SystemExit(f"{api_path.name} failed on a fresh install: {run.error()}")
-                thumbnail(saved_images(run), dest.with_suffix(".jpg"))
+                saved = saved_images(run)
+                thumbnail(saved[:-1] if stand_in else saved, dest.with_suffix(".jpg"))
                 print(f"wrote {dest.relative_to(ROOT)} ({len(wf['nodes'])} nodes, {len(wf['links'])} links) "
                       f"and its thumbnail")
         finally:

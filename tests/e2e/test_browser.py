@@ -96,7 +96,7 @@ def test_click_drag_and_brush_set_the_merge_nodes_points_and_change_the_output(b
     workflow = json.loads((ROOT / "example_workflows" / "user_emphasis.json").read_text())
     canvas, rect = _merge_node_into_view(browser, workflow)
     before = _points(browser)
-    assert len(before) == 1  # the workflow's own click on the mouth
+    assert len(before) == 1  # the workflow's own click on the right cheek
 
     # click on the left cheek and drag 14 px to the right: a point there with radius ~14
     x0, y0 = _offset(rect, 34, 64)

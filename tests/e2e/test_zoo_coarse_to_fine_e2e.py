@@ -1,6 +1,7 @@
-"""The shipped coarse-to-fine workflow on the real server with the zoo's trained models: CLIP Style Loader -> Style
-Encode (the prompt) -> the text-conditioned zoo StyleGAN2 draws the drafts -> stock ImageScale / VAEEncode ->
-learned importance -> budget levels -> region-adaptive DiT Refine with the same prompt -> stock VAE Decode.
+"""The shipped full-hybrid workflow (text_to_image_hybrid) on the real server with the zoo's trained models: CLIP
+Style Loader -> Style Encode (the prompt) -> the text-conditioned zoo StyleGAN2 draws the drafts -> stock ImageScale
+/ VAEEncode -> learned importance + a clicked point (Merge Emphasis) -> budget levels -> the zoo ViT ControlNet on
+the draft's edges -> region-adaptive DiT Refine with the same prompt -> stock VAE Decode.
 
 What this checks: the graph runs on the zoo files where the pack ships them; the prompt steers the StyleGAN (the
 same seed gives other drafts for another prompt, and the zoo CLIP, which no StyleGAN loss used, matches each
