@@ -117,15 +117,25 @@ function createEditor(node) {
     ctx.drawImage(state.image, r.x, r.y, r.w, r.h);
     const pending = state.drag ? state.drag.points : [];
     for (const p of [...(readPoints(node) ?? []).map(toView), ...pending]) {
+      // what the Merge node adds there: a Gaussian blob (sigma = radius / 2), drawn in the preview's heat colours
       const radius = Math.max(1, p.radius * r.s);
       const weight = Math.max(0, Math.min(1, p.weight ?? 1));
+      const cx = r.x + p.x * r.s, cy = r.y + p.y * r.s;
+      const blob = ctx.createRadialGradient(cx, cy, 0, cx, cy, radius * 1.5);
+      blob.addColorStop(0, `rgba(230, 26, 13, ${0.75 * weight})`);
+      blob.addColorStop(0.45, `rgba(255, 217, 26, ${0.45 * weight})`);
+      blob.addColorStop(1, "rgba(26, 204, 153, 0)");
+      ctx.fillStyle = blob;
       ctx.beginPath();
-      ctx.arc(r.x + p.x * r.s, r.y + p.y * r.s, radius, 0, 2 * Math.PI);
-      ctx.fillStyle = `rgba(255, 70, 20, ${0.15 + 0.3 * weight})`;
+      ctx.arc(cx, cy, radius * 1.5, 0, 2 * Math.PI);
       ctx.fill();
-      ctx.strokeStyle = "rgba(255, 255, 255, 0.8)";
-      ctx.lineWidth = 1;
-      ctx.stroke();
+      if (!p.stroke) {  // a clicked point's radius, outlined
+        ctx.beginPath();
+        ctx.arc(cx, cy, radius, 0, 2 * Math.PI);
+        ctx.strokeStyle = "rgba(255, 255, 255, 0.7)";
+        ctx.lineWidth = 1;
+        ctx.stroke();
+      }
     }
   };
   state.draw = draw;
