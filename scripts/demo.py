@@ -35,7 +35,6 @@ import devkit  # noqa: E402,F401  (registers the pack as the package `diffugan`)
 from devkit.harness import ComfyServer  # noqa: E402
 
 
-
 def missing_files(object_info: dict, prompt: dict) -> list[str]:
     """Model/input files a workflow names that the server does not offer (its combo lists in /object_info): such a
     workflow is skipped with a message instead of failing."""
@@ -114,7 +113,6 @@ def run_workflow(server: ComfyServer, name: str, prompt: dict, out: Path, what: 
 # Workflows run once per prompt: workflow -> (node, input, prompts)
 TEXTS = ["red heart", "grinning face", "flag of japan", "a noto emoji of a cat", "pizza", "rocket"]
 PROMPTS = {"text_to_image_hybrid": ("2", "text", TEXTS), "text_to_image_dit": ("2", "text", TEXTS)}
-
 
 
 def main() -> None:
