@@ -28,7 +28,12 @@ def write_png(x: torch.Tensor, path: Path) -> None:
     from PIL import Image
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((x[0].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()).save(path)
+    Image.fromarray(_rgb8(x)).save(path)
+
+
+def _rgb8(x: torch.Tensor):
+    """(1, 3, H, W) in [0, 1] -> (H, W, 3) uint8 numpy."""
+    return (x[0].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
 
 
 def coarsen(x: torch.Tensor, px: int, size: int | None = None) -> torch.Tensor:
@@ -65,7 +70,7 @@ def write_painted(x: torch.Tensor, painted: torch.Tensor, path: Path) -> None:
     import numpy as np
     from PIL import Image
 
-    rgb = (x[0].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
+    rgb = _rgb8(x)
     alpha = ((~painted).byte() * 255).numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(path)

@@ -197,6 +197,15 @@ class PromptRun:
             out.append(self.server.base / folder / img.get("subfolder", "") / img["filename"])
         return out
 
+    def saved_outputs(self) -> dict[str, list[Path]]:
+        """The images each node saved to the output folder, in graph (node id) order; previews left out."""
+        saved = {}
+        for node_id in sorted(self.history["outputs"], key=int):
+            files = [f for f in self.output_images(node_id) if f.is_relative_to(self.server.base / "output")]
+            if files:
+                saved[node_id] = files
+        return saved
+
 
 def read_images(paths) -> torch.Tensor:
     """Saved images -> (N, 3, H, W) float32 RGB in 0..1."""

@@ -31,20 +31,24 @@ function readPoints(node) {
   }
 }
 
-function writePoints(node, points) {
+function pointsText(node) {
+  return node.widgets?.find((w) => w.name === "points")?.value ?? "";
+}
+
+function setPointsText(node, text) {
   const w = node.widgets?.find((w) => w.name === "points");
   if (!w) return;
-  const round = (v) => Math.round(v * 10) / 10;
-  w.value = points.length
-    ? JSON.stringify(points.map((p) => ({ x: round(p.x), y: round(p.y), radius: round(p.radius ?? 32),
-                                          weight: p.weight ?? 1, ...(p.stroke ? { stroke: true } : {}) })))
-    : "";
-  w.callback?.(w.value);
+  w.value = text;
+  w.callback?.(text);
   node.graph?.setDirtyCanvas(true, true);
 }
 
-function pointsText(node) {
-  return node.widgets?.find((w) => w.name === "points")?.value ?? "";
+function pointsToText(points) {
+  const round = (v) => Math.round(v * 10) / 10;
+  return points.length
+    ? JSON.stringify(points.map((p) => ({ x: round(p.x), y: round(p.y), radius: round(p.radius ?? 32),
+                                          weight: p.weight ?? 1, ...(p.stroke ? { stroke: true } : {}) })))
+    : "";
 }
 
 // The Merge nodes whose output reaches `node` (walking its inputs upstream).
@@ -190,19 +194,14 @@ function createEditor(node) {
     if (points === null) return;
     state.undo.push(pointsText(node));
     points.push(...d.points.map((p) => toStored(d.brush ? { ...p, stroke: true } : p)));
-    writePoints(node, points);
-    state.written = pointsText(node);
+    setText(pointsToText(points));
     draw();
   };
   canvas.addEventListener("pointerup", finish);
   canvas.addEventListener("pointercancel", finish);
-  const setText = (text) => {
-    const w = node.widgets?.find((w) => w.name === "points");
-    if (!w) return;
-    w.value = text;
-    w.callback?.(text);
+  const setText = (text) => {  // every edit of ours goes through here, so Undo knows what it wrote
+    setPointsText(node, text);
     state.written = text;
-    node.graph?.setDirtyCanvas(true, true);
   };
   undo.addEventListener("click", (e) => {
     e.stopPropagation();

@@ -29,6 +29,7 @@ from comfy_api.latest import io, ui
 from ..models import dit as dit_model
 from ..models import region
 from ._common import StyleType, check_style, load_model_file, missing_model_message, register_model_folder
+from ._ui import colorize
 
 FOLDER = "dit"
 register_model_folder(FOLDER, {".pt", ".pth", ".safetensors"})
@@ -353,8 +354,6 @@ def step_map_image(report: dict, latent_hw) -> torch.Tensor | None:
     each token a block of the image's pixels (8 per latent pixel)."""
     if "counts" not in report:
         return None
-    from ._ui import colorize
-
     counts = report["counts"].float() / max(report["steps"], 1)  # (B, T)
     grid = counts.view(counts.shape[0], 1, *report["grid"])
     size = (latent_hw[0] * 8, latent_hw[1] * 8)

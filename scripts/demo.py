@@ -99,10 +99,8 @@ def run_workflow(server: ComfyServer, name: str, prompt: dict, out: Path, what: 
     for node_id, secs in run.node_seconds().items():
         print(f"  {prompt[node_id]['class_type']:<32} {secs * 1000:8.1f} ms")
     saved = {}
-    for node_id in sorted(run.history["outputs"], key=int):  # graph order: draft, map, refined
-        for i, src in enumerate(run.output_images(node_id)):
-            if src.is_relative_to(server.base / "temp"):  # previews, not results
-                continue
+    for node_id, files in run.saved_outputs().items():  # graph order: draft, map, refined
+        for i, src in enumerate(files):
             dst = out / f"{name}_{node_id}_{i}.png"
             shutil.copyfile(src, dst)
             saved.setdefault(prompt[node_id]["inputs"].get("filename_prefix", ""), []).append(dst)

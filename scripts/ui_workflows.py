@@ -53,15 +53,6 @@ def thumbnail(saved: list[Path], dest: Path) -> None:
     main.save(dest, quality=90)
 
 
-def saved_images(run) -> list[Path]:
-    """The first image of each Save node's output, in node order (previews left out)."""
-    out = []
-    for node_id in sorted(run.history["outputs"], key=int):
-        files = [f for f in run.output_images(node_id) if not f.is_relative_to(run.server.base / "temp")]
-        out += files[:1]
-    return out
-
-
 def main() -> None:
     names = set(sys.argv[1:])
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,7 +76,7 @@ def main() -> None:
                 run = server.run_prompt(api)
                 if not run.ok:
                     raise SystemExit(f"{api_path.name} failed on a fresh install: {run.error()}")
-                saved = saved_images(run)
+                saved = [files[0] for files in run.saved_outputs().values()]  # each Save node's first image
                 thumbnail(saved[:-1] if stand_in else saved, dest.with_suffix(".jpg"))
                 print(f"wrote {dest.relative_to(ROOT)} ({len(wf['nodes'])} nodes, {len(wf['links'])} links) "
                       f"and its thumbnail")
