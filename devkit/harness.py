@@ -201,6 +201,8 @@ class PromptRun:
         """The images each node saved to the output folder, in graph (node id) order; previews left out."""
         saved = {}
         for node_id in sorted(self.history["outputs"], key=int):
+            if "images" not in self.history["outputs"][node_id]:  # a node showing something else (e.g. text)
+                continue
             files = [f for f in self.output_images(node_id) if f.is_relative_to(self.server.base / "output")]
             if files:
                 saved[node_id] = files

@@ -135,10 +135,12 @@ def merge_emphasis(score: torch.Tensor, user: torch.Tensor, mode: str = "max", s
 # --------------------------------------------------------------------------------------------------------------
 def budget_levels(importance: torch.Tensor, levels: int, budget: float, iters: int = 40) -> torch.Tensor:
     """Turn importance into a work map with `levels` values {0, 1/(K-1), ..., 1} whose mean is as close to
-    `budget` as quantisation allows, per image.
+    `budget` as quantisation allows, per image, with the most important pixels kept at full work.
 
-    work = quantise(clamp(importance + shift, 0, 1)), with the shift found by bisection. Adding one shift keeps
-    the order (monotone: more important never gets less work) and is deterministic. (N,1,H,W) -> (N,1,H,W).
+    Less work than the map asks for: work = quantise(importance^gamma), gamma >= 1 found by bisection (0 stays 0, 1
+    stays 1: the least important lose work first). More: work = quantise(clamp(importance + shift, 0, 1)), shift >= 0
+    (everything gains). Both keep the order (more important never gets less work) and are deterministic. Budget 0 is
+    no work at all. (N,1,H,W) -> (N,1,H,W).
     """
     if levels < 2:
         raise ValueError(f"'levels' must be at least 2, got {levels}")
@@ -147,20 +149,36 @@ def budget_levels(importance: torch.Tensor, levels: int, budget: float, iters: i
     check_finite("importance", importance)
     m = importance.clamp(0, 1).double()
     k = levels - 1
+    if budget == 0:
+        return torch.zeros_like(importance)
 
-    def quantised(shift: torch.Tensor) -> torch.Tensor:
-        return torch.round((m + shift.view(-1, 1, 1, 1)).clamp(0, 1) * k) / k
+    def quantised(v: torch.Tensor) -> torch.Tensor:
+        return torch.round(v.clamp(0, 1) * k) / k
 
-    lo = torch.full((m.shape[0],), -1.0, dtype=torch.float64)
-    hi = torch.full((m.shape[0],), 1.0, dtype=torch.float64)
-    for _ in range(iters):  # mean(quantised) is non-decreasing in shift
-        mid = (lo + hi) / 2
-        below = quantised(mid).mean(dim=(1, 2, 3)) < budget
-        lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
-    cand_lo, cand_hi = quantised(lo), quantised(hi)
-    err_lo = (cand_lo.mean(dim=(1, 2, 3)) - budget).abs()
-    err_hi = (cand_hi.mean(dim=(1, 2, 3)) - budget).abs()
-    best = torch.where((err_hi <= err_lo).view(-1, 1, 1, 1), cand_hi, cand_lo)
+    def shifted(x: torch.Tensor) -> torch.Tensor:  # x in 0..1: the shift is x, the power is 1 / (1 - x)
+        return quantised(m + x.view(-1, 1, 1, 1))
+
+    def powered(x: torch.Tensor) -> torch.Tensor:  # x in 0..1 -> gamma 1 .. 2^20
+        return quantised(m ** torch.exp2(20 * x).view(-1, 1, 1, 1))
+
+    n = m.shape[0]
+    over = quantised(m).mean(dim=(1, 2, 3)) >= budget  # the map asks for more than the budget: power it down
+    best = torch.empty_like(m)
+    for down, rule in ((True, powered), (False, shifted)):
+        rows = (over == down).nonzero().squeeze(1)
+        if not len(rows):
+            continue
+        sign = -1.0 if down else 1.0  # the mean falls with the power, grows with the shift
+        lo, hi = torch.zeros(n, dtype=torch.float64), torch.ones(n, dtype=torch.float64)
+        for _ in range(iters):
+            mid = (lo + hi) / 2
+            below = sign * (rule(mid).mean(dim=(1, 2, 3)) - budget) < 0
+            lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+        cand_lo, cand_hi = rule(lo), rule(hi)
+        err_lo = (cand_lo.mean(dim=(1, 2, 3)) - budget).abs()
+        err_hi = (cand_hi.mean(dim=(1, 2, 3)) - budget).abs()
+        pick = torch.where((err_hi <= err_lo).view(-1, 1, 1, 1), cand_hi, cand_lo)
+        best[rows] = pick[rows]
     return best.to(importance.dtype)
 
 

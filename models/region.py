@@ -2,10 +2,11 @@
 and the transformer really computes less there.
 
 One refinement run (`RegionRefinement`) is built from
-- per-token step counts: an importance / work-level map -> per-latent-pixel counts (`step_counts_from_map`) ->
-  per-token counts (`token_step_counts`), and which sampler steps evaluate each token (`evaluation_schedule`);
+- per-token step counts from an importance / work-level map (`token_step_counts`), and which sampler steps
+  evaluate each token (`evaluation_schedule`);
 - a transformer pass over a subset of tokens (`forward_tokens`): each sample row's tokens packed into one sequence
-  (`TokenPacking`) for the per-token layers, attention over every token's keys and values from a per-row cache;
+  (`TokenPacking`) for the per-token layers, attention over every token's keys and values from a per-row cache
+  (`KVCache`, token-major);
 - forecasts between a token's evaluations (`TokenForecast`): its clean-latent prediction x0 and, as attention
   context for the others, its keys and values, linear in sigma from its last two evaluations.
 
@@ -22,15 +23,6 @@ import torch.nn.functional as F
 
 from .dit import DiT, Control
 from .flops import transformer_flops
-
-def token_step_counts(step_map: torch.Tensor, patch_size: int, border: int = 1) -> torch.Tensor:
-    """Per-pixel step counts (N, 1, H, W) at latent resolution -> per-token counts (N, T): a token gets the
-    largest count of its p x p pixels, then `border` tokens of dilation so region edges get the higher count."""
-    n = F.max_pool2d(step_map.float(), patch_size)  # (N, 1, gh, gw)
-    if border > 0:
-        n = F.max_pool2d(n, 2 * border + 1, stride=1, padding=border)
-    return n.flatten(1).round().long()
-
 
 def evaluation_schedule(counts: torch.Tensor, total_steps: int) -> torch.Tensor:
     """Which of the `total_steps` steps evaluate each token: a token with n steps is evaluated at steps
@@ -58,18 +50,23 @@ def token_pixels(mask: torch.Tensor, grid: tuple[int, int], patch_size: int) -> 
     return m.repeat_interleave(patch_size, 2).repeat_interleave(patch_size, 3)
 
 
-def step_counts_from_map(level_map: torch.Tensor, latent_hw: tuple[int, int], total_steps: int,
-                         min_steps: int) -> torch.Tensor:
-    """Importance / work-level map (N, 1, H, W) in 0..1 at any size -> per-latent-pixel step counts
-    min_steps + round(level * (total_steps - min_steps)), (N, 1, h, w) long."""
+def token_step_counts(level_map: torch.Tensor, grid: tuple[int, int], total_steps: int, min_steps: int,
+                      border: int = 0) -> torch.Tensor:
+    """Importance / work-level map (N, 1, H, W) in 0..1 at any size -> per-token step counts (N, T):
+    min_steps + round(level * (total_steps - min_steps)) of each token's mean level, so the transformer's work
+    follows the map's mean (a Budget node's budget is the share of the steps above min_steps that is spent).
+    `border` > 0 grows every token's level to the largest within that many tokens (region edges get the higher
+    count, at a cost)."""
     if not 0 <= min_steps <= total_steps:
         raise ValueError(f"min_steps {min_steps} must be between 0 and the number of steps ({total_steps})")
-    m = level_map.float()
-    if m.shape[-2] % latent_hw[0] == 0 and m.shape[-1] % latent_hw[1] == 0:  # e.g. image -> latent (/8)
-        level = F.interpolate(m, size=latent_hw, mode="area")
+    m = level_map.float().clamp(0, 1)
+    if m.shape[-2] % grid[0] == 0 and m.shape[-1] % grid[1] == 0:  # e.g. image -> tokens (/16)
+        level = F.interpolate(m, size=grid, mode="area")
     else:
-        level = F.interpolate(m, size=latent_hw, mode="bilinear", antialias=True, align_corners=False)
-    return (min_steps + torch.round(level.clamp(0, 1) * (total_steps - min_steps))).long()
+        level = F.interpolate(m, size=grid, mode="bilinear", antialias=True, align_corners=False)
+    if border > 0:
+        level = F.max_pool2d(level, 2 * border + 1, stride=1, padding=border)
+    return (min_steps + torch.round(level * (total_steps - min_steps))).long().flatten(1)
 
 
 def step_index(sigmas: torch.Tensor, sigma: float) -> int:
@@ -96,25 +93,32 @@ class TokenPacking:
         slot = torch.arange(int(counts.max()) if mask.numel() else 0, device=mask.device)
         self.padded = start[:, None] + torch.where(slot < counts[:, None], slot, torch.zeros_like(slot))
         self.unpad = self.row * len(slot) + torch.arange(len(self.token), device=mask.device) - start[self.row]
-        self.tokens = mask.shape[1]
-
-    def cache_rows(self, heads: int) -> torch.Tensor:
-        """(P x heads,) each entry's rows in a contiguous (R, H, T, dh) cache seen as (R x H x T, dh)."""
-        h = torch.arange(heads, device=self.row.device)
-        return ((self.row[:, None] * heads + h) * self.tokens + self.token[:, None]).flatten()
 
     def take(self, per_token: torch.Tensor) -> torch.Tensor:
         """(R, T, D) -> the packed entries (P, 1, D)."""
         return per_token.flatten(0, 1).index_select(0, self.flat)[:, None]
 
 
+class KVCache:
+    """Every block's keys and values of R sample rows, token-major: `kv` (R, T, 2 x depth, H, dh), ordered k0, v0, k1,
+    v1, ..., so one token's whole context is one contiguous slice (cheap to copy per token). A dense pass of
+    forward_tokens fills it; a subset pass overwrites its tokens' slices in place and attends over all of it."""
+
+    def __init__(self, kv: torch.Tensor | None = None):
+        self.kv = kv
+
+    def layer(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A block's keys and values as attention takes them, (R, H, T, dh) views."""
+        return self.kv[:, :, 2 * layer].transpose(1, 2), self.kv[:, :, 2 * layer + 1].transpose(1, 2)
+
+
 def forward_tokens(model: DiT, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, style: torch.Tensor | None,
-                   active: torch.Tensor | None, cache: list, control: Control | None = None) -> torch.Tensor:
+                   active: torch.Tensor | None, cache: KVCache, control: Control | None = None) -> torch.Tensor:
     """The DiT on some tokens only: `active` a (R, T) bool mask (each row its own tokens, at least one) or (A,)
     token indices (the same for every row), whose keys/values are written into `cache` in place; None = all tokens,
-    which fills `cache` (one (keys, values) pair (R, H, T, dh) per block). x (R, C, H, W) -> (R, C_out, H, W);
-    outside the active tokens the output is zero (not computed). With `active` None this is exactly `DiT.forward`:
-    both run the same block maths (DiTBlock.modulated), only the attention core differs."""
+    which fills `cache`. x (R, C, H, W) -> (R, C_out, H, W); outside the active tokens the output is zero (not
+    computed). With `active` None this is exactly `DiT.forward`: both run the same block maths
+    (DiTBlock.modulated), only the attention core differs."""
     gh, gw = model.grid(x)
     tokens = model.embed(x)  # (R, T, D); the patch embedding is cheap and keeps positions simple
     c = model.conditioning(t, y, style)
@@ -125,14 +129,16 @@ def forward_tokens(model: DiT, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor
             active = torch.zeros(gh * gw, dtype=torch.bool, device=x.device).index_fill(0, active, True)
         pack = TokenPacking(active.expand(x.shape[0], -1))
         tokens = pack.take(tokens)  # (P, 1, D)
+    dense_kv = []
     for layer, block in enumerate(model.blocks):
         mod = block.adaLN_modulation(c)  # (R, 6D)
         if pack is not None:
             mod = mod.index_select(0, pack.row)  # (P, 6D): each packed entry is its own row of one token
-        tokens = block.modulated(tokens, mod, _cached_attention(block.attn, pack, cache, layer))
+        tokens = block.modulated(tokens, mod, _cached_attention(block.attn, pack, cache, layer, dense_kv))
         if residuals is not None and layer < len(residuals):
             tokens = tokens + (residuals[layer] if pack is None else pack.take(residuals[layer]))
     if pack is None:
+        cache.kv = torch.stack([z.transpose(1, 2) for z in dense_kv], 2)  # (R, T, 2 x depth, H, dh)
         return model.unpatchify(model.final_layer(tokens, c), gh, gw)
     final = model.final_layer
     out = final.modulated(tokens, final.adaLN_modulation(c).index_select(0, pack.row))[:, 0]  # (P, p*p*C_out)
@@ -141,28 +147,27 @@ def forward_tokens(model: DiT, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor
     return model.unpatchify(full, gh, gw)
 
 
-def _cached_attention(attn, pack: TokenPacking | None, cache: list, layer: int) -> Callable:
+def _cached_attention(attn, pack: TokenPacking | None, cache: KVCache, layer: int, dense_kv: list) -> Callable:
     """The attention core for forward_tokens: qkv -> attended values (before `proj`). All tokens (`pack` None):
-    plain self-attention that also stores the layer's keys and values in cache[layer]. Packed tokens (P, 1, 3D):
-    their keys and values are written into the rows' caches (R, H, T, dh) in place, and each row's queries, padded
-    to the longest row, attend over its whole cache."""
+    plain self-attention that also appends the layer's keys and values to `dense_kv`. Packed tokens (P, 1, 3D):
+    their keys and values are written into the rows' cache in place, and each row's queries, padded to the longest
+    row, attend over its whole cache."""
 
     def dense(qkv: torch.Tensor) -> torch.Tensor:
         q, keys, values = attn.split(qkv)  # (R, H, T, dh)
-        cache[layer] = (keys, values)
+        dense_kv.extend((keys, values))
         return attn.attend(q, keys, values)
 
     def packed(qkv: torch.Tensor) -> torch.Tensor:
         qkv = qkv[:, 0]  # (P, 3D)
         d, heads = qkv.shape[1] // 3, attn.num_heads
-        keys, values = (z if z.is_contiguous() else z.contiguous() for z in cache[layer])
-        rows = pack.cache_rows(heads)
-        keys.view(-1, d // heads).index_copy_(0, rows, qkv[:, d:2 * d].reshape(-1, d // heads))
-        values.view(-1, d // heads).index_copy_(0, rows, qkv[:, 2 * d:].reshape(-1, d // heads))
-        cache[layer] = (keys, values)
+        rows, tokens = cache.kv.shape[:2]
+        per_token = cache.kv.view(rows * tokens, -1, d)  # (R x T, 2 x depth, D)
+        per_token[:, 2 * layer].index_copy_(0, pack.flat, qkv[:, d:2 * d])
+        per_token[:, 2 * layer + 1].index_copy_(0, pack.flat, qkv[:, 2 * d:])
         q = qkv[:, :d].index_select(0, pack.padded.flatten())  # (R x L, D): each row's tokens, padded
         q = q.view(pack.padded.shape[0], pack.padded.shape[1], heads, d // heads).transpose(1, 2)  # (R, H, L, dh)
-        out = attn.attend(q, keys, values)  # (R, L, D)
+        out = attn.attend(q, *cache.layer(layer))  # (R, L, D)
         return out.flatten(0, 1).index_select(0, pack.unpad)[:, None]  # (P, 1, D)
 
     return dense if pack is None else packed
@@ -170,14 +175,15 @@ def _cached_attention(attn, pack: TokenPacking | None, cache: list, layer: int) 
 
 class TokenForecast:
     """One sample row's last two evaluations of some per-token quantity (x0 pixels (C, H, W), or every block's keys
-    and values (2 x depth, H, T, dh)), with the sigma of each token's last two evaluations (inf: not yet evaluated).
+    and values (T, 2 x depth, H, dh)), with the sigma of each token's last two evaluations (inf: not yet evaluated).
 
     Between its evaluations a token's value is forecast (`forecast` 1, the default): linearly in sigma from its
     last two evaluations, last + d (last - prev), d = (sigma_last - sigma) / (sigma_prev - sigma_last) clamped to
     0..1, the first-order feature forecast of TaylorSeer-style DiT caching. `forecast` 0 holds the last value."""
 
-    def __init__(self, values: torch.Tensor, sigma: float, tokens: int):
-        self.last = values.clone()  # its own copies, updated in place (never the caller's tensors, e.g. a draft)
+    def __init__(self, values: torch.Tensor, sigma: float, tokens: int, copy: bool = True):
+        # updated in place: its own copy unless the caller hands the values over (`copy` False, e.g. a fresh cache)
+        self.last = values.clone() if copy else values
         self.prev = self.last
         self.s_last = torch.full((tokens,), sigma, device=values.device)
         self.s_prev = torch.full((tokens,), math.inf, device=values.device)
@@ -195,15 +201,23 @@ class TokenForecast:
         new tensor): last + d (last - prev) in one pass, exactly `last` where d is 0."""
         return torch.lerp(self.prev, self.last, 1 + d, out=out)
 
-    def record(self, values: torch.Tensor, mask: torch.Tensor, token_mask: torch.Tensor, sigma: float):
-        """New evaluations where `mask` (broadcasting against the values) / `token_mask` (T,) are set."""
+    def record(self, values: torch.Tensor, mask: torch.Tensor | None, token_mask: torch.Tensor, sigma: float,
+               token_dim: int | None = None, copy: bool = True):
+        """New evaluations of the tokens set in `token_mask` (T,): where `mask` (broadcasting against the values) is
+        set, or, for values laid out per token along `token_dim` (keys/values), the slices of those tokens only
+        (copies in proportion to the tokens evaluated, not to all). `copy` False: values handed over, not copied."""
         if bool(token_mask.all()):
-            self.prev, self.last = self.last, values.clone()
+            self.prev, self.last = self.last, values.clone() if copy else values
         else:
             if self.prev is self.last:
                 self.prev = self.last.clone()
-            torch.where(mask, self.last, self.prev, out=self.prev)
-            torch.where(mask, values, self.last, out=self.last)
+            if token_dim is None:
+                torch.where(mask, self.last, self.prev, out=self.prev)
+                torch.where(mask, values, self.last, out=self.last)
+            else:
+                idx = token_mask.nonzero().squeeze(1)
+                self.prev.index_copy_(token_dim, idx, self.last.index_select(token_dim, idx))
+                self.last.index_copy_(token_dim, idx, values.index_select(token_dim, idx))
         self.s_prev = torch.where(token_mask, self.s_last, self.s_prev)
         self.s_last = torch.where(token_mask, torch.full_like(self.s_last, sigma), self.s_last)
 
@@ -237,7 +251,7 @@ class RegionRefinement:
         self.dense_every = dense_every
         self.forecast = forecast
         self.x0: dict = {}  # row key -> TokenForecast of x0 (C, H, W)
-        self.kv: dict = {}  # row key -> TokenForecast of the keys and values of each block (2 x depth, H, T, dh)
+        self.kv: dict = {}  # row key -> TokenForecast of every block's keys and values (T, 2 x depth, H, dh)
         self.flops = 0
         self.dense_flops = 0
         self.evaluated_tokens = 0
@@ -283,28 +297,25 @@ class RegionRefinement:
                 continue
             sel, keys, upd = torch.tensor(rows, device=xc.device), [row_keys[r] for r in rows], update[rows]
             if rows is dense:
-                mask, cache, active = None, [None] * cfg.depth, [total] * len(rows)
+                mask, cache, active = None, KVCache(), [total] * len(rows)
             else:
                 mask, active = upd, upd.sum(1).tolist()
-                shape = self.kv[keys[0]].last.shape
-                kv = xc.new_empty((shape[0], len(keys)) + shape[1:])  # (2 x depth, R, H, T, dh)
+                buf = xc.new_empty((len(keys),) + self.kv[keys[0]].last.shape)  # (R, T, 2 x depth, H, dh)
                 for i, k in enumerate(keys):
-                    self._context(k, s, out=kv[:, i])  # the subset pass updates it in place
-                cache = [(kv[2 * layer], kv[2 * layer + 1]) for layer in range(cfg.depth)]
+                    self._context(k, s, out=buf[i])  # the subset pass overwrites its tokens' slices in place
+                cache = KVCache(buf)
             eps = forward_tokens(model, xc[sel], t[sel], None if y is None else y[sel],
                                  None if style is None else style[sel], mask, cache,
                                  None if control_for is None else control_for(rows))[:, :c_lat].float()
             fresh = x[sel] - sig[sel] * eps
             upd_px = token_pixels(upd, grid, cfg.patch_size)  # (R, 1, H, W)
             out[sel] = torch.where(upd_px, eps, out[sel])
-            if mask is None:
-                kv = torch.stack([kv for layer in cache for kv in layer])  # (2 x depth, R, H, T, dh)
             computed = torch.ones_like(upd) if mask is None else upd
             for i, k in enumerate(keys):
                 if k not in self.kv:
-                    self.kv[k] = TokenForecast(kv[:, i], s, total)
+                    self.kv[k] = TokenForecast(cache.kv[i], s, total, copy=False)  # each call's cache is new
                 else:
-                    self.kv[k].record(kv[:, i], computed[i].view(1, 1, -1, 1), computed[i], s)
+                    self.kv[k].record(cache.kv[i], None, computed[i], s, token_dim=0, copy=False)
                 self.x0[k].record(fresh[i], upd_px[i], upd[i], s)
             self.flops += sum(transformer_flops(cfg, a, total) for a in active)
             self.evaluated_tokens += sum(active)
@@ -313,10 +324,10 @@ class RegionRefinement:
         return out  # float32: ComfyUI computes the denoised latent in float32 from it
 
     def _context(self, key, sigma: float, out: torch.Tensor) -> torch.Tensor:
-        """A row's keys and values of every block at `sigma` (2 x depth, H, T, dh: k0, v0, k1, v1, ...): the
+        """A row's keys and values of every block at `sigma` (T, 2 x depth, H, dh: k0, v0, k1, v1, ...): the
         evaluated ones are overwritten by the subset pass, the others serve as context (forecast or held)."""
         ev = self.kv[key]
-        return ev.at(ev.weight(sigma, self.forecast).view(1, 1, -1, 1), out)
+        return ev.at(ev.weight(sigma, self.forecast).view(-1, 1, 1, 1), out)
 
     def untouched_pixels(self, grid: tuple[int, int]) -> torch.Tensor:
         """(B, 1, H, W) bool: latent pixels of tokens with 0 steps (their output must equal the draft)."""

@@ -179,11 +179,13 @@ class DiTLoader(io.ComfyNode):
         return io.NodeOutput(dit_to_comfy_model(dit))
 
 
-def _conditioning(label: int, style=None) -> list:
-    # The cross-attention tensor is unused by DiT but part of every CONDITIONING entry.
-    extra = {"dit_label": label}
+def _conditioning(label: int, style=None, weight: float = 1.0) -> list:
+    """One CONDITIONING entry for a DiT. A style with weight 0 is a zero vector, which the DiT reads as "no style"
+    (models/dit.DiT.conditioning): the negative side gets one, so ComfyUI batches both sides of classifier-free
+    guidance into one model call instead of two (their conds have the same keys and shapes)."""
+    extra = {"dit_label": label}  # the cross-attention tensor below is unused by DiT but part of every entry
     if style is not None:
-        extra["dit_style"] = style.embedding.float().view(1, -1)
+        extra["dit_style"] = style.embedding.float().view(1, -1) * weight
         extra["dit_style_clip"] = style.clip
     return [[torch.zeros(1, 1, 1), extra]]
 
@@ -210,7 +212,7 @@ class DiTConditioning(io.ComfyNode):
 
     @classmethod
     def execute(cls, class_label, style=None) -> io.NodeOutput:
-        return io.NodeOutput(_conditioning(class_label, style), _conditioning(NULL_LABEL))
+        return io.NodeOutput(_conditioning(class_label, style), _conditioning(NULL_LABEL, style, weight=0.0))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -235,7 +237,7 @@ def _region_wrapper(run: region.RegionRefinement):
 
 
 def region_adaptive_euler(model, x, sigmas, extra_args=None, callback=None, disable=None, importance=None,
-                          min_steps=0, border=1, dense_every=0, report=None):
+                          min_steps=0, border=0, dense_every=0, report=None):
     """k-diffusion-style sampler: Euler, with each token evaluated only at its own steps (see
     models/region.evaluation_schedule); between them its clean-latent prediction and its keys/values are forecast
     from its last two evaluations (models/region.RegionRefinement). The refinement run is created here and dropped
@@ -254,8 +256,7 @@ def region_adaptive_euler(model, x, sigmas, extra_args=None, callback=None, disa
     if level.shape[0] not in (1, x.shape[0]):
         raise ValueError(f"DiffuGAN Region-Adaptive Sampler: the importance map has batch {level.shape[0]} but the "
                          f"latent has batch {x.shape[0]}; give one map per image or a single map")
-    counts = region.token_step_counts(region.step_counts_from_map(level, x.shape[-2:], steps, min_steps),
-                                      dit.config.patch_size, border)
+    counts = region.token_step_counts(level, dit.grid(x), steps, min_steps, border)
     draft = getattr(model, "latent_image", None)
     run = region.RegionRefinement(dit, counts, sigmas, draft, dense_every)
     model_options = comfy.patcher_extension.copy_nested_dicts(extra_args.get("model_options", {}))
@@ -271,7 +272,7 @@ def region_adaptive_euler(model, x, sigmas, extra_args=None, callback=None, disa
     logging.info("DiffuGAN region-adaptive sampling: %s", run.summary())
     if report is not None:
         report.update(counts=counts.cpu(), grid=tuple(s // dit.config.patch_size for s in x.shape[-2:]), steps=steps,
-                      summary=run.summary())
+                      summary=run.summary(), flops=run.flops, dense_flops=run.dense_flops)
     return samples
 
 
@@ -297,8 +298,9 @@ IMPORTANCE_INPUTS = [
                  tooltip="Steps for the least important regions; 0 leaves them exactly as the draft."),
 ]
 TUNING_INPUTS = [
-    io.Int.Input("border", default=1, min=0, max=8,
-                 tooltip="Grow important regions by this many tokens so their edges get the same steps."),
+    io.Int.Input("border", default=0, min=0, max=8,
+                 tooltip="Grow important regions by this many tokens so their edges get the same steps (costs "
+                         "compute: each token otherwise gets the mean work of its pixels)."),
     io.Int.Input("dense_every", default=0, min=0, max=1000,
                  tooltip="Every N steps evaluate all tokens (refreshes the cached context); 0 = only the first."),
 ]
@@ -327,7 +329,7 @@ class RegionSampler(io.ComfyNode):
 
 
 def refine(model, positive, negative, latent, seed, max_steps, strength, cfg, importance, min_steps,
-           scheduler="normal", border=1, dense_every=0) -> tuple[dict, torch.Tensor | None]:
+           scheduler="normal", border=0, dense_every=0) -> tuple[dict, torch.Tensor | None]:
     """Region-adaptive img2img of a LATENT with a DiT MODEL; what both Refine nodes run. Returns the latent and
     the step map the run used (an IMAGE: each token's step count as a heat colour, at the image's size), or None
     when nothing ran."""
@@ -381,7 +383,11 @@ REFINE_INPUTS = [
 REFINE_DESCRIPTION = ("Refines a draft latent (VAEEncode of the StyleGAN draft) with a DiT: important regions get up "
                       "to max_steps, the rest as few as min_steps (0 = untouched), and compute falls with the number "
                       "of active tokens. strength = how much noise is added (img2img denoise). After a run the node "
-                      "shows the step map it used: each token's steps, blue (few) to red (all).")
+                      "shows the step map it used: each token's steps, blue (few) to red (all). Measured on the "
+                      "256-token zoo DiT with Importance Budget levels 4 / budget 0.1 and min_steps 3: 4.25x fewer "
+                      "transformer FLOPs and 2.8x faster than refining every token every step (CPU, batch 4), "
+                      "missing 6 % of that refinement's change where importance is highest; uniform with fewer steps "
+                      "at the same time misses 15-20 % (benchmarks/results/refine_zoo.json in the repository).")
 
 
 class DiTRefine(io.ComfyNode):

@@ -127,7 +127,9 @@ class ImportanceBudget(io.ComfyNode):
             category="DiffuGAN/Importance",
             description=("Turns importance into a compute budget: K work levels (0 = least work, 1 = full work) "
                          "whose mean is the budget, e.g. 0.3 = 30 % of the full-image work. More important regions "
-                         "never get less work. The refiner reads this level map as its step map."),
+                         "never get less work, and the most important keep full work: a smaller budget takes work "
+                         "from the least important first. The refiner reads this level map as its step map: the "
+                         "transformer computes min_steps everywhere plus this share of the steps above them."),
             inputs=[
                 io.Mask.Input("importance", tooltip="The importance map (0..1) to turn into work levels."),
                 io.Int.Input("levels", default=4, min=2, max=64,

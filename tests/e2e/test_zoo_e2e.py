@@ -2,7 +2,7 @@
 them (zoo/vae, zoo/dit: registered as extra model folders, nothing copied into models/). The draft is a coarse
 drawn smiley; the refined image must gain detail (high-frequency energy) and stay close to the draft. This checks
 the trained models run through the stock VAE nodes and our nodes end to end, not how good the zoo DiT is (its card
-and benchmarks/results/region_refine_zoo.json say that)."""
+and benchmarks/results/refine_zoo.json say that)."""
 import json
 
 import numpy as np

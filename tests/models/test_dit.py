@@ -165,28 +165,25 @@ def test_evaluation_schedule_counts_and_spacing():
         region.evaluation_schedule(torch.tensor([[9]]), 8)
 
 
-def test_token_counts_take_the_patch_maximum_and_grow_by_the_border():
-    steps = torch.zeros(1, 1, 8, 8, dtype=torch.long)
-    steps[0, 0, 3, 3] = 6  # one latent pixel inside token (1, 1) of a 4x4 token grid
-    assert region.token_step_counts(steps, 2, border=0).view(4, 4)[1, 1] == 6
-    assert (region.token_step_counts(steps, 2, border=0) > 0).sum() == 1
-    grown = region.token_step_counts(steps, 2, border=1).view(4, 4)
-    assert grown[:3, :3].eq(6).all() and grown[3].eq(0).all()
-
-
-def test_step_counts_from_an_image_sized_map():
-    m = torch.zeros(1, 1, 64, 96)
-    m[..., :32, :] = 1.0
-    counts = region.step_counts_from_map(m, (8, 12), total_steps=10, min_steps=2)
-    assert counts.shape == (1, 1, 8, 12) and counts[..., :4, :].eq(10).all() and counts[..., 4:, :].eq(2).all()
+def test_token_counts_follow_the_mean_level_of_each_token():
+    m = torch.zeros(1, 1, 64, 96)  # an image-sized map over a 4 x 6 token grid (16 px per token)
+    m[..., :32, :] = 1.0  # top half: full work
+    m[..., 32:40, :48] = 1.0  # a quarter of the next token row's left half
+    counts = region.token_step_counts(m, (4, 6), total_steps=10, min_steps=2).view(4, 6)
+    assert counts[:2].eq(10).all() and counts[3].eq(2).all()
+    assert counts[2, :3].eq(2 + round(0.5 * 8)).all() and counts[2, 3:].eq(2).all()  # mean level 0.5 -> 6 steps
+    # the transformer's work follows the map's mean: tokens' mean step share above min_steps = the map's mean
+    assert abs(float((counts.float() - 2).mean() / 8) - float(m.mean())) < 1e-6
+    grown = region.token_step_counts(m, (4, 6), 10, 2, border=1).view(4, 6)
+    assert grown[:3].eq(10).all() and grown[3, :4].eq(6).all() and grown[3, 4:].eq(2).all()
     with pytest.raises(ValueError, match="min_steps 11 must be between 0 and the number of steps"):
-        region.step_counts_from_map(m, (8, 12), 10, 11)
+        region.token_step_counts(m, (4, 6), 10, 11)
 
 
 def test_subset_pass_with_fresh_cache_equals_dense_at_active_tokens():
     m = make_dit()
     x, t, y = torch.randn(2, 4, 8, 12), torch.tensor([5.0, 5.0]), torch.tensor([1, 10])
-    cache = [None] * TINY.depth
+    cache = region.KVCache()
     dense = region.forward_tokens(m, x, t, y, None, None, cache)
     torch.testing.assert_close(dense, m(x, t, y), rtol=0, atol=0)
     idx = torch.tensor([0, 3, 5, 20])

@@ -89,6 +89,19 @@ def test_budget_is_monotone_and_deterministic():
     torch.testing.assert_close(imp.budget_levels(m, 4, 0.3), w, rtol=0, atol=0)
 
 
+def test_budget_keeps_the_most_important_pixels_at_full_work():
+    """A budget below what the map asks for takes work from the least important pixels first: the most important
+    ones keep all of it (a shift would lower them too, and then no region would ever get every step)."""
+    g = torch.Generator().manual_seed(3)
+    m = torch.rand(2, 1, 32, 32, generator=g) * 0.9
+    m[..., :4, :4] = 1.0
+    for budget in (0.05, 0.15, 0.3):
+        w = imp.budget_levels(m, 4, budget)
+        assert w[..., :4, :4].eq(1).all(), budget
+        assert abs(float(w.mean()) - budget) < 0.02, (budget, float(w.mean()))
+    assert imp.budget_levels(m, 4, 0.0).eq(0).all()  # no budget, no work
+
+
 def test_budget_extremes_and_errors():
     m = torch.zeros(1, 1, 8, 8)
     assert float(imp.budget_levels(m, 4, 1.0).mean()) == 1.0  # even a blank map can be given full work

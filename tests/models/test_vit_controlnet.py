@@ -310,7 +310,7 @@ def test_region_adaptive_subset_pass_applies_the_same_residuals():
     control = _control(net, hint, vc.ControlSettings(budget=0.5))
     with torch.no_grad():
         full = model(x, t, y, control=control)
-        cache = [None] * CFG.depth
+        cache = region.KVCache()
         subset_all = region.forward_tokens(model, x, t, y, None, None, cache, control=control)
     torch.testing.assert_close(subset_all, full, rtol=1e-5, atol=1e-5)
 

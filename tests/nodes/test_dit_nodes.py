@@ -115,8 +115,16 @@ def test_style_conditioning_reaches_a_dit_trained_with_it(comfy, run_node, model
     style = cs.StyleEmbedding(torch.nn.functional.normalize(torch.randn(32), dim=0), "test #0", [])
     pos, neg = run_node("DiffuGANDiTConditioning", class_label=3, style=style).args
     plain_pos, _ = run_node("DiffuGANDiTConditioning", class_label=3).args
-    assert "dit_style" in pos[0][1] and "dit_style" not in neg[0][1]
+    # the negative side carries a zero style, which the DiT reads as none, so both sides batch into one model call
+    assert "dit_style" not in plain_pos[0][1] and neg[0][1]["dit_style"].abs().max() == 0
+    calls = []
+    hook = styled_model.model.diffusion_model.dit.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
     with_style = _sample(comfy, styled_model, pos, neg, cfg=3.0, batch=2)
+    hook.remove()
+    assert set(calls) == {4}, calls  # cond and uncond rows of both images in every call
+    without = run_node("DiffuGANDiTConditioning", class_label=3).args[1]  # the negative without a style key
+    torch.testing.assert_close(_sample(comfy, styled_model, pos, without, cfg=3.0, batch=2), with_style,
+                               rtol=1e-4, atol=1e-3)  # latents ~15 at full noise: float rounding of other batches
     assert not torch.allclose(with_style, _sample(comfy, styled_model, plain_pos, neg, cfg=3.0, batch=2))
     with pytest.raises(ValueError, match="this DiT was not trained with style conditioning"):
         _sample(comfy, model, pos, neg, cfg=2.0)

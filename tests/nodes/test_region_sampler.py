@@ -123,9 +123,9 @@ def test_refine_node_runs_img2img_with_strength(run_node, model, conds):
     assert out.shape == draft["samples"].shape
     torch.testing.assert_close(out[..., 4:, :], draft["samples"][..., 4:, :], rtol=1e-6, atol=1e-6)
     assert (out[..., :4, :] - draft["samples"][..., :4, :]).abs().mean() > 0.01
-    # the simple node: the advanced one at its defaults (normal schedule, a border of one token, no dense refresh)
+    # the simple node: the advanced one at its defaults (normal schedule, no border, no dense refresh)
     simple = run_node("DiffuGANDiTRefine", **common).args[0]["samples"]
-    advanced = run_node("DiffuGANDiTRefineAdvanced", **common, scheduler="normal", border=1,
+    advanced = run_node("DiffuGANDiTRefineAdvanced", **common, scheduler="normal", border=0,
                         dense_every=0).args[0]["samples"]
     assert torch.equal(simple, advanced)
     torch.testing.assert_close(simple[..., 6:, :], draft["samples"][..., 6:, :], rtol=1e-6, atol=1e-6)
