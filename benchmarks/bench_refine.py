@@ -24,7 +24,9 @@ Quality, in VAE-decoded pixels, in the important region (the pixels at the work 
   CLIP dist     1 - cos of zoo-CLIP image embeddings to uniform's result
   (degraded)    PSNR against the clean original, per region
 Cost: counted transformer FLOPs (models/flops.py; EasyCache's skipped calls count nothing) and wall time of each
-method's sampling (the same ComfyUI overhead for all), batch --batch; and a batch-1 timing pass.
+method's sampling (the same ComfyUI overhead for all), batch --batch; and a batch-1 timing pass. For the region
+methods, the share of their scheduled token evaluations that ran (EasyCache around the sampler skips whole steps),
+for each map's most-step tokens and the rest.
 
     .venv/bin/python benchmarks/bench_refine.py --dit .zoo/dit256/diffugan-emoji-dit.latest.safetensors \\
         --vae .zoo/vae256/diffugan-emoji-vae.safetensors        # -> benchmarks/results/refine_zoo.json
@@ -242,11 +244,17 @@ def zoo(args, dit_nodes) -> dict:
     counts_all, k_flops, k_wall = [], None, None
 
     def record(name, res):
-        out, flops, wall, _ = res
+        out, flops, wall, report = res
         m = methods.setdefault(name, {"flops": 0, "wall_s": 0.0})
         m["flops"] += flops
         m["wall_s"] += wall
         outs.setdefault(name, []).append(out)
+        if "done" in report:  # which scheduled token evaluations ran (EasyCache around it may skip whole steps)
+            top = report["counts"] == report["counts"].amax(1, keepdim=True)  # (B, T): each map's most-step tokens
+            sched, done = report["scheduled"].sum(1), report["done"].sum(1)  # (B, T) evaluations per token
+            for part, mask in (("top_tokens", top), ("rest", ~top)):
+                kept = m.setdefault("evaluations_kept", {}).setdefault(part, [0, 0])
+                kept[0], kept[1] = kept[0] + int(done[mask].sum()), kept[1] + int(sched[mask].sum())
 
     import comfy.sample
 
@@ -302,7 +310,9 @@ def zoo(args, dit_nodes) -> dict:
         important_pixel_fraction=float(important.float().mean()),
         full_step_token_fraction=float((counts == K).float().mean()),
         mean_token_step_fraction=float(counts.float().mean() / K),
-        cost={m: {**v, "flops_ratio": methods["uniform"]["flops"] / max(v["flops"], 1),
+        cost={m: {**v, **({"evaluations_kept": {k: a / b for k, (a, b) in v["evaluations_kept"].items()}}
+                          if "evaluations_kept" in v else {}),
+                  "flops_ratio": methods["uniform"]["flops"] / max(v["flops"], 1),
                   "wall_speedup": methods["uniform"]["wall_s"] / v["wall_s"]} for m, v in methods.items()},
         batch1=batch1, quality=per_kind)
     result["targets"] = verdict(result)

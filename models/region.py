@@ -255,6 +255,7 @@ class RegionRefinement:
         self.flops = 0
         self.dense_flops = 0
         self.evaluated_tokens = 0
+        self.done = torch.zeros_like(self.schedule)  # (B, K, T): the scheduled evaluations that did run
         self.total_tokens = 0
 
     def __call__(self, xc: torch.Tensor, t: torch.Tensor, sigma: torch.Tensor, y: torch.Tensor | None,
@@ -319,6 +320,7 @@ class RegionRefinement:
                 self.x0[k].record(fresh[i], upd_px[i], upd[i], s)
             self.flops += sum(transformer_flops(cfg, a, total) for a in active)
             self.evaluated_tokens += sum(active)
+            self.done[image_rows[rows], step] |= upd.cpu()  # a wrapper around the sampler may skip whole steps
         self.dense_flops += len(row_keys) * transformer_flops(cfg, total, total)
         self.total_tokens += len(row_keys) * total
         return out  # float32: ComfyUI computes the denoised latent in float32 from it

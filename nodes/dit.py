@@ -272,7 +272,8 @@ def region_adaptive_euler(model, x, sigmas, extra_args=None, callback=None, disa
     logging.info("DiffuGAN region-adaptive sampling: %s", run.summary())
     if report is not None:
         report.update(counts=counts.cpu(), grid=tuple(s // dit.config.patch_size for s in x.shape[-2:]), steps=steps,
-                      summary=run.summary(), flops=run.flops, dense_flops=run.dense_flops)
+                      summary=run.summary(), flops=run.flops, dense_flops=run.dense_flops,
+                      scheduled=run.schedule, done=run.done)
     return samples
 
 
