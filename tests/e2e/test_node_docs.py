@@ -28,7 +28,8 @@ def test_help_pages_are_served_where_the_help_panel_looks_and_are_current(server
     for node_id, info in nodes.items():
         r = requests.get(f"{server.url}/extensions/DiffuGAN/docs/{node_id}.md", timeout=30)
         assert r.status_code == 200, (node_id, r.status_code)
-        if r.text != node_docs.render(node_id, info):
+        # served as application/octet-stream: decode as the frontend's fetch().text() does (UTF-8), not by guessing
+        if r.content.decode("utf-8") != node_docs.render(node_id, info):
             stale.append(node_id)
     assert not stale, f"help pages out of date (run scripts/node_docs.py): {stale}"
     assert {p.stem for p in node_docs.DOCS.glob("*.md")} == set(nodes)
