@@ -155,10 +155,10 @@ def budget_levels(importance: torch.Tensor, levels: int, budget: float, iters: i
     def quantised(v: torch.Tensor) -> torch.Tensor:
         return torch.round(v.clamp(0, 1) * k) / k
 
-    def shifted(x: torch.Tensor) -> torch.Tensor:  # x in 0..1: the shift is x, the power is 1 / (1 - x)
+    def shifted(x: torch.Tensor) -> torch.Tensor:  # x in 0..1: the shift
         return quantised(m + x.view(-1, 1, 1, 1))
 
-    def powered(x: torch.Tensor) -> torch.Tensor:  # x in 0..1 -> gamma 1 .. 2^20
+    def powered(x: torch.Tensor) -> torch.Tensor:  # x in 0..1: gamma = 2^(20 x), 1 .. 2^20
         return quantised(m ** torch.exp2(20 * x).view(-1, 1, 1, 1))
 
     n = m.shape[0]
