@@ -138,8 +138,9 @@ def budget_levels(importance: torch.Tensor, levels: int, budget: float, iters: i
     `budget` as quantisation allows, per image, with the most important pixels kept at full work.
 
     Less work than the map asks for: work = quantise(importance^gamma), gamma >= 1 found by bisection (0 stays 0, 1
-    stays 1: the least important lose work first). More: work = quantise(clamp(importance + shift, 0, 1)), shift >= 0
-    (everything gains). Both keep the order (more important never gets less work) and are deterministic. Budget 0 is
+    stays 1: the least important lose work first); where pixels at exactly 1 alone exceed the budget (a painted
+    mask), a negative shift instead. More: work = quantise(clamp(importance + shift, 0, 1)), shift >= 0 (everything
+    gains). Both keep the order (more important never gets less work) and are deterministic. Budget 0 is
     no work at all. (N,1,H,W) -> (N,1,H,W).
     """
     if levels < 2:
@@ -161,14 +162,18 @@ def budget_levels(importance: torch.Tensor, levels: int, budget: float, iters: i
     def powered(x: torch.Tensor) -> torch.Tensor:  # x in 0..1: gamma = 2^(20 x), 1 .. 2^20
         return quantised(m ** torch.exp2(20 * x).view(-1, 1, 1, 1))
 
+    def lowered(x: torch.Tensor) -> torch.Tensor:  # x in 0..1: a negative shift, for maps saturated at 1
+        return quantised(m - x.view(-1, 1, 1, 1))
+
     n = m.shape[0]
     over = quantised(m).mean(dim=(1, 2, 3)) >= budget  # the map asks for more than the budget: power it down
+    # ... unless even the largest power stays over it (pixels at exactly 1, e.g. a painted mask): lower everything
+    saturated = over & (powered(torch.ones(n, dtype=torch.float64)).mean(dim=(1, 2, 3)) > budget + 0.5 / k)
     best = torch.empty_like(m)
-    for down, rule in ((True, powered), (False, shifted)):
-        rows = (over == down).nonzero().squeeze(1)
+    for which, rule, sign in ((over & ~saturated, powered, -1.0), (saturated, lowered, -1.0), (~over, shifted, 1.0)):
+        rows = which.nonzero().squeeze(1)  # sign: the mean falls with the power and the lowering, grows with a shift
         if not len(rows):
             continue
-        sign = -1.0 if down else 1.0  # the mean falls with the power, grows with the shift
         lo, hi = torch.zeros(n, dtype=torch.float64), torch.ones(n, dtype=torch.float64)
         for _ in range(iters):
             mid = (lo + hi) / 2

@@ -242,7 +242,8 @@ def region_adaptive_euler(model, x, sigmas, extra_args=None, callback=None, disa
     models/region.evaluation_schedule); between them its clean-latent prediction and its keys/values are forecast
     from its last two evaluations (models/region.RegionRefinement). The refinement run is created here and dropped
     when sampling ends (also on error or interrupt): nothing is kept between prompts. A `report` dict (the Refine
-    nodes pass one) receives the per-token step counts, the token grid and the run's summary."""
+    nodes pass one) receives the per-token step counts, the token grid, the run's summary, its counted FLOPs (and the
+    dense count), and its evaluation schedule beside the evaluations that ran (`scheduled`, `done`: (B, K, T))."""
     extra_args = dict(extra_args or {})
     base = getattr(getattr(model, "inner_model", None), "inner_model", None)
     if not isinstance(base, DiTModel):
@@ -294,7 +295,10 @@ def region_sampler(importance: torch.Tensor, min_steps: int, border: int, dense_
 
 IMPORTANCE_INPUTS = [
     io.Mask.Input("importance", tooltip="Where detail matters (0..1), e.g. from DiffuGAN Importance or its Budget "
-                                        "node: 1 gets every step, 0 gets min_steps."),
+                                        "node. Each token (16 px) gets min_steps plus its pixels' mean level of the "
+                                        "steps above them: all 1 gets every step, all 0 gets min_steps (with "
+                                        "min_steps 0 a token whose mean is near 0 stays the draft, even if a few of "
+                                        "its pixels are 1)."),
     io.Int.Input("min_steps", default=0, min=0, max=1000,
                  tooltip="Steps for the least important regions; 0 leaves them exactly as the draft."),
 ]

@@ -180,6 +180,18 @@ def test_token_counts_follow_the_mean_level_of_each_token():
         region.token_step_counts(m, (4, 6), 10, 11)
 
 
+def test_forecast_records_only_the_evaluated_tokens_along_the_token_dim():
+    ev = region.TokenForecast(torch.zeros(4, 2, 3), sigma=3.0, tokens=4)  # (T, 2 x depth, dh)-like, token-major
+    fresh = torch.ones(4, 2, 3)
+    ev.record(fresh, None, torch.tensor([True, False, True, False]), sigma=2.0, token_dim=0, copy=False)
+    assert ev.last[[0, 2]].eq(1).all() and ev.last[[1, 3]].eq(0).all() and ev.prev.eq(0).all()
+    assert ev.s_last.tolist() == [2.0, 3.0, 2.0, 3.0] and ev.s_prev[[0, 2]].eq(3.0).all()
+    # linear in sigma from the last two evaluations: at sigma 1 the evaluated tokens extrapolate to 2, the rest hold
+    d = ev.weight(1.0, forecast=1)
+    assert d.tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert ev.at(d.view(-1, 1, 1))[[0, 2]].eq(2).all() and ev.at(d.view(-1, 1, 1))[[1, 3]].eq(0).all()
+
+
 def test_subset_pass_with_fresh_cache_equals_dense_at_active_tokens():
     m = make_dit()
     x, t, y = torch.randn(2, 4, 8, 12), torch.tensor([5.0, 5.0]), torch.tensor([1, 10])

@@ -100,6 +100,11 @@ def test_budget_keeps_the_most_important_pixels_at_full_work():
         assert w[..., :4, :4].eq(1).all(), budget
         assert abs(float(w.mean()) - budget) < 0.02, (budget, float(w.mean()))
     assert imp.budget_levels(m, 4, 0.0).eq(0).all()  # no budget, no work
+    painted = torch.zeros(1, 1, 32, 32)
+    painted[..., :, :16] = 1.0  # half the image painted at 1: the budget still holds (a shift lowers it all)
+    for budget in (0.2, 0.5 / 3):
+        assert abs(float(imp.budget_levels(painted, 4, budget).mean()) - budget) <= 1 / 6 + 1e-6
+    assert abs(float(imp.budget_levels(torch.ones(1, 1, 8, 8), 4, 0.3).mean()) - 1 / 3) < 1e-6
 
 
 def test_budget_extremes_and_errors():
