@@ -171,12 +171,18 @@ def zoo_drafts(args, size: int):
     return images, torch.cat(gen_style + [style[pick]]), kinds, clean, names, clip
 
 
-def work_maps(images: torch.Tensor, scorer_path: Path, levels: int, budget: float) -> torch.Tensor:
-    """The shipped workflow's work map: DiffuGAN Importance (Learned) -> DiffuGAN Importance Budget. (N, H, W)."""
+def importance_scores(images: torch.Tensor, scorer_path: Path) -> torch.Tensor:
+    """The shipped workflow's DiffuGAN Importance (Learned): (N, 1, H, W) in 0..1."""
     from diffugan.models import importance
 
-    scorer = importance.load_scorer(scorer_path)
-    return importance.budget_levels(scorer.score(images), levels, budget)[:, 0]
+    return importance.load_scorer(scorer_path).score(images)
+
+
+def work_maps(scores: torch.Tensor, levels: int, budget: float) -> torch.Tensor:
+    """The scores through DiffuGAN Importance Budget, as the shipped workflow does: (N, H, W) work levels."""
+    from diffugan.models import importance
+
+    return importance.budget_levels(scores, levels, budget)[:, 0]
 
 
 def important_pixels(work: torch.Tensor) -> torch.Tensor:
@@ -238,7 +244,7 @@ def zoo(args, dit_nodes) -> dict:
     net, vae, (images, styles, kinds, clean, names, clip), latents, run = load_zoo(args, dit_nodes)
     cfgm = net.config
     grid = cfgm.input_size // cfgm.patch_size
-    work = work_maps(images, args.scorer, args.levels, args.budget)
+    work = work_maps(importance_scores(images, args.scorer), args.levels, args.budget)
     K = args.steps
     ec_models = {t: run.easycache(t) for t in args.easycache}
     gen = torch.Generator().manual_seed(3)
@@ -331,6 +337,10 @@ def frontier(args, dit_nodes) -> dict:
     net, vae, (images, styles, kinds, clean, names, clip), latents, run = load_zoo(args, dit_nodes)
     K, points = args.steps, []
     draft = decode(vae, latents)
+    scores = importance_scores(images, args.scorer)  # once: each setting only re-budgets them
+    batches = [slice(i, i + args.batch) for i in range(0, len(images), args.batch)]
+    noises = [comfy.sample.prepare_noise(latents[b], args.seed + b.start) for b in batches]
+    conds = [conditioning(dit_nodes, styles[b]) for b in batches]
     with torch.inference_mode():
         b0 = slice(0, args.batch)
         pos, neg = conditioning(dit_nodes, styles[b0])
@@ -338,16 +348,13 @@ def frontier(args, dit_nodes) -> dict:
         for strength in args.strengths:
             run.strength = strength
             uniform, u_flops, u_wall = [], 0, 0.0
-            batches = [slice(i, i + args.batch) for i in range(0, len(images), args.batch)]
-            noises = [comfy.sample.prepare_noise(latents[b], args.seed + b.start) for b in batches]
-            conds = [conditioning(dit_nodes, styles[b]) for b in batches]
             for b, noise, (pos, neg) in zip(batches, noises, conds):
                 out, f, w, _ = run(latents[b], noise, pos, neg, K)
                 uniform.append(out)
                 u_flops, u_wall = u_flops + f, u_wall + w
             u = decode(vae, torch.cat(uniform))
             for levels, budget in args.maps:
-                work = work_maps(images, args.scorer, levels, budget)
+                work = work_maps(scores, levels, budget)
                 important = important_pixels(work)
                 for min_steps in args.min_steps_list:
                     outs, flops, wall = [], 0, 0.0
