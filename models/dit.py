@@ -24,6 +24,8 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from . import checkpoints as ck
 from torch import nn
 
 NUM_TIMESTEPS = 1000
@@ -374,13 +376,12 @@ def infer_config(tensors: dict[str, torch.Tensor], source: str, name_hint: str |
                      class_dropout_prob=dropout, input_size=grid * p, style_dim=style_dim)
 
 
+@ck.user_file_loader("DiT", (".pt", ".pth", ".bin", ".ckpt", ".safetensors"))
 def load_dit(path, num_heads: int | None = None) -> DiT:
     """facebookresearch `.pt` (a state dict, or a train.py checkpoint: its `ema` is used) or DiffuGAN
     `.safetensors` (config in the metadata). Strict keys and shapes; never executes code."""
     import json
     from pathlib import Path
-
-    from . import checkpoints as ck
 
     path = Path(path)
     source, suffix = path.name, path.suffix.lower()
@@ -403,10 +404,8 @@ def load_dit(path, num_heads: int | None = None) -> DiT:
                                  "a .safetensors")
     if config is None or num_heads is not None:
         config = infer_config(tensors, source, name_hint=source, num_heads=num_heads)
-    model = DiT(config)
     tensors = {k: v.float() for k, v in tensors.items()}
-    ck.check_state_dict(model, tensors, source)
-    model.load_state_dict(tensors, strict=True)
+    model = ck.build_checked(lambda: DiT(config), tensors, source)
     if suffix == ".safetensors":
         model.style_clip = meta.get("style_clip", "")
     return model.eval().requires_grad_(False)

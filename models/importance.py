@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import checkpoints as ck
+
 def check_finite(name: str, t: torch.Tensor) -> None:
     """Refuse NaN / inf with an error that names the input."""
     if not torch.isfinite(t).all():
@@ -288,22 +290,21 @@ def save_scorer(model: LearnedScorer, path, extra: dict | None = None) -> None:
                                                 **(extra or {})})
 
 
+@ck.user_file_loader("importance scorer", (".safetensors",))
 def load_scorer(path) -> LearnedScorer:
     """Strict keys and shapes; the architecture comes from the file's metadata."""
     import json as _json
+    from pathlib import Path
 
-    from . import checkpoints as ck
-
+    name = Path(path).name
     tensors, meta = ck.load_safetensors(path)
     if meta.get("format") != SCORER_FORMAT or "config" not in meta:
-        raise ck.CheckpointError(f"{path}: not a DiffuGAN importance scorer (metadata format "
+        raise ck.CheckpointError(f"{name}: not a DiffuGAN importance scorer (metadata format "
                                  f"{meta.get('format')!r}, expected {SCORER_FORMAT!r})")
     try:
         config = ScorerConfig.from_json(_json.loads(meta["config"]))
     except (KeyError, TypeError, ValueError) as e:
-        raise ck.CheckpointError(f"{path}: bad scorer config in the metadata ({e})") from None
-    model = LearnedScorer(config)
+        raise ck.CheckpointError(f"{name}: bad scorer config in the metadata ({e})") from None
     tensors = {k: v.float() for k, v in tensors.items()}
-    ck.check_state_dict(model, tensors, str(path))
-    model.load_state_dict(tensors, strict=True)
+    model = ck.build_checked(lambda: LearnedScorer(config), tensors, name)
     return model.eval().requires_grad_(False)

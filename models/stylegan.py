@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from . import checkpoints as ck
 from torch import nn
 
 from .stylegan_ops import (LRELU_GAIN, FullyConnectedLayer, NoiseMode, bias_act,  # noqa: F401  (also used as sg.*)
@@ -353,11 +355,10 @@ def describe(G: "Generator", name: str) -> str:
     return f"{name} ({c.arch}, {c.img_resolution}px, num_ws={G.num_ws}, w_dim={c.w_dim})"
 
 
+@ck.user_file_loader("StyleGAN generator", (".pkl", ".safetensors"))
 def load_stylegan(path, device: str | torch.device = "cpu") -> Generator:
     """Load a generator from an NVIDIA `.pkl` or a DiffuGAN `.safetensors`, strictly, without executing code."""
     from pathlib import Path
-
-    from . import checkpoints as ck
 
     path = Path(path)
     source = path.name
@@ -386,10 +387,8 @@ def load_stylegan(path, device: str | torch.device = "cpu") -> Generator:
     else:
         raise ck.CheckpointError(f"{source}: unsupported file type '{suffix}'; use an NVIDIA .pkl or a .safetensors "
                                  "written by scripts/convert_stylegan.py")
-    G = build_generator(config, source)
     tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
-    ck.check_state_dict(G, tensors, source)
-    G.load_state_dict(tensors, strict=True)
+    G = ck.build_checked(lambda: build_generator(config, source), tensors, source)
     if suffix == ".safetensors":
         G.style_clip = meta.get("style_clip", "")
         if G.style_clip and G.c_dim == 0:

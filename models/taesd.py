@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from . import checkpoints as ck
+
 LATENT_CHANNELS = 4
 WIDTH = 64
 SD1_SCALE = 0.18215
@@ -93,13 +95,14 @@ def save_vae(model: TinyAutoencoder, path, extra: dict | None = None, half: bool
     save_safetensors(path, sd, {"format": SAFETENSORS_FORMAT, **(extra or {})})
 
 
+@ck.user_file_loader("VAE (TAESD layout)", (".safetensors",))
 def load_vae(path) -> TinyAutoencoder:
     """Strict keys and shapes (safetensors only)."""
-    from . import checkpoints as ck
+    from pathlib import Path
 
+    if Path(path).suffix.lower() != ".safetensors":
+        raise ck.CheckpointError(f"{Path(path).name}: a zoo VAE is a .safetensors file")
     tensors, _ = ck.load_safetensors(path)
-    model = TinyAutoencoder()
     tensors = {k: v.float() for k, v in tensors.items()}
-    ck.check_state_dict(model, tensors, str(path))
-    model.load_state_dict(tensors, strict=True)
+    model = ck.build_checked(TinyAutoencoder, tensors, Path(path).name)
     return model.eval().requires_grad_(False)

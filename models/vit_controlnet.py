@@ -432,11 +432,10 @@ def save_controlnet(net: ViTControlNet, path, base: str = "", half: bool = False
     ck.save_safetensors(path, sd, {"format": SAFETENSORS_FORMAT, "config": asdict(net.config), "base": base})
 
 
+@ck.user_file_loader("ViT ControlNet", (".safetensors",))
 def load_controlnet(path) -> ViTControlNet:
     tensors, config = ck.load_config_safetensors(
         path, SAFETENSORS_FORMAT, "DiffuGAN ViT ControlNet", ControlNetConfig,
         "Stable Diffusion ControlNets do not fit a DiT; use one made for this DiT (vit_controlnet.save_controlnet)")
-    net = ViTControlNet(config)
-    ck.check_state_dict(net, tensors, Path(path).name)
-    net.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True)
+    net = ck.build_checked(lambda: ViTControlNet(config), {k: v.float() for k, v in tensors.items()}, Path(path).name)
     return net.eval().requires_grad_(False)

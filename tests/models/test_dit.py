@@ -108,8 +108,8 @@ def test_pickle_payload_in_a_pt_is_refused(tmp_path):
     with pytest.raises(ck.UnsafePickleError, match="DiT-XL-2-256x256.pt: refused to load"):
         dit.load_dit(path)
     raw = tmp_path / "raw.pt"
-    raw.write_bytes(pickle.dumps(_Payload()))  # a legacy (non-zip) pickle
-    with pytest.raises(ck.UnsafePickleError, match="raw.pt: refused to load"):
+    raw.write_bytes(pickle.dumps(_Payload()))  # a plain pickle, not a torch.save file: refused before it is read
+    with pytest.raises(ck.CheckpointError, match="raw.pt: a plain pickle, not a file written by torch.save"):
         dit.load_dit(raw)
 
 
