@@ -416,14 +416,18 @@ def canny_edges(image: torch.Tensor, low: float = 0.1, high: float = 0.2) -> tor
     import kornia
 
     if low >= high:
-        raise ValueError(f"low_threshold ({low}) must be below high_threshold ({high})")
+        raise ValueError(f"'low_threshold' ({low}) must be below 'high_threshold' ({high})")
     if not torch.isfinite(image).all():
         raise ValueError("'image' contains NaN or infinite values")
     x = image.float().clamp(0, 1)
+    low = max(low, 1e-6)  # kornia wants a positive low threshold; 0 means "every gradient is a weak edge"
+    h, w = x.shape[-2:]
+    if min(h, w) < 8:  # kornia's blur pads by reflection, which needs a few pixels: replicate tiny images out
+        x = F.pad(x, (0, max(0, 8 - w), 0, max(0, 8 - h)), mode="replicate")
     # kornia's hysteresis loops until nothing changes, over the whole batch at once: small chunks finish far sooner
     edges = torch.cat([kornia.filters.canny(x[i:i + 16], low_threshold=low, high_threshold=high)[1]
                        for i in range(0, len(x), 16)]) if len(x) else x[:, :1]
-    return (edges > 0.5).to(image.dtype)
+    return (edges[..., :h, :w] > 0.5).to(image.dtype)
 
 
 def save_controlnet(net: ViTControlNet, path, base: str = "", half: bool = False) -> None:

@@ -7,13 +7,35 @@ from pathlib import Path
 import torch
 from comfy_api.latest import io
 
+from ..models.importance import check_finite
+
 # DIFFUGAN_STYLE carries a models.clip_style.StyleEmbedding; every model that takes one checks its CLIP (check_style)
 StyleType = io.Custom("DIFFUGAN_STYLE")
 
 
-def image_to_nchw(image: torch.Tensor) -> torch.Tensor:
-    """ComfyUI IMAGE (B,H,W,C) -> (B,C,H,W), alpha dropped."""
-    return image[..., :3].movedim(-1, 1)
+def image_to_nchw(image, name: str = "image", alpha_over_white: bool = False) -> torch.Tensor:
+    """ComfyUI IMAGE (B,H,W,C) -> float RGB (B,3,H,W), checked: a batch of at least one image of at least 1x1
+    pixels, finite values. Grey (C=1) is repeated to RGB and an alpha channel (grey + alpha C=2, RGBA C=4) is
+    dropped, as ComfyUI's own image nodes do (or composited over white: `alpha_over_white`); anything else is
+    refused naming the input."""
+    if not isinstance(image, torch.Tensor):
+        raise ValueError(f"'{name}' is not an IMAGE (got {type(image).__name__}); connect an image output to it")
+    if image.ndim == 3:
+        image = image[None]
+    if image.ndim != 4 or image.shape[-1] not in (1, 2, 3, 4):
+        raise ValueError(f"'{name}' must be an IMAGE batch [B, H, W, C] with 1 to 4 channels; got shape "
+                         f"{tuple(image.shape)}")
+    if image.shape[0] == 0 or image.shape[1] == 0 or image.shape[2] == 0:
+        raise ValueError(f"'{name}' is empty (shape {tuple(image.shape)}): it holds no pixels; check the node that "
+                         "made it (an empty batch or a crop of size 0)")
+    x = image.float()
+    check_finite(name, x)
+    if x.shape[-1] in (2, 4):  # with alpha
+        colour, alpha = x[..., :-1], x[..., -1:]
+        x = colour * alpha + (1 - alpha) if alpha_over_white else colour
+    if x.shape[-1] == 1:
+        x = x.expand(*x.shape[:-1], 3)
+    return x.movedim(-1, 1)
 
 
 def nchw_to_image(x: torch.Tensor) -> torch.Tensor:
@@ -21,11 +43,21 @@ def nchw_to_image(x: torch.Tensor) -> torch.Tensor:
     return x.movedim(1, -1).float().contiguous()
 
 
-def mask_to_n1hw(mask: torch.Tensor) -> torch.Tensor:
-    """ComfyUI MASK ([B,]H,W) -> (B,1,H,W)."""
+def mask_to_n1hw(mask, name: str = "mask") -> torch.Tensor:
+    """ComfyUI MASK ([B,]H,W) -> float (B,1,H,W), checked: at least one map of at least 1x1, finite values."""
+    if not isinstance(mask, torch.Tensor):
+        raise ValueError(f"'{name}' is not a MASK (got {type(mask).__name__}); connect a mask output to it")
     if mask.ndim == 2:
         mask = mask.unsqueeze(0)
-    return mask.unsqueeze(1)
+    if mask.ndim == 4 and mask.shape[1] == 1:  # already (B,1,H,W) (some packs pass this)
+        mask = mask[:, 0]
+    if mask.ndim != 3:
+        raise ValueError(f"'{name}' must be a MASK [B, H, W]; got shape {tuple(mask.shape)}")
+    if mask.numel() == 0:
+        raise ValueError(f"'{name}' is empty (shape {tuple(mask.shape)}); check the node that made it")
+    m = mask.float()
+    check_finite(name, m)
+    return m.unsqueeze(1)
 
 
 def same_clip(a: str, b: str) -> bool:

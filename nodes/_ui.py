@@ -61,6 +61,9 @@ def parse_points(text: str) -> list[dict]:
     except json.JSONDecodeError as e:
         raise ValueError(f"'points' is not valid JSON ({e.msg} at character {e.pos}); expected e.g. "
                          '[{"x": 120, "y": 80, "radius": 24, "weight": 1}]') from None
+    except RecursionError:
+        raise ValueError("'points' is nested too deeply to be a list of points; expected e.g. "
+                         '[{"x": 120, "y": 80, "radius": 24, "weight": 1}]') from None
     if isinstance(raw, dict):
         raw = [raw]
     if not isinstance(raw, list):

@@ -22,6 +22,7 @@ from ..models import clip_style as cs
 from ._common import (
     StyleType,
     check_style,
+    image_to_nchw,
     load_model_file,
     managed,
     missing_model_message,
@@ -55,16 +56,6 @@ class ClipModel:
     def loaded(self) -> cs.StyleCLIP:
         mm.load_models_gpu([self.patcher])
         return self.model
-
-
-def _images_nchw(images: torch.Tensor, name: str) -> torch.Tensor:
-    """IMAGE (B, H, W, C) with any channel count our encoder accepts -> RGB (B, 3, H, W)."""
-    if images.ndim != 4 or images.shape[1] < 1 or images.shape[2] < 1:
-        raise ValueError(f"'{name}' must be an IMAGE batch [B, H, W, C]; got shape {tuple(images.shape)}")
-    x = images.float().movedim(-1, 1)
-    if not torch.isfinite(x).all():
-        raise ValueError(f"'{name}' contains NaN or infinite values")
-    return cs.to_rgb(x.clamp(0, 1), name)
 
 
 def _checkpoints() -> list[str]:
@@ -143,7 +134,8 @@ class StyleEncode(io.ComfyNode):
                 negatives = cs.parse_prompts(negative or "")
             except ValueError as e:
                 raise ValueError(f"'text'/'negative': {e}") from None
-            pixels = _images_nchw(images, "images") if images is not None else None
+            pixels = (image_to_nchw(images, "images", alpha_over_white=True).clamp(0, 1) if images is not None
+                      else None)
             if not prompts and pixels is None:
                 raise ValueError("nothing to encode: type at least one prompt in 'text' or connect 'images'")
             model = clip.loaded()

@@ -28,7 +28,8 @@ from comfy_api.latest import io, ui
 
 from ..models import dit as dit_model
 from ..models import region
-from ._common import StyleType, check_style, load_model_file, missing_model_message, register_model_folder
+from ._common import (StyleType, check_style, load_model_file, mask_to_n1hw, missing_model_message, node_errors,
+                      register_model_folder)
 from ._ui import colorize
 
 FOLDER = "dit"
@@ -255,7 +256,7 @@ def region_adaptive_euler(model, x, sigmas, extra_args=None, callback=None, disa
         return x
     level = importance.to(x.device)
     if level.shape[0] not in (1, x.shape[0]):
-        raise ValueError(f"DiffuGAN Region-Adaptive Sampler: the importance map has batch {level.shape[0]} but the "
+        raise ValueError(f"DiffuGAN Region-Adaptive Sampler: 'importance' has batch {level.shape[0]} but the "
                          f"latent has batch {x.shape[0]}; give one map per image or a single map")
     counts = region.token_step_counts(level, dit.grid(x), steps, min_steps, border)
     draft = getattr(model, "latent_image", None)
@@ -279,11 +280,8 @@ def region_adaptive_euler(model, x, sigmas, extra_args=None, callback=None, disa
 
 
 def _level_map(mask: torch.Tensor) -> torch.Tensor:
-    if mask.ndim == 2:
-        mask = mask[None]
-    if not torch.isfinite(mask).all():
-        raise ValueError("DiffuGAN Region-Adaptive Sampler: 'importance' contains NaN/inf values")
-    return mask[:, None].float().clamp(0, 1)  # (B, 1, H, W)
+    with node_errors("DiffuGAN Region-Adaptive Sampler"):
+        return mask_to_n1hw(mask, "importance").clamp(0, 1)  # (B, 1, H, W)
 
 
 def region_sampler(importance: torch.Tensor, min_steps: int, border: int, dense_every: int, report=None):
@@ -338,6 +336,8 @@ def refine(model, positive, negative, latent, seed, max_steps, strength, cfg, im
     """Region-adaptive img2img of a LATENT with a DiT MODEL; what both Refine nodes run. Returns the latent and
     the step map the run used (an IMAGE: each token's step count as a heat colour, at the image's size), or None
     when nothing ran."""
+    with node_errors("DiffuGAN DiT Refine"):
+        check_refine_inputs(model, positive, negative, latent, importance)
     if strength <= 0:
         return latent, None
     total = int(max_steps / strength) if strength < 1 else max_steps
@@ -354,6 +354,44 @@ def refine(model, positive, negative, latent, seed, max_steps, strength, cfg, im
     out = dict(latent)
     out["samples"] = samples
     return out, step_map_image(report, latent_image.shape[-2:])
+
+
+def check_refine_inputs(model, positive, negative, latent, importance) -> None:
+    """What the Refine nodes need, each refused naming its input: a DiffuGAN DiT MODEL, conditioning from DiT
+    Conditioning, a LATENT of the DiT's channels and a size its patches tile, finite, and an importance map with one
+    map per latent or a single map."""
+    dit = getattr(getattr(getattr(model, "model", None), "diffusion_model", None), "dit", None)
+    if not hasattr(getattr(dit, "config", None), "patch_size"):  # a DiffuGAN DiT (duck-typed: tests build their own)
+        raise ValueError("'model' is not a DiffuGAN DiT: load one with DiffuGAN DiT Loader (a Stable Diffusion "
+                         "MODEL refines with the stock KSampler instead)")
+    for name, cond in (("positive", positive), ("negative", negative)):
+        ok = isinstance(cond, list) and cond and all(
+            isinstance(c, (list, tuple)) and len(c) == 2 and isinstance(c[1], dict) and "dit_label" in c[1]
+            for c in cond)
+        if not ok:
+            raise ValueError(f"'{name}' is not DiT conditioning: connect DiffuGAN DiT Conditioning (a text encoder's "
+                             "CONDITIONING, e.g. CLIPTextEncode, is something a DiT cannot read)")
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    if not isinstance(samples, torch.Tensor) or samples.ndim != 4:
+        raise ValueError("'latent' is not a LATENT of images (a dict with 'samples' [B, C, H, W]); connect VAE "
+                         "Encode's output")
+    b, c, h, w = samples.shape
+    p = dit.config.patch_size
+    if b == 0 or h == 0 or w == 0:
+        raise ValueError(f"'latent' is empty (shape {tuple(samples.shape)})")
+    if c != dit.config.in_channels:
+        raise ValueError(f"'latent' has {c} channels but this DiT works on {dit.config.in_channels}: encode the draft "
+                         "with the VAE the DiT was trained with (an SD1-type VAE)")
+    if h % p or w % p:
+        raise ValueError(f"'latent' is {h}x{w}, which the DiT's {p}x{p} patches do not tile: use an image whose "
+                         f"sides are multiples of {8 * p} pixels (e.g. an ImageScale node before VAE Encode)")
+    from ..models.importance import check_finite
+
+    check_finite("latent", samples)
+    m = mask_to_n1hw(importance, "importance")
+    if m.shape[0] not in (1, b):
+        raise ValueError(f"'importance' has batch {m.shape[0]} but 'latent' has batch {b}; give one map per image "
+                         "or a single map for all")
 
 
 def step_map_image(report: dict, latent_hw) -> torch.Tensor | None:

@@ -45,7 +45,7 @@ class ImportancePreview(io.ComfyNode):
     @classmethod
     def execute(cls, image, importance, opacity) -> io.NodeOutput:
         with node_errors("DiffuGAN Importance Preview"):
-            out = heatmap_overlay(image_to_nchw(image), mask_to_n1hw(importance), opacity)
+            out = heatmap_overlay(image_to_nchw(image, "image"), mask_to_n1hw(importance, "importance"), opacity)
         out = nchw_to_image(out)
         return io.NodeOutput(out, ui=ui.PreviewImage(out, cls=cls))
 
@@ -71,7 +71,7 @@ class AnalyticImportance(io.ComfyNode):
     @classmethod
     def execute(cls, image, smoothing) -> io.NodeOutput:
         with node_errors("DiffuGAN Importance (Analytic)"):
-            m = imp.analytic_importance(image_to_nchw(image), smoothing)
+            m = imp.analytic_importance(image_to_nchw(image, "image"), smoothing)
         return io.NodeOutput(m[:, 0].to(image.device))
 
 
@@ -107,11 +107,11 @@ class MergeEmphasis(io.ComfyNode):
     @classmethod
     def execute(cls, importance, mode, strength, user_mask=None, points="") -> io.NodeOutput:
         with node_errors("DiffuGAN Merge Emphasis"):
-            score = mask_to_n1hw(importance).float()
+            score = mask_to_n1hw(importance, "importance")
             h, w = score.shape[-2:]
             user = points_to_mask(parse_points(points or ""), h, w)
             if user_mask is not None:
-                painted = imp.match_mask(mask_to_n1hw(user_mask).float(), score.shape[0], h, w, name="user_mask")
+                painted = imp.match_mask(mask_to_n1hw(user_mask, "user_mask"), score.shape[0], h, w, name="user_mask")
                 user = torch.maximum(user, painted)
             out = imp.merge_emphasis(score, user, mode, strength)
         # the mask's size, for the frontend's emphasis editor (points are in these pixels)
@@ -143,7 +143,7 @@ class ImportanceBudget(io.ComfyNode):
     @classmethod
     def execute(cls, importance, levels, budget) -> io.NodeOutput:
         with node_errors("DiffuGAN Importance Budget"):
-            out = imp.budget_levels(mask_to_n1hw(importance).float(), levels, budget)
+            out = imp.budget_levels(mask_to_n1hw(importance, "importance"), levels, budget)
         return io.NodeOutput(out[:, 0])
 
 
@@ -179,7 +179,7 @@ class LearnedImportance(io.ComfyNode):
         with node_errors(name):
             scorer = scorer.to(mm.get_torch_device())
             with torch.inference_mode():
-                m = scorer.score(image_to_nchw(image))
+                m = scorer.score(image_to_nchw(image, "image"))
         return io.NodeOutput(m[:, 0].float().cpu())
 
 

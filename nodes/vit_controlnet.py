@@ -122,15 +122,11 @@ def apply_controlnet(model, controlnet, image, settings: vc.ControlSettings, imp
                          "ControlNet only fits the DiT it was trained for")
     with node_errors(name):
         controlnet.model.check_fits(dit)
-        if not torch.isfinite(image).all():
-            raise ValueError("'image' contains NaN or infinite values")
-        hint = image_to_nchw(image).float().clamp(0, 1)
-        mask = None
-        if importance is not None:
-            mask = mask_to_n1hw(importance).float()
-            if not torch.isfinite(mask).all():
-                raise ValueError("'importance' contains NaN or infinite values")
-            mask = mask.clamp(0, 1)
+        hint = image_to_nchw(image, "image").clamp(0, 1)
+        mask = None if importance is None else mask_to_n1hw(importance, "importance").clamp(0, 1)
+        if mask is not None and 1 not in (mask.shape[0], hint.shape[0]) and mask.shape[0] != hint.shape[0]:
+            raise ValueError(f"'importance' has batch {mask.shape[0]} but 'image' has batch {hint.shape[0]}; give one "
+                             "map per image or a single map for all")
     patched = model.clone()
     patched.set_model_patch(ControlPatch(controlnet, hint, mask, settings, new_run), CONTROL_PATCH)
     if not patched.get_wrappers(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY):  # one serves all
@@ -281,7 +277,7 @@ class Edges(io.ComfyNode):
     @classmethod
     def execute(cls, image, low_threshold, high_threshold) -> io.NodeOutput:
         with node_errors("DiffuGAN Edges"):
-            edges = vc.canny_edges(image_to_nchw(image).float(), low_threshold, high_threshold)
+            edges = vc.canny_edges(image_to_nchw(image, "image"), low_threshold, high_threshold)
         return io.NodeOutput(nchw_to_image(edges.expand(-1, 3, -1, -1)))
 
 

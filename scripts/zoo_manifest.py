@@ -32,7 +32,8 @@ def card_vae(name: str, log: dict) -> str:
         "Loads with the stock **Load VAE** node (ComfyUI recognises the layout): 4 latent channels at 1/8 size. "
         f"Trained by `scripts/train_zoo_vae.py` for {s['steps']} steps (batch {s['batch']} crops of {s['crop']} px, "
         f"then batch {s['full_batch']} crops of {s['full_crop']} px; seed {s['seed']}).",
-        f"- held-out reconstruction PSNR (all held-out images, 128 px): **{log['final']['heldout_psnr_db']:.2f} dB**, "
+        f"- held-out reconstruction PSNR (all held-out images, {s.get('size', 128)} px): "
+        f"**{log['final']['heldout_psnr_db']:.2f} dB**, "
         f"L1 {log['final']['heldout_l1']:.4f} (pixels in [-1, 1])",
         f"- latents × 0.18215 on the training set: mean {log['latent_sd1_mean']:.3f}, std {log['latent_sd1_std']:.3f} "
         "(calibrated scale/shift)",
@@ -62,11 +63,16 @@ def card_dit(name: str, log: dict) -> str:
                                 run["final"]["eps_mse_mean"] if run is not log else None))
         run = run.get("init")
     x0 = {k[8:]: v for k, v in f.items() if k.startswith("x0_mse_t")}
+    grid = c["input_size"]
+    vae_note = " — use it with this DiT" if grid * 8 != 128 else ""
+    styles = ["Twemoji", "Noto", "OpenMoji"][: c["num_classes"] // 10]
+    labels = ", ".join(f"{10 * i}–{10 * i + 9} {name_}" for i, name_ in enumerate(styles))
     return "\n".join([
         f"### `dit/{name}` — DiT refiner",
         f"DiT with adaLN-Zero, depth {c['depth']}, hidden {c['hidden_size']}, {c['num_heads']} heads, patch "
-        f"{c['patch_size']}, ε-prediction on the zoo VAE's latents (16×16 at 128 px: 64 tokens). Class label = "
-        "style × category (0–9 Twemoji, 10–19 Noto, in the order Smileys & Emotion, People & Body, Animals & Nature, "
+        f"{c['patch_size']}, ε-prediction on the zoo VAE's latents ({grid}×{grid} at {grid * 8} px: "
+        f"{(grid // c['patch_size']) ** 2} tokens; VAE `{Path(s['vae']).name}`{vae_note}). Class label = "
+        f"style × category ({labels}, in the order Smileys & Emotion, People & Body, Animals & Nature, "
         "Food & Drink, Travel & Places, Activities, Objects, Symbols, Flags, Component); null class "
         f"{c['num_classes']} for guidance. Trained by `scripts/train_zoo_dit.py`, EMA {s['ema']}, seed {s['seed']}"
         + (", in runs each continuing the last: " if len(runs) > 1 else ": ") + "; then ".join(runs) + ".",

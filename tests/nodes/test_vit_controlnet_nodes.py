@@ -134,7 +134,7 @@ def test_clear_errors(comfy, run_node, files):
     not_dit = ModelPatcher(torch.nn.Linear(1, 1), torch.device("cpu"), torch.device("cpu"))
     with pytest.raises(ValueError, match="'model' is not a DiffuGAN DiT"):
         _apply(run_node, not_dit, "trained.safetensors", _edges())
-    with pytest.raises(ValueError, match="low_threshold \\(0.5\\) must be below high_threshold"):
+    with pytest.raises(ValueError, match="'low_threshold' \\(0.5\\) must be below 'high_threshold'"):
         run_node("DiffuGANEdges", image=_edges(), low_threshold=0.5, high_threshold=0.2)
     msg = comfy.NODE_CLASS_MAPPINGS["DiffuGANControlNetLoader"].validate_inputs(controlnet_name="canny.safetensors")
     assert "ViT ControlNet 'canny.safetensors' not found. Put it in the 'diffugan_controlnet' model folder" in msg
