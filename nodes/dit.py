@@ -383,8 +383,9 @@ def check_refine_inputs(model, positive, negative, latent, importance) -> None:
         raise ValueError(f"'latent' has {c} channels but this DiT works on {dit.config.in_channels}: encode the draft "
                          "with the VAE the DiT was trained with (an SD1-type VAE)")
     if h % p or w % p:
-        raise ValueError(f"'latent' is {h}x{w}, which the DiT's {p}x{p} patches do not tile: use an image whose "
-                         f"sides are multiples of {8 * p} pixels (e.g. an ImageScale node before VAE Encode)")
+        raise ValueError(f"'latent' is {h}x{w} ({8 * h}x{8 * w} px), which the DiT's {p}x{p} patches do not tile: "
+                         f"use an image whose sides are multiples of {8 * p} pixels (e.g. an ImageScale node before "
+                         "VAE Encode)")
     from ..models.importance import check_finite
 
     check_finite("latent", samples)

@@ -110,13 +110,31 @@ def test_the_linter_catches_what_a_fresh_install_lacks(fresh, tmp_path):
 SHIPPED_ONLY = [p for p in API if p.stem not in USER_MODELS]
 
 
+@pytest.fixture(scope="module")
+def second_install(tmp_path_factory):
+    """Another fresh install, in its own process: a workflow run on both must give identical pictures."""
+    base = tmp_path_factory.mktemp("second_install")
+    (base / "input").mkdir()
+    Image.new("RGB", (64, 64), (40, 90, 200)).save(base / "input" / USER_FILE)
+    srv = ComfyServer(base)
+    yield srv
+    srv.stop()
+
+
 @pytest.mark.parametrize("path", SHIPPED_ONLY, ids=[p.stem for p in SHIPPED_ONLY])
-def test_example_runs_on_a_fresh_install(fresh, path):
+def test_example_runs_on_a_fresh_install_identically_twice(fresh, second_install, path):
+    """Each shipped workflow runs; run again with the same seeds on a second fresh server (another process: nothing
+    cached, every node really runs) it saves identical pictures, byte for byte in pixels."""
     api = json.loads(path.read_text())
     run = fresh.run_prompt(api)
     assert run.ok, f"{run.error()}\n{fresh.log_tail()}"
     saves = [k for k, n in api.items() if n["class_type"] == "SaveImage"]
     assert saves and all(run.output_images(k) for k in saves)
+    again = second_install.run_prompt(api)
+    assert again.ok, again.error()
+    for k in saves:
+        first, second = read_images(run.output_images(k)), read_images(again.output_images(k))
+        assert torch.equal(first, second), f"{path.stem}: node {k} saved different pictures for the same seeds"
 
 
 def test_user_emphasis_raises_the_work_where_painted_and_clicked(fresh):

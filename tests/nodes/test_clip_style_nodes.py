@@ -83,7 +83,7 @@ def test_encode_errors_are_clear(run_node, files):
     clip = _clip(run_node)
     with pytest.raises(ValueError, match="DiffuGAN Style Encode: nothing to encode: type at least one prompt"):
         _encode(run_node, clip, "  \n ")
-    with pytest.raises(ValueError, match="'images' must be an IMAGE batch .* with 1 to 4 channels; got shape \\(1, 8, 8, 5\\)"):
+    with pytest.raises(ValueError, match=r"'images' must be an IMAGE .* 1 to 4 channels; got shape \(1, 8, 8, 5\)"):
         _encode(run_node, clip, "x", images=torch.rand(1, 8, 8, 5))
     with pytest.raises(ValueError, match="'images' contains 192 NaN/inf values"):
         _encode(run_node, clip, "x", images=torch.full((1, 8, 8, 3), float("nan")))
