@@ -31,7 +31,9 @@ def card_vae(name: str, log: dict) -> str:
         f"### `vae/{name}` — VAE (TAESD layout, SD1 latents)",
         "Loads with the stock **Load VAE** node (ComfyUI recognises the layout): 4 latent channels at 1/8 size. "
         f"Trained by `scripts/train_zoo_vae.py` for {s['steps']} steps (batch {s['batch']} crops of {s['crop']} px, "
-        f"then batch {s['full_batch']} crops of {s['full_crop']} px; seed {s['seed']}).",
+        f"then batch {s['full_batch']} crops of {s['full_crop']} px; lr {s.get('lr')}; seed {s['seed']})"
+        + (f", fine-tuned from `{Path(s['init']).name}` on the {s.get('size')} px renders"
+           if s.get("init") not in (None, "None") else "") + ".",
         f"- held-out reconstruction PSNR (all held-out images, {s.get('size', 128)} px): "
         f"**{log['final']['heldout_psnr_db']:.2f} dB**, "
         f"L1 {log['final']['heldout_l1']:.4f} (pixels in [-1, 1])",

@@ -15,7 +15,8 @@ from devkit.drawn import smiley
 
 ZOO = Path(__file__).resolve().parents[2] / "zoo"
 MANIFEST = json.loads((ZOO / "manifest.json").read_text())["files"]
-BY_FOLDER = {f["folder"]: ZOO / f["path"] for f in MANIFEST}
+# the models the shipped workflows use (the 256 px wing, still training, is checked on its own below)
+BY_FOLDER = {f["folder"]: ZOO / f["path"] for f in MANIFEST if "-256" not in f["path"]}
 
 
 def test_manifest_matches_the_files():
@@ -26,6 +27,18 @@ def test_manifest_matches_the_files():
         assert len(data) == f["bytes"], f["path"]
         assert hashlib.sha256(data).hexdigest() == f["sha256"], f["path"]
         assert len(data) < 20 * 2 ** 20, f"{f['path']}: zoo files stay small"
+
+
+def test_zoo_vae_256_reconstructs_held_out_emoji_at_256_px():
+    """The VAE of the 256-token DiT (fine-tuned on the 256 px renders): a drawn emoji at 256 px comes back sharp."""
+    vae256 = taesd.load_vae(ZOO / "vae" / "diffugan-emoji-vae-256.safetensors")
+    x = smiley(256)
+    with torch.no_grad():
+        z = vae256.encode(x)
+        y = vae256.decode(z).clamp(-1, 1)
+    assert z.shape[-2:] == (32, 32)
+    psnr = 10 * torch.log10(4 / (y - x).square().mean())
+    assert psnr > 24, float(psnr)
 
 
 @pytest.fixture(scope="module")
