@@ -454,8 +454,8 @@ def mix_styles(ws_a: torch.Tensor, ws_b: torch.Tensor, start: int, end: int) -> 
         raise ValueError(f"style mixing needs W+ of equal shape, got {tuple(ws_a.shape)} and {tuple(ws_b.shape)}")
     num_ws = ws_a.shape[1]
     if not 0 <= start <= end <= num_ws:
-        raise ValueError(f"mixing layer range [{start}, {end}) is outside 0..{num_ws} (this generator has {num_ws} "
-                         "style layers)")
+        raise ValueError(f"'layer_start'/'layer_end' [{start}, {end}) is outside 0..{num_ws} (this generator has "
+                         f"{num_ws} style layers; layer_start must not exceed layer_end)")
     out = ws_a.clone()
     out[:, start:end] = ws_b[:, start:end]
     return out

@@ -91,13 +91,20 @@ def w_payload(model: StyleGANModel, ws: torch.Tensor) -> dict:
 def check_w(model: StyleGANModel, w: dict, node: str, name: str = "w") -> torch.Tensor:
     """W+ must fit the generator. W from another file of the same architecture is allowed (a known trick between
     fine-tunes of one base model) but noted in the log, since it usually is a wiring mistake."""
-    ws = w["ws"]
+    ws = w.get("ws") if isinstance(w, dict) else None
+    if not isinstance(ws, torch.Tensor) or ws.ndim != 3:
+        raise ValueError(f"{node}: '{name}' is not a W+ latent (connect the 'w' output of StyleGAN Generate, Mix or "
+                         "Style Inject)")
+    if ws.shape[0] == 0:
+        raise ValueError(f"{node}: '{name}' is empty (a batch of 0)")
+    if not torch.isfinite(ws).all():
+        raise ValueError(f"{node}: '{name}' contains NaN/inf values; fix the node that produced it")
     G = model.generator
     if tuple(ws.shape[1:]) != (G.num_ws, G.w_dim):
-        raise ValueError(f"{node}: '{name}' comes from {w['model']}, which does not fit {model.identity}: "
+        raise ValueError(f"{node}: '{name}' comes from {w.get('model')}, which does not fit {model.identity}: "
                          f"W+ shape {tuple(ws.shape[1:])} vs ({G.num_ws}, {G.w_dim}). Use the same generator")
-    if w["model"] != model.identity:
-        logging.warning("%s: '%s' was made by %s but is rendered by %s", node, name, w["model"], model.identity)
+    if w.get("model") != model.identity:
+        logging.warning("%s: '%s' was made by %s but is rendered by %s", node, name, w.get("model"), model.identity)
     return ws
 
 

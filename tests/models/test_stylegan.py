@@ -242,7 +242,7 @@ def test_style_mixing_crossover(config):
     mixed = sg.mix_styles(ws_a, ws_b, 2, n)
     torch.testing.assert_close(mixed[:, :2], ws_a[:, :2])
     torch.testing.assert_close(mixed[:, 2:], ws_b[:, 2:])
-    with pytest.raises(ValueError, match=rf"mixing layer range \[3, 99\) is outside 0..{n} "):
+    with pytest.raises(ValueError, match=rf"'layer_start'/'layer_end' \[3, 99\) is outside 0..{n} "):
         sg.mix_styles(ws_a, ws_b, 3, 99)
 
 

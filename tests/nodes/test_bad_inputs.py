@@ -231,3 +231,34 @@ def test_models_of_the_wrong_kind(run_node, zoo):
     if p:
         problems.append(f"DiTRefine.positive <- SD1 text conditioning: {p}")
     assert not problems, "\n".join(problems)
+
+
+def test_w_latent_inputs(run_node, zoo):
+    """W+ latents wired into the StyleGAN nodes: from another generator, malformed, NaN, or disagreeing batches."""
+    G = zoo["stylegan"]
+    image, w = run_node("DiffuGANStyleGANGenerate", stylegan=G, seed=3, batch_size=2, truncation_psi=0.7,
+                        truncation_cutoff=0, noise_mode="const", class_label=0).args
+    bad = {
+        "another generator's shape": ({**w, "ws": torch.zeros(2, w["ws"].shape[1] + 1, 7), "model": "other #1"},
+                                      "refuse"),
+        "a bare tensor": (w["ws"], "refuse"),
+        "an IMAGE": (image, "refuse"),
+        "NaN": ({**w, "ws": _with(NAN, 0, w["ws"])}, "refuse"),
+        "empty batch": ({**w, "ws": w["ws"][:0]}, "refuse"),
+        "from another file of the same architecture": ({**w, "model": "a fine-tune #123"}, "accept"),
+    }
+    problems = []
+    for label, (value, expect) in bad.items():
+        p = _run_case(run_node, "DiffuGANStyleGANFromW", dict(stylegan=G, w=w, noise_mode="const", noise_seed=0),
+                      "w", value, expect)
+        if p:
+            problems.append(f"FromW.w <- {label}: {p}")
+    mix = dict(stylegan=G, w_a=w, w_b=w, layer_start=0, layer_end=4, noise_mode="const", noise_seed=0)
+    three = run_node("DiffuGANStyleGANGenerate", stylegan=G, seed=4, batch_size=3, truncation_psi=0.7,
+                     truncation_cutoff=0, noise_mode="const", class_label=0).args[1]
+    for name, value, expect in [("w_b", three, "refuse"), ("w_b", {**w, "ws": w["ws"][:1]}, "accept"),
+                                ("layer_end", 64, "refuse"), ("w_a", NAN, "refuse")]:
+        p = _run_case(run_node, "DiffuGANStyleGANMix", mix, name, value, expect)
+        if p:
+            problems.append(f"Mix.{name} <- {str(value)[:30]}: {p}")
+    assert not problems, "\n".join(problems)

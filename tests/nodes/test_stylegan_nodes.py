@@ -131,7 +131,7 @@ def test_mix_and_from_w_round_trip(run_node, checkpoints):
                               noise_mode="const", noise_seed=0).args
     rendered = run_node("DiffuGANStyleGANFromW", stylegan=model, w=w_mixed, noise_mode="const", noise_seed=0).args[0]
     torch.testing.assert_close(rendered, mixed, rtol=0, atol=0)
-    with pytest.raises(ValueError, match=r"DiffuGAN StyleGAN Style Mix: mixing layer range \[2, 60\) is outside"):
+    with pytest.raises(ValueError, match=r"Style Mix: 'layer_start'/'layer_end' \[2, 60\) is outside"):
         run_node("DiffuGANStyleGANMix", stylegan=model, w_a=w_a, w_b=w_b, layer_start=2, layer_end=60,
                  noise_mode="const", noise_seed=0)
 
