@@ -25,4 +25,12 @@ def write_random_taesd_vae(path: Path, seed: int = 0) -> None:
 
     torch.manual_seed(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in TAESD().state_dict().items()}, str(path))
+    state = TAESD().state_dict()
+    # ComfyUI's ops skip weight initialisation (its loaders fill every tensor): the fresh tensors hold whatever the
+    # memory held, NaN included. Initialise them as PyTorch would, so the file gives finite latents.
+    for k, v in state.items():
+        if v.ndim > 1:
+            torch.nn.init.kaiming_uniform_(v, a=5 ** 0.5)
+        elif v.ndim == 1:
+            v.zero_()  # biases; the 0-d vae_scale / vae_shift keep their 1 and 0
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
