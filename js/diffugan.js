@@ -8,6 +8,7 @@ const STAGE_COLORS = {
   "DiffuGAN/Importance": ["#553a2f", "#70503c"],
   "DiffuGAN/ControlNet": ["#4a2d4a", "#5f3a5f"],
   "DiffuGAN/DiT": ["#4a442d", "#5f573a"],
+  "DiffuGAN/FiLM UNet": ["#2d454a", "#3a5a5f"],
 };
 
 app.registerExtension({

@@ -177,7 +177,7 @@ def test_user_emphasis_raises_the_work_where_painted_and_clicked(fresh):
     assert levels["emphasis"][rest].mean() <= levels["plain"][rest].mean() + 1e-6  # the budget holds: less elsewhere
 
 
-def test_stylegan_draft_refined_by_a_stock_sd15_checkpoint(fresh):
+def test_stylegan_draft_refined_by_a_stock_sd15_checkpoint(fresh, second_install):
     """stylegan_draft_sd15_refine with an SD1-format checkpoint under the name it uses (random weights, SD1.5's
     layout: ComfyUI's own loader detects it as SD15): stock CheckpointLoaderSimple, CLIPTextEncode, VAEEncode,
     SetLatentNoiseMask with our importance MASK, DifferentialDiffusion and KSampler. The mask is the per-pixel
@@ -211,3 +211,12 @@ def test_stylegan_draft_refined_by_a_stock_sd15_checkpoint(fresh):
           f"round trip: low {float(change[low].mean()):.4f}, high {float(change[high].mean()):.4f}")
     assert float(imp[high].mean()) > 0.5 > 5 * float(imp[low].mean())
     assert change[high].mean() > 1.8 * change[low].mean(), (change[high].mean(), change[low].mean())  # 0.338/0.147
+    # deterministic like the other workflows: the same checkpoint on the second fresh server, identical pictures
+    import shutil
+
+    (second_install.base / "models" / folder).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(fresh.base / "models" / folder / file_name, second_install.base / "models" / folder / file_name)
+    again = second_install.run_prompt(api, timeout=900)
+    assert again.ok, again.error()
+    for k in ("18", "91", "93"):
+        assert torch.equal(read_images(run.output_images(k)), read_images(again.output_images(k))), k

@@ -253,6 +253,8 @@ def build(out: Path) -> dict[str, dict]:
         "diffugan.stylegan.v1": {"arch": "stylegan2", "z_dim": big, "c_dim": big, "w_dim": big,
                                  "img_resolution": 1024, "img_channels": 3, "mapping_kwargs": {"num_layers": 64},
                                  "synthesis_kwargs": {"channel_base": 1 << 30, "channel_max": big}},
+        "diffugan.film_unet.v1": {"base_channels": big, "channel_mults": [1, 2, 4, 8], "num_res_blocks": 64,
+                                  "attention_levels": [0, 1, 2, 3], "style_dim": big},
         "diffugan.clip.v1": None,
     }
     for fmt, config in lying.items():

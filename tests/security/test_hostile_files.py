@@ -165,7 +165,8 @@ def test_structural_lies_are_refused_before_reading(results):
         wrong += [r for r in rows if reason not in r["message"]]
     # a config that lies about the architecture's size: refused by shapes, before the model is allocated
     config_lies = {"dit": "DiT", "stylegan": "StyleGAN generator", "vit_controlnet": "ViT ControlNet",
-                   "style_mapper": "style mapper", "clip": "CLIP", "importance_scorer": "importance scorer"}
+                   "style_mapper": "style mapper", "clip": "CLIP", "importance_scorer": "importance scorer",
+                   "film_unet": "FiLM UNet"}
     for fmt, loader in config_lies.items():
         rows = [r for r in results if r["case"] == f"safetensors-config-lies-{fmt}" and r["loader"] == loader
                 and r["suffix"] == ".safetensors"]
