@@ -302,3 +302,23 @@ def test_pipeline_evaluation_reports_drafts_and_degraded_images(tiny_set, tiny_c
         assert 0 < d[stage]["ssim"] <= 1 and d[stage]["psnr_db"] > 0
     assert out.with_suffix(".png").is_file()
     assert "degraded held-out images (3, down to 16 px" in zoo_manifest.card_pipeline(r)
+
+
+def test_unet_trainer_runs_logs_the_dits_figures_and_writes_a_loadable_file(tiny_set, tiny_clip, tmp_path):
+    import train_zoo_unet
+
+    from diffugan.models import film_unet as fu
+
+    data, vae = tiny_set
+    out = tmp_path / "unet" / "unet.safetensors"
+    train_zoo_unet.main(["--data", str(data), "--vae", str(vae), "--style-clip", str(tiny_clip), "--out", str(out),
+                         "--steps", "2", "--channels", "16", "--mults", "1,2", "--res-blocks", "1", "--attention", "1",
+                         "--heads", "2", "--batch", "4", "--eval-every", "2"])
+    log = json.loads(out.with_suffix(".json").read_text())
+    for key in ("eps_mse_t100", "eps_mse_t100_none", "eps_mse_mean", "eps_mse_mean_none", "x0_mse_t300"):
+        assert torch.isfinite(torch.tensor(log["final"][key])), key
+    unet = fu.load_film_unet(out)
+    assert unet.style_clip == log["style_clip"] == cs.load_clip(tiny_clip).identity
+    assert unet.config.style_dim == log["config"]["style_dim"] > 0
+    z = torch.randn(1, 4, 8, 8)
+    assert unet(z, torch.tensor([50.0]), torch.zeros(1, unet.config.style_dim)).shape == z.shape
