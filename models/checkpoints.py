@@ -60,8 +60,13 @@ def user_file_loader(what: str, suffixes: tuple[str, ...]):
         def load(path, *args, **kwargs):
             try:
                 return fn(path, *args, **kwargs)
-            except CheckpointError:
-                raise
+            except CheckpointError as e:
+                if str(e).startswith(Path(path).name):
+                    raise
+                raise type(e)(_named(Path(path), e)) from None
+            except MemoryError:
+                raise CheckpointError(f"{Path(path).name}: ran out of memory loading this {what} (the model may be "
+                                      "too large for this machine)") from None
             except Exception as e:  # (anything a malformed file provokes; never a crash)
                 raise CheckpointError(f"{Path(path).name}: not a usable {what} file ({type(e).__name__}: "
                                       f"{_short(e)})") from None
@@ -88,10 +93,45 @@ def _short(e: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + " …"
 
 
-def build_checked(factory, tensors: dict[str, torch.Tensor], source: str) -> torch.nn.Module:
-    """`factory()` built with the file's weights, strictly: the architecture (from the file's own config) is first
-    built on the meta device and checked against the tensors' keys and shapes, so a config that lies about the
-    size (a billion-wide layer) is refused before any memory is allocated for it."""
+_MAX_WIDTH, _MAX_DEPTH = 1 << 20, 512  # no real network comes near either
+_DEPTH_KEYS = {"depth", "base_depth", "layers", "num_layers", "n_layers", "num_res_blocks", "mapping_layers"}
+
+
+def check_config_sizes(config, source: str) -> None:
+    """Every integer in an architecture read from a file (a dataclass or dict, nested dicts and lists included)
+    must be plausible: at most 2^20 (widths, resolutions, classes), and at most 512 for counts of layers, blocks
+    or depth, which decide how many modules are built at all. A file claiming more is refused before anything
+    is built (some constructors compute small tables in numpy, outside the meta device)."""
+    from dataclasses import asdict, is_dataclass
+
+    def walk(value, key=""):
+        if isinstance(value, bool):
+            return
+        if isinstance(value, int):
+            limit = _MAX_DEPTH if key.lower() in _DEPTH_KEYS else _MAX_WIDTH
+            if not -1 <= value <= limit:
+                raise CheckpointError(f"{source}: the architecture in the file is implausible ({key} = {value}; at "
+                                      f"most {limit}): the file is damaged or made to exhaust memory")
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, str(k))
+        elif isinstance(value, (list, tuple)):
+            if len(value) > _MAX_DEPTH:
+                raise CheckpointError(f"{source}: the architecture in the file is implausible ({key} has "
+                                      f"{len(value)} entries)")
+            for v in value:
+                walk(v, key)
+
+    walk(asdict(config) if is_dataclass(config) else config)
+
+
+def build_checked(factory, tensors: dict[str, torch.Tensor], source: str, config=None) -> torch.nn.Module:
+    """`factory()` built with the file's weights, strictly: the architecture (from the file's own config: give it
+    as `config` to have its sizes checked first, check_config_sizes) is built on the meta device and checked
+    against the tensors' keys and shapes, so a config that lies about the size (a billion-wide layer) is refused
+    before any memory is allocated for it."""
+    if config is not None:
+        check_config_sizes(config, source)
     with torch.device("meta"):
         skeleton = factory()
     check_state_dict(skeleton, tensors, source)
@@ -156,8 +196,13 @@ def _numpy_scalar(dtype, data=None):
     return np.frombuffer(data, dtype=dtype, count=1)[0]
 
 
+class _NdarrayClass:
+    """What the name numpy.ndarray resolves to: a marker only `_numpy_reconstruct` accepts (calling it builds
+    nothing), so an array comes into being only through numpy's own pickle path, whose dtype is checked."""
+
+
 def _numpy_reconstruct(cls, shape, dtype_char):
-    if cls is not np.ndarray:
+    if cls is not _NdarrayClass:
         raise pickle.UnpicklingError("only numpy.ndarray may be reconstructed")
     return np.ndarray.__new__(np.ndarray, shape, dtype_char)
 
@@ -180,7 +225,7 @@ _ALLOWED = {
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch.storage", "_load_from_bytes"): _load_storage_from_bytes,
     ("numpy", "dtype"): _numpy_dtype,
-    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "ndarray"): _NdarrayClass,
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,
     ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
@@ -218,7 +263,7 @@ def load_nvidia_pickle(path: str | os.PathLike) -> Any:
     The file must be one pickle and nothing more: data after it (a second stream) is refused, not ignored."""
     path = Path(path)
     _require_file(path)
-    if zipfile.is_zipfile(path):
+    if _opens_as_zip(path):
         raise CheckpointError(f"{path.name}: this is a zip archive (a torch.save file?), not an NVIDIA pickle; "
                               "a DiT or CLIP .pt/.pth/.bin goes to its own loader")
     with open(path, "rb") as f:
@@ -297,9 +342,10 @@ def save_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], 
 
 
 # safetensors dtypes and their sizes in bytes (the format's own list)
-_SAFETENSORS_DTYPES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
+_SAFETENSORS_DTYPES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E4M3FNUZ": 1, "F8_E5M2FNUZ": 1,
+                       "F8_E8M0": 1, "C64": 8, "I16": 2, "U16": 2, "F16": 2,
                        "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
-_SAFETENSORS_MAX_HEADER = 100 << 20  # the format's own limit
+_SAFETENSORS_MAX_HEADER = 100_000_000  # the format's own limit
 
 
 def safetensors_header(path: str | os.PathLike) -> dict:
@@ -432,6 +478,9 @@ def _check_torch_zip(path: Path, size: int) -> None:
         with zf:
             infos = zf.infolist()
             names = [i.filename for i in infos]
+            if not infos or min(i.header_offset for i in infos) != 0:
+                raise CheckpointError(f"{bad} a zip archive with data before its first entry (a polyglot: two files "
+                                      "in one); torch.save archives start at the first byte")
             f.seek(size - 22 - len(zf.comment))
             if f.read(4) != b"PK\x05\x06":
                 raise CheckpointError(f"{bad} data follows the zip archive's directory (another file appended)")
@@ -453,13 +502,47 @@ def _check_torch_zip(path: Path, size: int) -> None:
             if any(i.compress_type != zipfile.ZIP_STORED for i in infos) or sum(i.file_size for i in infos) > size:
                 raise CheckpointError(f"{bad} compressed entries ({sum(i.file_size for i in infos)} bytes unpacked "
                                       f"from a {size}-byte file); torch.save stores its entries uncompressed")
-            try:
-                data = zf.read(pkl)
-            except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-                raise CheckpointError(f"{path.name}: not a readable torch zip archive ({_short(e)})") from None
+            data = _stored_entry(f, pkl, path)
     end = _pickle_end(data, f"{path.name}: data.pkl")
     if end != len(data):
         raise CheckpointError(f"{bad} {len(data) - end} bytes follow the pickle in data.pkl (a second stream)")
+
+
+def _stored_entry(f, info: zipfile.ZipInfo, path: Path) -> bytes:
+    """The bytes of an uncompressed entry, read at its offset (torch can write archives without CRCs, which
+    zipfile.read would refuse)."""
+    f.seek(info.header_offset)
+    head = f.read(30)
+    if len(head) < 30 or head[:4] != b"PK\x03\x04":
+        raise CheckpointError(f"{path.name}: not a readable torch zip archive (bad local header of {info.filename})")
+    name_len, extra_len = struct.unpack("<HH", head[26:30])
+    f.seek(info.header_offset + 30 + name_len + extra_len)
+    data = f.read(info.file_size)
+    if len(data) != info.file_size:
+        raise CheckpointError(f"{path.name}: not a readable torch zip archive ({info.filename} is cut short); it "
+                              "may be truncated")
+    return data
+
+
+def _opens_as_zip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
+def _is_legacy_torch_magic(head: bytes) -> bool:
+    """Whether `head` opens with torch's legacy magic number pickled alone, at any protocol."""
+    try:
+        ops = []
+        for op, arg, _ in pickletools.genops(head):
+            if op.name == "STOP":
+                break
+            if op.name not in ("PROTO", "FRAME"):
+                ops.append((op.name, arg))
+        else:
+            return False
+    except Exception:  # (bytes that are no pickle)
+        return False
+    return len(ops) == 1 and ops[0][1] == LEGACY_TORCH_MAGIC
 
 
 def _pickle_end(data: bytes, what: str) -> int:
@@ -474,7 +557,7 @@ def _pickle_end(data: bytes, what: str) -> int:
     raise CheckpointError(f"{what} is not a complete pickle; the file may be truncated")
 
 
-_LEGACY_TORCH_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)  # how every pre-1.6 torch.save file opens
+LEGACY_TORCH_MAGIC = 0x1950A86A20F9469CFC6C  # the number every pre-1.6 torch.save file opens with
 
 
 def load_torch_weights(path: str | os.PathLike) -> Any:
@@ -484,12 +567,15 @@ def load_torch_weights(path: str | os.PathLike) -> Any:
     path = Path(path)
     _require_file(path)
     size = path.stat().st_size
-    is_zip = zipfile.is_zipfile(path)
+    is_zip = _opens_as_zip(path)
     if is_zip:
         _check_torch_zip(path, size)
+    elif zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path.name}: refused to load: a zip archive with data before its first entry (a "
+                              "polyglot: two files in one); torch.save archives start at the first byte")
     else:
         with open(path, "rb") as f:
-            head = f.read(len(_LEGACY_TORCH_MAGIC))
+            head = f.read(64)
         if head[:2] == b"PK":
             raise CheckpointError(f"{path.name}: a damaged zip archive (its directory cannot be found); the file is "
                                   "probably truncated: download or copy it again")
@@ -501,7 +587,7 @@ def load_torch_weights(path: str | os.PathLike) -> Any:
                 hint = ""
             raise CheckpointError(f"{path.name}: not a torch file (neither a torch.save zip archive nor a legacy "
                                   f"torch pickle){hint}")
-        if head != _LEGACY_TORCH_MAGIC:
+        if not _is_legacy_torch_magic(head):
             raise CheckpointError(f"{path.name}: a plain pickle, not a file written by torch.save (no torch magic "
                                   "number); an NVIDIA StyleGAN network pickle goes to the StyleGAN loader as .pkl, "
                                   "anything else is refused")
@@ -510,6 +596,11 @@ def load_torch_weights(path: str | os.PathLike) -> Any:
             value = torch.load(f, map_location="cpu", weights_only=True)
             stop = f.tell()
     except pickle.UnpicklingError as e:
+        if "Unsupported operand" in str(e):  # an opcode torch's safe reader lacks (e.g. protocol 4's FRAME)
+            raise CheckpointError(
+                f"{path.name}: torch's weights-only reader cannot read this file's pickle ({_weights_only_reason(e)};"
+                " a legacy file saved with pickle protocol 4 or 5, or a damaged one). Re-save it with torch.save's "
+                "defaults or as safetensors on a trusted machine") from None
         raise UnsafePickleError(
             f"{path.name}: refused to load: the file holds more than weights ({_weights_only_reason(e)}). "
             "Only plain state dicts are accepted; re-save it as safetensors on a trusted machine"

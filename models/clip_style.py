@@ -343,6 +343,7 @@ def load_clip(path, arch: str = "auto", text_tower_dirs: Sequence[Path] = ()) ->
     folder = text_tower_dir(tower, text_tower_dirs) if tower else None
     if tower and not any(k.startswith(TEXT_TOWER_PREFIX) for k in tensors):
         tensors = {**tensors, **tower_tensors(folder, tower)}  # trained with the tower locked: not in the file
+    ck.check_config_sizes(resolved.model_cfg, path.name)
     with torch.device("meta"):  # shapes first: a config that lies about its size allocates nothing
         expected = build_clip(resolved.model_cfg, path.name, folder).state_dict()
     for key in ("logit_scale", "logit_bias"):  # scalar vs 1-element tensor differs between open_clip versions
@@ -584,5 +585,5 @@ def save_mapper(mapper: StyleMapper, path, extra: dict | None = None) -> None:
 def load_mapper(path) -> StyleMapper:
     tensors, config = ck.load_config_safetensors(path, MAPPER_FORMAT, "DiffuGAN style mapper", MapperConfig,
                                                  "train one with scripts/train_style_mapper.py")
-    mapper = ck.build_checked(lambda: StyleMapper(config), tensors, Path(path).name)
+    mapper = ck.build_checked(lambda: StyleMapper(config), tensors, Path(path).name, config)
     return mapper.eval().requires_grad_(False)

@@ -405,7 +405,7 @@ def load_dit(path, num_heads: int | None = None) -> DiT:
     if config is None or num_heads is not None:
         config = infer_config(tensors, source, name_hint=source, num_heads=num_heads)
     tensors = {k: v.float() for k, v in tensors.items()}
-    model = ck.build_checked(lambda: DiT(config), tensors, source)
+    model = ck.build_checked(lambda: DiT(config), tensors, source, config)
     if suffix == ".safetensors":
         model.style_clip = meta.get("style_clip", "")
     return model.eval().requires_grad_(False)

@@ -61,6 +61,8 @@ class FiLMUNetConfig:
         for m in self.channel_mults:
             if (self.base_channels * m) % self.groups:
                 raise ValueError(f"channel width {self.base_channels * m} is not divisible by {self.groups} groups")
+        if self.num_heads < 1 or any((self.base_channels * m) % self.num_heads for m in self.channel_mults):
+            raise ValueError(f"num_heads {self.num_heads} must divide every channel width")
         if any(not 0 <= a < len(self.channel_mults) for a in self.attention_levels):
             raise ValueError(f"attention_levels {self.attention_levels} outside 0..{len(self.channel_mults) - 1}")
 
@@ -241,6 +243,6 @@ def load_film_unet(path) -> FiLMUNet:
     except (TypeError, ValueError) as e:
         raise ck.CheckpointError(f"{path.name}: bad FiLM UNet config in the metadata ({e})") from None
     tensors = {k: v.float() for k, v in tensors.items()}
-    model = ck.build_checked(lambda: FiLMUNet(config), tensors, path.name)
+    model = ck.build_checked(lambda: FiLMUNet(config), tensors, path.name, config)
     model.style_clip = meta.get("style_clip", "")
     return model.eval().requires_grad_(False)

@@ -306,5 +306,5 @@ def load_scorer(path) -> LearnedScorer:
     except (KeyError, TypeError, ValueError) as e:
         raise ck.CheckpointError(f"{name}: bad scorer config in the metadata ({e})") from None
     tensors = {k: v.float() for k, v in tensors.items()}
-    model = ck.build_checked(lambda: LearnedScorer(config), tensors, name)
+    model = ck.build_checked(lambda: LearnedScorer(config), tensors, name, config.to_json())
     return model.eval().requires_grad_(False)

@@ -388,7 +388,7 @@ def load_stylegan(path, device: str | torch.device = "cpu") -> Generator:
         raise ck.CheckpointError(f"{source}: unsupported file type '{suffix}'; use an NVIDIA .pkl or a .safetensors "
                                  "written by scripts/convert_stylegan.py")
     tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
-    G = ck.build_checked(lambda: build_generator(config, source), tensors, source)
+    G = ck.build_checked(lambda: build_generator(config, source), tensors, source, config)
     if suffix == ".safetensors":
         G.style_clip = meta.get("style_clip", "")
         if G.style_clip and G.c_dim == 0:

@@ -441,5 +441,6 @@ def load_controlnet(path) -> ViTControlNet:
     tensors, config = ck.load_config_safetensors(
         path, SAFETENSORS_FORMAT, "DiffuGAN ViT ControlNet", ControlNetConfig,
         "Stable Diffusion ControlNets do not fit a DiT; use one made for this DiT (vit_controlnet.save_controlnet)")
-    net = ck.build_checked(lambda: ViTControlNet(config), {k: v.float() for k, v in tensors.items()}, Path(path).name)
+    net = ck.build_checked(lambda: ViTControlNet(config), {k: v.float() for k, v in tensors.items()},
+                           Path(path).name, config)
     return net.eval().requires_grad_(False)

@@ -20,8 +20,6 @@ def image_to_nchw(image, name: str = "image", alpha_over_white: bool = False) ->
     refused naming the input."""
     if not isinstance(image, torch.Tensor):
         raise ValueError(f"'{name}' is not an IMAGE (got {type(image).__name__}); connect an image output to it")
-    if image.ndim == 3:
-        image = image[None]
     if image.ndim != 4 or image.shape[-1] not in (1, 2, 3, 4):
         raise ValueError(f"'{name}' must be an IMAGE batch [B, H, W, C] with 1 to 4 channels; got shape "
                          f"{tuple(image.shape)}")

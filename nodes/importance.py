@@ -45,7 +45,8 @@ class ImportancePreview(io.ComfyNode):
     @classmethod
     def execute(cls, image, importance, opacity) -> io.NodeOutput:
         with node_errors("DiffuGAN Importance Preview"):
-            out = heatmap_overlay(image_to_nchw(image, "image"), mask_to_n1hw(importance, "importance"), opacity)
+            out = heatmap_overlay(image_to_nchw(image, "image").clamp(0, 1), mask_to_n1hw(importance, "importance"),
+                                  opacity)
         out = nchw_to_image(out)
         return io.NodeOutput(out, ui=ui.PreviewImage(out, cls=cls))
 
@@ -71,7 +72,7 @@ class AnalyticImportance(io.ComfyNode):
     @classmethod
     def execute(cls, image, smoothing) -> io.NodeOutput:
         with node_errors("DiffuGAN Importance (Analytic)"):
-            m = imp.analytic_importance(image_to_nchw(image, "image"), smoothing)
+            m = imp.analytic_importance(image_to_nchw(image, "image").clamp(0, 1), smoothing)
         return io.NodeOutput(m[:, 0].to(image.device))
 
 
@@ -179,7 +180,7 @@ class LearnedImportance(io.ComfyNode):
         with node_errors(name):
             scorer = scorer.to(mm.get_torch_device())
             with torch.inference_mode():
-                m = scorer.score(image_to_nchw(image, "image"))
+                m = scorer.score(image_to_nchw(image, "image").clamp(0, 1))
         return io.NodeOutput(m[:, 0].float().cpu())
 
 

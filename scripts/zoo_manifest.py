@@ -300,7 +300,9 @@ def main() -> None:
     (ZOO / "manifest.json").write_text(json.dumps({"files": files}, indent=1) + "\n")
     head = ["# DiffuGAN demo model zoo", "",
             "Small models trained by this repository's scripts on a real open data set, so the pack works before you "
-            "download any large checkpoint. They are demonstrations: 128 px emoji, CPU-sized training. The nodes "
+            "download any large checkpoint. They are demonstrations, CPU-sized training: the models the shipped "
+            "workflows use work at 128 px and were trained on an earlier set of 64 px emoji bitmaps in two styles; "
+            "the `-256` files, on the set below, at 256 px, are their successors in training. The nodes "
             "find them by default (each `zoo/<folder>/` is searched after your own `models/<folder>/`). "
             "`manifest.json` lists sizes and sha256; `python scripts/zoo_manifest.py` rewrites it and these cards "
             "from the training logs (`<model>.json`).", ""]

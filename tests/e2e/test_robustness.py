@@ -134,9 +134,12 @@ def test_soak_memory_files_and_threads_stay_flat(server):
     end = statistics.median(s["rss"] for s in after[-10:])
     growth = end / start - 1
     summary = (f"RSS {start / 2**20:.0f} -> {end / 2**20:.0f} MiB ({growth * 100:+.2f} %), fds "
-               f"{after[0]['fds']} -> {after[-1]['fds']}, threads {after[0]['threads']} -> {after[-1]['threads']}")
+               f"{after[0]['fds']} -> {after[-1]['fds']} (max {max(s['fds'] for s in after)}), threads "
+               f"{after[0]['threads']} -> {after[-1]['threads']}")
     print(summary)
     assert growth < 0.05, summary
-    assert max(s["files"] for s in after) <= after[0]["files"], summary
-    assert max(s["fds"] for s in after) <= after[0]["fds"], summary
-    assert max(s["threads"] for s in after) <= after[0]["threads"], summary
+    # open files, descriptors (sockets of the test's own HTTP and websocket connections come and go) and threads:
+    # no growth from the first ten prompts after the warm-up to the last ten
+    for key in ("files", "fds", "threads"):
+        first, last = (statistics.median(s[key] for s in part) for part in (after[:10], after[-10:]))
+        assert last <= first, f"{key}: {first} -> {last}; {summary}"

@@ -7,6 +7,9 @@ loader ran code is a file on disk, checked after every load) and a few carry a s
 same if run or imported. Case names say what the file is. In corpus.json:
   - `may_load`: the loaders for which loading the file is correct (a real network whose NVlabs record carries code:
     the code must be dropped, the weights may load);
+  - `must_load`: legitimate files (a torch zip written without CRCs, with a comment, in torch 1.x's layout; legacy
+    files at pickle protocols 2 and 3; safetensors with empty tensors, metadata only, complex and fp8 dtypes; a real
+    NVIDIA network): the positive controls, which the structural checks must not refuse;
   - `well_formed`: files a raw reader may return, being well-formed plain data (a valid safetensors whose metadata
     lies about the architecture: the loader behind the reader refuses it);
   - `live`: files that do run code when read the unsafe way (`pickle.load`, or `torch.load(weights_only=False)`),
@@ -88,7 +91,7 @@ def zip_torch(obj) -> bytes:
     return b.getvalue()
 
 
-def rezip(data: bytes, edit) -> bytes:
+def rezip(data: bytes, edit, comment: bytes = b"") -> bytes:
     """A torch zip with its entries edited: `edit(list of (name, bytes))` -> list of (name, bytes[, compress])."""
     src = zipfile.ZipFile(io.BytesIO(data))
     entries = edit([(i.filename, src.read(i)) for i in src.infolist()])
@@ -96,6 +99,7 @@ def rezip(data: bytes, edit) -> bytes:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # duplicate names are the point of one case
         with zipfile.ZipFile(b, "w") as z:
+            z.comment = comment
             for name, payload, *compress in entries:
                 z.writestr(zipfile.ZipInfo(name), payload, compress_type=(compress or [zipfile.ZIP_STORED])[0])
     return b.getvalue()
@@ -252,7 +256,7 @@ def build(out: Path) -> dict[str, dict]:
         "diffugan.importance_scorer.v1": {"stem": big, "blocks": [[big, 1, 64, True]] * 8, "max_side": 512},
         "diffugan.stylegan.v1": {"arch": "stylegan2", "z_dim": big, "c_dim": big, "w_dim": big,
                                  "img_resolution": 1024, "img_channels": 3, "mapping_kwargs": {"num_layers": 64},
-                                 "synthesis_kwargs": {"channel_base": 1 << 30, "channel_max": big}},
+                                 "synthesis_kwargs": {"channel_base": big, "channel_max": big}},
         "diffugan.film_unet.v1": {"base_channels": big, "channel_mults": [1, 2, 4, 8], "num_res_blocks": 64,
                                   "attention_levels": [0, 1, 2, 3], "style_dim": big},
         "diffugan.clip.v1": None,
@@ -265,14 +269,54 @@ def build(out: Path) -> dict[str, dict]:
                 if config is None else {"format": fmt, "config": json.dumps(config)})
         cases[f"safetensors-config-lies-{fmt.split('.')[1]}"] = safetensors_file({**st_header, "__metadata__": meta}, t)
 
+    # 8. configs beyond any real network: refused by size before anything is built
+    cases["safetensors-config-huge-stylegan"] = safetensors_file({**st_header, "__metadata__": {
+        "format": "diffugan.stylegan.v1", "config": json.dumps(
+            {"arch": "stylegan2", "z_dim": 1 << 26, "c_dim": 0, "w_dim": 1 << 26, "img_resolution": 64,
+             "img_channels": 3, "mapping_kwargs": {"num_layers": 100_000}, "synthesis_kwargs": {}})}}, t)
+    cases["safetensors-config-huge-dit"] = safetensors_file({**st_header, "__metadata__": {
+        "format": "diffugan.dit.v1", "config": json.dumps({"depth": 10_000_000, "hidden_size": 64, "num_heads": 4})}},
+        t)
+
+    # 9. legitimate files the raw readers must read (positive controls: the checks must not refuse real files)
+    must_load: dict[str, list[str]] = {}
+    import torch.utils.serialization as ts
+
+    ts.config.save.compute_crc32 = False
+    try:
+        cases["legit-torch-zip-without-crc"] = zip_torch(weights)
+    finally:
+        ts.config.save.compute_crc32 = True
+    cases["legit-torch-zip"] = good_zip
+    cases["legit-torch-zip-with-comment"] = rezip(good_zip, lambda es: es, comment=b"saved by a training script")
+    cases["legit-torch-zip-old-layout"] = rezip(good_zip, lambda es: [  # torch 1.6-1.x: root = file stem, fewer entries
+        (n.replace("archive/", "DiT-XL-2-256x256/", 1), d) for n, d in es
+        if not n.endswith((".format_version", ".storage_alignment", "byteorder", "serialization_id"))])
+    for proto in (2, 3):  # (protocol 4+ legacy files: torch's own weights-only reader cannot read them)
+        b = io.BytesIO()
+        torch.save(weights, b, _use_new_zipfile_serialization=False, pickle_protocol=proto)
+        cases[f"legit-torch-legacy-p{proto}"] = b.getvalue()
+    must_load.update({c: ["raw torch weights"] for c in cases if c.startswith("legit-torch")})
+    from safetensors.torch import save as st_save
+
+    cases["legit-safetensors-empty-tensor"] = st_save({"w": torch.zeros(0, 3), "b": torch.ones(2)})
+    cases["legit-safetensors-metadata-only"] = st_save({}, metadata={"format": "x"})
+    cases["legit-safetensors-c64-fp8"] = st_save({"c": torch.zeros(2, dtype=torch.complex64),
+                                                  "f": torch.zeros(3, dtype=torch.float8_e4m3fnuz)})
+    must_load.update({c: ["raw safetensors"] for c in cases if c.startswith("legit-safetensors")})
+    cases["legit-nvidia-network"] = good_pkl
+    must_load["legit-nvidia-network"] = ["raw NVIDIA pickle", "StyleGAN generator"]
+    may_load.update(must_load)
+
     for name, data in cases.items():
         (cases_dir / name).write_bytes(data)
     well_formed = ["pickle-deep-nesting", "polyglot-safetensors-metadata-pickle"] + [
-        c for c in cases if c.startswith("safetensors-config-lies-")]
+        c for c in cases if c.startswith(("safetensors-config-lies-", "safetensors-config-huge-"))]
     live = {c: "pickle" for c in cases for n in p if c.startswith(f"pickle-{n}-")}
     live.update({"polyglot-pickle-then-zip": "pickle", "torch-zip-payload": "torch", "torch-zip-eval-payload": "torch",
                  "torch-legacy-payload": "torch", "torch-legacy-payload-in-sys-info": "torch"})
-    manifest = {"cases": sorted(cases), "may_load": may_load, "well_formed": well_formed, "live": live,
+    manifest = {"cases": sorted(cases), "may_load": may_load, "must_load": must_load, "well_formed": well_formed,
+                "live": live,
                 "sentinel": s,
                 "sizes": {n: len(d) for n, d in cases.items()}}
     (out / "corpus.json").write_text(json.dumps(manifest, indent=1))

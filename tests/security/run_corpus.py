@@ -51,9 +51,9 @@ def child(fn, path: Path, write_fd: int) -> None:
         fn(path)
         result = {"outcome": "loaded"}
     except ck.CheckpointError as e:
-        result = {"outcome": "refused", "type": type(e).__name__, "message": str(e)}
+        result = {"outcome": "refused", "type": type(e).__name__, "message": str(e)[:4000]}
     except BaseException as e:  # noqa: BLE001  (what reached the user raw)
-        result = {"outcome": "other error", "type": type(e).__name__, "message": str(e)[:2000]}
+        result = {"outcome": "other error", "type": type(e).__name__, "message": str(e)[:4000]}
     os.write(write_fd, json.dumps(result).encode())
     os._exit(0)
 
@@ -68,8 +68,14 @@ def run_one(fn, path: Path, timeout: float) -> dict:
         finally:
             os._exit(3)
     os.close(w)
-    start, status = time.monotonic(), None
+    os.set_blocking(r, False)
+    start, status, data = time.monotonic(), None, b""
     while time.monotonic() - start < timeout:
+        try:  # drain the pipe while waiting, so a long message never blocks the child
+            while chunk := os.read(r, 1 << 16):
+                data += chunk
+        except BlockingIOError:
+            pass
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
             break
@@ -79,7 +85,7 @@ def run_one(fn, path: Path, timeout: float) -> dict:
         os.waitpid(pid, 0)
         os.close(r)
         return {"outcome": "timed out", "seconds": timeout}
-    data = b""
+    os.set_blocking(r, True)
     while chunk := os.read(r, 1 << 16):
         data += chunk
     os.close(r)
@@ -124,12 +130,20 @@ def main() -> None:
                 path = work / f"hostile-{case}{suffix}"
                 shutil.copyfile(corpus / "cases" / case, path)
                 result = run_one(fn, path, args.timeout)
+                if args.control:  # a payload may start a process that touches the sentinel a moment later
+                    deadline = time.monotonic() + 2.0
+                    while not sentinel.exists() and time.monotonic() < deadline:
+                        time.sleep(0.01)
                 ran = sentinel.exists()
                 sentinel.unlink(missing_ok=True)
                 path.unlink()
                 print(json.dumps({"loader": what, "case": case, "suffix": suffix, "file": path.name,
-                                  "may_load": what in manifest["may_load"].get(case, []), "code_ran": ran,
+                                  "may_load": what in manifest["may_load"].get(case, []),
+                                  "must_load": what in manifest["must_load"].get(case, []), "code_ran": ran,
                                   **result}), flush=True)
+    time.sleep(2.0)  # a payload that ran late (a background process) still leaves the sentinel: report it
+    print(json.dumps({"loader": "(after the run)", "case": "(any)", "suffix": "", "file": "", "may_load": False,
+                      "must_load": False, "code_ran": sentinel.exists(), "outcome": "end"}), flush=True)
 
 
 if __name__ == "__main__":
