@@ -2,7 +2,7 @@
 
 - bad prompts (execution errors from bad inputs) leave the server serving the next prompt;
 - /interrupt during a long DiT refine, a long CLIP-guided style injection and a large StyleGAN batch returns within
-  about one step of that node, and the next prompt runs;
+  one step of that node (at most the step under way completes), and the next prompt runs;
 - soak: 100 prompts of the full coarse-to-fine pipeline (the shipped hybrid workflow, a new seed each time) with the
   server's resident memory, open files and threads sampled after every prompt: memory grows under 5 % after the
   warm-up, open files and threads not at all.
@@ -57,7 +57,7 @@ def _interrupt_during(server, prompt: dict, node: str, after_steps: int = 2, tim
         r = requests.post(server.url + "/prompt", json={"prompt": prompt, "client_id": client}, timeout=30)
         assert r.status_code == 200, r.text
         prompt_id = r.json()["prompt_id"]
-        steps, interrupted_at, deadline = [], None, time.monotonic() + timeout
+        steps, interrupted_at, after, deadline = [], None, 0, time.monotonic() + timeout
         while time.monotonic() < deadline:
             raw = ws.recv()
             if isinstance(raw, bytes):
@@ -66,6 +66,8 @@ def _interrupt_during(server, prompt: dict, node: str, after_steps: int = 2, tim
             data = msg.get("data", {})
             if msg["type"] == "progress" and data.get("node") == node and data.get("prompt_id") == prompt_id:
                 steps.append(now)
+                if interrupted_at is not None:
+                    after += 1
                 if len(steps) == after_steps and interrupted_at is None:
                     requests.post(server.url + "/interrupt", json={}, timeout=30)
                     interrupted_at = time.monotonic()
@@ -75,7 +77,7 @@ def _interrupt_during(server, prompt: dict, node: str, after_steps: int = 2, tim
                 assert interrupted_at is not None, "interrupted before the test asked"
                 gaps = [b - a for a, b in zip(steps, steps[1:])]
                 return {"seconds": now - interrupted_at, "step_seconds": statistics.median(gaps), "steps": len(steps),
-                        "node": data.get("node_id")}
+                        "steps_after_interrupt": after, "node": data.get("node_id")}
             if msg["type"] in ("execution_success", "execution_error"):
                 pytest.fail(f"{msg['type']} instead of an interrupt ({len(steps)} steps seen): {data}")
         pytest.fail(f"no interrupt within {timeout}s:\n{server.log_tail()}")
@@ -115,8 +117,9 @@ def test_interrupt_returns_within_a_step_and_the_next_prompt_runs(server):
     }
     print(json.dumps(results, indent=1))
     for what, r in results.items():
-        # within one step of the node (plus the message's way back), and never more than 5 s
-        assert r["seconds"] <= max(2 * r["step_seconds"], 0.5) and r["seconds"] < 5, (what, r)
+        # within one step: at most the step under way when the interrupt came is finished (counted, so a loaded
+        # machine's slower steps do not matter), and never more than 10 s
+        assert r["steps_after_interrupt"] <= 1 and r["seconds"] < 10, (what, r)
     run = server.run_prompt(_hybrid(22))
     assert run.ok, run.error()
 

@@ -74,6 +74,28 @@ def test_zoo_dit_loads_strictly_and_denoises_better_than_chance(vae):
     assert max(errs) < 0.6, f"ε-MSE {errs} (predicting zero scores 1.0)"
 
 
+def test_zoo_dit_256_snapshot_loads_strictly_and_denoises_better_than_chance():
+    """The 256-token DiT in training (shipped as snapshots, so a fresh machine resumes from it): 32 x 32 latents of
+    the 256 px VAE, patch 2, three drawing styles."""
+    path = ZOO / "dit" / "diffugan-emoji-dit-256.safetensors"
+    if not path.exists():
+        pytest.skip("no 256-token DiT snapshot shipped yet")
+    model = dit.load_dit(path)
+    assert model.config.input_size == 32 and model.config.patch_size == 2 and model.config.num_classes == 30
+    vae256 = taesd.load_vae(ZOO / "vae" / "diffugan-emoji-vae-256.safetensors")
+    with torch.no_grad():
+        z0 = vae256.encode(smiley(256)) * taesd.SD1_SCALE
+        acp = torch.cumprod(1 - dit.linear_betas(), 0).float()
+        gen = torch.Generator().manual_seed(0)
+        errs = []
+        for t in (200, 500):
+            noise = torch.randn(z0.shape, generator=gen)
+            xt = acp[t].sqrt() * z0 + (1 - acp[t]).sqrt() * noise
+            eps = model(xt, torch.tensor([t]), torch.tensor([0]))
+            errs.append(float((eps - noise).square().mean()))
+    assert max(errs) < 0.6, f"ε-MSE {errs} (predicting zero scores 1.0)"
+
+
 def test_zoo_scorer_loads_strictly_and_scores_the_face_above_the_background():
     from diffugan.models import importance
 
