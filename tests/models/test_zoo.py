@@ -77,10 +77,7 @@ def test_zoo_dit_loads_strictly_and_denoises_better_than_chance(vae):
 def test_zoo_dit_256_snapshot_loads_strictly_and_denoises_better_than_chance():
     """The 256-token DiT in training (shipped as snapshots, so a fresh machine resumes from it): 32 x 32 latents of
     the 256 px VAE, patch 2, three drawing styles."""
-    path = ZOO / "dit" / "diffugan-emoji-dit-256.safetensors"
-    if not path.exists():
-        pytest.skip("no 256-token DiT snapshot shipped yet")
-    model = dit.load_dit(path)
+    model = dit.load_dit(ZOO / "dit" / "diffugan-emoji-dit-256.safetensors")
     assert model.config.input_size == 32 and model.config.patch_size == 2 and model.config.num_classes == 30
     vae256 = taesd.load_vae(ZOO / "vae" / "diffugan-emoji-vae-256.safetensors")
     with torch.no_grad():
