@@ -23,14 +23,19 @@ EXAMPLE_INPUTS = ROOT / "example_inputs"
 USER_FILE = "diffugan_reference_heart.png"  # a user's own picture of the same name as an example input: kept
 
 
-@pytest.fixture(scope="module")
-def fresh(tmp_path_factory):
-    base = tmp_path_factory.mktemp("fresh_install")
+def _fresh_install(tmp_path_factory, name: str):
+    """A server on an empty base directory with one picture of the user's under an example input's name."""
+    base = tmp_path_factory.mktemp(name)
     (base / "input").mkdir()
     Image.new("RGB", (64, 64), (40, 90, 200)).save(base / "input" / USER_FILE)
     srv = ComfyServer(base)
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory):
+    yield from _fresh_install(tmp_path_factory, "fresh_install")
 
 
 def _sha(path: Path) -> str:
@@ -113,12 +118,7 @@ SHIPPED_ONLY = [p for p in API if p.stem not in USER_MODELS]
 @pytest.fixture(scope="module")
 def second_install(tmp_path_factory):
     """Another fresh install, in its own process: a workflow run on both must give identical pictures."""
-    base = tmp_path_factory.mktemp("second_install")
-    (base / "input").mkdir()
-    Image.new("RGB", (64, 64), (40, 90, 200)).save(base / "input" / USER_FILE)
-    srv = ComfyServer(base)
-    yield srv
-    srv.stop()
+    yield from _fresh_install(tmp_path_factory, "second_install")
 
 
 @pytest.mark.parametrize("path", SHIPPED_ONLY, ids=[p.stem for p in SHIPPED_ONLY])

@@ -58,19 +58,24 @@ def test_zoo_vae_reconstructs_a_drawn_emoji(vae):
     assert 0.2 < float(sd1.std()) < 3
 
 
+@torch.no_grad()
+def _denoise_errors(model, vae, image, ts=(200, 500)) -> list[float]:
+    """The DiT's ε-MSE on `image` (label 0) noised to each t, fixed noise (predicting zero scores 1.0)."""
+    z0 = vae.encode(image) * taesd.SD1_SCALE
+    acp = torch.cumprod(1 - dit.linear_betas(), 0).float()
+    gen = torch.Generator().manual_seed(0)
+    errs = []
+    for t in ts:
+        noise = torch.randn(z0.shape, generator=gen)
+        xt = acp[t].sqrt() * z0 + (1 - acp[t]).sqrt() * noise
+        errs.append(float((model(xt, torch.tensor([t]), torch.tensor([0])) - noise).square().mean()))
+    return errs
+
+
 def test_zoo_dit_loads_strictly_and_denoises_better_than_chance(vae):
     model = dit.load_dit(BY_FOLDER["dit"])
     assert model.config.input_size == 16 and model.config.num_classes == 20
-    with torch.no_grad():
-        z0 = vae.encode(smiley()) * taesd.SD1_SCALE
-        acp = torch.cumprod(1 - dit.linear_betas(), 0).float()
-        gen = torch.Generator().manual_seed(0)
-        errs = []
-        for t in (200, 500):
-            noise = torch.randn(z0.shape, generator=gen)
-            xt = acp[t].sqrt() * z0 + (1 - acp[t]).sqrt() * noise
-            eps = model(xt, torch.tensor([t]), torch.tensor([0]))
-            errs.append(float((eps - noise).square().mean()))
+    errs = _denoise_errors(model, vae, smiley())
     assert max(errs) < 0.6, f"ε-MSE {errs} (predicting zero scores 1.0)"
 
 
@@ -80,16 +85,7 @@ def test_zoo_dit_256_snapshot_loads_strictly_and_denoises_better_than_chance():
     model = dit.load_dit(ZOO / "dit" / "diffugan-emoji-dit-256.safetensors")
     assert model.config.input_size == 32 and model.config.patch_size == 2 and model.config.num_classes == 30
     vae256 = taesd.load_vae(ZOO / "vae" / "diffugan-emoji-vae-256.safetensors")
-    with torch.no_grad():
-        z0 = vae256.encode(smiley(256)) * taesd.SD1_SCALE
-        acp = torch.cumprod(1 - dit.linear_betas(), 0).float()
-        gen = torch.Generator().manual_seed(0)
-        errs = []
-        for t in (200, 500):
-            noise = torch.randn(z0.shape, generator=gen)
-            xt = acp[t].sqrt() * z0 + (1 - acp[t]).sqrt() * noise
-            eps = model(xt, torch.tensor([t]), torch.tensor([0]))
-            errs.append(float((eps - noise).square().mean()))
+    errs = _denoise_errors(model, vae256, smiley(256))
     assert max(errs) < 0.6, f"ε-MSE {errs} (predicting zero scores 1.0)"
 
 
