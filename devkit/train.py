@@ -190,6 +190,20 @@ class TrainLoop:
         """True when a signal ended the run before its last step (write no final model then)."""
         return self.step < self.steps
 
+    def snapshot(self, save: Callable[[Path], None], figures: dict) -> None:
+        """Mid-run (before the last step): `save(path)` writes the model so far (the EMA) to <out stem>.latest.<suffix>
+        and its log, as of this evaluation's `figures`, goes beside it (.json) — to evaluate or ship mid-run. The file
+        is written under a temporary name and renamed, so a reader never sees half of it."""
+        if self.step >= self.steps:
+            return
+        snap = self.out.with_name(f"{self.out.stem}.latest{self.out.suffix}")
+        tmp = snap.with_name(snap.name + ".tmp")
+        save(tmp)
+        tmp.replace(snap)
+        current = {"step": self.step, **figures}
+        snap.with_suffix(".json").write_text(json.dumps({**self.log, "evals": self.log["evals"] + [current],
+                                                         "steps_done": self.step, "final": current}, indent=1))
+
     def finish(self) -> bool:
         """Ends the run (processes joined); True where this process should write the results: rank 0 of a run that
         reached its last step (a run stopped by a signal has only its state saved)."""

@@ -258,14 +258,7 @@ def main(argv=None) -> None:
 
     def evaluate_and_snapshot() -> dict:
         figures = evaluate(ema, *(held if loop.step == args.steps else periodic))
-        if loop.step < args.steps:  # the EMA so far, to evaluate or ship mid-run (the last step writes it below)
-            snap = args.out.with_name(args.out.stem + ".latest.safetensors")
-            current = {"step": loop.step, **figures}
-            tmp = snap.with_name(snap.name + ".tmp")
-            dit.save_dit_safetensors(copy.deepcopy(ema).cpu(), tmp, half=True)
-            tmp.replace(snap)  # a reader never sees half a file
-            snap.with_suffix(".json").write_text(json.dumps({**loop.log, "evals": loop.log["evals"] + [current],
-                                                             "steps_done": loop.step, "final": current}, indent=1))
+        loop.snapshot(lambda path: dit.save_dit_safetensors(copy.deepcopy(ema).cpu(), path, half=True), figures)
         return figures
     loop.evaluate = evaluate_and_snapshot
     gen, dev = loop.gen, loop.device

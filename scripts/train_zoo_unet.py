@@ -118,14 +118,7 @@ def main(argv=None) -> None:
     def evaluate_and_snapshot() -> dict:
         full = loop.step == args.steps
         figures = evaluate(ema, z_held if full else z_held[sub], held_style if full else held_style[sub], alphas_bar)
-        if not full:
-            snap = args.out.with_name(args.out.stem + ".latest.safetensors")
-            current = {"step": loop.step, **figures}
-            tmp = snap.with_name(snap.name + ".tmp")
-            fu.save_film_unet(copy.deepcopy(ema).cpu(), tmp, half=True)
-            tmp.replace(snap)
-            snap.with_suffix(".json").write_text(json.dumps({**loop.log, "evals": loop.log["evals"] + [current],
-                                                             "steps_done": loop.step, "final": current}, indent=1))
+        loop.snapshot(lambda path: fu.save_film_unet(copy.deepcopy(ema).cpu(), path, half=True), figures)
         return figures
     loop.evaluate = evaluate_and_snapshot
     gen, dev = loop.gen, loop.device

@@ -289,8 +289,59 @@ def _pipeline_detail_lines(log: dict) -> list[str]:
     ]
 
 
+def card_unet(name: str, log: dict) -> str:
+    s, c, f = log["settings"], log["config"], log["final"]
+    first, hours = log["evals"][0], log["curve"][-1]["sec"] / 3600 if log.get("curve") else float("nan")
+    x0 = {k[8:]: v for k, v in f.items() if k.startswith("x0_mse_t")}
+    grid = log["latent_size"][0]
+    return "\n".join([
+        f"### `film_unet/{name}` — FiLM UNet (second refiner, text → image)",
+        f"Latent diffusion UNet ({log['params'] / 1e6:.2f} M parameters): base width {c['base_channels']}, widths "
+        f"× {', '.join(map(str, c['channel_mults']))}, {c['num_res_blocks']} residual blocks per level, "
+        f"self-attention at levels {', '.join(map(str, c['attention_levels']))} and the middle; every residual "
+        "block's features scaled and shifted (FiLM) by time + the zoo CLIP's style embedding "
+        f"({log['style_clip']}); ε-prediction on Stable Diffusion 1's schedule, on the latents of "
+        f"`{Path(s['vae']).name}` ({grid}×{grid} at {grid * 8} px). Loads with **DiffuGAN FiLM UNet Loader** as a "
+        "stock MODEL (KSampler with ddim, DifferentialDiffusion, SetLatentNoiseMask). Trained by "
+        f"`scripts/train_zoo_unet.py`: {log['steps_done']} steps, batch {s['batch']}, lr {s['lr']}, "
+        f"{float(s['low_noise']) * 100:.0f} % of the samples at t < {s['low_noise_t']}, style dropped "
+        f"{float(s['style_dropout']) * 100:.0f} % of the time, EMA {s['ema']}, seed {s['seed']} — "
+        f"{hours:.1f} h on one CPU core ({'bf16' if s.get('bf16') else 'fp32'}).",
+        f"- held-out ε-MSE (EMA, mean over t = 100…900, fixed noise, caption as style): **{f['eps_mse_mean']:.4f}** "
+        f"({f['eps_mse_mean_none']:.4f} without style; first evaluation, step {first['step']}: "
+        f"{first['eps_mse_mean']:.4f})",
+        "- per t: " + ", ".join(f"t={k[9:]}: {v:.4f}" for k, v in f.items() if re.fullmatch(r"eps_mse_t\d+", k)),
+        "- clean-latent error (held-out x0-MSE): " + ", ".join(f"t={k}: {v:.3f}" for k, v in x0.items()),
+        *_refiners_lines(name),
+    ])
+
+
+def _refiners_lines(name: str) -> list[str]:
+    """The head-to-head benchmark's figures, when it ran on this very file."""
+    path = ROOT / "benchmarks" / "results" / "refiners_zoo.json"
+    if not path.exists():
+        return []
+    r = json.loads(path.read_text())
+    if r["weights"]["unet"] != sha256_of(ZOO / "film_unet" / name):
+        return []
+    st, dg, t2i = r["stylegan"], r["degraded"], r["text_to_image"]
+    row = lambda x: f"CLIP score {x['clip_score']:.3f}, Fréchet distance {x['fd']:.3f}, detail {x['detail_ratio']:.2f}"  # noqa: E731
+    ddim = [v for k, v in t2i.items() if k.startswith("unet_ddim_")]
+    return [
+        f"- refining the zoo StyleGAN's drafts of {r['settings']['captions']} held-out captions "
+        f"(`benchmarks/bench_refiners.py`, strength {r['settings']['strength']}, {r['settings']['steps']} DDIM "
+        f"steps, guidance {r['settings']['cfg']}): draft {row(st['input'])}; refined {row(st['unet'])} "
+        f"(the 256-token DiT on the same drafts: {row(st['dit'])})",
+        f"- degraded held-out images (down to {r['settings']['degrade_px']} px and back): input PSNR "
+        f"{dg['input']['psnr_db']:.2f} dB, refined {dg['unet']['psnr_db']:.2f} dB (DiT {dg['dit']['psnr_db']:.2f} dB)",
+        "- text → image, DDIM: " + "; ".join(
+            f"{v['steps']} steps {v['seconds_per_image']:.2f} s/image, CLIP score {v['clip_score']:.3f}, Fréchet "
+            f"distance {v['fd']:.3f}" for v in ddim),
+    ]
+
+
 CARDS = {"vae": card_vae, "stylegan": card_stylegan, "clip_style": card_clip, "dit": card_dit,
-         "diffugan_importance": card_scorer, "diffugan_controlnet": card_controlnet}
+         "diffugan_importance": card_scorer, "diffugan_controlnet": card_controlnet, "film_unet": card_unet}
 
 
 def main() -> None:

@@ -304,7 +304,7 @@ def test_pipeline_evaluation_reports_drafts_and_degraded_images(tiny_set, tiny_c
     assert "degraded held-out images (3, down to 16 px" in zoo_manifest.card_pipeline(r)
 
 
-def test_unet_trainer_runs_logs_the_dits_figures_and_writes_a_loadable_file(tiny_set, tiny_clip, tmp_path):
+def test_unet_trainer_runs_logs_the_dits_figures_snapshots_and_writes_a_loadable_file(tiny_set, tiny_clip, tmp_path):
     import train_zoo_unet
 
     from diffugan.models import film_unet as fu
@@ -312,9 +312,18 @@ def test_unet_trainer_runs_logs_the_dits_figures_and_writes_a_loadable_file(tiny
     data, vae = tiny_set
     out = tmp_path / "unet" / "unet.safetensors"
     train_zoo_unet.main(["--data", str(data), "--vae", str(vae), "--style-clip", str(tiny_clip), "--out", str(out),
-                         "--steps", "2", "--channels", "16", "--mults", "1,2", "--res-blocks", "1", "--attention", "1",
+                         "--steps", "3", "--channels", "16", "--mults", "1,2", "--res-blocks", "1", "--attention", "1",
                          "--heads", "2", "--batch", "4", "--eval-every", "2"])
     log = json.loads(out.with_suffix(".json").read_text())
+    assert [e["step"] for e in log["evals"]] == [2, 3] and log["steps_done"] == 3
+    # the mid-run snapshot: the EMA at the step-2 evaluation, with the log as of then
+    snap = out.with_name("unet.latest.safetensors")
+    snap_log = json.loads(snap.with_suffix(".json").read_text())
+    assert snap_log["steps_done"] == 2 and snap_log["final"] == log["evals"][0]
+    assert fu.load_film_unet(snap).config == fu.load_film_unet(out).config
+    assert not list(out.parent.glob("*.tmp"))
+    card = zoo_manifest.card_unet("unet.safetensors", log)
+    assert "3 steps, batch 4" in card and f"{log['final']['eps_mse_mean']:.4f}" in card
     for key in ("eps_mse_t100", "eps_mse_t100_none", "eps_mse_mean", "eps_mse_mean_none", "x0_mse_t300"):
         assert torch.isfinite(torch.tensor(log["final"][key])), key
     unet = fu.load_film_unet(out)
