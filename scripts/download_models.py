@@ -40,6 +40,7 @@ class Entry:
 
 
 SG2 = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/"
+VAR_HF = "https://huggingface.co/FoundationVision/var/resolve/main/"  # the links of FoundationVision/VAR's README
 CATALOG: dict[str, Entry] = {e.name: e for e in [
     Entry("stylegan2-ffhq", SG2 + "ffhq.pkl", "stylegan", "ffhq.pkl", 381624121,
           "a205a346e86a9ddaae702e118097d014b7b8bd719491396a162cca438f2f524c", "StyleGAN2-ADA FFHQ 1024²",
@@ -70,6 +71,12 @@ CATALOG: dict[str, Entry] = {e.name: e for e in [
           "vae-ft-ema-560000-ema-pruned.safetensors", "vae", "vae-ft-ema-560000-ema-pruned.safetensors", 334641190,
           "95f26a5ab04779d5467d1fcecaf93160ffa523afe399b835b3e1bb77ff2d937a", "SD VAE ft-EMA (DiT's VAE)",
           "sha256 on huggingface.co/stabilityai/sd-vae-ft-ema-original; size from mirrors with the same hash"),
+    *[Entry(f"var-d{d}", f"{VAR_HF}var_d{d}.pth", "var", f"var_d{d}.pth", None, None,
+            f"FoundationVision VAR-d{d} transformer, ImageNet 256² (pair it with var-vqvae)",
+            "no published size or hash found: the tool prints the sha256 it computes") for d in (16, 20, 24, 30)],
+    Entry("var-vqvae", f"{VAR_HF}vae_ch160v4096z32.pth", "var", "vae_ch160v4096z32.pth", None, None,
+          "FoundationVision VAR multi-scale VQVAE tokenizer (every var-d* needs it)",
+          "no published size or hash found: the tool prints the sha256 it computes"),
     Entry("sd-vae-ft-mse", "https://huggingface.co/stabilityai/sd-vae-ft-mse-original/resolve/main/"
           "vae-ft-mse-840000-ema-pruned.safetensors", "vae", "vae-ft-mse-840000-ema-pruned.safetensors", 334641190,
           "735e4c3a447a3255760d7f86845f09f937809baa529c17370d83e4c3758f3c75", "SD VAE ft-MSE",

@@ -110,7 +110,7 @@ def test_cli_with_a_mirror_puts_catalog_files_in_their_folders(server, tmp_path,
 
 def test_catalog_entries_are_complete():
     assert dm.CATALOG, "the catalog lists the public checkpoints"
-    folders = {"stylegan", "dit", "clip_style", "vae"}
+    folders = {"stylegan", "dit", "clip_style", "vae", "var"}
     for e in dm.CATALOG.values():
         assert e.url.startswith("https://") and e.folder in folders and e.file and e.source, e
         assert e.sha256 is None or len(e.sha256) == 64
