@@ -282,6 +282,29 @@ class VQVAE(nn.Module):
             out.append(idx)
         return out
 
+    def forward_train(self, images: torch.Tensor, patch_nums=STANDARD_PATCH_NUMS, beta: float = 0.25
+                      ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """Training (the paper's tokenizer objective without its perceptual and adversarial terms): images -> their
+        reconstruction, the quantisation loss and the index maps. The features are quantised scale by scale as in
+        `encode`; the codebook and φ are pulled toward the features (mean over scales of ||f̂ − sg(f)||²), the encoder
+        is committed to them (β ||sg(f̂) − f||²), and the decoder sees f̂ with the straight-through gradient to f."""
+        f = self.quant_conv(self.encoder(images)).float()
+        b, c, h, w = f.shape
+        sides = [(p, p) if isinstance(p, int) else tuple(p) for p in patch_nums]
+        target = f.detach()
+        rest, f_hat, loss, out = target.clone(), torch.zeros_like(target), f.new_zeros(()), []
+        for k, side in enumerate(sides):
+            z = rest if k == len(sides) - 1 else F.interpolate(rest, size=side, mode="area")
+            with torch.no_grad():
+                idx = self.quantize.nearest(z.permute(0, 2, 3, 1).reshape(-1, c)).view(b, -1)
+            part = self.phi(self.quantize.upsampled(idx, side, (h, w)), k, len(sides))
+            f_hat = f_hat + part
+            rest = rest - part.detach()
+            loss = loss + beta * F.mse_loss(f_hat.detach(), f) + F.mse_loss(f_hat, target)
+            out.append(idx)
+        straight = f + (f_hat - f).detach()
+        return self.decoder(self.post_quant_conv(straight)), loss / len(sides), out
+
     def f_hat(self, indices: list[torch.Tensor], side: int | None = None, scales: int | None = None) -> torch.Tensor:
         """Index maps of the first scales -> f̂ (B, Cvae, side, side), the sum of their φ(upsampled embeddings).
         `side`: the last scale's (default: the last given map's); `scales`: how many scales the tokenizer runs
@@ -416,6 +439,7 @@ class VAR(nn.Module):
     def __init__(self, config: VARConfig = VARConfig()):
         super().__init__()
         self.config = c = config
+        self.style_clip = ""  # identity of the CLIP whose embeddings a style-conditioned VAR was trained on
         d, pns = c.embed_dim, c.patch_nums
         self.word_embed = nn.Linear(c.z_channels, d)
         self.class_emb = nn.Embedding(c.num_classes + 1, d)  # + the null class (guidance)

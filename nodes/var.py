@@ -114,6 +114,8 @@ def _conditioning(model: VARModel, class_label: int, style, batch: int, gen: tor
                              "class_label")
         check_style(style.clip, getattr(model.transformer, "style_clip", ""), "this VAR was trained on")
         return torch.full((batch,), c.num_classes), style.embedding.float().view(1, -1).expand(batch, -1)
+    if c.num_classes == 0:  # a style-only zoo VAR without a style: unconditional
+        return torch.full((batch,), 0), None
     if class_label >= c.num_classes:
         raise ValueError(f"class_label {class_label} is outside this VAR's classes 0…{c.num_classes - 1} "
                          "(-1: a random class per image)")

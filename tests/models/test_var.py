@@ -1,6 +1,8 @@
 """VAR (models/var.py): parity with FoundationVision/VAR's own code on small random-weight checkpoints in its file
 format (devkit/var_parity.py made the reference outputs by running that code), strict loading, and the sampler's
 own promises (stop scale, kept scales, top-k / top-p)."""
+import copy
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -129,3 +131,17 @@ def test_safetensors_round_trip_and_pairing(files, vqvae, tmp_path):
     with pytest.raises(ValueError, match="predicts 64 codes of width 8 but the VQVAE has 32"):
         var.check_pair(other, model)
     var.check_pair(vqvae, model)
+
+
+def test_training_forward_quantises_as_encode_and_reaches_every_part(vqvae):
+    vq = copy.deepcopy(vqvae).train().requires_grad_(True)
+    x = var_parity.fixture_images()
+    recon, loss, idx = vq.forward_train(x, PNS)
+    assert all(torch.equal(a, b) for a, b in zip(idx, vqvae.encode(x, PNS)))
+    with torch.no_grad():  # the forward value is the tokenizer's reconstruction (straight-through only changes grads)
+        torch.testing.assert_close(recon.clamp(-1, 1), vqvae.decode(idx), atol=1e-5, rtol=1e-4)
+    (recon.square().mean() + loss).backward()
+    for name in ("encoder.conv_in.weight", "decoder.conv_out.weight", "quantize.embedding.weight",
+                 "quantize.quant_resi.qresi_ls.0.weight", "quant_conv.weight", "post_quant_conv.weight"):
+        grad = dict(vq.named_parameters())[name].grad
+        assert grad is not None and float(grad.abs().sum()) > 0, name

@@ -331,3 +331,37 @@ def test_unet_trainer_runs_logs_the_dits_figures_snapshots_and_writes_a_loadable
     assert unet.config.style_dim == log["config"]["style_dim"] > 0
     z = torch.randn(1, 4, 8, 8)
     assert unet(z, torch.tensor([50.0]), torch.zeros(1, unet.config.style_dim)).shape == z.shape
+
+
+def test_var_trainer_tokenizer_then_transformer_with_snapshots_and_text_to_image(tiny_set, tiny_clip, tmp_path):
+    import train_zoo_var
+
+    from diffugan.models import var as vm
+
+    data, _ = tiny_set
+    vq_out = tmp_path / "var" / "vqvae.safetensors"
+    common = ["--data", str(data), "--patch-nums", "1,2", "--batch", "4", "--eval-every", "2"]
+    train_zoo_var.main(["--stage", "vqvae", "--out", str(vq_out), "--size", "32", "--vocab", "16", "--z-channels",
+                        "4", "--ch", "32", "--steps", "3", *common])
+    log = json.loads(vq_out.with_suffix(".json").read_text())
+    assert [e["step"] for e in log["evals"]] == [2, 3] and 0 < log["final"]["codebook_used"] <= 1
+    assert log["final"]["heldout_psnr_db"] > 0 and "heldout_psnr_db_first_1_scales" in log["final"]
+    assert json.loads(vq_out.with_name("vqvae.latest.json").read_text())["steps_done"] == 2
+    vq = vm.load_vqvae(vq_out)
+    assert vq.config.vocab_size == 16 and vq.config.scales == 2
+    out = tmp_path / "var" / "var.safetensors"
+    train_zoo_var.main(["--stage", "var", "--vqvae", str(vq_out), "--style-clip", str(tiny_clip), "--out", str(out),
+                        "--depth", "1", "--width", "32", "--heads", "2", "--steps", "3", "--eval-images", "4",
+                        *common])
+    log = json.loads(out.with_suffix(".json").read_text())
+    assert [e["step"] for e in log["evals"]] == [2, 3]
+    for key in ("ce", "ce_none", "accuracy"):
+        assert torch.isfinite(torch.tensor(log["final"][key])), key
+    assert len(log["final"]["ce_per_scale"]) == 2
+    t = log["text_to_image"]
+    assert {"prompt_clip_score", "prompt_fd", "unconditional_clip_score"} <= set(t)
+    model = vm.load_var(out)
+    assert model.config.num_classes == 0 and model.config.style_dim == log["config"]["style_dim"] > 0
+    assert model.style_clip == log["style_clip"]
+    vm.check_pair(vq, model)
+    assert out.with_name("var-samples.png").is_file()
