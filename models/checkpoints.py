@@ -5,7 +5,8 @@
 - NVIDIA StyleGAN pickles (`.pkl`): a restricted `pickle.Unpickler` whose `find_class` admits a short list of
   names and maps each one to plain data. The pickles' `torch_utils.persistence` records carry module source code
   (which NVlabs' loader `exec`s); here such a record becomes a `PersistentRecord(class_name, state)` and the
-  source is dropped unread. Any other global is refused before anything is constructed.
+  source is dropped unread. GANformer's networks also hold plain `torch.nn.Dropout` modules: each becomes a record of
+  its state too. Any other global is refused before anything is constructed.
 
 Each reader checks the file's structure before trusting it (a safetensors header against the file, a torch zip's
 entries, no data after the last thing read) and every failure becomes a `CheckpointError` that names the file.
@@ -173,6 +174,19 @@ def _load_storage_from_bytes(data: bytes):
                                 f"({_weights_only_reason(e)})") from None
 
 
+class _TorchModuleRecord(PersistentRecord):
+    """A plain torch.nn module pickled inside a persistent network (GANformer's attention keeps a torch.nn.Dropout):
+    pickle builds it empty (NEWOBJ) and hands it its state (BUILD), which is kept as data, as a PersistentRecord's
+    is; nothing of torch.nn is constructed. `class_name` says which module it stood for."""
+
+    class_name = "Dropout"
+
+    def __setstate__(self, state):
+        if not isinstance(state, dict):
+            raise pickle.UnpicklingError(f"a {self.class_name} module whose state is not a dictionary")
+        self.state = state
+
+
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
     t = torch.empty(0, dtype=storage.dtype)
     t.set_(storage.untyped_storage() if hasattr(storage, "untyped_storage") else storage, storage_offset, size, stride)
@@ -221,6 +235,7 @@ _ALLOWED = {
     ("dnnlib.util", "EasyDict"): EasyDict,
     ("dnnlib", "EasyDict"): EasyDict,
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _persistent_record,
+    ("torch.nn.modules.dropout", "Dropout"): _TorchModuleRecord,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch.storage", "_load_from_bytes"): _load_storage_from_bytes,
@@ -250,8 +265,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
         except KeyError:
             raise UnsafePickleError(
                 f"{self.source}: refused to load: the pickle asks for '{module}.{name}', which a StyleGAN checkpoint "
-                "never needs (it could run code). Only NVIDIA StyleGAN2/2-ADA/3 network pickles are accepted; "
-                "if this file is one, convert it on a trusted machine with scripts/convert_stylegan.py"
+                "never needs (it could run code). Only NVIDIA StyleGAN2/2-ADA/3 and GANformer network pickles are "
+                "accepted; if this file is a StyleGAN one, convert it on a trusted machine with "
+                "scripts/convert_stylegan.py"
             ) from None
 
     def persistent_load(self, pid):

@@ -1,0 +1,653 @@
+"""GANformer generator (Hudson & Zitnick 2021; dorarad/gansformer, its `pytorch_version/`), in pure PyTorch.
+
+A StyleGAN2 generator whose latent is split into k components: k-1 local ones and one global one. The global
+component modulates every convolution as StyleGAN2's w does; the local ones talk to the evolving feature grid through
+*bipartite attention*: every grid position (query) attends over the k-1 components (keys / centroids) and the
+attended values scale (or shift) that position's normalised features. Seen from the image, each layer's attention
+says which component "owns" each pixel: those maps are what `attention_masks` returns.
+
+    z (N, k, z_dim) --mapping--> ws (N, k, num_ws, w_dim) --synthesis--> image (N, C, H, W) in [-1, 1]
+                                                                   \\--> attention (N, k-1, layers, heads, H, W)
+
+Mapping: the global z goes through an MLP (`global_mlp`), the k-1 local ones, as a set, through another (`mlp`)
+whose layers may be interleaved with self-attention between the components (`ltnt2ltnt`). Then, as StyleGAN2, each
+w is broadcast to every layer and truncation pulls it toward the tracked mean `w_avg`.
+
+Synthesis: StyleGAN2 blocks b4 … b{resolution} (the ops and equalized-lr layers of stylegan_ops.py), each 3x3
+convolution optionally followed by the attention over the components ("simplex": queries against keys; "duplex",
+`kmeans`: queries against learned centroids, k-means style), then noise, bias and activation. The last block has
+one extra linear modulated convolution (`conv_last`, kept for compatibility with the TensorFlow version).
+
+Parameter and buffer names are the reference's, so the state dict of its `Generator` loads here with
+`strict=True`. Implemented: the configuration its `--ganformer-default` trains (used for all of its pretrained
+networks) and the options around it listed in `_MAPPING_OPTIONS` / `_SYNTHESIS_OPTIONS`; any other option is
+refused by name (`check_options`) rather than guessed. Inference only: attention dropout and component dropout
+are training-time noise and left out; fp16 does not exist in the reference's PyTorch version.
+
+Shapes: z (N, k, z_dim); c (N, c_dim); ws (N, k, num_ws, w_dim), components first, the global one last;
+images (N, C, H, W).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import checkpoints as ck
+from .stylegan_ops import (LRELU_GAIN, FullyConnectedLayer, NoiseMode, bias_act, conv2d_resample, modulated_conv2d,
+                           setup_filter, upsample2d)
+
+# --------------------------------------------------------------------------------------------------------------
+# Configuration: the reference's constructor arguments, checked against what is implemented here
+# --------------------------------------------------------------------------------------------------------------
+ACTIVATIONS = ("lrelu", "relu", "linear")
+ANY = None  # any value the constructor accepts (sizes: checked by the weights' shapes)
+
+# mapping_kwargs / synthesis_kwargs of the reference's Generator, as its training script sets them: name -> the
+# values implemented here (ANY: every value). A name not listed, or a value outside its tuple, is refused.
+_MAPPING_OPTIONS: dict[str, tuple | None] = {
+    "num_layers": ANY, "layer_dim": ANY, "embed_dim": ANY, "act": ACTIVATIONS, "lrmul": ANY, "w_avg_beta": ANY,
+    "transformer": (True,), "resnet": (True, False), "shared": (False,), "ltnt2ltnt": (True, False),
+    "ltnt_gate": (False,), "normalize_global": (True, False), "use_pos": (True, False), "num_heads": ANY,
+    "attention_dropout": ANY,  # (training only)
+}
+_SYNTHESIS_OPTIONS: dict[str, tuple | None] = {
+    "channel_base": ANY, "channel_max": ANY, "transformer": (True,), "start_res": ANY, "end_res": ANY,
+    "architecture": ("orig", "skip", "resnet"), "resample_kernel": ANY, "latent_stem": (False,),
+    "ltnt_stem": (False,), "style": (True, False), "local_noise": (True, False), "act": ACTIVATIONS,
+    "use_pos": (True, False), "ltnt_gate": (False,), "img_gate": (False,), "num_heads": ANY,
+    "attention_dropout": ANY,  # (training only)
+    "norm": (None, "layer", "instance", "batch"), "integration": ("add", "mul"), "kmeans": (True, False),
+    "kmeans_iters": ANY, "iterative": (False,), "pos_dim": ANY, "pos_type": ("sinus",), "pos_init": ANY,
+    "pos_directions_num": (2,), "crop_ratio": (None, 1.0),
+    "dim_base": ANY,  # set by the reference's --autotune but read by no constructor: no effect
+}
+# Generator arguments the reference's constructor swallows without effect (its training script passes its whole
+# network config: the optimizer, the regularisation interval, the crop ratio), or uses only in training.
+_IGNORED_GENERATOR_ARGS = ("component_dropout", "reg_interval", "opt_args", "crop_ratio")
+_WHY = {"transformer": "without it the network is a StyleGAN2 baseline, not a GANformer",
+        "integration": "'both' splits its gain and bias wrongly in the reference",
+        "iterative": "centroids carried across layers", "latent_stem": "the GAN baseline",
+        "pos_type": "only the default sinusoidal grid encoding is implemented"}
+
+
+@dataclass(frozen=True)
+class GANformerConfig:
+    """The reference `Generator`'s constructor arguments (its names; `k` counts the global component too)."""
+
+    z_dim: int  # per component
+    c_dim: int
+    w_dim: int  # per component
+    k: int
+    img_resolution: int
+    img_channels: int
+    mapping_kwargs: dict[str, Any] = field(default_factory=dict)
+    synthesis_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        check_options(self)
+
+
+def check_options(config: GANformerConfig) -> None:
+    """Refuse, naming them, the options this implementation does not have (ValueError)."""
+    bad = []
+    for where, options, given in (("mapping_kwargs", _MAPPING_OPTIONS, config.mapping_kwargs),
+                                  ("synthesis_kwargs", _SYNTHESIS_OPTIONS, config.synthesis_kwargs)):
+        for name, value in given.items():
+            if name not in options:
+                bad.append(f"{where}.{name} (unknown option)")
+            elif options[name] is not ANY and value not in options[name]:
+                why = f"; {_WHY[name]}" if name in _WHY else ""
+                bad.append(f"{where}.{name}={value!r} (supported: {', '.join(map(repr, options[name]))}{why})")
+    for where, given in (("mapping_kwargs", config.mapping_kwargs), ("synthesis_kwargs", config.synthesis_kwargs)):
+        if "transformer" not in given:  # (the reference's default is False)
+            bad.append(f"{where}.transformer not set ({_WHY['transformer']})")
+    if config.k < 2:
+        bad.append(f"k={config.k} (a GANformer has at least one local component besides the global one)")
+    iters = config.synthesis_kwargs.get("kmeans_iters", 1)
+    if not isinstance(iters, int) or not 1 <= iters <= 16:
+        bad.append(f"synthesis_kwargs.kmeans_iters={iters!r} (1 to 16)")
+    if bad:
+        raise ValueError("unsupported GANformer configuration: " + "; ".join(bad))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Bipartite attention (the reference's TransformerLayer)
+# --------------------------------------------------------------------------------------------------------------
+def grid_encoding(resolution: int, dim: int) -> torch.Tensor:
+    """Sinusoidal 2-D position encoding of a resolution² grid, (H, W, dim): for coordinates x, y in [-1, 1] and
+    i < dim/4, [sin(x/10000^(4i/dim)), cos(x/…), sin(y/…), cos(y/…)] (x runs along the width)."""
+    c = torch.linspace(-1.0, 1.0, resolution)[:, None]  # (R, 1)
+    freq = torch.pow(10000.0, 4 * torch.arange(dim // 4, dtype=torch.float32) / dim)
+    sin, cos = torch.sin(c / freq), torch.cos(c / freq)  # (R, dim/4)
+    along_x = torch.cat([sin, cos], dim=-1)[None].expand(resolution, -1, -1)  # varies with the column
+    along_y = torch.cat([sin, cos], dim=-1)[:, None].expand(-1, resolution, -1)  # varies with the row
+    return torch.cat([along_x, along_y], dim=-1)  # (R, R, dim)
+
+
+class Attention(nn.Module):
+    """Elements of `from` (queries: grid positions, or latents in the mapping) attend over the elements of `to`
+    (the latent components); the attended values modulate `from`'s normalised features.
+
+    scores = q·kᵀ / √head_size, probs = softmax over `to`, control = probs·v, and then, by `integration`,
+    from ← norm(from) · (1 + modulation(control))  ('mul')   or   from ← norm(from) + modulation(control)  ('add').
+    `norm`: none, 'layer' (over channels), 'instance' (over positions); 'add' subtracts the mean, 'mul' divides by
+    the root mean square.
+
+    Duplex (`kmeans`): the scores are taken against learned centroids instead of the keys: with the queries split
+    into their content part and their position part e = [q, q_pos − q] (concatenated, then cut into heads: with
+    several heads, a head gets a slice of that concatenation, not its own content and position parts),
+    scores = (e ⊙ att_weight)·centroidsᵀ / √head_size; each further k-means iteration moves the centroids to the
+    attention-weighted mean of e. The keys (`to_keys`, `to_pos_map`) exist in this mode but are never used.
+    """
+
+    def __init__(self, dim: int, pos_dim: int, from_dim: int, to_dim: int, to_len: int, num_heads: int = 1,
+                 integration: str = "add", norm: str | None = None, kmeans: bool = False, kmeans_iters: int = 1):
+        super().__init__()
+        if num_heads < 1 or dim % num_heads:
+            raise ValueError(f"attention width {dim} does not split into {num_heads} heads")
+        self.dim, self.num_heads, self.head_size = dim, num_heads, dim // num_heads
+        self.integration, self.norm, self.kmeans, self.kmeans_iters = integration, norm, kmeans, kmeans_iters
+        self.to_queries = FullyConnectedLayer(from_dim, dim)
+        self.to_keys = FullyConnectedLayer(to_dim, dim)
+        self.to_values = FullyConnectedLayer(to_dim, dim)
+        self.from_pos_map = FullyConnectedLayer(pos_dim, dim)
+        self.to_pos_map = FullyConnectedLayer(pos_dim, dim)
+        self.modulation = FullyConnectedLayer(dim, dim)
+        if kmeans:
+            centroid_dim = 2 * self.head_size
+            self.att_weight = nn.Parameter(torch.ones(num_heads, 1, centroid_dim))
+            self.centroids = nn.Parameter(torch.randn(1, num_heads, to_len, centroid_dim))
+
+    @staticmethod
+    def _rows(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:  # a layer on every element: (N, L, C) -> (N, L, D)
+        return layer(x.reshape(-1, x.shape[-1])).reshape(x.shape[0], x.shape[1], -1)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:  # (N, L, D) -> (N, heads, L, D / heads)
+        return x.reshape(x.shape[0], x.shape[1], self.num_heads, -1).transpose(1, 2)
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:  # x (N, L, C)
+        if self.norm is None:
+            return x
+        axis = 1 if self.norm == "instance" else 2  # ('batch' normalises as 'layer' in the reference)
+        if self.integration == "add":
+            return x - x.mean(dim=axis, keepdim=True)
+        return x * (x.square().mean(dim=axis, keepdim=True) + 1e-8).rsqrt()
+
+    def forward(self, x: torch.Tensor, to: torch.Tensor, from_pos: torch.Tensor | None = None,
+                to_pos: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (N, F, from_dim), to (N, T, to_dim), positions (F, pos_dim) / (T, pos_dim) -> (x', probs (N, h, F, T))."""
+        n, f = x.shape[:2]
+        queries = content = self._rows(self.to_queries, x)  # (N, F, D)
+        values = self._rows(self.to_values, to)  # (N, T, D)
+        if from_pos is not None:
+            queries = queries + self.from_pos_map(from_pos)
+        if self.kmeans:
+            # the position part recovered as a difference, as the reference does (the same up to rounding)
+            elements = self._heads(torch.cat([content, queries - content], dim=-1))  # (N, h, F, 2 * head)
+            centroids = self.centroids.expand(n, -1, -1, -1)  # (N, h, T, 2 * head)
+            probs = None
+            for i in range(self.kmeans_iters):
+                if i > 0:  # move each centroid to the attention-weighted mean of the elements assigned to it
+                    assignments = probs / (probs.sum(dim=-2, keepdim=True) + 1e-8)  # (N, h, F, T)
+                    centroids = assignments.transpose(-1, -2) @ elements
+                scores = (elements * self.att_weight) @ centroids.transpose(-1, -2) / math.sqrt(self.head_size)
+                probs = scores.softmax(dim=-1)  # (N, h, F, T)
+        else:
+            keys = self._rows(self.to_keys, to)
+            if to_pos is not None:
+                keys = keys + self.to_pos_map(to_pos)
+            scores = self._heads(queries) @ self._heads(keys).transpose(-1, -2) / math.sqrt(self.head_size)
+            probs = scores.softmax(dim=-1)  # (N, h, F, T)
+        control = (probs @ self._heads(values)).transpose(1, 2).reshape(n, f, self.dim)  # (N, F, D)
+        control = self._rows(self.modulation, control)
+        x = self._normalize(x.float())
+        x = x * (control + 1) if self.integration == "mul" else x + control
+        return x, probs
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Mapping network
+# --------------------------------------------------------------------------------------------------------------
+def normalize_2nd_moment_all(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """x / RMS(x) over every dimension but the batch: the k-1 local z are normalised *jointly*, as one vector."""
+    dims = list(range(1, x.ndim))
+    return x * (x.square().mean(dim=dims, keepdim=True) + eps).rsqrt()
+
+
+class ResnetLayer(nn.Module):
+    """x -> lrelu(fc1(fc0(x)) + residual) (plain leaky ReLU, no gain)."""
+
+    def __init__(self, dim: int, act: str, lrmul: float):
+        super().__init__()
+        self.fc0 = FullyConnectedLayer(dim, dim, activation=act, lr_multiplier=lrmul)
+        self.fc1 = FullyConnectedLayer(dim, dim, lr_multiplier=lrmul)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(self.fc1(self.fc0(x)) + residual, 0.2)
+
+
+class MLP(nn.Module):
+    """Layers l0…l{n-1} (fully connected, or residual pairs: then n = len(channels) // 2) and a final `out_layer`,
+    applied to every element of a set (N, L, C); with `attention`, self-attention over the set (sa{i}) before each
+    layer, whose residual is the input before that attention."""
+
+    def __init__(self, channels: list[int], act: str, lrmul: float, resnet: bool = False,
+                 attention: dict | None = None):
+        super().__init__()
+        self.resnet, self.self_attention = resnet, attention is not None
+        self.num_layers = len(channels) // 2 if resnet else len(channels) - 1
+        self.out_layer = FullyConnectedLayer(channels[-1], channels[-1], activation=act, lr_multiplier=lrmul)
+        for i in range(self.num_layers):
+            c_in, c_out = channels[i], channels[i + 1]
+            if attention is not None:
+                setattr(self, f"sa{i}", Attention(c_in, c_in, c_in, c_in, **attention))
+            if resnet:
+                if c_in != c_out:
+                    raise ValueError(f"a residual mapping network needs equal widths, got {c_in} and {c_out}")
+                setattr(self, f"l{i}", ResnetLayer(c_in, act, lrmul))
+            else:
+                setattr(self, f"l{i}", FullyConnectedLayer(c_in, c_out, activation=act, lr_multiplier=lrmul))
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:  # x (N, L, C)
+        n, length = x.shape[:2]
+        for i in range(self.num_layers):
+            residual = x
+            if self.self_attention:
+                x = getattr(self, f"sa{i}")(x, x, pos, pos)[0]
+            layer = getattr(self, f"l{i}")
+            flat = x.reshape(n * length, -1)
+            x = layer(flat, residual.reshape(n * length, -1)) if self.resnet else layer(flat)
+            x = x.reshape(n, length, -1)
+        return self.out_layer(x.reshape(n * length, -1)).reshape(n, length, -1)
+
+
+class MappingNetwork(nn.Module):
+    """z (N, k, z_dim) [+ label c] -> ws (N, k, num_ws, w_dim), with truncation toward `w_avg`.
+
+    The last z is the global one: normalised alone (with the label embedding concatenated) through `global_mlp`.
+    The first k-1 are normalised together and mapped as a set through `mlp` (with self-attention between them if
+    `ltnt2ltnt`; position embeddings `pos` if `use_pos`)."""
+
+    def __init__(self, z_dim: int, c_dim: int, w_dim: int, k: int, num_ws: int, num_layers: int = 8,
+                 embed_dim: int | None = None, layer_dim: int | None = None, act: str = "lrelu",
+                 lrmul: float = 0.01, w_avg_beta: float | None = 0.995, resnet: bool = False, ltnt2ltnt: bool = False,
+                 normalize_global: bool = True, use_pos: bool = False, num_heads: int = 1, **_training_only):
+        super().__init__()
+        self.z_dim, self.c_dim, self.w_dim, self.k, self.num_ws = z_dim, c_dim, w_dim, k, num_ws
+        self.normalize_global, self.use_pos = normalize_global, use_pos
+        embed_dim = (embed_dim or z_dim) if c_dim > 0 else 0
+        layers = [layer_dim or w_dim] * (num_layers - 1) + [w_dim]
+        if c_dim > 0:
+            self.embed = FullyConnectedLayer(c_dim, embed_dim)
+        self.global_mlp = MLP([z_dim + embed_dim] + layers, act, lrmul, resnet)
+        attention = dict(to_len=k - 1, num_heads=num_heads) if ltnt2ltnt else None
+        self.mlp = MLP([z_dim] + layers, act, lrmul, resnet, attention)
+        if use_pos and ltnt2ltnt and set([z_dim] + layers) != {w_dim}:
+            raise ValueError("latent position embeddings in the mapping need z_dim, layer_dim and w_dim equal")
+        self.has_w_avg = w_avg_beta is not None
+        if self.has_w_avg:
+            self.register_buffer("w_avg", torch.zeros(w_dim))
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None, pos: torch.Tensor | None = None,
+                truncation_psi: float = 1.0, truncation_cutoff: int | None = None) -> torch.Tensor:
+        if z.ndim != 3 or z.shape[1:] != (self.k, self.z_dim):
+            raise ValueError(f"z must be (N, {self.k}, {self.z_dim}) (k components), got {tuple(z.shape)}")
+        local, g = z.float().split([self.k - 1, 1], dim=1)  # (N, k-1, z), (N, 1, z)
+        if self.normalize_global:
+            g = normalize_2nd_moment_all(g)
+        local = normalize_2nd_moment_all(local)
+        if self.c_dim > 0:
+            if c is None:
+                raise ValueError(f"this generator is conditional (c_dim={self.c_dim}); give a label")
+            y = normalize_2nd_moment_all(self.embed(c.float()))
+            g = torch.cat([g, y[:, None]], dim=-1)
+        w = torch.cat([self.mlp(local, pos if self.use_pos else None), self.global_mlp(g)], dim=1)  # (N, k, w)
+        ws = w[:, :, None].repeat(1, 1, self.num_ws, 1)  # (N, k, num_ws, w)
+        if truncation_psi != 1:
+            if not self.has_w_avg:
+                raise ValueError("this generator tracks no average w (w_avg_beta=None): truncation is unavailable")
+            cutoff = self.num_ws if truncation_cutoff is None else truncation_cutoff
+            ws[:, :, :cutoff] = self.w_avg.lerp(ws[:, :, :cutoff], truncation_psi)
+        return ws
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Synthesis network
+# --------------------------------------------------------------------------------------------------------------
+class BiasAct(nn.Module):
+    """act(x + bias) * gain (the reference keeps the bias in this submodule: `<layer>.biasAct.bias`)."""
+
+    def __init__(self, channels: int, act: str = "linear", gain: float = 1.0, bias: bool = True):
+        super().__init__()
+        self.act, self.gain = act, (1.0 if act == "linear" else LRELU_GAIN) * gain
+        self.bias = nn.Parameter(torch.zeros(channels)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return bias_act(x, self.bias, act=self.act, gain=self.gain)
+
+
+class SynthesisLayer(nn.Module):
+    """3x3 convolution (modulated by the global w if `style`, else plain; optional 2x up), then the attention
+    over the local components (if `transformer`), noise, bias and activation."""
+
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, k: int, resolution: int, up: int = 1,
+                 resample_kernel=(1, 3, 3, 1), style: bool = True, local_noise: bool = True, bias: bool = True,
+                 act: str = "lrelu", gain: float = 1.0, transformer: bool = False, use_pos: bool = False,
+                 pos_dim: int | None = None, num_heads: int = 1, integration: str = "add", norm: str | None = None,
+                 kmeans: bool = False, kmeans_iters: int = 1):
+        super().__init__()
+        self.resolution, self.up, self.style = resolution, up, style
+        self.local_noise, self.use_pos = local_noise, use_pos
+        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 3, 3))
+        self.weight_gain = 1 / math.sqrt(in_channels * 9)
+        self.biasAct = BiasAct(out_channels, act, gain) if bias else None
+        self.register_buffer("resample_kernel", setup_filter(resample_kernel))
+        if local_noise:
+            self.register_buffer("noise_const", torch.randn(resolution, resolution))
+            self.noise_strength = nn.Parameter(torch.zeros([]))
+        self.transformer = None
+        if transformer:
+            pos_dim = pos_dim or w_dim
+            if pos_dim % 4:
+                raise ValueError(f"the grid position encoding needs a width divisible by 4, got pos_dim={pos_dim}")
+            self.register_buffer("grid_pos", grid_encoding(resolution, pos_dim))  # (H, W, pos_dim)
+            self.transformer = Attention(out_channels, pos_dim, out_channels, w_dim, to_len=k - 1, num_heads=num_heads,
+                                         integration=integration, norm=norm, kmeans=kmeans, kmeans_iters=kmeans_iters)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, pos: torch.Tensor | None = None,
+                noise_mode: NoiseMode = "const", generator: torch.Generator | None = None):
+        """x (N, I, h, w); w (N, k, w_dim) -> x (N, O, H, W), attention (N, heads, H*W, k-1) or None."""
+        weight = self.weight * self.weight_gain
+        if self.style:
+            x = modulated_conv2d(x, weight, self.affine(w[:, -1]), up=self.up, padding=1,
+                                 resample_filter=self.resample_kernel)
+        else:
+            x = conv2d_resample(x, weight, self.resample_kernel, up=self.up, padding=1)
+        probs = None
+        if self.transformer is not None:
+            n, c, h, wd = x.shape
+            grid = x.reshape(n, c, h * wd).transpose(1, 2)  # (N, HW, C)
+            grid, probs = self.transformer(grid, w[:, :-1], self.grid_pos.reshape(h * wd, -1),
+                                           pos if self.use_pos else None)
+            x = grid.transpose(1, 2).reshape(n, c, h, wd)
+        if self.local_noise and noise_mode == "const":
+            x = x + self.noise_const * self.noise_strength
+        elif self.local_noise and noise_mode == "random":
+            noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, generator=generator,
+                                device=x.device if generator is None else generator.device).to(x.device)
+            x = x + noise * self.noise_strength
+        elif noise_mode not in ("const", "random", "none"):
+            raise ValueError(f"noise_mode must be 'const', 'random' or 'none', got {noise_mode!r}")
+        if self.biasAct is not None:
+            x = self.biasAct(x)
+        return x, probs
+
+
+class ToRGBLayer(nn.Module):
+    """1x1 convolution to the image channels, modulated (not demodulated) by the global w if `style`."""
+
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, style: bool = True):
+        super().__init__()
+        self.style = style
+        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 1, 1))
+        self.weight_gain = 1 / math.sqrt(in_channels)
+        self.biasAct = BiasAct(out_channels)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        if self.style:
+            x = modulated_conv2d(x, self.weight, self.affine(w[:, -1]) * self.weight_gain, demodulate=False)
+        else:
+            x = F.conv2d(x, self.weight * self.weight_gain)
+        return self.biasAct(x).float()
+
+
+class SkipLayer(nn.Module):
+    """The 'resnet' architecture's shortcut: 1x1 convolution, 2x FIR upsampling, times √½ (no bias)."""
+
+    def __init__(self, in_channels: int, out_channels: int, resample_kernel=(1, 3, 3, 1)):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 1, 1))
+        self.weight_gain = 1 / math.sqrt(in_channels)
+        self.register_buffer("resample_kernel", setup_filter(resample_kernel))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return upsample2d(F.conv2d(x, self.weight * self.weight_gain), self.resample_kernel) * math.sqrt(0.5)
+
+
+class SynthesisBlock(nn.Module):
+    """One resolution: [const | conv0 (2x up)] -> conv1 [-> + skip] [-> conv_last] -> torgb.
+
+    W rows: conv0, conv1, conv_last (last block only), torgb; a 'skip' block's torgb shares its row with the next
+    block's conv0 (as StyleGAN2's); in 'resnet' and 'orig' only the last block has a torgb."""
+
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, k: int, resolution: int, img_channels: int,
+                 is_last: bool, architecture: str = "skip", resample_kernel=(1, 3, 3, 1), style: bool = True,
+                 **layer_kwargs):
+        super().__init__()
+        self.in_channels, self.is_last, self.architecture = in_channels, is_last, architecture
+        self.register_buffer("resample_kernel", setup_filter(resample_kernel))
+        common = dict(w_dim=w_dim, k=k, resolution=resolution, resample_kernel=resample_kernel, style=style)
+        self.num_conv = self.num_torgb = 0
+        if in_channels == 0:
+            self.const = nn.Parameter(torch.randn(out_channels, resolution, resolution))
+        else:
+            self.conv0 = SynthesisLayer(in_channels, out_channels, up=2, **common, **layer_kwargs)
+            self.num_conv += 1
+        gain = math.sqrt(0.5) if architecture == "resnet" and in_channels else 1.0
+        self.conv1 = SynthesisLayer(out_channels, out_channels, gain=gain, **common, **layer_kwargs)
+        self.num_conv += 1
+        if is_last or architecture == "skip":
+            self.torgb = ToRGBLayer(out_channels, img_channels, w_dim, style=style)
+            self.num_torgb += 1
+        if in_channels and architecture == "resnet":
+            self.skip = SkipLayer(in_channels, out_channels, resample_kernel)
+        if is_last:  # linear: no attention, no noise, no bias, no activation
+            last = {**layer_kwargs, "transformer": False, "local_noise": False, "bias": False}
+            self.conv_last = SynthesisLayer(out_channels, out_channels, **common, **last)
+            self.num_conv += 1
+
+    def forward(self, x, img, ws: torch.Tensor, pos: torch.Tensor, noise_mode: NoiseMode = "const",
+                generator: torch.Generator | None = None):
+        """ws (N, k, rows, w_dim) -> x, img, [attention of conv0, of conv1]."""
+        w_rows = iter(ws.unbind(dim=2))
+        kw = dict(pos=pos, noise_mode=noise_mode, generator=generator)
+        maps = []
+        if self.in_channels == 0:
+            x, probs = self.conv1(self.const[None].repeat(ws.shape[0], 1, 1, 1), next(w_rows), **kw)
+            maps.append(probs)
+        else:
+            shortcut = self.skip(x) if self.architecture == "resnet" else None
+            for layer in (self.conv0, self.conv1):
+                x, probs = layer(x, next(w_rows), **kw)
+                maps.append(probs)
+            if shortcut is not None:
+                x = shortcut + x
+        if img is not None:
+            img = upsample2d(img, self.resample_kernel)
+        if self.is_last:
+            x = self.conv_last(x, next(w_rows), **kw)[0]
+        if self.is_last or self.architecture == "skip":
+            y = self.torgb(x, next(w_rows))
+            img = img + y if img is not None else y
+        return x, img, maps
+
+
+class SynthesisNetwork(nn.Module):
+    """ws (N, k, num_ws, w_dim) -> image, and the attention maps of every attention layer at the image size.
+    Attention at the resolutions 2^start_res <= res < 2^end_res."""
+
+    def __init__(self, w_dim: int, k: int, img_resolution: int, img_channels: int, channel_base: int = 32768,
+                 channel_max: int = 512, transformer: bool = True, start_res: int = 0, end_res: int = 20,
+                 num_heads: int = 1, **block_kwargs):
+        super().__init__()
+        if img_resolution < 4 or img_resolution & (img_resolution - 1):
+            raise ValueError(f"GANformer resolution must be a power of two >= 4, got {img_resolution}")
+        for name in ("attention_dropout", "dim_base", "pos_init", "pos_type", "pos_directions_num", "crop_ratio",
+                     "latent_stem", "ltnt_stem", "ltnt_gate", "img_gate", "iterative"):
+            block_kwargs.pop(name, None)  # (defaults, or without effect at inference: checked by check_options)
+        self.k, self.img_resolution, self.num_heads = k, img_resolution, num_heads
+        self.block_resolutions = [2 ** i for i in range(2, int(math.log2(img_resolution)) + 1)]
+        channels = {r: int(min(channel_base // r, channel_max)) for r in self.block_resolutions}
+        self.num_ws = 0
+        for res in self.block_resolutions:
+            attention = transformer and start_res <= math.log2(res) < end_res
+            block = SynthesisBlock(channels[res // 2] if res > 4 else 0, channels[res], w_dim, k, res, img_channels,
+                                   is_last=res == img_resolution, transformer=attention, num_heads=num_heads,
+                                   **block_kwargs)
+            self.num_ws += block.num_conv + (block.num_torgb if res == img_resolution else 0)
+            setattr(self, f"b{res}", block)
+
+    def forward(self, ws: torch.Tensor, pos: torch.Tensor, noise_mode: NoiseMode = "const",
+                generator: torch.Generator | None = None, return_attention: bool = False):
+        if ws.ndim != 4 or ws.shape[1:3] != (self.k, self.num_ws):
+            raise ValueError(f"ws must be (N, {self.k}, {self.num_ws}, w_dim), got {tuple(ws.shape)}")
+        ws = ws.float()
+        x = img = None
+        maps, row = [], 0
+        for res in self.block_resolutions:
+            block = getattr(self, f"b{res}")
+            x, img, block_maps = block(x, img, ws.narrow(2, row, block.num_conv + block.num_torgb), pos,
+                                       noise_mode=noise_mode, generator=generator)
+            maps += [m for m in block_maps if m is not None]
+            row += block.num_conv
+        if not return_attention:
+            return img
+        return img, self._maps_at_image_size(maps)
+
+    def _maps_at_image_size(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """[(N, heads, h*w, k-1) per attention layer] -> (N, k-1, layers, heads, H, W), nearest-neighbour upsampled."""
+        out = []
+        for probs in maps:
+            n, heads, hw, comps = probs.shape
+            side = math.isqrt(hw)
+            grid = probs.transpose(2, 3).reshape(n, heads * comps, side, side)
+            factor = self.img_resolution // side
+            grid = grid.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)
+            out.append(grid.reshape(n, heads, comps, self.img_resolution, self.img_resolution))
+        if not out:
+            raise ValueError("this generator has no attention layers (start_res/end_res exclude every resolution)")
+        return torch.stack(out, dim=1).permute(0, 3, 1, 2, 4, 5)  # (N, k-1, layers, heads, H, W)
+
+
+class Generator(nn.Module):
+    """mapping (z [, c] -> ws) + synthesis (ws -> image [, attention]). `pos` (k-1, w_dim): position embeddings of
+    the local components, for the attention layers that `use_pos`. Names as the reference's `Gs`."""
+
+    def __init__(self, config: GANformerConfig):
+        super().__init__()
+        self.config = config
+        self.z_dim, self.c_dim, self.w_dim, self.k = config.z_dim, config.c_dim, config.w_dim, config.k
+        self.img_resolution, self.img_channels = config.img_resolution, config.img_channels
+        self.pos = nn.Parameter(torch.rand(config.k - 1, config.w_dim))
+        self.synthesis = SynthesisNetwork(config.w_dim, config.k, config.img_resolution, config.img_channels,
+                                          **config.synthesis_kwargs)
+        self.num_ws = self.synthesis.num_ws
+        mapping = {name: v for name, v in config.mapping_kwargs.items() if name not in ("transformer", "shared",
+                                                                                         "ltnt_gate")}
+        self.mapping = MappingNetwork(config.z_dim, config.c_dim, config.w_dim, config.k, self.num_ws, **mapping)
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None, truncation_psi: float = 1.0,
+                truncation_cutoff: int | None = None, noise_mode: NoiseMode = "const",
+                generator: torch.Generator | None = None, return_attention: bool = False):
+        ws = self.mapping(z, c, self.pos, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
+        return self.synthesis(ws, self.pos, noise_mode=noise_mode, generator=generator,
+                              return_attention=return_attention)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Sampling helpers and attention masks
+# --------------------------------------------------------------------------------------------------------------
+def z_from_seeds(seeds: list[int], k: int, z_dim: int) -> torch.Tensor:
+    """(N, k, z_dim): one z per seed, standard normal as the reference's generate.py draws it
+    (`torch.randn([1, k, z_dim])`; its script seeds nothing: here the seed seeds a CPU generator)."""
+    return torch.cat([torch.randn(1, k, z_dim, generator=torch.Generator().manual_seed(s)) for s in seeds])
+
+
+def attention_masks(attention: torch.Tensor, layer: int | None = -1) -> torch.Tensor:
+    """(N, k-1, layers, heads, H, W) from `G(…, return_attention=True)` -> (N, k-1, H, W): how much each pixel
+    attends to each local component, in [0, 1] and summing to 1 over the components at every pixel. `layer`:
+    one attention layer (default the last, the one the reference's visualisations draw), or None for the mean over
+    all layers. Heads are averaged."""
+    maps = attention.mean(dim=3)  # (N, k-1, layers, H, W)
+    return maps.mean(dim=2) if layer is None else maps[:, :, layer]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading: the reference's training snapshots (`Gs`, else `G`)
+# --------------------------------------------------------------------------------------------------------------
+SUPPORTED = ("GANformer snapshots written by dorarad/gansformer's PyTorch training (network-snapshot-*.pkl), in "
+             "its --ganformer-default configuration and the options around it")
+_REQUIRED = ("z_dim", "c_dim", "w_dim", "k", "img_resolution", "img_channels")
+
+
+def _plain(value):
+    """Pickled settings as plain Python: numpy scalars to numbers, EasyDicts to dicts, lists to tuples."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return tuple(_plain(v) for v in value)
+    return value
+
+
+def config_from_record(record: ck.PersistentRecord, source: str) -> GANformerConfig:
+    """The architecture from a reference `Generator` record's constructor arguments."""
+    if record.class_name != "Generator":
+        raise ck.CheckpointError(f"{source}: the network is a '{record.class_name}', not a GANformer Generator")
+    if record.state.get("_init_args"):
+        raise ck.CheckpointError(f"{source}: unexpected positional constructor arguments; supported: {SUPPORTED}")
+    kwargs = _plain(dict(record.state.get("_init_kwargs") or {}))
+    missing = [name for name in _REQUIRED if name not in kwargs]
+    if missing:
+        hint = " (a StyleGAN generator? use the StyleGAN loader)" if missing == ["k"] else ""
+        raise ck.CheckpointError(f"{source}: the Generator record lacks {', '.join(missing)}{hint}; "
+                                 f"supported: {SUPPORTED}")
+    unknown = sorted(set(kwargs) - set(_REQUIRED) - {"mapping_kwargs", "synthesis_kwargs"}
+                     - set(_IGNORED_GENERATOR_ARGS))
+    if unknown:
+        raise ck.CheckpointError(f"{source}: unsupported GANformer configuration: unknown Generator option(s) "
+                                 f"{', '.join(unknown)}; supported: {SUPPORTED}")
+    sub = {name: kwargs.get(name) or {} for name in ("mapping_kwargs", "synthesis_kwargs")}
+    if not all(isinstance(v, dict) for v in sub.values()):
+        raise ck.CheckpointError(f"{source}: mapping_kwargs / synthesis_kwargs are not dictionaries")
+    try:
+        values = [kwargs[name] for name in _REQUIRED]
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise ValueError(f"{', '.join(_REQUIRED)} must be integers")
+        return GANformerConfig(*values, **sub)
+    except ValueError as e:
+        raise ck.CheckpointError(f"{source}: {e}; supported: {SUPPORTED}") from None
+
+
+@ck.user_file_loader("GANformer generator", (".pkl",))
+def load_ganformer(path, device: str | torch.device = "cpu") -> Generator:
+    """Load the EMA generator (`Gs`) of a GANformer training snapshot, strictly, without executing code."""
+    path = Path(path)
+    source = path.name
+    if path.suffix.lower() != ".pkl":
+        raise ck.CheckpointError(f"{source}: a GANformer snapshot is a .pkl file (network-snapshot-*.pkl)")
+    data = ck.load_nvidia_pickle(path)
+    record = None
+    if isinstance(data, dict):
+        record = next((data[k] for k in ("Gs", "G") if isinstance(data.get(k), ck.PersistentRecord)), None)
+    if record is None:
+        keys = ", ".join(map(str, data)) if isinstance(data, dict) else type(data).__name__
+        hint = " (an NVIDIA StyleGAN pickle: use the StyleGAN loader)" if isinstance(data, dict) and "G_ema" in data \
+            else ""
+        raise ck.CheckpointError(f"{source}: no 'Gs' or 'G' network in the pickle (found: {keys}){hint}; "
+                                 f"supported: {SUPPORTED}")
+    config = config_from_record(record, source)
+    tensors = ck.record_tensors(record)
+    tensors = {name: t.float() if t.is_floating_point() else t for name, t in tensors.items()}
+    G = ck.build_checked(lambda: Generator(config), tensors, source, config)
+    return G.eval().requires_grad_(False).to(device)
