@@ -7,10 +7,12 @@ example_workflows/api/<name>.json (API format) is what the tests queue and what 
   example_workflows/<name>.jpg    the template browser's thumbnail, from the workflow's real output: it is queued
                                   on a freshly installed server (nothing but the pack: the zoo models and example
                                   inputs it ships) and the last saved image is shown with the first (the draft or
-                                  input) inset in its corner. A workflow that needs a model of the user's own
-                                  (devkit.sd1_files.USER_MODELS: a Stable Diffusion 1.5 checkpoint) runs with a
-                                  small random-weight stand-in in that format, and its thumbnail leaves out the
-                                  stand-in's output (it shows the draft and the importance map it is given).
+                                  input) inset in its corner. A workflow that needs models of the user's own
+                                  (devkit.user_models.USER_MODELS: a Stable Diffusion 1.5 checkpoint; VAR-d16 and
+                                  DiT-XL/2) runs with small random-weight stand-ins in those formats, and its
+                                  thumbnail leaves out the stand-ins' output (it shows the draft and the importance
+                                  map it is given) or, where every picture would come from a stand-in, says which
+                                  published files it needs.
 
     .venv/bin/python scripts/ui_workflows.py                     # needs scripts/setup_env.sh to have run
     .venv/bin/python scripts/ui_workflows.py text_to_image_hybrid  # only the named workflows
@@ -26,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from devkit.harness import ComfyServer, open_frontend  # noqa: E402
-from devkit.sd1_files import USER_MODELS, write_tiny_sd1_checkpoint  # noqa: E402
+from devkit.user_models import USER_MODELS  # noqa: E402
 
 EXAMPLES = ROOT / "example_workflows"
 THUMB_PX, INSET_PX = 320, 120
@@ -53,6 +55,16 @@ def thumbnail(saved: list[Path], dest: Path) -> None:
     main.save(dest, quality=90)
 
 
+def card(text: str, dest: Path) -> None:
+    """A thumbnail that says what the workflow needs, for one whose every picture would come from a stand-in."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    img = Image.new("RGB", (THUMB_PX, THUMB_PX), (32, 36, 44))
+    font = ImageFont.load_default(size=17)
+    ImageDraw.Draw(img).multiline_text((18, 22), text, fill=(230, 232, 236), font=font, spacing=7)
+    img.save(dest, quality=90)
+
+
 def main() -> None:
     names = set(sys.argv[1:])
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,14 +82,17 @@ def main() -> None:
                 assert len(wf["nodes"]) == len(api), (api_path.name, len(wf["nodes"]), len(api))
                 dest = EXAMPLES / api_path.name
                 dest.write_text(json.dumps(wf, indent=2) + "\n")
-                stand_in = USER_MODELS.get(api_path.stem)
-                if stand_in:
-                    write_tiny_sd1_checkpoint(server.base / "models" / stand_in[0] / stand_in[1])
+                user = USER_MODELS.get(api_path.stem)
+                if user:
+                    user.write_stand_ins(server.base / "models")
                 run = server.run_prompt(api)
                 if not run.ok:
                     raise SystemExit(f"{api_path.name} failed on a fresh install: {run.error()}")
                 saved = [files[0] for files in run.saved_outputs().values()]  # each Save node's first image
-                thumbnail(saved[:-1] if stand_in else saved, dest.with_suffix(".jpg"))
+                if user and user.card:
+                    card(user.card, dest.with_suffix(".jpg"))
+                else:
+                    thumbnail(saved[:-1] if user else saved, dest.with_suffix(".jpg"))
                 print(f"wrote {dest.relative_to(ROOT)} ({len(wf['nodes'])} nodes, {len(wf['links'])} links) "
                       f"and its thumbnail")
         finally:

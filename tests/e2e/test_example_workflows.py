@@ -1,9 +1,10 @@
 """The shipped example workflows on a freshly installed server: the pack linked into an empty ComfyUI base directory
 and nothing else (no file a test or the demo writes). They must be listed by the template browser with their
 thumbnails, validate against that server's /object_info (comfy-lint, a third-party linter, --strict), and run.
-One workflow needs a model of the user's own (devkit.sd1_files.USER_MODELS: refining with a stock Stable Diffusion
-1.5 checkpoint): on the fresh server the linter must name exactly that file and nothing else; with a small
-random-weight checkpoint in SD1's single-file format under that name it must lint clean and run."""
+Two workflows need models of the user's own (devkit.user_models.USER_MODELS: refining with a stock Stable Diffusion
+1.5 checkpoint; FoundationVision's VAR-d16 refined by facebookresearch's DiT-XL/2): on the fresh server the linter
+must name those files and nothing else; with small random-weight stand-ins in the same formats under those names
+they must lint clean and run."""
 import hashlib
 import json
 import subprocess
@@ -15,7 +16,7 @@ import torch
 from PIL import Image
 
 from devkit.harness import ROOT, ComfyServer, read_images, save_artifact
-from devkit.sd1_files import USER_MODELS, write_tiny_sd1_checkpoint
+from devkit.user_models import USER_MODELS
 
 EXAMPLES = ROOT / "example_workflows"
 API = sorted((EXAMPLES / "api").glob("*.json"))
@@ -87,8 +88,9 @@ def _lint(server, paths) -> tuple[int, list[dict]]:
 
 def _user_model_missing(d: dict) -> bool:
     """The one diagnostic a fresh install may give: the user's own model, named in a workflow that needs one."""
-    folder, name = USER_MODELS.get(d["file"], (None, None))
-    return d["rule"] == "invalid-enum" and name is not None and f"'{name}'" in d["message"]
+    workflow = USER_MODELS.get(d["file"])
+    return d["rule"] == "invalid-enum" and workflow is not None and any(
+        f"'{m.file}'" in d["message"] for m in workflow.models)
 
 
 def test_examples_validate_against_a_fresh_servers_object_info(fresh):
@@ -98,6 +100,9 @@ def test_examples_validate_against_a_fresh_servers_object_info(fresh):
     problems = [d for d in diagnostics if not _user_model_missing(d)]
     assert not problems, problems
     assert code == (1 if diagnostics else 0)
+    named = {(d["file"], m.file) for d in diagnostics for m in USER_MODELS[d["file"]].models
+             if f"'{m.file}'" in d["message"]}
+    assert named == {(w, m.file) for w, uw in USER_MODELS.items() for m in uw.models}  # each user file, named
 
 
 def test_the_linter_catches_what_a_fresh_install_lacks(fresh, tmp_path):
@@ -188,8 +193,7 @@ def test_stylegan_draft_refined_by_a_stock_sd15_checkpoint(fresh, second_install
     import numpy as np
 
     name = "stylegan_draft_sd15_refine"
-    folder, file_name = USER_MODELS[name]
-    write_tiny_sd1_checkpoint(fresh.base / "models" / folder / file_name)
+    USER_MODELS[name].write_stand_ins(fresh.base / "models")
     code, diagnostics = _lint(fresh, [EXAMPLES / "api" / f"{name}.json"])
     assert code == 0 and not diagnostics, diagnostics
     api = json.loads((EXAMPLES / "api" / f"{name}.json").read_text())
@@ -212,11 +216,26 @@ def test_stylegan_draft_refined_by_a_stock_sd15_checkpoint(fresh, second_install
     assert float(imp[high].mean()) > 0.5 > 5 * float(imp[low].mean())
     assert change[high].mean() > 1.8 * change[low].mean(), (change[high].mean(), change[low].mean())  # 0.338/0.147
     # deterministic like the other workflows: the same checkpoint on the second fresh server, identical pictures
-    import shutil
-
-    (second_install.base / "models" / folder).mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(fresh.base / "models" / folder / file_name, second_install.base / "models" / folder / file_name)
+    USER_MODELS[name].write_stand_ins(second_install.base / "models")  # the same seeded weights
     again = second_install.run_prompt(api, timeout=900)
     assert again.ok, again.error()
     for k in ("18", "91", "93"):
         assert torch.equal(read_images(run.output_images(k)), read_images(again.output_images(k))), k
+
+
+def test_var_draft_refined_by_dit_xl_with_the_published_files(fresh):
+    """var_draft_dit_refine_imagenet with stand-ins of the four published files under their names (random weights in
+    FoundationVision's and facebookresearch's formats: the loaders read the architecture off the weights): the VAR
+    draft at 256 px, encoded by the SD VAE, refined region-adaptively by the DiT with the same class, decoded."""
+    name = "var_draft_dit_refine_imagenet"
+    USER_MODELS[name].write_stand_ins(fresh.base / "models")
+    code, diagnostics = _lint(fresh, [EXAMPLES / "api" / f"{name}.json"])
+    assert code == 0 and not diagnostics, diagnostics
+    api = json.loads((EXAMPLES / "api" / f"{name}.json").read_text())
+    run = fresh.run_prompt(api, timeout=900)
+    assert run.ok, f"{run.error()}\n{fresh.log_tail()}"
+    saves = {api[k]["inputs"]["filename_prefix"].rsplit("_", 1)[-1]: k for k, n in api.items()
+             if n["class_type"] == "SaveImage"}
+    draft, refined = (read_images(run.output_images(saves[s])) for s in ("draft", "refined"))
+    assert draft.shape == refined.shape == (1, 3, 256, 256)
+    assert not torch.equal(draft, refined)
