@@ -5,6 +5,7 @@ import { app } from "../../scripts/app.js";
 const STAGE_COLORS = {
   "DiffuGAN/CLIP Style": ["#2f3b55", "#3c4d70"],
   "DiffuGAN/StyleGAN": ["#2d4a3e", "#3a5f50"],
+  "DiffuGAN/GANformer": ["#4a2d37", "#5f3a47"],
   "DiffuGAN/VAR": ["#34503a", "#43684b"],
   "DiffuGAN/Importance": ["#553a2f", "#70503c"],
   "DiffuGAN/ControlNet": ["#4a2d4a", "#5f3a5f"],

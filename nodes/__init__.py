@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import clip_style, dit, film_unet, importance, style_inject, stylegan, var, vit_controlnet
+from . import clip_style, dit, film_unet, ganformer, importance, style_inject, stylegan, var, vit_controlnet
 from ._common import add_zoo_folder, install_example_inputs
 
-STAGES = [clip_style, stylegan, var, style_inject, importance, vit_controlnet, dit, film_unet]
+STAGES = [clip_style, stylegan, ganformer, var, style_inject, importance, vit_controlnet, dit, film_unet]
 add_zoo_folder("vae")  # the zoo's VAE (TAESD layout) for the stock VAELoader
 
 
