@@ -8,6 +8,7 @@ refiners of the same drafts, and the FiLM UNet's DDIM step trade-off; everything
      dit            the DiT, stock Euler, --steps steps (the shipped workflows' refine at full work)
      unet           the FiLM UNet, stock DDIM, --steps steps
      unet_equal_wall  the FiLM UNet with the step count that takes the DiT's wall time
+   and both again at each of the --sweep strengths (how the trade-off between change and fidelity moves)
    on two kinds of drafts: the zoo StyleGAN's drafts of --captions held-out captions (one per caption, upsampled
    bicubic as the workflows' ImageScale does) and --captions degraded held-out images (down to --degrade-px and
    back up), each refined with its own caption.
@@ -125,16 +126,30 @@ def run(args) -> dict:
               "unet": Sampler(unet_nodes.film_unet_to_comfy_model(unet), unet_conditioning, "ddim", args.cfg)}
     import comfy.sample
 
-    def refine(images: torch.Tensor, equal_steps: int) -> dict:
-        """-> {stage: (decoded images, wall seconds)} for the input, its VAE round trip and each refiner."""
+    def refine(images: torch.Tensor, equal_steps: int | None, strength: float) -> dict:
+        """-> {stage: (decoded images, wall seconds)} for the input, its VAE round trip and each refiner (the UNet
+        also at the DiT's wall time, given `equal_steps`)."""
         lat = torch.cat([vae.encode(images[i:i + 32] * 2 - 1) for i in range(0, len(images), 32)])  # as VAEEncode
         noise = comfy.sample.prepare_noise(lat, args.seed)
         out = {"input": (images, 0.0), "vae": (decode(vae, lat), 0.0)}
-        for name, model, steps in (("dit", models["dit"], args.steps), ("unet", models["unet"], args.steps),
-                                   ("unet_equal_wall", models["unet"], equal_steps)):
-            res, wall = model(lat, noise, style, model.sigmas(steps, args.strength), args.batch)
+        jobs = [("dit", models["dit"], args.steps), ("unet", models["unet"], args.steps)]
+        if equal_steps:
+            jobs.append(("unet_equal_wall", models["unet"], equal_steps))
+        for name, model, steps in jobs:
+            res, wall = model(lat, noise, style, model.sigmas(steps, strength), args.batch)
             out[name] = (decode(vae, res), wall)
         return out
+
+    def figures(kind: str, stages: dict) -> dict:
+        rows = {}
+        for name, (pix, wall) in stages.items():
+            r = {"wall_s": wall, "seconds_per_image": wall / len(pix), **judge(clip, data, pix, detail_real)}
+            if kind == "degraded":
+                r.update(psnr_db=ezp.psnr(pix, clean), ssim=ezp.ssim(pix, clean))
+            rows[name] = r
+            print(f"{kind:8s} {name:16s} " + "  ".join(f"{k} {v:.4g}" for k, v in r.items()
+                                                       if not k.startswith("real")), flush=True)
+        return rows
 
     with torch.inference_mode():
         for m in models.values():  # warm-up: first calls allocate
@@ -148,18 +163,16 @@ def run(args) -> dict:
         results: dict = {}
         sheets = []
         for kind, images in (("stylegan", draft), ("degraded", degraded)):
-            stages = refine(images, equal_steps)
-            rows = {}
-            for name, (pix, wall) in stages.items():
-                r = {"wall_s": wall, "seconds_per_image": wall / len(pix), **judge(clip, data, pix, detail_real)}
-                if kind == "degraded":
-                    r.update(psnr_db=ezp.psnr(pix, clean), ssim=ezp.ssim(pix, clean))
-                rows[name] = r
-                print(f"{kind:8s} {name:16s} " + "  ".join(f"{k} {v:.4g}" for k, v in r.items()
-                                                           if not k.startswith("real")), flush=True)
-            results[kind] = rows
+            stages = refine(images, equal_steps, args.strength)
+            results[kind] = figures(kind, stages)
             sheets.append(torch.cat([stages[k][0][:8] for k in ("input", "dit", "unet")]))
         results["unet_equal_wall_steps"] = equal_steps
+        results["strength_sweep"] = {}
+        for strength in args.sweep:  # both refiners at other strengths, the same drafts and noise
+            print(f"strength {strength}:", flush=True)
+            results["strength_sweep"][str(strength)] = {
+                kind: figures(kind, refine(images, None, strength))
+                for kind, images in (("stylegan", draft), ("degraded", degraded))}
         # text -> image from noise
         lat = torch.zeros(len(style), 4, size // 8, size // 8)
         noise = comfy.sample.prepare_noise(lat, args.seed)
@@ -216,6 +229,8 @@ def main(argv=None) -> None:
     ap.add_argument("--cfg", type=float, default=3.0)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--strength", type=float, default=0.3)
+    ap.add_argument("--sweep", type=lambda v: [float(x) for x in v.split(",") if x], default=[0.1, 0.2, 0.5],
+                    help="other strengths to refine at (both refiners, --steps steps)")
     ap.add_argument("--ddim-steps", type=lambda s: [int(v) for v in s.split(",")], default=[10, 20, 50])
     ap.add_argument("--ref-steps", type=int, default=100)
     ap.add_argument("--threads", type=int, default=0)

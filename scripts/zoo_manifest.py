@@ -128,6 +128,10 @@ LIMITS_DIT_256 = (
     "their originals).")
 
 
+LIMITS_UNET = ("CPU-sized and young: text -> image gives blobs in roughly the prompt's colours, and refining keeps a "
+               "draft's layout while adding blotches; see the head-to-head with the DiT in the main README.")
+
+
 LIMITS_CONTROLNET = ("it steers the zoo DiT, whose refinements are still blotchy (see its card): the structure "
                      "follows the edges more closely, the pictures are not yet good. At a 25 % token budget it "
                      "still loses 17.5 % of the dense edge F1 (benchmark, 32 images; the target is 5 %); spent over "
@@ -297,13 +301,15 @@ def card_unet(name: str, log: dict) -> str:
     return "\n".join([
         f"### `film_unet/{name}` — FiLM UNet (second refiner, text → image)",
         f"Latent diffusion UNet ({log['params'] / 1e6:.2f} M parameters): base width {c['base_channels']}, widths "
-        f"× {', '.join(map(str, c['channel_mults']))}, {c['num_res_blocks']} residual blocks per level, "
+        f"× ({', '.join(map(str, c['channel_mults']))}) per level, {c['num_res_blocks']} residual blocks per level, "
         f"self-attention at levels {', '.join(map(str, c['attention_levels']))} and the middle; every residual "
         "block's features scaled and shifted (FiLM) by time + the zoo CLIP's style embedding "
         f"({log['style_clip']}); ε-prediction on Stable Diffusion 1's schedule, on the latents of "
         f"`{Path(s['vae']).name}` ({grid}×{grid} at {grid * 8} px). Loads with **DiffuGAN FiLM UNet Loader** as a "
         "stock MODEL (KSampler with ddim, DifferentialDiffusion, SetLatentNoiseMask). Trained by "
-        f"`scripts/train_zoo_unet.py`: {log['steps_done']} steps, batch {s['batch']}, lr {s['lr']}, "
+        f"`scripts/train_zoo_unet.py`: {log['steps_done']} steps"
+        + (f" (a snapshot of a run planned for {s['steps']}, cosine schedule)" if int(s["steps"]) != log["steps_done"]
+           else "") + f", batch {s['batch']}, lr {s['lr']}, "
         f"{float(s['low_noise']) * 100:.0f} % of the samples at t < {s['low_noise_t']}, style dropped "
         f"{float(s['style_dropout']) * 100:.0f} % of the time, EMA {s['ema']}, seed {s['seed']} — "
         f"{hours:.1f} h on one CPU core ({'bf16' if s.get('bf16') else 'fp32'}).",
@@ -313,6 +319,7 @@ def card_unet(name: str, log: dict) -> str:
         "- per t: " + ", ".join(f"t={k[9:]}: {v:.4f}" for k, v in f.items() if re.fullmatch(r"eps_mse_t\d+", k)),
         "- clean-latent error (held-out x0-MSE): " + ", ".join(f"t={k}: {v:.3f}" for k, v in x0.items()),
         *_refiners_lines(name),
+        f"- limits: {LIMITS_UNET}",
     ])
 
 

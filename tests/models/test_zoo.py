@@ -89,6 +89,28 @@ def test_zoo_dit_256_snapshot_loads_strictly_and_denoises_better_than_chance():
     assert max(errs) < 0.6, f"ε-MSE {errs} (predicting zero scores 1.0)"
 
 
+def test_zoo_film_unet_loads_strictly_and_denoises_with_and_without_a_style():
+    """The FiLM UNet the UNet workflows use: SD1's schedule on the 256 px VAE's latents, styled by the zoo CLIP."""
+    from diffugan.models import clip_style as cs
+    from diffugan.models import film_unet as fu
+
+    unet = fu.load_film_unet(ZOO / "film_unet" / "diffugan-emoji-unet.safetensors")
+    clip = cs.load_clip(BY_FOLDER["clip_style"])
+    assert unet.style_clip == clip.identity and unet.config.style_dim == clip.embed_dim
+    vae256 = taesd.load_vae(ZOO / "vae" / "diffugan-emoji-vae-256.safetensors")
+    with torch.no_grad():
+        z0 = vae256.encode(smiley(256)) * taesd.SD1_SCALE
+        style = clip.encode_texts(["grinning face"]).float()
+        ab = fu.sd1_alphas_cumprod()
+        gen = torch.Generator().manual_seed(0)
+        for t in (200, 500):
+            noise = torch.randn(z0.shape, generator=gen)
+            xt = ab[t].sqrt() * z0 + (1 - ab[t]).sqrt() * noise
+            for s in (None, style):
+                err = float((unet(xt, torch.tensor([float(t)]), s) - noise).square().mean())
+                assert err < 0.6, f"t={t}, style {s is not None}: ε-MSE {err:.3f} (predicting zero scores 1.0)"
+
+
 def test_zoo_scorer_loads_strictly_and_scores_the_face_above_the_background():
     from diffugan.models import importance
 
