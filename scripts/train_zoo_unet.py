@@ -11,10 +11,12 @@ caches (same VAE and CLIP: computed once).
     python scripts/train_zoo_unet.py --vae zoo/vae/diffugan-emoji-vae-256.safetensors \\
         --style-clip zoo/clip_style/diffugan-emoji-clip.safetensors --out .zoo/unet/diffugan-emoji-unet.safetensors
 
-Held-out figures every --eval-every steps (fixed noise): ε-MSE at t = 100, 300, 500, 700, 900 with the held-out
-caption as style and with no style, and the clean-latent error (x0-MSE) at t = 100, 300, 600 — the same figures as
-the DiT's card, so the two can be compared. Writes the UNet (fp16 safetensors), <out>.json, resumes from
-<out>.train.pt, and at every evaluation before the last step <out stem>.latest.safetensors (+ .json).
+--init starts from a saved UNet of the same architecture (a machine without the training state resumes from the
+shipped snapshot so; the optimizer and schedule start afresh). Held-out figures every --eval-every steps (fixed
+noise): ε-MSE at t = 100, 300, 500, 700, 900 with the held-out caption as style and with no style, and the
+clean-latent error (x0-MSE) at t = 100, 300, 600 — the same figures as the DiT's card, so the two can be compared.
+Writes the UNet (fp16 safetensors), <out>.json, resumes from <out>.train.pt, and at every evaluation before the last
+step <out stem>.latest.safetensors (+ .json).
 """
 from __future__ import annotations
 
@@ -88,6 +90,8 @@ def main(argv=None) -> None:
     ap.add_argument("--low-noise", type=float, default=0.5, help="share of samples with t < --low-noise-t")
     ap.add_argument("--low-noise-t", type=int, default=400)
     ap.add_argument("--style-dropout", type=float, default=0.15)
+    ap.add_argument("--init", type=Path, default=None,
+                    help="start from a saved FiLM UNet of the same architecture (e.g. the shipped snapshot)")
     args = ap.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -106,6 +110,12 @@ def main(argv=None) -> None:
                                num_heads=args.heads, style_dim=text_train.shape[-1],
                                groups=min(32, args.channels))
     raw = fu.FiLMUNet(config).train()
+    if args.init:
+        start = fu.load_film_unet(args.init)
+        if start.config != config:
+            raise SystemExit(f"--init {args.init.name}: its architecture {start.config} is not {config}")
+        raw.load_state_dict(start.state_dict())
+        raw.requires_grad_(True)
     raw.style_clip = clip.identity
     loop.log.update(config={**config.__dict__}, style_clip=clip.identity,
                     params=sum(p.numel() for p in raw.parameters()), latent_size=list(z_train.shape[-2:]))

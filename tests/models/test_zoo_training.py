@@ -331,6 +331,18 @@ def test_unet_trainer_runs_logs_the_dits_figures_snapshots_and_writes_a_loadable
     assert unet.config.style_dim == log["config"]["style_dim"] > 0
     z = torch.randn(1, 4, 8, 8)
     assert unet(z, torch.tensor([50.0]), torch.zeros(1, unet.config.style_dim)).shape == z.shape
+    # a fresh machine resumes from a shipped snapshot with --init (same architecture)
+    again = tmp_path / "unet2" / "unet.safetensors"
+    small = ["--channels", "16", "--mults", "1,2", "--res-blocks", "1", "--attention", "1", "--heads", "2",
+             "--batch", "4", "--eval-every", "2"]
+    train_zoo_unet.main(["--data", str(data), "--vae", str(vae), "--style-clip", str(tiny_clip), "--out", str(again),
+                         "--steps", "1", "--init", str(out), "--lr", "1e-9", *small])
+    w1, w2 = fu.load_film_unet(out).state_dict(), fu.load_film_unet(again).state_dict()
+    assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 1e-2
+    with pytest.raises(SystemExit, match="--init"):
+        train_zoo_unet.main(["--data", str(data), "--vae", str(vae), "--style-clip", str(tiny_clip), "--out",
+                             str(tmp_path / "unet3" / "u.safetensors"), "--steps", "1", "--init", str(out),
+                             *small[:1], "32", *small[2:]])
 
 
 def test_var_trainer_tokenizer_then_transformer_with_snapshots_and_text_to_image(tiny_set, tiny_clip, tmp_path):
