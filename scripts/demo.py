@@ -13,7 +13,10 @@ the refiner with the ViT ControlNet on the draft's own edges and refines region-
 text_to_image_dit makes its draft with 12 DiT steps instead. The others run once: refine_any_image (a coarse
 drawn smiley, refined with region-adaptive steps), sketch_controlnet_refine (the same, steered to the edges of a
 drawn sketch), user_emphasis (emphasis painted in the mask editor and clicked), style_from_reference_image (a
-reference picture as the style) and stylegan_style_mixing. Each writes a contact sheet, one row per image: draft |
+reference picture as the style), stylegan_style_mixing, and the zoo FiLM UNet's two (text -> image with DDIM, and
+StyleGAN drafts refined with the importance as per-pixel strength). Workflows that need the user's own files (the
+SD 1.5 one, the VAR-d16 -> DiT-XL/2 one) are skipped with a message unless those files are installed. Each writes a
+contact sheet, one row per image: draft |
 importance (or edges) | refined, with the prompt in front for the prompted ones.
 """
 from __future__ import annotations
@@ -46,7 +49,7 @@ def missing_files(object_info: dict, prompt: dict) -> list[str]:
             options = spec[0] if isinstance(spec[0], list) else (
                 spec[1].get("options") if spec[0] == "COMBO" and len(spec) > 1 else None)
             if isinstance(value, str) and options is not None and value not in options \
-                    and value.endswith((".safetensors", ".pt", ".pkl", ".bin")):
+                    and value.endswith((".safetensors", ".pt", ".pth", ".ckpt", ".pkl", ".bin")):
                 missing.append(f"{value} ({node['class_type']}.{name})")
     return missing
 
