@@ -43,6 +43,7 @@ from torch import nn
 from . import checkpoints as ck
 
 STANDARD_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+MAX_TOKENS = 1 << 14  # VAR-d36 at 512 px has 2,240
 SAFETENSORS_FORMAT = "diffugan.var.v1"
 VQVAE_SAFETENSORS_FORMAT = "diffugan.var_vqvae.v1"
 
@@ -66,6 +67,8 @@ class VQVAEConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
+        if not 1 <= self.scales <= 64 or not 1 <= self.share_quant_resi <= 64:
+            raise ValueError(f"scales {self.scales} and share_quant_resi {self.share_quant_resi} must be 1…64")
 
     @property
     def downsample(self) -> int:
@@ -343,6 +346,9 @@ class VARConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "patch_nums", tuple(int(p) for p in self.patch_nums))
+        if not self.patch_nums or min(self.patch_nums) < 1 or self.tokens > MAX_TOKENS:
+            raise ValueError(f"patch_nums {self.patch_nums}: between 1 and {MAX_TOKENS} tokens in all (a mask of "
+                             "tokens² entries is built)")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
 
@@ -431,6 +437,14 @@ class SharedAdaLin(nn.Linear):
         return super().forward(cond).view(-1, 1, 6, self.out_features // 6)
 
 
+def scale_tables(patch_nums) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lvl_1L (1, L): the scale of every token; attn_bias_for_masking (1, 1, L, L): 0 where a token may attend —
+    to every token of its own and coarser scales — and -inf elsewhere)."""
+    scale_of = torch.cat([torch.full((p * p,), k) for k, p in enumerate(patch_nums)])
+    mask = torch.where(scale_of[:, None] >= scale_of[None, :], 0.0, -torch.inf)
+    return scale_of[None].contiguous(), mask[None, None].contiguous()
+
+
 # A progress hook for sampling: called after each scale with (scales done, scales in all); may raise to stop.
 Progress = Callable[[int, int], None]
 
@@ -452,10 +466,9 @@ class VAR(nn.Module):
             nn.init.zeros_(self.style_proj.bias)
         self.shared_ada_lin = nn.Sequential(nn.SiLU(), SharedAdaLin(d, 6 * d)) if c.shared_aln else nn.Identity()
         self.blocks = nn.ModuleList([AdaLNBlock(c) for _ in range(c.depth)])
-        scale_of = torch.cat([torch.full((p * p,), k) for k, p in enumerate(pns)]).view(1, c.tokens, 1)
-        self.register_buffer("lvl_1L", scale_of[:, :, 0].contiguous())
-        self.register_buffer("attn_bias_for_masking", torch.where(scale_of >= scale_of.transpose(1, 2), 0.0,
-                                                                  -torch.inf).view(1, 1, c.tokens, c.tokens))
+        lvl, mask = scale_tables(pns)
+        self.register_buffer("lvl_1L", lvl)
+        self.register_buffer("attn_bias_for_masking", mask)
         self.head_nm = AdaLNHead(c)
         self.head = nn.Linear(d, c.vocab_size)
         self.ranges = []
@@ -467,9 +480,14 @@ class VAR(nn.Module):
     def conditioning(self, labels: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
         """Class labels (B,) (num_classes: the null class) [+ style vectors (B, style_dim)] -> (B, D)."""
         cond = self.class_emb(labels)
-        if style is not None:
-            if not self.config.style_dim:
-                raise ValueError("this VAR was trained without style conditioning: give it a class label instead")
+        if style is not None and not self.config.style_dim:
+            raise ValueError("this VAR was trained without style conditioning: give it a class label instead")
+        if self.config.style_dim:  # no style = a zero style, as in training (the projection's bias stays)
+            if style is None:
+                style = cond.new_zeros(labels.shape[0], self.config.style_dim)
+            elif style.shape != (labels.shape[0], self.config.style_dim):
+                raise ValueError(f"the style must be ({labels.shape[0]}, {self.config.style_dim}); got "
+                                 f"{tuple(style.shape)}: encode it with the CLIP this VAR was trained with")
             cond = cond + self.style_proj(style.to(cond.dtype))
         return cond
 
@@ -515,7 +533,7 @@ class VAR(nn.Module):
         stop = n if stop_scale is None else max(1, min(n, stop_scale))
         b = labels.shape[0]
         both = torch.cat([labels, torch.full_like(labels, c.num_classes)])
-        styles = None if style is None else torch.cat([style, torch.zeros_like(style)])
+        styles = None if style is None else torch.cat([style, torch.zeros_like(style)])  # the negative: no style
         cond = self.conditioning(both, styles)
         mod = self.shared_ada_lin(cond)
         pos = self.lvl_embed(self.lvl_1L) + self.pos_1LC
@@ -546,27 +564,29 @@ class VAR(nn.Module):
 
 
 def draw(logits: torch.Tensor, generator: torch.Generator | None, top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
-    """One token per position from logits (B, l, V): keep the top_k most likely (0: all), then the smallest set whose
-    probability reaches top_p (0: all), and draw from the rest renormalised. -> (B, l)."""
+    """One code per position from logits (B, l, V), among the top_k likeliest (0: all) and, of those, the nucleus:
+    the codes left once the least likely ones, as long as their probabilities add up to at most 1 - top_p, are
+    dropped (0: all; the likeliest code always stays). The draw happens on the generator's device (a CPU generator
+    gives the same codes whatever device computed the logits). -> (B, l)."""
     b, n, v = logits.shape
-    logits = logits.clone()
+    scores = logits
     if top_k > 0:
-        kth = logits.topk(min(top_k, v), dim=-1, sorted=False).values.amin(-1, keepdim=True)
-        logits[logits < kth] = -torch.inf
+        kth_largest = scores.topk(min(top_k, v), dim=-1, sorted=False).values.amin(-1, keepdim=True)
+        scores = scores.masked_fill(scores < kth_largest, -torch.inf)
     if top_p > 0:
-        ordered, order = logits.sort(dim=-1)  # ascending
-        drop = ordered.softmax(-1).cumsum(-1) <= 1 - top_p
-        drop[..., -1] = False  # the most likely token always stays
-        logits[drop.scatter(-1, order, drop)] = -torch.inf
-    return torch.multinomial(logits.softmax(-1).view(-1, v), 1, replacement=True, generator=generator).view(b, n)
+        ascending, order = scores.sort(dim=-1)
+        tail = ascending.softmax(-1).cumsum(-1) <= 1 - top_p
+        tail[..., -1] = False
+        scores = scores.masked_fill(torch.zeros_like(tail).scatter(-1, order, tail), -torch.inf)
+    probs = scores.softmax(-1).reshape(-1, v)
+    if generator is not None and generator.device != probs.device:
+        probs = probs.to(generator.device)
+    return torch.multinomial(probs, 1, replacement=True, generator=generator).view(b, n).to(logits.device)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Files
 # ----------------------------------------------------------------------------------------------------------------
-_DERIVED = ("lvl_1L", "attn_bias_for_masking", "quantize.ema_vocab_hit_SV")  # recomputed or unused: may be absent
-
-
 def _count(tensors: dict, pattern: str) -> int:
     found = {int(m.group(1)) for k in tensors for m in [re.match(pattern, k)] if m}
     if found != set(range(len(found))):
@@ -665,24 +685,24 @@ def _read(path: Path, fmt: str) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def _build(factory, tensors: dict, source: str, config) -> nn.Module:
-    """build_checked, with the derived buffers taken from the fresh model where the file leaves them out (and the
-    codebook statistics, unused, replaced where their scale count differs, as FoundationVision's loader does)."""
-    with torch.device("meta"):
-        skeleton = factory().state_dict()
+    """build_checked (sizes first, then names and shapes on the meta device, then the weights), with the derived
+    buffers computed from the config where the file leaves them out — and the codebook statistics, unused, replaced
+    where their scale count differs, as FoundationVision's loader does. A file's own scale table and mask must be
+    VAR's."""
+    ck.check_config_sizes(config, source)
+    if isinstance(config, VARConfig):
+        lvl, mask = scale_tables(config.patch_nums)
+        derived = {"lvl_1L": lvl, "attn_bias_for_masking": mask}
+    else:
+        derived = {"quantize.ema_vocab_hit_SV": torch.zeros(config.scales, config.vocab_size)}
     tensors = {k: v.float() for k, v in tensors.items()}
-    missing = [k for k in _DERIVED if k in skeleton and k not in tensors]
-    hits = "quantize.ema_vocab_hit_SV"
-    if hits in tensors and hits in skeleton and tensors[hits].shape != skeleton[hits].shape:
-        missing.append(hits)
-    if missing:
-        fresh = factory().state_dict()
-        tensors.update({k: fresh[k] for k in missing})
+    for key, value in derived.items():
+        given = tensors.get(key)
+        if given is None or (key == "quantize.ema_vocab_hit_SV" and given.shape != value.shape):
+            tensors[key] = value
+        elif given.shape == value.shape and not torch.equal(given, value):
+            raise ck.CheckpointError(f"{source}: {key} is not VAR's for the scales {config.patch_nums}")
     model = ck.build_checked(factory, tensors, source, config)
-    if "attn_bias_for_masking" in tensors and "lvl_1L" in tensors:
-        lvl = model.lvl_1L.view(1, -1, 1)
-        if not torch.equal(model.attn_bias_for_masking, torch.where(lvl >= lvl.transpose(1, 2), 0.0, -torch.inf)
-                           .view_as(model.attn_bias_for_masking)):
-            raise ck.CheckpointError(f"{source}: attn_bias_for_masking is not VAR's block-causal mask")
     return model.eval().requires_grad_(False)
 
 

@@ -113,7 +113,11 @@ def _conditioning(model: VARModel, class_label: int, style, batch: int, gen: tor
             raise ValueError("this VAR transformer takes class labels, not a 'style': disconnect it and choose "
                              "class_label")
         check_style(style.clip, getattr(model.transformer, "style_clip", ""), "this VAR was trained on")
-        return torch.full((batch,), c.num_classes), style.embedding.float().view(1, -1).expand(batch, -1)
+        embedding = style.embedding.float().view(1, -1)
+        if embedding.shape[1] != c.style_dim:
+            raise ValueError(f"the style has {embedding.shape[1]} dimensions but this VAR expects {c.style_dim}: "
+                             "encode it with the CLIP the VAR was trained with")
+        return torch.full((batch,), c.num_classes), embedding.expand(batch, -1)
     if c.num_classes == 0:  # a style-only zoo VAR without a style: unconditional
         return torch.full((batch,), 0), None
     if class_label >= c.num_classes:
@@ -131,6 +135,9 @@ def _check_tokens(model: VARModel, tokens, node: str) -> list[torch.Tensor]:
     if tokens.get("model") != model.tokenizer_identity:
         raise ValueError(f"{node}: 'tokens' were made by {tokens.get('model')}, not by this pair's "
                          f"{model.tokenizer_identity}: encode the image with the same VAR")
+    pns = model.transformer.config.patch_nums
+    if any(i.ndim != 2 or i.shape[1] != p * p for i, p in zip(idx, pns)) or len(idx) > len(pns):
+        raise ValueError(f"{node}: 'tokens' do not have this VAR's scales {pns}: encode the image with this VAR pair")
     return idx
 
 
@@ -193,7 +200,7 @@ class VARDraft(io.ComfyNode):
         with node_errors(node):
             mm.load_models_gpu([model.patcher])
             device = model.patcher.load_device
-            gen = torch.Generator(device=device).manual_seed(seed)
+            gen = torch.Generator().manual_seed(seed)  # draws on the CPU: the same images on every device
             labels, styles = _conditioning(model, class_label, style, batch_size, torch.Generator().manual_seed(seed))
             chunks = list(range(0, batch_size, CHUNK))
             pbar = comfy.utils.ProgressBar(len(chunks) * stop)

@@ -94,7 +94,8 @@ def test_files_load_strictly_and_name_what_is_wrong(files, tmp_path):
         ("missing", {k: v for k, v in sd.items() if k != "head.bias"}, "missing keys .*head.bias"),
         ("extra", {**sd, "blocks.0.attn.extra": torch.zeros(3)}, "unexpected keys .*blocks.0.attn.extra"),
         ("shape", {**sd, "head.bias": torch.zeros(5)}, r"head.bias: expected \(64,\), found \(5,\)"),
-        ("mask", {**sd, "attn_bias_for_masking": torch.zeros_like(sd["attn_bias_for_masking"])}, "block-causal"),
+        ("mask", {**sd, "attn_bias_for_masking": torch.zeros_like(sd["attn_bias_for_masking"])},
+         "attn_bias_for_masking is not VAR's for the scales"),
     ]:
         path = tmp_path / f"var_{label}.pth"
         torch.save(broken, path)
@@ -145,3 +146,17 @@ def test_training_forward_quantises_as_encode_and_reaches_every_part(vqvae):
                  "quantize.quant_resi.qresi_ls.0.weight", "quant_conv.weight", "post_quant_conv.weight"):
         grad = dict(vq.named_parameters())[name].grad
         assert grad is not None and float(grad.abs().sum()) > 0, name
+
+
+def test_a_style_vars_no_style_is_the_zero_style_it_was_trained_with():
+    cfg = var.VARConfig(depth=1, embed_dim=32, num_heads=2, num_classes=0, vocab_size=64, z_channels=8,
+                        patch_nums=PNS, style_dim=16)
+    torch.manual_seed(0)
+    model = var.VAR(cfg).eval()
+    torch.nn.init.normal_(model.style_proj.weight)
+    torch.nn.init.normal_(model.style_proj.bias)  # the projection's bias is part of "no style"
+    labels = torch.zeros(2, dtype=torch.long)
+    torch.testing.assert_close(model.conditioning(labels), model.conditioning(labels, torch.zeros(2, 16)))
+    assert not torch.allclose(model.conditioning(labels), model.class_emb(labels))
+    with pytest.raises(ValueError, match=r"the style must be \(2, 16\)"):
+        model.conditioning(labels, torch.zeros(2, 8))

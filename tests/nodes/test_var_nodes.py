@@ -113,3 +113,41 @@ def test_bad_inputs_are_refused_naming_the_input(run_node, pair, files, comfy):
     vm.save_vqvae(other, files["vqvae"].parent / "other-vqvae.safetensors")
     with pytest.raises(ValueError, match="predicts 64 codes of width 8 but the VQVAE has 32"):
         run_node("DiffuGANVARLoader", vqvae_name="other-vqvae.safetensors", var_name=files["var_l2"].name)
+
+
+def test_a_style_conditioned_zoo_var_takes_the_prompt_or_none(run_node, files, comfy):
+    import folder_paths
+
+    style_clip = run_node("DiffuGANCLIPLoader", ckpt_name="diffugan-emoji-clip.safetensors",
+                          architecture="auto").args[0]
+    heart, cat = (run_node("DiffuGANStyleEncode", clip=style_clip, text=t, image_weight=1.0, negative="",
+                           negative_weight=0.5).args[0] for t in ("red heart", "a cat"))
+    torch.manual_seed(0)
+    model = vm.VAR(vm.VARConfig(depth=1, embed_dim=32, num_heads=2, num_classes=0, vocab_size=64, z_channels=8,
+                                patch_nums=var_parity.PATCH_NUMS, style_dim=heart.embedding.numel()))
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    model.style_clip = heart.clip
+    vm.save_var(model, Path(folder_paths.get_folder_paths("var")[0]) / "zoo-style-var.safetensors")
+    pair = run_node("DiffuGANVARLoader", vqvae_name=files["vqvae"].name, var_name="zoo-style-var.safetensors").args[0]
+    a = _draft(run_node, pair, style=heart, class_label=0)[0]
+    b = _draft(run_node, pair, style=cat, class_label=0)[0]
+    none = _draft(run_node, pair, class_label=0)[0]  # no style: the unconditional side
+    assert not torch.allclose(a, b) and not torch.allclose(a, none)
+    vq = vm.load_vqvae(files["vqvae"])
+    expected, _ = model.eval().sample(vq, torch.zeros(2, dtype=torch.long), torch.Generator().manual_seed(42), 1.5,
+                                      20, 0.9, heart.embedding.float().view(1, -1).expand(2, -1))
+    torch.testing.assert_close(a, expected.movedim(1, -1))
+
+
+def test_batches_beyond_a_chunk(run_node, pair, monkeypatch):
+    import comfy.utils
+
+    seen = []
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda value, total, preview, node_id=None:
+                        seen.append((value, total)))
+    nine, tokens = _draft(run_node, pair, batch_size=9, stop_scale=2)
+    eight, _ = _draft(run_node, pair, batch_size=8, stop_scale=2)
+    assert nine.shape[0] == 9 and [t.shape[0] for t in tokens["indices"]] == [9, 9]
+    torch.testing.assert_close(nine[:8], eight)  # the first chunk of 8 draws as a batch of 8 does
+    assert seen[:4] == [(1, 4), (2, 4), (3, 4), (4, 4)]  # two chunks of two scales

@@ -259,6 +259,8 @@ def build(out: Path) -> dict[str, dict]:
                                  "synthesis_kwargs": {"channel_base": big, "channel_max": big}},
         "diffugan.film_unet.v1": {"base_channels": big, "channel_mults": [1, 2, 4, 8], "num_res_blocks": 64,
                                   "attention_levels": [0, 1, 2, 3], "style_dim": big},
+        "diffugan.var.v1": {"depth": 64, "embed_dim": big, "num_heads": 16, "vocab_size": big, "z_channels": big},
+        "diffugan.var_vqvae.v1": {"vocab_size": big, "z_channels": big, "ch": big, "ch_mult": [1, 2, 4, 8]},
         "diffugan.clip.v1": None,
     }
     for fmt, config in lying.items():
@@ -277,6 +279,11 @@ def build(out: Path) -> dict[str, dict]:
     cases["safetensors-config-huge-dit"] = safetensors_file({**st_header, "__metadata__": {
         "format": "diffugan.dit.v1", "config": json.dumps({"depth": 10_000_000, "hidden_size": 64, "num_heads": 4})}},
         t)
+    cases["safetensors-config-huge-var"] = safetensors_file({**st_header, "__metadata__": {
+        "format": "diffugan.var.v1", "config": json.dumps({"depth": 20_000, "embed_dim": 8, "num_heads": 1})}}, t)
+    cases["safetensors-config-huge-var-scales"] = safetensors_file({**st_header, "__metadata__": {
+        "format": "diffugan.var.v1", "config": json.dumps({"depth": 1, "embed_dim": 8, "num_heads": 1,
+                                                           "patch_nums": [100_000]})}}, t)
 
     # 9. legitimate files the raw readers must read (positive controls: the checks must not refuse real files)
     must_load: dict[str, list[str]] = {}

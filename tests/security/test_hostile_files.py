@@ -207,10 +207,13 @@ def test_architectures_beyond_any_real_network_are_refused_by_size(results):
     rows = [r for r in results if r["case"].startswith("safetensors-config-huge") and r["suffix"] == ".safetensors"
             and not r["loader"].startswith("raw ")]
     assert rows
-    for case, loader in (("safetensors-config-huge-stylegan", "StyleGAN generator"),
-                         ("safetensors-config-huge-dit", "DiT")):
+    for case, loader, why in (("safetensors-config-huge-stylegan", "StyleGAN generator", "is implausible"),
+                              ("safetensors-config-huge-dit", "DiT", "is implausible"),
+                              ("safetensors-config-huge-var", "VAR transformer", "is implausible"),
+                              ("safetensors-config-huge-var-scales", "VAR transformer", "tokens in all")):
         [row] = [r for r in rows if r["case"] == case and r["loader"] == loader]
-        assert "the architecture in the file is implausible" in row["message"], row
+        assert why in row["message"], row
+        assert row["seconds"] < 5, row  # refused before anything is built
 
 
 def test_security_md_lists_every_loader_and_its_file_types():
