@@ -190,6 +190,15 @@ class TrainLoop:
         """True when a signal ended the run before its last step (write no final model then)."""
         return self.step < self.steps
 
+    @contextlib.contextmanager
+    def rank_zero_first(self):
+        """Rank 0 runs the block first (e.g. writes a cache), then the other processes run it (and read it)."""
+        if self.world > 1 and not self.is_main:
+            dist.barrier()
+        yield
+        if self.world > 1 and self.is_main:
+            dist.barrier()
+
     def snapshot(self, save: Callable[[Path], None], figures: dict) -> None:
         """Mid-run (before the last step): `save(path)` writes the model so far (the EMA) to <out stem>.latest.<suffix>
         and its log, as of this evaluation's `figures`, goes beside it (.json) — to evaluate or ship mid-run. The file

@@ -114,8 +114,8 @@ def token_cache(vq: vm.VQVAE, vq_path: Path, data: Path, split: str, size: int, 
 
     from safetensors.torch import load_file, save_file
 
-    key = hashlib.sha256(vq_path.read_bytes()).hexdigest()[:12]
-    cache = Path(data) / f"var-tokens-{size}-{split}-{key}.safetensors"
+    key = hashlib.sha256(vq_path.read_bytes() + repr(tuple(pns)).encode()).hexdigest()[:12]
+    cache = Path(data) / f"var-tokens-{size}-{split}-{key}.safetensors"  # by tokenizer and scales
     if not cache.exists():
         x, _ = zoo_data.load(data, split, size)
         maps = [vq.encode(x[i:i + 64], pns) for i in range(0, len(x), 64)]
@@ -159,9 +159,10 @@ def train_var(args) -> None:
 
     vq = vm.load_vqvae(args.vqvae)
     pns = _ints(args.patch_nums)
+    if len(pns) != vq.config.scales:
+        raise SystemExit(f"--patch-nums has {len(pns)} scales but the tokenizer {args.vqvae.name} was trained on "
+                         f"{vq.config.scales} (each scale has its own φ): give the tokenizer's scales")
     size = pns[-1] * vq.config.downsample
-    tok_train = token_cache(vq, args.vqvae, args.data, "train", size, pns)
-    tok_held = token_cache(vq, args.vqvae, args.data, "heldout", size, pns)
     clip = cs.load_clip(args.style_clip)
     text_train, image_train = style_vectors(clip, args.style_clip, args.data, "train")
     text_held, _ = style_vectors(clip, args.style_clip, args.data, "heldout")
@@ -171,6 +172,9 @@ def train_var(args) -> None:
                           style_dim=text_train.shape[-1])
     loop = TrainLoop(args.out, steps=args.steps, seed=args.seed, settings=vars(args), eval_every=args.eval_every,
                      threads=args.threads, cpu_bf16=args.bf16)
+    with loop.rank_zero_first():  # one process writes the token caches, the others then read them
+        tok_train = token_cache(vq, args.vqvae, args.data, "train", size, pns)
+        tok_held = token_cache(vq, args.vqvae, args.data, "heldout", size, pns)
     raw = vm.VAR(config)
     _init_var(raw)
     raw.style_clip = clip.identity
@@ -178,7 +182,14 @@ def train_var(args) -> None:
                     params=sum(p.numel() for p in raw.parameters()))
     model = loop.module(raw.train())
     ema = loop.ema(model, args.ema)
-    opt = loop.optimizer(torch.optim.AdamW(raw.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.05))
+    # weight decay on the matrices only: not on biases, gains, the position / scale tables or the temperatures
+    def decays(name: str, p: torch.Tensor) -> bool:
+        return p.dim() >= 2 and name not in ("pos_start", "pos_1LC", "lvl_embed.weight") \
+            and not name.endswith("scale_mul_1H11")
+    decay = [p for n, p in raw.named_parameters() if decays(n, p)]
+    rest = [p for n, p in raw.named_parameters() if not decays(n, p)]
+    opt = loop.optimizer(torch.optim.AdamW([{"params": decay, "weight_decay": 0.05},
+                                            {"params": rest, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.95)))
     vq = vq.to(loop.device)
     sub = slice(None, None, max(1, len(tok_held[0]) // args.eval_images))
 
