@@ -52,6 +52,23 @@ def coarse(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 @torch.no_grad()
+def refinement_change(model: dit.DiT, vae: taesd.TinyAutoencoder, drafts: torch.Tensor, labels: torch.Tensor,
+                      steps: int, strength: float, cfg: float, gen: torch.Generator, what: str = "") -> torch.Tensor:
+    """The target: drafts (N, 3, H, W) in [-1, 1] at the DiT's working size, encoded by the VAE and refined
+    uniformly by the DiT (Euler, `steps` from `strength`, guidance `cfg`, class `labels`, noise from `gen`) ->
+    the per-latent-pixel change ||refined - draft|| over the channels, (N, 1, H/8, W/8)."""
+    sigmas, ts = sampling.img2img_schedule(steps, strength)
+    targets, t0, n = [], time.time(), len(drafts)
+    for i in range(0, n, 32):
+        z = vae.encode(drafts[i:i + 32]) * taesd.SD1_SCALE
+        noise = torch.randn(z.shape, generator=gen)
+        refined, _ = sampling.euler_img2img(model, z, labels[i:i + 32], sigmas, ts, cfg, noise)
+        targets.append((refined - z).norm(dim=1, keepdim=True))
+        print(f"{what} targets {min(i + 32, n)}/{n} ({time.time() - t0:.0f}s)".lstrip(), flush=True)
+    return torch.cat(targets)
+
+
+@torch.no_grad()
 def make_targets(args, split: str, n: int) -> dict:
     files = args.dit.read_bytes() + args.vae.read_bytes()
     if args.generated_share > 0:
@@ -81,15 +98,8 @@ def make_targets(args, split: str, n: int) -> dict:
                            for i in range(0, len(style), 32)])
         drafts[generated] = train_zoo_dit.text_to_image(model, vae, style, noise, args.generated_steps, 3.0, chunk=32)
         print(f"{split}: {int(generated.sum())} generated drafts", flush=True)
-    sigmas, ts = sampling.img2img_schedule(args.steps, args.strength)
-    targets, t0 = [], time.time()
-    for i in range(0, n, 32):
-        z = vae.encode(drafts[i:i + 32]) * taesd.SD1_SCALE
-        noise = torch.randn(z.shape, generator=gen)
-        refined, _ = sampling.euler_img2img(model, z, labels[i:i + 32], sigmas, ts, args.cfg, noise)
-        targets.append((refined - z).norm(dim=1, keepdim=True))
-        print(f"{split} targets {min(i + 32, n)}/{n} ({time.time() - t0:.0f}s)", flush=True)
-    out = {"drafts": drafts, "targets": torch.cat(targets), "generated": generated}
+    targets = refinement_change(model, vae, drafts, labels, args.steps, args.strength, args.cfg, gen, split)
+    out = {"drafts": drafts, "targets": targets, "generated": generated}
     torch.save(out, cache)
     return out
 

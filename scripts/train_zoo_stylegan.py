@@ -148,15 +148,23 @@ def draw_labels(text: torch.Tensor, image: torch.Tensor, idx: torch.Tensor, drop
     return c * (torch.rand(len(idx), generator=gen) >= dropout)[:, None].float()
 
 
+def mix_layers(ws: torch.Tensor, second, gen: torch.Generator, mixing: float, dim: int = 1) -> torch.Tensor:
+    """Style mixing regularisation: per sample, with probability `mixing`, the layers of `ws` along `dim` from a
+    random one on are those of `second()` (the ws of a second z, same label; called after the draws)."""
+    n, layers = ws.shape[0], ws.shape[dim]
+    cut = torch.randint(1, layers, (n,), generator=gen)
+    cut = torch.where(torch.rand(n, generator=gen) < mixing, cut, torch.full_like(cut, layers))
+    ws2 = second()
+    rows = torch.arange(layers, device=ws.device).view([layers if d == dim else 1 for d in range(ws.ndim)])
+    return torch.where(rows < cut.to(ws.device).view([n] + [1] * (ws.ndim - 1)), ws, ws2)
+
+
 def generate(G: sg.Generator, c: torch.Tensor, gen: torch.Generator, mixing: float) -> torch.Tensor:
     z = torch.randn(len(c), G.z_dim, generator=gen).to(c.device)
     ws = G.mapping(z, c)
     if mixing > 0:  # style mixing regularisation: from a random layer on, the W of a second z (same label)
-        cut = torch.randint(1, ws.shape[1], (len(c),), generator=gen)
-        cut = torch.where(torch.rand(len(c), generator=gen) < mixing, cut, torch.full_like(cut, ws.shape[1]))
-        ws2 = G.mapping(torch.randn(len(c), G.z_dim, generator=gen).to(c.device), c)
-        rows, cut = torch.arange(ws.shape[1], device=c.device)[None, :, None], cut.to(c.device)
-        ws = torch.where(rows < cut[:, None, None], ws, ws2)
+        ws = mix_layers(ws, lambda: G.mapping(torch.randn(len(c), G.z_dim, generator=gen).to(c.device), c), gen,
+                        mixing)
     return G.synthesis(ws, noise_mode="random", generator=gen), ws
 
 
@@ -171,13 +179,14 @@ def sample_images(G: sg.Generator, style: torch.Tensor | None, n: int, seed: int
     return (torch.cat(out) * 0.5 + 0.5).clamp(0, 1)
 
 
-def evaluate(G: sg.Generator, clip: cs.StyleCLIP, data: Path, psi: float = 1.0, seed: int = 0) -> dict:
-    n = len(zoo_data.records(data, "heldout"))
-    return {"psi": psi, **tzc.judge_text_to_image(clip, data, lambda style: sample_images(G, style, n, seed, psi))}
+def evaluate(G: nn.Module, clip: cs.StyleCLIP, data: Path, psi: float = 1.0, seed: int = 0, sample=None) -> dict:
+    """The held-out text -> image figures; `sample` (default sample_images) as sample_images for other generators."""
+    n, sample = len(zoo_data.records(data, "heldout")), sample or sample_images
+    return {"psi": psi, **tzc.judge_text_to_image(clip, data, lambda style: sample(G, style, n, seed, psi))}
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def gan_arguments(ap: argparse.ArgumentParser) -> None:
+    """The command-line settings of the GAN training shared with train_zoo_ganformer.py."""
     ap.add_argument("--data", type=Path, default=zoo_data.DEFAULT_OUT)
     ap.add_argument("--clip", type=Path, required=True, help="the zoo CLIP whose embeddings are the labels")
     ap.add_argument("--out", type=Path, required=True)
@@ -194,6 +203,61 @@ def main(argv=None) -> None:
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads on the CPU (0: torch's default)")
+
+
+def gan_setup(loop: TrainLoop, G: nn.Module, D: nn.Module, args) -> tuple:
+    """G and D registered with the loop, G's EMA and the two Adam optimizers -> (G, D, G_ema, opt_g, opt_d)."""
+    # two optimizers, a gradient penalty through autograd.grad and D frozen in G's step: gradients are averaged
+    # over processes by the loop (ddp=False) rather than by DistributedDataParallel
+    G, D = loop.module(G, "G", ddp=False), loop.module(D, "D", ddp=False)
+
+    def ema_decay(steps: int) -> float:  # StyleGAN2-ADA: half-life ema_kimg, ramped up over the first 5 % of images
+        images = args.batch * loop.world
+        return 0.5 ** (images / max(min(args.ema_kimg * 1000, steps * images * 0.05), 1e-8))
+
+    G_ema = loop.ema(G, ema_decay)
+    r1_ratio = args.r1_every / (args.r1_every + 1)  # lazy regularisation (StyleGAN2): adjust D's lr and betas
+    opt_g = loop.optimizer(torch.optim.Adam(G.parameters(), lr=args.lr, betas=(0.0, 0.99), eps=1e-8), schedule=False)
+    opt_d = loop.optimizer(torch.optim.Adam(D.parameters(), lr=args.lr * r1_ratio, betas=(0.0, 0.99 ** r1_ratio),
+                                            eps=1e-8), schedule=False)
+    return G, D, G_ema, opt_g, opt_d
+
+
+def gan_step(loop: TrainLoop, step: int, D: nn.Module, opt_g, opt_d, fake_images, x_train: torch.Tensor,
+             text: torch.Tensor, image: torch.Tensor, args) -> None:
+    """One training step of both networks. `fake_images(c)` generates a batch for labels c on the graph (and
+    updates the generator's tracked w_avg)."""
+    gen, dev = loop.gen, loop.device
+    # one generated batch (labels drawn apart from the real batch's) serves both updates: D sees it detached
+    idx = torch.randint(0, len(x_train), (args.batch,), generator=gen)
+    c_real = draw_labels(text, image, idx, args.label_dropout, gen).to(dev)
+    c_fake = draw_labels(text, image, torch.randint(0, len(x_train), (args.batch,), generator=gen),
+                         args.label_dropout, gen).to(dev)
+    fake = fake_images(c_fake)
+    # discriminator: real images with their labels against the generated ones
+    real = x_train[idx].to(dev)
+    regularise = step % args.r1_every == 0
+    real.requires_grad_(regularise)
+    real_logits = D(diff_augment(real, gen), c_real)
+    fake_logits = D(diff_augment(fake.detach(), gen), c_fake)
+    loss_d = F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+    if regularise:
+        grad, = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
+        r1 = grad.square().sum(dim=[1, 2, 3]).mean()
+        loss_d = loss_d + r1 * (args.r1_gamma / 2) * args.r1_every
+        loop.record(r1=r1)
+    loop.backward(loss_d, opt_d)
+    # generator: non-saturating loss through the updated (augmented) discriminator
+    D.requires_grad_(False)
+    loss_g = F.softplus(-D(diff_augment(fake, gen), c_fake)).mean()
+    loop.backward(loss_g, opt_g)
+    D.requires_grad_(True)
+    loop.record(g=loss_g, d=loss_d, real=real_logits.detach().mean(), fake=fake_logits.detach().mean())
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    gan_arguments(ap)
     args = ap.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -208,55 +272,22 @@ def main(argv=None) -> None:
     D = Discriminator(config.img_resolution, config.c_dim, args.channel_base, args.channel_max).train()
     loop.log.update(config=config.__dict__, style_clip=clip.identity, train_images=len(x_train),
                     g_params=sum(p.numel() for p in G.parameters()), d_params=sum(p.numel() for p in D.parameters()))
-    # two optimizers, a gradient penalty through autograd.grad and D frozen in G's step: gradients are averaged
-    # over processes by the loop (ddp=False) rather than by DistributedDataParallel
-    G, D = loop.module(G, "G", ddp=False), loop.module(D, "D", ddp=False)
-
-    def ema_decay(steps: int) -> float:  # StyleGAN2-ADA: half-life ema_kimg, ramped up over the first 5 % of images
-        images = args.batch * loop.world
-        return 0.5 ** (images / max(min(args.ema_kimg * 1000, steps * images * 0.05), 1e-8))
-
-    G_ema = loop.ema(G, ema_decay)
-    r1_ratio = args.r1_every / (args.r1_every + 1)  # lazy regularisation (StyleGAN2): adjust D's lr and betas
-    opt_g = loop.optimizer(torch.optim.Adam(G.parameters(), lr=args.lr, betas=(0.0, 0.99), eps=1e-8), schedule=False)
-    opt_d = loop.optimizer(torch.optim.Adam(D.parameters(), lr=args.lr * r1_ratio, betas=(0.0, 0.99 ** r1_ratio),
-                                            eps=1e-8), schedule=False)
+    G, D, G_ema, opt_g, opt_d = gan_setup(loop, G, D, args)
 
     def evaluate_ema() -> dict:
         result = evaluate(G_ema, clip, args.data)
         result.pop("samples")
         return result
 
-    loop.evaluate = evaluate_ema
-    gen, dev = loop.gen, loop.device
-    for step in loop:
-        # one generated batch (labels drawn apart from the real batch's) serves both updates: D sees it detached
-        idx = torch.randint(0, len(x_train), (args.batch,), generator=gen)
-        c_real = draw_labels(text, image, idx, args.label_dropout, gen).to(dev)
-        c_fake = draw_labels(text, image, torch.randint(0, len(x_train), (args.batch,), generator=gen),
-                             args.label_dropout, gen).to(dev)
-        fake, ws = generate(G, c_fake, gen, args.mixing)
+    def fake_images(c: torch.Tensor) -> torch.Tensor:
+        fake, ws = generate(G, c, loop.gen, args.mixing)
         with torch.no_grad():
             G.mapping.w_avg.lerp_(ws[:, 0].mean(0), 1 - 0.995)  # as NVlabs' mapping tracks it during training
-        # discriminator: real images with their labels against the generated ones
-        real = x_train[idx].to(dev)
-        regularise = step % args.r1_every == 0
-        real.requires_grad_(regularise)
-        real_logits = D(diff_augment(real, gen), c_real)
-        fake_logits = D(diff_augment(fake.detach(), gen), c_fake)
-        loss_d = F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
-        if regularise:
-            grad, = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
-            r1 = grad.square().sum(dim=[1, 2, 3]).mean()
-            loss_d = loss_d + r1 * (args.r1_gamma / 2) * args.r1_every
-            loop.record(r1=r1)
-        loop.backward(loss_d, opt_d)
-        # generator: non-saturating loss through the updated (augmented) discriminator
-        D.requires_grad_(False)
-        loss_g = F.softplus(-D(diff_augment(fake, gen), c_fake)).mean()
-        loop.backward(loss_g, opt_g)
-        D.requires_grad_(True)
-        loop.record(g=loss_g, d=loss_d, real=real_logits.detach().mean(), fake=fake_logits.detach().mean())
+        return fake
+
+    loop.evaluate = evaluate_ema
+    for step in loop:
+        gan_step(loop, step, D, opt_g, opt_d, fake_images, x_train, text, image, args)
     if not loop.finish():
         return
     log, G_ema = loop.log, G_ema.cpu()
