@@ -5,16 +5,20 @@ refiners of the same drafts, and the FiLM UNet's DDIM step trade-off; everything
 1. Refinement (img2img at --strength, CFG --cfg, the prompt's zoo-CLIP style on the positive side, no style on the
    negative — what DiffuGAN DiT Conditioning / FiLM UNet Conditioning give). The same latents (the zoo VAE's), the
    same noise, for:
-     dit            the DiT, stock Euler, --steps steps (the shipped workflows' refine at full work)
-     unet           the FiLM UNet, stock DDIM, --steps steps
+     dit            the DiT, stock Euler, --steps steps on the `normal` schedule (DiT Refine at full work)
+     unet           the FiLM UNet, stock `ddim` sampler on the `ddim_uniform` schedule, --steps steps (the UNet
+                    workflow's KSampler; ComfyUI's `ddim` sampler is its Euler step)
+     unet_dit_sigmas  the FiLM UNet on the DiT's very noise levels (σ list): the same strength means a different
+                    starting σ on the two schedules (DiT: linear β; UNet: SD1's), so this row is the like-for-like one
      unet_equal_wall  the FiLM UNet with the step count that takes the DiT's wall time
    and both again at each of the --sweep strengths (how the trade-off between change and fidelity moves)
    on two kinds of drafts: the zoo StyleGAN's drafts of --captions held-out captions (one per caption, upsampled
    bicubic as the workflows' ImageScale does) and --captions degraded held-out images (down to --degrade-px and
    back up), each refined with its own caption.
-   Figures (scripts/eval_zoo_pipeline.py's): zoo-CLIP score with the caption, Fréchet distance of zoo-CLIP image
-   features to all held-out images, detail ratio (high-frequency energy over that of the held-out images); for the
-   degraded images PSNR and SSIM to the clean originals. The draft and its VAE round trip as the baselines.
+   Figures (scripts/eval_zoo_pipeline.py's): zoo-CLIP score with each image's own caption, Fréchet distance of
+   zoo-CLIP image features to all held-out images, detail ratio (high-frequency energy over that of the held-out
+   images); for the degraded images PSNR and SSIM to the clean originals. The draft and its VAE round trip as the
+   baselines.
 2. Text -> image from noise: the FiLM UNet with stock DDIM (sampler ddim, scheduler ddim_uniform) at each of
    --ddim-steps and a --ref-steps reference, and the DiT with Euler at --steps: seconds per image, CLIP score,
    Fréchet distance, PSNR of the decoded image to the UNet's reference (how far fewer steps are from converged).
@@ -82,15 +86,17 @@ class Sampler:
         return torch.cat(outs), wall
 
 
-def judge(clip, data, images: torch.Tensor, detail_real: float) -> dict:
+def judge(clip, data, images: torch.Tensor, captions: torch.Tensor, detail_real: float) -> dict:
+    """CLIP score of each image with its own caption's embedding (`captions`, unit vectors), Fréchet distance of the
+    images' zoo-CLIP features to all held-out images, detail ratio."""
     import eval_zoo_pipeline as ezp
     import train_zoo_clip as tzc
 
     r = tzc.judge_text_to_image(clip, data, lambda _: images, unconditional=False)
-    r.pop("samples")
-    return {"clip_score": r["prompt_clip_score"], "fd": r["prompt_fd"],
-            "detail_ratio": ezp.high_frequency(images) / detail_real,
-            "real_clip_score": r["real_clip_score"], "real_train_fd": r["real_train_fd"]}
+    small = F.interpolate(images, size=(tzc.CLIP_SIZE,) * 2, mode="bicubic", antialias=True, align_corners=False)
+    score = float((tzc.image_embeddings(clip, small.clamp(0, 1)) * captions).sum(1).mean())
+    return {"clip_score": score, "fd": r["prompt_fd"], "detail_ratio": ezp.high_frequency(images) / detail_real,
+            "real_train_fd": r["real_train_fd"]}
 
 
 @torch.no_grad()
@@ -132,18 +138,24 @@ def run(args) -> dict:
         lat = torch.cat([vae.encode(images[i:i + 32] * 2 - 1) for i in range(0, len(images), 32)])  # as VAEEncode
         noise = comfy.sample.prepare_noise(lat, args.seed)
         out = {"input": (images, 0.0), "vae": (decode(vae, lat), 0.0)}
-        jobs = [("dit", models["dit"], args.steps), ("unet", models["unet"], args.steps)]
+        dit_sigmas = models["dit"].sigmas(args.steps, strength)  # what DiT Refine uses (scheduler normal)
+        jobs = [("dit", models["dit"], dit_sigmas),
+                ("unet", models["unet"], models["unet"].sigmas(args.steps, strength, "ddim_uniform")),
+                ("unet_dit_sigmas", models["unet"], dit_sigmas)]  # the same noise levels as the DiT's
         if equal_steps:
-            jobs.append(("unet_equal_wall", models["unet"], equal_steps))
-        for name, model, steps in jobs:
-            res, wall = model(lat, noise, style, model.sigmas(steps, strength), args.batch)
+            jobs.append(("unet_equal_wall", models["unet"], models["unet"].sigmas(equal_steps, strength,
+                                                                                  "ddim_uniform")))
+        for name, model, sigmas in jobs:
+            res, wall = model(lat, noise, style, sigmas, args.batch)
             out[name] = (decode(vae, res), wall)
+        out["sigma_start"] = {"dit": float(dit_sigmas[0]),
+                              "unet": float(models["unet"].sigmas(args.steps, strength, "ddim_uniform")[0])}
         return out
 
     def figures(kind: str, stages: dict) -> dict:
-        rows = {}
+        rows = {"sigma_start": stages.pop("sigma_start")}
         for name, (pix, wall) in stages.items():
-            r = {"wall_s": wall, "seconds_per_image": wall / len(pix), **judge(clip, data, pix, detail_real)}
+            r = {"wall_s": wall, "seconds_per_image": wall / len(pix), **judge(clip, data, pix, style, detail_real)}
             if kind == "degraded":
                 r.update(psnr_db=ezp.psnr(pix, clean), ssim=ezp.ssim(pix, clean))
             rows[name] = r
@@ -185,16 +197,16 @@ def run(args) -> dict:
             pix = decode(vae, res)
             t2i[f"unet_ddim_{steps}"] = {"steps": steps, "seconds_per_image": wall / len(lat),
                                          "psnr_to_reference_db": ezp.psnr(pix, ref_pix),
-                                         **judge(clip, data, pix, detail_real)}
+                                         **judge(clip, data, pix, style, detail_real)}
             if steps == args.ddim_steps[0]:
                 sheets.append(pix[:8])
         t2i[f"unet_ddim_{args.ref_steps}"] = {"steps": args.ref_steps, "seconds_per_image": ref_wall / len(lat),
-                                              **judge(clip, data, ref_pix, detail_real)}
+                                              **judge(clip, data, ref_pix, style, detail_real)}
         d = models["dit"]
         res, wall = d(lat, noise, style, d.sigmas(args.steps, 1.0), args.batch)
         pix = decode(vae, res)
         t2i[f"dit_euler_{args.steps}"] = {"steps": args.steps, "seconds_per_image": wall / len(lat),
-                                          **judge(clip, data, pix, detail_real)}
+                                          **judge(clip, data, pix, style, detail_real)}
         sheets += [ref_pix[:8], pix[:8]]
         for name, r in t2i.items():
             print(f"text->image {name:14s} " + "  ".join(f"{k} {v:.4g}" for k, v in r.items()
