@@ -545,6 +545,7 @@ class Generator(nn.Module):
     def __init__(self, config: GANformerConfig):
         super().__init__()
         self.config = config
+        self.style_clip = ""  # a text-conditioned zoo GANformer: the CLIP whose embeddings are its labels
         self.z_dim, self.c_dim, self.w_dim, self.k = config.z_dim, config.c_dim, config.w_dim, config.k
         self.img_resolution, self.img_channels = config.img_resolution, config.img_channels
         self.pos = nn.Parameter(torch.rand(config.k - 1, config.w_dim))
@@ -650,4 +651,7 @@ def load_ganformer(path, device: str | torch.device = "cpu") -> Generator:
     tensors = ck.record_tensors(record)
     tensors = {name: t.float() if t.is_floating_point() else t for name, t in tensors.items()}
     G = ck.build_checked(lambda: Generator(config), tensors, source, config)
+    ours = data.get("diffugan") if isinstance(data, dict) else None  # what scripts/train_zoo_ganformer.py adds
+    if isinstance(ours, dict) and isinstance(ours.get("style_clip"), str):
+        G.style_clip = ours["style_clip"]
     return G.eval().requires_grad_(False).to(device)

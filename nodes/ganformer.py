@@ -19,6 +19,8 @@ from comfy_api.latest import io
 
 from ..models import ganformer as gf
 from ._common import (
+    StyleType,
+    check_style,
     load_model_file,
     managed,
     missing_model_message,
@@ -78,8 +80,11 @@ def latents(seeds: list[int], k: int, z_dim: int) -> tuple[torch.Tensor, list[to
     return z, streams
 
 
-def check_inputs(G: gf.Generator, truncation_psi: float, class_label: int, component: int) -> torch.Tensor | None:
-    """Refuse, naming the input, what this generator cannot do. Returns the one-hot label row (or None)."""
+def check_inputs(G: gf.Generator, truncation_psi: float, class_label: int, component: int,
+                 style=None) -> torch.Tensor | None:
+    """Refuse, naming the input, what this generator cannot do. Returns the label row: the prompt's embedding for a
+    text-conditioned generator (zeros, its unprompted mode, without one), one-hot for a class-conditional one, or
+    None."""
     if truncation_psi != 1 and not G.mapping.has_w_avg:
         raise ValueError(f"'truncation_psi' must be 1 for this generator (got {truncation_psi}): it tracks no average "
                          "w (trained with w_avg_beta=None), so there is nothing to truncate toward")
@@ -87,6 +92,17 @@ def check_inputs(G: gf.Generator, truncation_psi: float, class_label: int, compo
     if component != ALL_COMPONENTS and not 0 <= component < local:
         raise ValueError(f"'component' {component} is out of range: this generator has {local} local components "
                          f"(0..{local - 1}), or -1 for how clearly each pixel's most likely component owns it")
+    if G.style_clip:
+        if style is None:
+            return torch.zeros(1, G.c_dim)
+        check_style(style.clip, G.style_clip, "this generator was trained on")
+        embedding = style.embedding.float().view(1, -1)
+        if embedding.shape[1] != G.c_dim:
+            raise ValueError(f"'style' has {embedding.shape[1]} dimensions but this generator's label has {G.c_dim}")
+        return embedding
+    if style is not None:
+        raise ValueError("'style': this generator is not text-conditioned (it was not trained on CLIP embeddings); "
+                         "disconnect it")
     if G.c_dim == 0:
         return None  # unconditional: class_label is ignored
     if not 0 <= class_label < G.c_dim:
@@ -193,6 +209,10 @@ class GANformerGenerate(io.ComfyNode):
                 io.Int.Input("class_label", default=0, min=0, max=100000,
                              tooltip="Class for conditional generators (0 … classes-1); ignored by unconditional "
                                      "ones."),
+                StyleType.Input("style", optional=True,
+                                tooltip="For a text-conditioned GANformer (such as one trained by "
+                                        "scripts/train_zoo_ganformer.py): the prompt, from DiffuGAN Style Encode with "
+                                        "the CLIP it was trained on. Without it, it draws unprompted."),
                 io.Int.Input("component", default=ALL_COMPONENTS, min=ALL_COMPONENTS, max=255,
                              tooltip="Which map the 'attention' output gives: a local component's attention "
                                      "(0 … k-2: how much each pixel belongs to it), or -1: per pixel, the "
@@ -217,11 +237,11 @@ class GANformerGenerate(io.ComfyNode):
 
     @classmethod
     def execute(cls, ganformer, seed, batch_size, truncation_psi, truncation_cutoff, noise_mode, class_label,
-                component) -> io.NodeOutput:
+                component, style=None) -> io.NodeOutput:
         name = "DiffuGAN GANformer Generate"
         G = ganformer.generator
         with node_errors(name):
-            label = check_inputs(G, truncation_psi, class_label, component)
+            label = check_inputs(G, truncation_psi, class_label, component, style)
             if noise_mode not in NOISE_MODES:
                 raise ValueError(f"'noise_mode' must be one of {', '.join(NOISE_MODES)}, got {noise_mode!r}")
             seeds = [(seed + i) % 2**32 for i in range(batch_size)]

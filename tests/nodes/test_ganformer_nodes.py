@@ -213,3 +213,37 @@ def test_the_w_output_is_refused_by_the_stylegan_nodes(run_node, loaded):
     stylegan = run_node("DiffuGANStyleGANLoader", ckpt_name="diffugan-emoji-stylegan.safetensors").args[0]
     with pytest.raises(ValueError, match="DiffuGAN StyleGAN From W: 'w' is not a W\\+ latent"):
         run_node("DiffuGANStyleGANFromW", stylegan=stylegan, w=w, noise_mode="const", noise_seed=0)
+
+
+def test_a_text_conditioned_generator_takes_the_prompt(run_node, comfy):
+    """A GANformer trained on the zoo CLIP's embeddings as labels (scripts/train_zoo_ganformer.py marks its snapshot
+    with the CLIP's identity): the prompt is its label; no style is its unprompted zero label; a style from another
+    CLIP, or a style for a class-conditional generator, is refused."""
+    import dataclasses
+
+    import folder_paths
+
+    from devkit.random_weights import perturb
+
+    clip = run_node("DiffuGANCLIPLoader", ckpt_name="diffugan-emoji-clip.safetensors", architecture="auto").args[0]
+    heart, cat = (run_node("DiffuGANStyleEncode", clip=clip, text=t, image_weight=1.0, negative="",
+                           negative_weight=0.5).args[0] for t in ("red heart", "a cat"))
+    dim = heart.embedding.numel()
+    config = dataclasses.replace(parity.config("simplex"), c_dim=dim)
+    torch.manual_seed(0)
+    G = perturb(gf.Generator(config).eval(), 0.05)
+    kwargs = {**parity.generator_kwargs("simplex"), "c_dim": dim}
+    path = os.path.join(folder_paths.get_folder_paths("ganformer")[0], "text-ganformer.pkl")
+    parity.write_snapshot(path, G, kwargs, extra={"diffugan": {"style_clip": heart.clip}})
+    model = run_node("DiffuGANGANformerLoader", ckpt_name="text-ganformer.pkl").args[0]
+    a, b, none = (_generate(run_node, model, style=s)[0] for s in (heart, cat, None))
+    assert not torch.allclose(a, b) and not torch.allclose(a, none)
+    z = gf.z_from_seeds([10], G.k, G.z_dim)
+    img = G(z, heart.embedding.float().view(1, -1), truncation_psi=0.7)
+    torch.testing.assert_close(a, _expected_image(img), rtol=0, atol=1e-4)
+    torch.testing.assert_close(none, _expected_image(G(z, torch.zeros(1, dim), truncation_psi=0.7)), rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="'style': this generator is not text-conditioned"):
+        _generate(run_node, run_node("DiffuGANGANformerLoader", ckpt_name=FILES["simplex"]).args[0], style=heart)
+    other = dataclasses.replace(heart, clip="another CLIP #000000000000")
+    with pytest.raises(ValueError, match="the style was encoded by CLIP another CLIP"):
+        _generate(run_node, model, style=other)
