@@ -161,7 +161,7 @@ class GANformerLoader(io.ComfyNode):
             category="DiffuGAN/GANformer",
             description=("Loads a GANformer generator from models/ganformer: a training snapshot of "
                          "dorarad/gansformer's PyTorch version (network-snapshot-*.pkl; read without executing the "
-                         "code it carries; its EMA generator Gs is used)."),
+                         "code it carries; its EMA generator Gs is used, or G in a snapshot without one)."),
             inputs=[io.Combo.Input("ckpt_name", options=folder_paths.get_filename_list(FOLDER),
                                    tooltip="A file in ComfyUI/models/ganformer")],
             outputs=[GANformerType.Output(display_name="ganformer")],
