@@ -334,13 +334,16 @@ def _refiners_lines(name: str) -> list[str]:
     st, dg, t2i = r["stylegan"], r["degraded"], r["text_to_image"]
     row = lambda x: f"CLIP score {x['clip_score']:.3f}, Fréchet distance {x['fd']:.3f}, detail {x['detail_ratio']:.2f}"  # noqa: E731
     ddim = [v for k, v in t2i.items() if k.startswith("unet_ddim_")]
+    dit = f"the {r['dit_tokens']}-token DiT"
     return [
         f"- refining the zoo StyleGAN's drafts of {r['settings']['captions']} held-out captions "
-        f"(`benchmarks/bench_refiners.py`, strength {r['settings']['strength']}, {r['settings']['steps']} DDIM "
-        f"steps, guidance {r['settings']['cfg']}): draft {row(st['input'])}; refined {row(st['unet'])} "
-        f"(the 256-token DiT on the same drafts: {row(st['dit'])})",
+        f"(`benchmarks/bench_refiners.py`, strength {r['settings']['strength']}, {r['settings']['steps']} steps, "
+        f"guidance {r['settings']['cfg']}): draft {row(st['input'])}; refined {row(st['unet'])} "
+        f"({dit} on the same drafts: {row(st['dit'])})",
         f"- degraded held-out images (down to {r['settings']['degrade_px']} px and back): input PSNR "
-        f"{dg['input']['psnr_db']:.2f} dB, refined {dg['unet']['psnr_db']:.2f} dB (DiT {dg['dit']['psnr_db']:.2f} dB)",
+        f"{dg['input']['psnr_db']:.2f} dB, refined {dg['unet']['psnr_db']:.2f} dB ({dit}: "
+        f"{dg['dit']['psnr_db']:.2f} dB; the UNet on the DiT's noise levels: "
+        f"{dg['unet_dit_sigmas']['psnr_db']:.2f} dB)",
         "- text → image, DDIM: " + "; ".join(
             f"{v['steps']} steps {v['seconds_per_image']:.2f} s/image, CLIP score {v['clip_score']:.3f}, Fréchet "
             f"distance {v['fd']:.3f}" for v in ddim),
