@@ -332,7 +332,8 @@ def _refiners_lines(name: str) -> list[str]:
     if not path.exists():
         return []
     r = json.loads(path.read_text())
-    if r["weights"]["unet"] != sha256_of(ZOO / "film_unet" / name):
+    shipped = ZOO / "film_unet" / name
+    if not shipped.is_file() or r["weights"]["unet"] != sha256_of(shipped):
         return []
     st, dg, t2i = r["stylegan"], r["degraded"], r["text_to_image"]
     row = lambda x: f"CLIP score {x['clip_score']:.3f}, Fréchet distance {x['fd']:.3f}, detail {x['detail_ratio']:.2f}"  # noqa: E731
