@@ -20,15 +20,14 @@ without behaviour are installed for the run. Its code is run from the checkout a
 """
 from __future__ import annotations
 
-import collections
-import contextlib
 import json
-import pickle
 import sys
 import types
 from pathlib import Path
 
 import torch
+
+from devkit.persistence_pickle import EasyDict, Record, dump, module_state
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "models" / "ganformer_reference.safetensors"
@@ -155,28 +154,6 @@ def fixture_c(name: str) -> torch.Tensor | None:
 # --------------------------------------------------------------------------------------------------------------
 # class names of the reference for ours (what its persistence records name)
 REFERENCE_CLASS = {"Attention": "TransformerLayer", "SkipLayer": "Conv2dLayer", "BiasAct": "BiasActLayer"}
-PLACEHOLDER_SRC = "raise RuntimeError('placeholder module source: a safe loader never executes this')\n"
-
-
-class _EasyDict(dict):
-    pass
-
-
-def _reconstruct_persistent_obj(meta):  # only its qualified name goes into the pickle
-    raise RuntimeError("never called when writing")
-
-
-class Record:
-    """A torch_utils.persistence object: pickled as `_reconstruct_persistent_obj(meta)`, as the reference's are."""
-
-    def __init__(self, class_name: str, state: dict):
-        self.class_name, self.state = class_name, state
-
-    def __reduce__(self):
-        meta = dict(type="class", version=6, module_src=PLACEHOLDER_SRC, class_name=self.class_name, state=self.state)
-        return _reconstruct_persistent_obj, (meta,)
-
-
 def module_record(module: torch.nn.Module, init_kwargs: dict | None = None) -> Record:
     """Our module tree as the reference's records: its class names, plus the submodules it has and we do not
     (the attention's parameterless gates and its dropout, a plain torch.nn.Dropout as in its files)."""
@@ -192,52 +169,22 @@ def module_record(module: torch.nn.Module, init_kwargs: dict | None = None) -> R
 
 
 def _module_state(params: dict, buffers: dict, children: dict, init_kwargs: dict | None = None) -> dict:
-    return {"training": False,
-            "_parameters": collections.OrderedDict((k, v) for k, v in params.items() if v is not None),
-            "_buffers": collections.OrderedDict(buffers), "_non_persistent_buffers_set": set(),
-            "_modules": collections.OrderedDict(children), "_init_args": (),
-            "_init_kwargs": _EasyDict(init_kwargs or {})}
-
-
-@contextlib.contextmanager
-def _reference_names():
-    """Make the writer's stand-ins pickle under the reference's module names."""
-    persistence = types.ModuleType("torch_utils.persistence")
-    persistence._reconstruct_persistent_obj = _reconstruct_persistent_obj
-    util = types.ModuleType("dnnlib.util")
-    util.EasyDict = _EasyDict
-    names = ("torch_utils", "torch_utils.persistence", "dnnlib", "dnnlib.util")
-    saved = {k: sys.modules.get(k) for k in names}
-    old = (_reconstruct_persistent_obj.__module__, _EasyDict.__module__, _EasyDict.__qualname__)
-    sys.modules.update({"torch_utils": types.ModuleType("torch_utils"), "torch_utils.persistence": persistence,
-                        "dnnlib": types.ModuleType("dnnlib"), "dnnlib.util": util})
-    _reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
-    _EasyDict.__module__, _EasyDict.__qualname__ = "dnnlib.util", "EasyDict"
-    try:
-        yield
-    finally:
-        _reconstruct_persistent_obj.__module__, _EasyDict.__module__, _EasyDict.__qualname__ = old
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
+    return module_state({k: v for k, v in params.items() if v is not None}, buffers, children, init_kwargs)
 
 
 def write_snapshot(path, G, init_kwargs: dict, G_train=None, edit=None, extra: dict | None = None) -> None:
     """A training snapshot as the reference's `save_nets` lays it out: dict(dataset_args, G, D, Gs), pickled at the
     default protocol. `G` (our Generator) goes in as `Gs`, `G_train` (default: G) as `G`; `edit(record)` may alter
     the Gs record before writing (tests of broken files)."""
-    kwargs = _EasyDict({k: _EasyDict(v) if isinstance(v, dict) else v for k, v in init_kwargs.items()})
+    kwargs = EasyDict({k: EasyDict(v) if isinstance(v, dict) else v for k, v in init_kwargs.items()})
     gs = module_record(G, kwargs)
     if edit is not None:
         edit(gs)
     snapshot = dict(dataset_args=dict(path="datasets/tiny", resolution=G.img_resolution, ratio=1.0,
-                                      loader_args=_EasyDict(num_workers=1)),
+                                      loader_args=EasyDict(num_workers=1)),
                     G=module_record(G_train if G_train is not None else G, kwargs),
                     D=Record("Discriminator", _module_state({}, {}, {}, {"c_dim": G.c_dim})), Gs=gs, **(extra or {}))
-    with _reference_names(), open(path, "wb") as f:
-        pickle.dump(snapshot, f)
+    dump(snapshot, path)
 
 
 # --------------------------------------------------------------------------------------------------------------

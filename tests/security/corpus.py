@@ -134,15 +134,17 @@ def small_generator():
 
 
 def nvidia_bytes(G, extra=None, module_src: str | None = None) -> bytes:
-    old = nvidia_pickle.PLACEHOLDER_SRC
+    from devkit.persistence_pickle import Record
+
+    old = Record.module_src
     if module_src is not None:
-        nvidia_pickle.PLACEHOLDER_SRC = module_src
+        Record.module_src = module_src
     try:
         with tempfile.TemporaryDirectory() as d:
             nvidia_pickle.write_nvidia_pickle(Path(d) / "net.pkl", G, extra=extra)
             return (Path(d) / "net.pkl").read_bytes()
     finally:
-        nvidia_pickle.PLACEHOLDER_SRC = old
+        Record.module_src = old
 
 
 def build(out: Path) -> dict[str, dict]:

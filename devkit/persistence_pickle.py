@@ -1,0 +1,78 @@
+"""Networks written as `torch_utils.persistence` pickles — the layout of NVlabs' StyleGAN snapshots and of
+GANformer's — with no code of theirs involved (tests and parity fixtures).
+
+Every network is pickled as a call to `torch_utils.persistence._reconstruct_persistent_obj(meta)` with meta =
+{type, version, module_src, class_name, state}; state is the nn.Module's __dict__ (_parameters, _buffers, _modules,
+_init_kwargs, plain attributes). module_src is a placeholder string (`Record.module_src`): a safe loader never
+looks at it. `dump` writes under the original module names (torch_utils.persistence, dnnlib.util.EasyDict).
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import pickle
+import sys
+import types
+
+PLACEHOLDER_SRC = "raise RuntimeError('placeholder module source: a safe loader never executes this')\n"
+
+
+class EasyDict(dict):
+    pass
+
+
+def _reconstruct_persistent_obj(meta):  # only its qualified name is written into the pickle
+    raise RuntimeError("never called when writing")
+
+
+class Record:
+    """A persistent object: pickled as `_reconstruct_persistent_obj(meta)`."""
+
+    module_src = PLACEHOLDER_SRC  # the hostile-file corpus swaps in code here
+
+    def __init__(self, class_name: str, state: dict):
+        self.class_name, self.state = class_name, state
+
+    def __reduce__(self):
+        meta = dict(type="class", version=6, module_src=self.module_src, class_name=self.class_name,
+                    state=self.state)
+        return _reconstruct_persistent_obj, (meta,)
+
+
+def module_state(params: dict, buffers: dict, children: dict, init_kwargs: dict | None = None) -> dict:
+    """An nn.Module's __dict__ as persistence pickles hold it."""
+    return {"training": False,
+            "_parameters": collections.OrderedDict(params), "_buffers": collections.OrderedDict(buffers),
+            "_non_persistent_buffers_set": set(), "_modules": collections.OrderedDict(children),
+            "_init_args": (), "_init_kwargs": EasyDict(init_kwargs or {})}
+
+
+@contextlib.contextmanager
+def _original_names():
+    """Make the stand-ins above pickle under the original module names."""
+    persistence = types.ModuleType("torch_utils.persistence")
+    persistence._reconstruct_persistent_obj = _reconstruct_persistent_obj
+    util = types.ModuleType("dnnlib.util")
+    util.EasyDict = EasyDict
+    names = ("torch_utils", "torch_utils.persistence", "dnnlib", "dnnlib.util")
+    saved = {k: sys.modules.get(k) for k in names}
+    old = (_reconstruct_persistent_obj.__module__, EasyDict.__module__, EasyDict.__qualname__)
+    sys.modules.update({"torch_utils": types.ModuleType("torch_utils"), "torch_utils.persistence": persistence,
+                        "dnnlib": types.ModuleType("dnnlib"), "dnnlib.util": util})
+    _reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
+    EasyDict.__module__, EasyDict.__qualname__ = "dnnlib.util", "EasyDict"
+    try:
+        yield
+    finally:
+        _reconstruct_persistent_obj.__module__, EasyDict.__module__, EasyDict.__qualname__ = old
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+
+
+def dump(obj, path, protocol: int | None = None) -> None:
+    """pickle.dump `obj` (holding Records and EasyDicts) to `path` under the original module names."""
+    with _original_names(), open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=protocol)
