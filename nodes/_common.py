@@ -41,6 +41,17 @@ def nchw_to_image(x: torch.Tensor) -> torch.Tensor:
     return x.movedim(1, -1).float().contiguous()
 
 
+def generated_to_image(img: torch.Tensor) -> torch.Tensor:
+    """A generator's output (N, C, H, W) in [-1, 1] (grey: C=1; extra channels dropped) -> IMAGE (N, H, W, 3) in
+    [0, 1] on the intermediate device."""
+    import comfy.model_management as mm
+
+    img = (img.float() * 0.5 + 0.5).clamp(0, 1)
+    if img.shape[1] == 1:
+        img = img.expand(-1, 3, -1, -1)
+    return nchw_to_image(img[:, :3]).to(mm.intermediate_device())
+
+
 def mask_to_n1hw(mask, name: str = "mask") -> torch.Tensor:
     """ComfyUI MASK ([B,]H,W) -> float (B,1,H,W), checked: at least one map of at least 1x1, finite values."""
     if not isinstance(mask, torch.Tensor):

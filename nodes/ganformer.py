@@ -19,12 +19,12 @@ from comfy_api.latest import io
 
 from ..models import ganformer as gf
 from ._common import (
+    generated_to_image,
     StyleType,
     check_style,
     load_model_file,
     managed,
     missing_model_message,
-    nchw_to_image,
     node_errors,
     register_model_folder,
 )
@@ -61,14 +61,6 @@ class GANformerModel:
 def load_on_device(model: GANformerModel) -> tuple[gf.Generator, torch.device]:
     mm.load_models_gpu([model.patcher])  # (no fp16: the reference's PyTorch GANformer has none)
     return model.generator, model.patcher.load_device
-
-
-def _to_image(img: torch.Tensor) -> torch.Tensor:
-    """Generator output (N, C, H, W) in [-1, 1] -> IMAGE (N, H, W, 3) in [0, 1]."""
-    img = (img.float() * 0.5 + 0.5).clamp(0, 1)
-    if img.shape[1] == 1:
-        img = img.expand(-1, 3, -1, -1)
-    return nchw_to_image(img[:, :3]).to(mm.intermediate_device())
 
 
 def latents(seeds: list[int], k: int, z_dim: int) -> tuple[torch.Tensor, list[torch.Generator]]:
@@ -128,7 +120,7 @@ def render(model: GANformerModel, ws: torch.Tensor, noise_mode: str, streams: li
             img, attention = G.synthesis(chunk, G.pos, noise_mode=noise_mode, generator=streams[i],
                                          return_attention=True)
             masks.append(gf.attention_masks(attention).float().clamp(0, 1).to(mm.intermediate_device()))
-        images.append(_to_image(img))
+        images.append(generated_to_image(img))
         pbar.update(chunk.shape[0])
     return torch.cat(images), torch.cat(masks)
 

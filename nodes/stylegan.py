@@ -17,12 +17,12 @@ from comfy_api.latest import io
 
 from ..models import stylegan as sg
 from ._common import (
+    generated_to_image,
     StyleType,
     check_style,
     load_model_file,
     managed,
     missing_model_message,
-    nchw_to_image,
     node_errors,
     register_model_folder,
 )
@@ -59,14 +59,6 @@ def load_on_device(model: StyleGANModel) -> tuple[sg.Generator, torch.device, bo
     return model.generator, device, fp16
 
 
-def _to_image(img: torch.Tensor) -> torch.Tensor:
-    """Generator output (N, C, H, W) in [-1, 1] -> IMAGE (N, H, W, 3) in [0, 1]."""
-    img = (img.float() * 0.5 + 0.5).clamp(0, 1)
-    if img.shape[1] == 1:
-        img = img.expand(-1, 3, -1, -1)
-    return nchw_to_image(img[:, :3]).to(mm.intermediate_device())
-
-
 def render(model: StyleGANModel, ws: torch.Tensor, noise_mode: str, seed: int) -> torch.Tensor:
     G, device, fp16 = load_on_device(model)
     pbar = comfy.utils.ProgressBar(ws.shape[0])
@@ -78,7 +70,7 @@ def render(model: StyleGANModel, ws: torch.Tensor, noise_mode: str, seed: int) -
         chunk = ws[i:i + step].to(device)
         with torch.inference_mode():  # random noise is drawn on CPU from the seed: the same on every device
             img = G.synthesis(chunk, noise_mode=noise_mode, generator=gen, fp16=fp16)
-        out.append(_to_image(img))
+        out.append(generated_to_image(img))
         pbar.update(chunk.shape[0])
     return torch.cat(out)
 
