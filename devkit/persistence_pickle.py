@@ -1,10 +1,14 @@
 """Networks written as `torch_utils.persistence` pickles — the layout of NVlabs' StyleGAN snapshots and of
-GANformer's — with no code of theirs involved (tests and parity fixtures).
+GANformer's — and as TensorFlow-era `dnnlib.tflib.network.Network` pickles (StyleGAN2 / StyleGAN2-ADA TF), with no
+code of theirs involved (tests and parity fixtures).
 
 Every network is pickled as a call to `torch_utils.persistence._reconstruct_persistent_obj(meta)` with meta =
 {type, version, module_src, class_name, state}; state is the nn.Module's __dict__ (_parameters, _buffers, _modules,
 _init_kwargs, plain attributes). module_src is a placeholder string (`Record.module_src`): a safe loader never
-looks at it. `dump` writes under the original module names (torch_utils.persistence, dnnlib.util.EasyDict).
+looks at it. A TensorFlow network (`TFNetwork`) is pickled as TF's Network pickles itself: built empty, then handed its
+`__getstate__` dictionary (version, name, static_kwargs, components, build_module_src, build_func_name, variables as
+(name, numpy array) pairs, input/output shapes and names). `dump` writes under the original module names
+(torch_utils.persistence, dnnlib.util.EasyDict, dnnlib.tflib.network.Network).
 """
 from __future__ import annotations
 
@@ -39,6 +43,25 @@ class Record:
         return _reconstruct_persistent_obj, (meta,)
 
 
+class TFNetwork:
+    """A `dnnlib.tflib.network.Network` as TF-era pickles hold it (its variables as numpy arrays, its sub-networks
+    as `components`). `build_module_src` is a placeholder (the hostile-file corpus swaps in code)."""
+
+    build_module_src = PLACEHOLDER_SRC
+
+    def __init__(self, name: str, static_kwargs: dict, variables: dict, components: dict | None = None,
+                 version: int = 4, build_func_name: str = "G_main"):
+        self.name, self.static_kwargs, self.variables = name, static_kwargs, variables
+        self.components, self.version, self.build_func_name = components or {}, version, build_func_name
+
+    def __getstate__(self):
+        return {"version": self.version, "name": self.name, "static_kwargs": dict(self.static_kwargs),
+                "components": dict(self.components), "build_module_src": self.build_module_src,
+                "build_func_name": self.build_func_name, "variables": list(self.variables.items()),
+                "input_shapes": [[None, 1]], "output_shapes": [[None, 1]], "input_names": ["in"],
+                "output_names": ["out"]}
+
+
 def module_state(params: dict, buffers: dict, children: dict, init_kwargs: dict | None = None) -> dict:
     """An nn.Module's __dict__ as persistence pickles hold it."""
     return {"training": False,
@@ -54,17 +77,23 @@ def _original_names():
     persistence._reconstruct_persistent_obj = _reconstruct_persistent_obj
     util = types.ModuleType("dnnlib.util")
     util.EasyDict = EasyDict
-    names = ("torch_utils", "torch_utils.persistence", "dnnlib", "dnnlib.util")
+    network = types.ModuleType("dnnlib.tflib.network")
+    network.Network = TFNetwork
+    names = ("torch_utils", "torch_utils.persistence", "dnnlib", "dnnlib.util", "dnnlib.tflib", "dnnlib.tflib.network")
     saved = {k: sys.modules.get(k) for k in names}
-    old = (_reconstruct_persistent_obj.__module__, EasyDict.__module__, EasyDict.__qualname__)
+    old = (_reconstruct_persistent_obj.__module__, EasyDict.__module__, EasyDict.__qualname__,
+           TFNetwork.__module__, TFNetwork.__qualname__)
     sys.modules.update({"torch_utils": types.ModuleType("torch_utils"), "torch_utils.persistence": persistence,
-                        "dnnlib": types.ModuleType("dnnlib"), "dnnlib.util": util})
+                        "dnnlib": types.ModuleType("dnnlib"), "dnnlib.util": util,
+                        "dnnlib.tflib": types.ModuleType("dnnlib.tflib"), "dnnlib.tflib.network": network})
     _reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
     EasyDict.__module__, EasyDict.__qualname__ = "dnnlib.util", "EasyDict"
+    TFNetwork.__module__, TFNetwork.__qualname__ = "dnnlib.tflib.network", "Network"
     try:
         yield
     finally:
-        _reconstruct_persistent_obj.__module__, EasyDict.__module__, EasyDict.__qualname__ = old
+        (_reconstruct_persistent_obj.__module__, EasyDict.__module__, EasyDict.__qualname__,
+         TFNetwork.__module__, TFNetwork.__qualname__) = old
         for k, v in saved.items():
             if v is None:
                 sys.modules.pop(k, None)
@@ -73,6 +102,6 @@ def _original_names():
 
 
 def dump(obj, path, protocol: int | None = None) -> None:
-    """pickle.dump `obj` (holding Records and EasyDicts) to `path` under the original module names."""
+    """pickle.dump `obj` (holding Records, TFNetworks and EasyDicts) to `path` under the original module names."""
     with _original_names(), open(path, "wb") as f:
         pickle.dump(obj, f, protocol=protocol)

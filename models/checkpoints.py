@@ -6,7 +6,9 @@
   names and maps each one to plain data. The pickles' `torch_utils.persistence` records carry module source code
   (which NVlabs' loader `exec`s); here such a record becomes a `PersistentRecord(class_name, state)` and the
   source is dropped unread. GANformer's networks also hold plain `torch.nn.Dropout` modules: each becomes a record of
-  its state too. Any other global is refused before anything is constructed.
+  its state too. TensorFlow-era pickles (StyleGAN2 / StyleGAN2-ADA TF, GANformer TF) hold `dnnlib.tflib.network.
+  Network` objects: each becomes a `TFNetworkRecord` of its name, kwargs, variables (numpy arrays) and components;
+  the build source it carries is dropped unread. Any other global is refused before anything is constructed.
 
 Each reader checks the file's structure before trusting it (a safetensors header against the file, a torch zip's
 entries, no data after the last thing read) and every failure becomes a `CheckpointError` that names the file.
@@ -126,19 +128,22 @@ def check_config_sizes(config, source: str) -> None:
     walk(asdict(config) if is_dataclass(config) else config)
 
 
-def build_checked(factory, tensors: dict[str, torch.Tensor], source: str, config=None) -> torch.nn.Module:
+def build_checked(factory, tensors: dict[str, torch.Tensor], source: str, config=None,
+                  computed: tuple[str, ...] = ()) -> torch.nn.Module:
     """`factory()` built with the file's weights, strictly: the architecture (from the file's own config: give it
     as `config` to have its sizes checked first, check_config_sizes) is built on the meta device and checked
     against the tensors' keys and shapes, so a config that lies about the size (a billion-wide layer) is refused
-    before any memory is allocated for it."""
+    before any memory is allocated for it. `computed`: endings of the names of buffers the architecture computes
+    from its config and the file's format does not store (a TF StyleGAN's resample filters): the model's own."""
     if config is not None:
         check_config_sizes(config, source)
     with torch.device("meta"):
         skeleton = factory()
-    check_state_dict(skeleton, tensors, source)
+    own = [k for k in skeleton.state_dict() if computed and k.endswith(computed) and k not in tensors]
+    check_state_dict(skeleton, {**tensors, **{k: skeleton.state_dict()[k] for k in own}}, source)
     del skeleton
     model = factory()
-    model.load_state_dict(tensors, strict=True)
+    model.load_state_dict({**tensors, **{k: model.state_dict()[k] for k in own}}, strict=True)
     return model
 
 
@@ -185,6 +190,52 @@ class _TorchModuleRecord(PersistentRecord):
         if not isinstance(state, dict):
             raise pickle.UnpicklingError(f"a {self.class_name} module whose state is not a dictionary")
         self.state = state
+
+
+class TFNetworkRecord:
+    """A `dnnlib.tflib.network.Network` of a TensorFlow-era pickle (StyleGAN2, StyleGAN2-ADA, GANformer), minus its
+    code. Pickle builds it empty (NEWOBJ) and hands it the network's `__getstate__` dictionary (BUILD): kept here are
+    its name, format version, constructor kwargs (`static_kwargs`), variables (name -> numpy array) and sub-networks
+    (`components`, records too); `build_module_src`, the source TensorFlow would exec to rebuild it, is dropped
+    unread. Anything malformed is refused while unpickling."""
+
+    def __setstate__(self, state):
+        if not isinstance(state, dict):
+            raise pickle.UnpicklingError("a TensorFlow network whose state is not a dictionary")
+        version = state.get("version")
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise pickle.UnpicklingError(f"a TensorFlow network with a malformed version {version!r}")
+        kwargs, components, variables = (state.get(k) for k in ("static_kwargs", "components", "variables"))
+        if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+            raise pickle.UnpicklingError("a TensorFlow network whose static_kwargs are not a dictionary of names")
+        if not isinstance(components, dict) or not all(
+                isinstance(k, str) and isinstance(v, TFNetworkRecord) for k, v in components.items()):
+            raise pickle.UnpicklingError("a TensorFlow network whose components are not networks")
+        if not isinstance(variables, (list, tuple)) or not all(
+                isinstance(v, (list, tuple)) and len(v) == 2 and isinstance(v[0], str) and isinstance(v[1], np.ndarray)
+                for v in variables):
+            raise pickle.UnpicklingError("a TensorFlow network whose variables are not (name, array) pairs")
+        self.name = str(state.get("name"))
+        self.version, self.static_kwargs, self.components = version, dict(kwargs), dict(components)
+        self.variables = [(name, value) for name, value in variables]
+
+
+def tf_variables(net: TFNetworkRecord) -> dict[str, np.ndarray]:
+    """Every variable of a TensorFlow network and its components, named by path ("synthesis/4x4/Conv/weight")."""
+    out: dict[str, np.ndarray] = {}
+
+    def walk(n: TFNetworkRecord, prefix: str, depth: int) -> None:
+        if depth > 8:
+            raise CheckpointError("TensorFlow network components nested deeper than any real network")
+        for name, value in n.variables:
+            if prefix + name in out:
+                raise CheckpointError(f"TensorFlow variable '{prefix + name}' appears twice")
+            out[prefix + name] = value
+        for name, child in n.components.items():
+            walk(child, f"{prefix}{name}/", depth + 1)
+
+    walk(net, "", 0)
+    return out
 
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
@@ -236,6 +287,7 @@ _ALLOWED = {
     ("dnnlib", "EasyDict"): EasyDict,
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _persistent_record,
     ("torch.nn.modules.dropout", "Dropout"): _TorchModuleRecord,
+    ("dnnlib.tflib.network", "Network"): TFNetworkRecord,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch.storage", "_load_from_bytes"): _load_storage_from_bytes,
@@ -265,8 +317,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         except KeyError:
             raise UnsafePickleError(
                 f"{self.source}: refused to load: the pickle asks for '{module}.{name}', which a StyleGAN checkpoint "
-                "never needs (it could run code). Only NVIDIA StyleGAN2/2-ADA/3 and GANformer network pickles are "
-                "accepted; if this file is a StyleGAN one, convert it on a trusted machine with "
+                "never needs (it could run code). Only NVIDIA StyleGAN2/2-ADA/3 (PyTorch or TensorFlow) and GANformer "
+                "network pickles are accepted; if this file is a StyleGAN one, convert it on a trusted machine with "
                 "scripts/convert_stylegan.py"
             ) from None
 

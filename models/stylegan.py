@@ -301,7 +301,8 @@ class Generator(nn.Module):
 # --------------------------------------------------------------------------------------------------------------
 # Loading: NVIDIA pickles (G_ema, else G), our safetensors (config in metadata)
 # --------------------------------------------------------------------------------------------------------------
-SUPPORTED = "StyleGAN2 (config-f, NVlabs legacy-converted), StyleGAN2-ADA (incl. conditional), StyleGAN3-T/-R"
+SUPPORTED = ("StyleGAN2 (config E/F, PyTorch or TensorFlow), StyleGAN2-ADA (incl. conditional, PyTorch or TensorFlow), "
+             "StyleGAN3-T/-R")
 SAFETENSORS_FORMAT = "diffugan.stylegan.v1"
 _TOP_LEVEL_KWARGS = ("z_dim", "c_dim", "w_dim", "img_resolution", "img_channels", "mapping_kwargs", "synthesis_kwargs")
 
@@ -366,6 +367,11 @@ def load_stylegan(path, device: str | torch.device = "cpu") -> Generator:
     if suffix == ".pkl":
         data = ck.load_nvidia_pickle(path)
         record = None
+        if isinstance(data, tuple) and len(data) == 3 and all(isinstance(n, ck.TFNetworkRecord) for n in data):
+            config, tensors = _from_tf_network(data[2], source)  # (G, D, Gs): Gs, the EMA generator
+            G = ck.build_checked(lambda: build_generator(config, source), tensors, source, config,
+                                 computed=("resample_filter",))
+            return G.eval().requires_grad_(False).to(device)
         if isinstance(data, dict):
             record = data.get("G_ema") if isinstance(data.get("G_ema"), ck.PersistentRecord) else data.get("G")
         if not isinstance(record, ck.PersistentRecord):
@@ -394,6 +400,133 @@ def load_stylegan(path, device: str | torch.device = "cpu") -> Generator:
         if G.style_clip and G.c_dim == 0:
             raise ck.CheckpointError(f"{source}: records a style CLIP but has no label input (c_dim=0)")
     return G.eval().requires_grad_(False).to(device)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# TensorFlow pickles: NVlabs' StyleGAN2 and StyleGAN2-ADA (TF) networks, read as their PyTorch port reads them
+# --------------------------------------------------------------------------------------------------------------
+# TF kwarg -> (part of the config, our name, default). Part None: accepted, not needed to draw (training settings).
+_TF_KWARGS = {
+    "latent_size": ("top", "z_dim", 512), "label_size": ("top", "c_dim", 0), "dlatent_size": ("top", "w_dim", 512),
+    "resolution": ("top", "img_resolution", 1024), "num_channels": ("top", "img_channels", 3),
+    "mapping_layers": ("mapping", "num_layers", 8), "label_fmaps": ("mapping", "embed_features", None),
+    "mapping_fmaps": ("mapping", "layer_features", None), "mapping_nonlinearity": ("mapping", "activation", "lrelu"),
+    "mapping_lrmul": ("mapping", "lr_multiplier", 0.01),
+    "fmap_base": ("synthesis", "channel_base", 16384), "fmap_max": ("synthesis", "channel_max", 512),
+    "architecture": ("synthesis", "architecture", "skip"), "resample_kernel": ("synthesis", "resample_filter", None),
+    "nonlinearity": ("synthesis", "activation", "lrelu"), "use_noise": ("synthesis", "use_noise", True),
+    "num_fp16_res": ("synthesis", "num_fp16_res", 0), "conv_clamp": ("synthesis", "conv_clamp", None),
+    **{k: (None, k, None) for k in ("truncation_psi", "truncation_cutoff", "style_mixing_prob", "structure",
+                                    "w_avg_beta", "dlatent_avg_beta")},
+}
+_TF_UNUSED_VARIABLES = ("lod",)  # the progressive-growing level, a constant 0 in StyleGAN2
+
+
+def _tf_config(net, source: str) -> StyleGANConfig:
+    from .checkpoints import CheckpointError
+
+    if net.version < 4:
+        raise CheckpointError(f"{source}: a TensorFlow network pickle of format version {net.version} (StyleGAN1 "
+                              f"era); supported: {SUPPORTED}")
+    unknown = sorted(set(net.static_kwargs) - set(_TF_KWARGS))
+    if unknown:
+        raise CheckpointError(f"{source}: the TensorFlow network has settings this loader does not implement "
+                              f"({', '.join(unknown)}); supported: {SUPPORTED}")
+    parts: dict[str, dict] = {"top": {}, "mapping": {}, "synthesis": {"num_fp16_res": 0, "conv_clamp": None}}
+    for tf_name, (part, name, default) in _TF_KWARGS.items():
+        value = net.static_kwargs.get(tf_name, default)
+        if part is None or value is None:
+            continue
+        if isinstance(value, np.generic):
+            value = value.item()
+        if tf_name == "fmap_base":  # TF's nf(stage) = fmap_base / 2^stage, stage = log2(res) - 1: per pixel, twice
+            value = int(value) * 2
+        if tf_name == "resample_kernel":
+            value = [float(v) for v in value]
+        parts[part][name] = value
+    return StyleGANConfig("stylegan2", **parts["top"], mapping_kwargs=parts["mapping"],
+                          synthesis_kwargs=_plain(parts["synthesis"]))
+
+
+def _tf_source(key: str) -> tuple[str, Any] | None:
+    """Our parameter `key` -> (the TF variable holding it, how to turn it into ours); None for buffers we compute
+    (resample filters). TF keeps dense weights (in, out), conv weights (kh, kw, in, out) and modulation biases
+    without their +1; its upsampling convolutions are transposed ones, so their kernels are flipped."""
+    import re
+
+    dense = lambda a: a.T  # noqa: E731
+    conv = lambda a: a.transpose(3, 2, 0, 1)  # noqa: E731
+    conv_flipped = lambda a: a[::-1, ::-1].transpose(3, 2, 0, 1)  # noqa: E731
+    same = lambda a: a  # noqa: E731
+    if key.endswith("resample_filter"):
+        return None
+    if key == "mapping.w_avg":
+        return "dlatent_avg", same
+    m = re.fullmatch(r"mapping\.(embed|fc(\d+))\.(weight|bias)", key)
+    if m:
+        scope = "LabelEmbed" if m[1] == "embed" else f"Dense{m[2]}"
+        return f"mapping/{scope}/{m[3]}", dense if m[3] == "weight" else same
+    if key == "synthesis.b4.const":
+        return "synthesis/4x4/Const/const", lambda a: a[0]
+    m = re.fullmatch(r"synthesis\.b(\d+)\.(conv0|conv1|torgb|skip)\.(.+)", key)
+    if not m:
+        return key, same  # not a parameter TF networks have: reported as missing
+    res, layer, name = int(m[1]), m[2], m[3]
+    scope = f"synthesis/{res}x{res}/" + {"conv0": "Conv0_up", "conv1": "Conv1" if res > 4 else "Conv",
+                                         "torgb": "ToRGB", "skip": "Skip"}[layer]
+    if name == "noise_const":  # TF keeps the constant noise of layer i as synthesis/noise<i>, shape (1, 1, r, r)
+        index = 0 if res == 4 else 2 * int(math.log2(res)) - (5 if layer == "conv0" else 4)
+        return f"synthesis/noise{index}", lambda a: a[0, 0]
+    if name == "weight":
+        return f"{scope}/weight", conv_flipped if layer in ("conv0", "skip") else conv
+    if name == "affine.weight":
+        return f"{scope}/mod_weight", dense
+    if name == "affine.bias":
+        return f"{scope}/mod_bias", lambda a: a + 1
+    return f"{scope}/{name}", same  # bias, noise_strength
+
+
+def _from_tf_network(net, source: str) -> tuple[StyleGANConfig, dict[str, torch.Tensor]]:
+    """A TensorFlow StyleGAN2 / StyleGAN2-ADA generator record -> our config and state dict (less the resample
+    filters, which the config makes), as NVIDIA's own port (stylegan2-ada-pytorch's legacy.py) converts it: its
+    kwargs refused by name where we do not implement them, every parameter we need looked up by its TF name (a
+    missing one named), and every TF variable accounted for."""
+    from .checkpoints import CheckpointError, check_config_sizes, tf_variables
+
+    config = _tf_config(net, source)
+    check_config_sizes(config, source)
+    variables = tf_variables(net)
+    if any(name.startswith("synthesis/ToRGB_lod") for name in variables):
+        raise CheckpointError(f"{source}: a StyleGAN2 config A-D network (ToRGB_lod layers), which NVIDIA's PyTorch "
+                              f"port does not convert either; supported: {SUPPORTED}")
+    with torch.device("meta"):
+        expected = build_generator(config, source).state_dict()
+    tensors, used, missing = {}, set(), []
+    for key, meta in expected.items():
+        found = _tf_source(key)
+        if found is None:
+            continue
+        tf_name, convert = found
+        if tf_name not in variables:
+            missing.append(tf_name)
+            continue
+        used.add(tf_name)
+        value = np.asarray(variables[tf_name])
+        try:
+            value = np.array(convert(value), dtype=np.float32, order="C")  # (keeps 0-d arrays 0-d)
+        except (IndexError, ValueError) as e:
+            raise CheckpointError(f"{source}: TensorFlow variable '{tf_name}' has shape {list(value.shape)}, which "
+                                  f"cannot hold '{key}' {list(meta.shape)} ({e})") from None
+        tensors[key] = torch.from_numpy(value)
+    if missing:
+        raise CheckpointError(f"{source}: the TensorFlow network lacks {len(missing)} variable(s) its settings need: "
+                              f"{', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}; supported: {SUPPORTED}")
+    extra = sorted(set(variables) - used - set(_TF_UNUSED_VARIABLES))
+    if extra:
+        raise CheckpointError(f"{source}: the TensorFlow network has variable(s) a {config.img_resolution}px "
+                              f"StyleGAN2 of its settings does not: {', '.join(extra[:6])}"
+                              f"{' ...' if len(extra) > 6 else ''}; supported: {SUPPORTED}")
+    return config, tensors
 
 
 def save_stylegan_safetensors(G: Generator, path) -> None:

@@ -345,3 +345,75 @@ def test_fast_upfirdn2d_matches_reference(taps, up, down, padding, flip_filter):
     fast = sg.upfirdn2d(x, f, **kw)
     assert fast.shape == ref.shape
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# TensorFlow pickles (NVlabs StyleGAN2 / StyleGAN2-ADA TF): parity with NVIDIA's own conversion (legacy.py), whose
+# outputs devkit/tf_stylegan_parity.py stored beside the TF variables they were computed from
+# --------------------------------------------------------------------------------------------------------------
+from devkit import tf_stylegan_parity as tf_parity  # noqa: E402
+
+
+@pytest.mark.parametrize("name", sorted(tf_parity.CONFIGS))
+def test_tensorflow_pickle_matches_nvidias_conversion(tmp_path, name):
+    kw, variables, expected = tf_parity.fixture(name)
+    sentinel = tmp_path / "ran"
+    path = tf_parity.tf_pickle(kw, variables, tmp_path / f"{name}.pkl",
+                               build_module_src=f"open({str(sentinel)!r}, 'w').write('x')\n")
+    G = sg.load_stylegan(path)
+    assert not sentinel.exists()  # the networks' build source is dropped unread
+    assert G.config.arch == "stylegan2" and G.img_resolution == kw["resolution"] and G.c_dim == kw.get("label_size", 0)
+    got = tf_parity.outputs(G, kw)
+    for key, want in expected.items():
+        torch.testing.assert_close(got[key], want, atol=2e-5, rtol=1e-5, msg=f"{name}: {key}")
+
+
+def _tf_file(tmp_path, name="skip", kw_update=None, edit=None):
+    kw, variables, _ = tf_parity.fixture(name)
+    kw = {**kw, **(kw_update or {})}
+    if edit:
+        edit(variables)
+    return tf_parity.tf_pickle(kw, variables, tmp_path / "tf.pkl")
+
+
+def test_tensorflow_pickle_with_an_unknown_setting_is_refused_by_name(tmp_path):
+    with pytest.raises(ck.CheckpointError, match=r"tf\.pkl: .*settings this loader does not implement \(fmap_decay\)"):
+        sg.load_stylegan(_tf_file(tmp_path, kw_update={"fmap_decay": 0.5}))
+
+
+def test_tensorflow_pickle_missing_or_extra_variables_are_named(tmp_path):
+    with pytest.raises(ck.CheckpointError, match=r"lacks 1 variable.*synthesis/16x16/Conv1/mod_bias"):
+        sg.load_stylegan(_tf_file(tmp_path, edit=lambda v: v["synthesis"].pop("16x16/Conv1/mod_bias")))
+    with pytest.raises(ck.CheckpointError, match=r"variable\(s\) a 32px StyleGAN2 .* does not: synthesis/extra"):
+        sg.load_stylegan(_tf_file(tmp_path, edit=lambda v: v["synthesis"].update(extra=np.zeros(3, np.float32))))
+
+
+def test_tensorflow_pickle_wrong_shape_names_key(tmp_path):
+    def edit(v):
+        v["synthesis"]["8x8/Conv1/weight"] = np.zeros((3, 3, 7, 32), np.float32)
+    with pytest.raises(ck.CheckpointError, match=r"tf\.pkl: .*synthesis\.b8\.conv1\.weight"):
+        sg.load_stylegan(_tf_file(tmp_path, edit=edit))
+
+
+def test_tensorflow_config_a_to_d_and_old_versions_are_refused(tmp_path):
+    def lod(v):
+        v["synthesis"]["ToRGB_lod0/weight"] = v["synthesis"].pop("32x32/ToRGB/weight")
+    with pytest.raises(ck.CheckpointError, match=r"config A-D network \(ToRGB_lod layers\)"):
+        sg.load_stylegan(_tf_file(tmp_path, edit=lod))
+    kw, variables, _ = tf_parity.fixture("skip")
+    from devkit.persistence_pickle import TFNetwork, dump
+    old = TFNetwork("G", kw, variables["G"], version=3)
+    dump((old, old, old), tmp_path / "v3.pkl")
+    with pytest.raises(ck.CheckpointError, match=r"v3\.pkl: .*format version 3"):
+        sg.load_stylegan(tmp_path / "v3.pkl")
+
+
+def test_tensorflow_network_with_a_payload_in_its_variables_is_refused(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (eval, ("1",))
+    kw, variables, _ = tf_parity.fixture("skip")
+    variables["G"]["dlatent_avg"] = Payload()
+    path = tf_parity.tf_pickle(kw, variables, tmp_path / "evil.pkl")
+    with pytest.raises(ck.UnsafePickleError, match=r"evil\.pkl: refused to load: .*builtins\.eval"):
+        sg.load_stylegan(path)

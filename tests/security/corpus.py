@@ -147,6 +147,20 @@ def nvidia_bytes(G, extra=None, module_src: str | None = None) -> bytes:
         Record.module_src = old
 
 
+def tf_network_bytes(out: Path, src: str | None = None, edit=None) -> bytes:
+    """A TensorFlow StyleGAN2 pickle (the TF parity fixture's small generator), optionally with code as its build
+    source or an edit of its kwargs / variables."""
+    from devkit import tf_stylegan_parity as tf_parity
+
+    kw, variables, _ = tf_parity.fixture("skip")
+    if edit:
+        edit(kw, variables)
+    path = tf_parity.tf_pickle(kw, variables, out / "tf-network.tmp", build_module_src=src)
+    data = path.read_bytes()
+    path.unlink()
+    return data
+
+
 def build(out: Path) -> dict[str, dict]:
     out = out.resolve()
     cases_dir = out / "cases"
@@ -173,6 +187,14 @@ def build(out: Path) -> dict[str, dict]:
         {"G_ema": Call(torch.storage._load_from_bytes, legacy_torch(p["os_system"]))}, protocol=4)
     cases["nvidia-module-src-runs-code"] = nvidia_bytes(G, module_src=f"import os\nos.system(\"touch '{s}'\")\n")
     may_load["nvidia-module-src-runs-code"] = ["StyleGAN generator", "raw NVIDIA pickle"]
+    # TensorFlow-era networks (StyleGAN2 TF): the build source they carry, payloads in their variables and kwargs
+    good_tf = tf_network_bytes(out)
+    cases["nvidia-tf-build-src-runs-code"] = tf_network_bytes(out, src=f"import os\nos.system(\"touch '{s}'\")\n")
+    may_load["nvidia-tf-build-src-runs-code"] = ["StyleGAN generator", "raw NVIDIA pickle"]
+    cases["nvidia-tf-payload-in-variables"] = tf_network_bytes(out, edit=lambda kw, v: v["G"].update(
+        dlatent_avg=p["os_system"]))
+    cases["nvidia-tf-payload-in-kwargs"] = tf_network_bytes(out, edit=lambda kw, v: kw.update(
+        resolution=p["eval"]))
     cases["nvidia-numpy-object-array"] = pickle.dumps({"G_ema": np.array([1, "x"], dtype=object)}, protocol=4)
     cases["nvidia-numpy-object-array-payload"] = pickle.dumps(
         {"G_ema": np.array([p["os_system"]], dtype=object)}, protocol=2)
@@ -315,6 +337,8 @@ def build(out: Path) -> dict[str, dict]:
     must_load.update({c: ["raw safetensors"] for c in cases if c.startswith("legit-safetensors")})
     cases["legit-nvidia-network"] = good_pkl
     must_load["legit-nvidia-network"] = ["raw NVIDIA pickle", "StyleGAN generator"]
+    cases["legit-nvidia-tf-network"] = good_tf
+    must_load["legit-nvidia-tf-network"] = ["raw NVIDIA pickle", "StyleGAN generator"]
     may_load.update(must_load)
 
     for name, data in cases.items():
