@@ -108,8 +108,9 @@ class StyleGANLoader(io.ComfyNode):
             display_name="DiffuGAN StyleGAN Loader",
             category="DiffuGAN/StyleGAN",
             description=("Loads a StyleGAN2 / StyleGAN2-ADA / StyleGAN3 generator from models/stylegan: NVIDIA .pkl "
-                         "(read without executing the code it carries; G_ema is used) or a .safetensors made by "
-                         "scripts/convert_stylegan.py."),
+                         "(PyTorch, or the original TensorFlow StyleGAN2 / StyleGAN2-ADA ones, converted on load; read "
+                         "without executing the code they carry; G_ema, or a TF file's Gs, is used) or a .safetensors "
+                         "made by scripts/convert_stylegan.py."),
             inputs=[io.Combo.Input("ckpt_name", options=folder_paths.get_filename_list(FOLDER),
                                    tooltip="A file in ComfyUI/models/stylegan")],
             outputs=[StyleGANType.Output(display_name="stylegan")],

@@ -1,10 +1,12 @@
-"""Convert an NVIDIA StyleGAN2 / StyleGAN2-ADA / StyleGAN3 network pickle to safetensors, without executing it.
+"""Convert an NVIDIA StyleGAN2 / StyleGAN2-ADA / StyleGAN3 network pickle (PyTorch, or TensorFlow StyleGAN2 /
+StyleGAN2-ADA) to safetensors, without executing it.
 
     python scripts/convert_stylegan.py ffhq.pkl                 # writes ffhq.safetensors beside it
     python scripts/convert_stylegan.py ffhq.pkl -o out.safetensors
 
 The pickle is read by the pack's restricted unpickler (it never runs the module source NVIDIA pickles embed);
-only G_ema (or G) is kept, with its architecture in the safetensors metadata, so the result loads strictly.
+only G_ema (or G; a TensorFlow file's Gs, converted) is kept, with its architecture in the safetensors metadata, so
+the result loads strictly.
 """
 from __future__ import annotations
 

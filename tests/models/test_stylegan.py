@@ -376,6 +376,19 @@ def _tf_file(tmp_path, name="skip", kw_update=None, edit=None):
     return tf_parity.tf_pickle(kw, variables, tmp_path / "tf.pkl")
 
 
+def test_converter_cli_converts_a_tensorflow_pickle(tmp_path):
+    import subprocess
+    import sys
+
+    kw, variables, expected = tf_parity.fixture("resnet_cond")
+    pkl = tf_parity.tf_pickle(kw, variables, tmp_path / "tf.pkl")
+    r = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[2] / "scripts" / "convert_stylegan.py"),
+                        str(pkl)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    got = tf_parity.outputs(sg.load_stylegan(tmp_path / "tf.safetensors"), kw)
+    torch.testing.assert_close(got["img_const"], expected["img_const"], atol=2e-5, rtol=1e-5)
+
+
 def test_tensorflow_pickle_with_an_unknown_setting_is_refused_by_name(tmp_path):
     with pytest.raises(ck.CheckpointError, match=r"tf\.pkl: .*settings this loader does not implement \(fmap_decay\)"):
         sg.load_stylegan(_tf_file(tmp_path, kw_update={"fmap_decay": 0.5}))
