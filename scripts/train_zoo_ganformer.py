@@ -25,7 +25,7 @@ records, written by devkit.ganformer_parity.write_snapshot; D is a placeholder: 
 reference's), so `models.ganformer.load_ganformer` and the DiffuGAN GANformer Loader read it (Gs, the EMA). It also
 carries `diffugan: {style_clip: …}`, the CLIP whose embeddings are its labels (the reference's loader ignores it).
 
-Attention as importance (at the end, and `importance_comparison` for a test or `--compare SNAPSHOT`): the scorer's own
+Attention as importance (at the end, and `importance_comparison` for a test or `--finish SNAPSHOT`): the scorer's own
 held-out metric (scripts/train_importance_scorer.py). On --importance-drafts held-out captions whose drawing style
 the DiT's labels know, the GANformer draws drafts (ψ 1); each is upsampled to the DiT's working size, encoded by the
 zoo VAE and refined uniformly by the zoo DiT (its refinement_change: 10 Euler steps from strength 0.6, guidance 3,
@@ -41,7 +41,8 @@ target's 1/8 grid, as the scorer's trainer does.
 
 Writes the snapshot (.pkl), <out>.json (settings, loss curve, evaluations, final, importance), <out>-samples.png
 (held-out captions) and <out>-attention.png (drafts over their ownership maps); resumes from <out>.train.pt; at
-every evaluation before the last step <out stem>.latest.pkl (+ .json).
+every evaluation before the last step <out stem>.latest.pkl (+ .json). `--finish <snapshot.pkl> --clip …` computes
+the end-of-run figures, sheets and comparison for any snapshot (a mid-run one, to ship it) into its .json.
 """
 from __future__ import annotations
 
@@ -273,32 +274,42 @@ def main(argv=None) -> None:
         tzs.gan_step(loop, step, D, opt_g, opt_d, fake_images, x_train, text, image, args)
     if not loop.finish():
         return
-    log = loop.log
     save_snapshot(args.out, G_ema, G, args.lr, clip.identity)
-    G_saved = gf.load_ganformer(args.out)  # the figures are those of the shipped file
-    final = tzs.evaluate(G_saved, clip, args.data, sample=sample_images)
-    sheet = args.out.with_name(args.out.stem + "-samples.png")
-    tzc.save_grid(final.pop("samples"), sheet)
-    truncated = tzs.evaluate(G_saved, clip, args.data, psi=0.7, sample=sample_images)
-    truncated.pop("samples")
-    log["final"] = {**final, "samples": sheet.name}
-    log["final_psi07"] = truncated
-    attention = args.out.with_name(args.out.stem + "-attention.png")
-    attention_sheet(G_saved, clip, args.data, attention)
-    log["attention_sheet"] = attention.name
-    if args.importance_drafts > 0:
-        log["importance"] = importance_comparison(G_saved, clip, args.data, args.dit, args.vae, args.scorer,
-                                                  args.importance_drafts, seed=args.seed)
-    args.out.with_suffix(".json").write_text(json.dumps(log, indent=1))
-    print(json.dumps({"final": log["final"], "psi07": truncated, "importance": log.get("importance")}), flush=True)
+    args.out.with_suffix(".json").write_text(json.dumps(loop.log, indent=1))
+    finish_snapshot(args.out, clip, args)
     print(f"wrote {args.out}")
 
 
-def compare_main(argv=None) -> None:
-    """`--compare SNAPSHOT`: only the attention-as-importance comparison, for a snapshot (e.g. <out>.latest.pkl);
-    writes <snapshot stem>-importance.json."""
-    ap = argparse.ArgumentParser(description="attention-as-importance comparison of a GANformer snapshot")
-    ap.add_argument("--compare", type=Path, required=True)
+def finish_snapshot(path: Path, clip: cs.StyleCLIP, args) -> dict:
+    """The figures a shipped snapshot's card cites, computed on the file itself (the end of a run, or a mid-run
+    <out>.latest.pkl): held-out figures at ψ 1 (with the samples sheet) and ψ 0.7, the attention sheet and — unless
+    --importance-drafts is 0 — the attention-vs-scorers comparison; written into the snapshot's training log
+    (<snapshot>.json), which they complete."""
+    log_path = path.with_suffix(".json")
+    log = json.loads(log_path.read_text())
+    G = gf.load_ganformer(path)
+    final = tzs.evaluate(G, clip, args.data, sample=sample_images)
+    sheet = path.with_name(path.stem + "-samples.png")
+    tzc.save_grid(final.pop("samples"), sheet)
+    truncated = tzs.evaluate(G, clip, args.data, psi=0.7, sample=sample_images)
+    truncated.pop("samples")
+    log["final"] = {**final, "samples": sheet.name}
+    log["final_psi07"] = truncated
+    attention = path.with_name(path.stem + "-attention.png")
+    attention_sheet(G, clip, args.data, attention)
+    log["attention_sheet"] = attention.name
+    if args.importance_drafts > 0:
+        log["importance"] = importance_comparison(G, clip, args.data, args.dit, args.vae, args.scorer,
+                                                  args.importance_drafts, seed=args.seed)
+    log_path.write_text(json.dumps(log, indent=1))
+    print(json.dumps({"final": log["final"], "psi07": truncated, "importance": log.get("importance")}), flush=True)
+    return log
+
+
+def finish_main(argv=None) -> None:
+    """`--finish SNAPSHOT --clip …`: finish_snapshot for a snapshot (e.g. the mid-run <out>.latest.pkl, to ship)."""
+    ap = argparse.ArgumentParser(description="the shipping figures of a GANformer snapshot")
+    ap.add_argument("--finish", type=Path, required=True, help="a snapshot with its training log beside it (.json)")
     ap.add_argument("--clip", type=Path, required=True)
     ap.add_argument("--data", type=Path, default=zoo_data.DEFAULT_OUT)
     ap.add_argument("--seed", type=int, default=0)
@@ -307,12 +318,8 @@ def compare_main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = importance_comparison(gf.load_ganformer(args.compare), cs.load_clip(args.clip), args.data, args.dit,
-                                   args.vae, args.scorer, args.importance_drafts, seed=args.seed)
-    out = args.compare.with_name(args.compare.stem + "-importance.json")
-    out.write_text(json.dumps(result, indent=1))
-    print(json.dumps(result), flush=True)
+    finish_snapshot(args.finish, cs.load_clip(args.clip), args)
 
 
 if __name__ == "__main__":
-    compare_main() if "--compare" in sys.argv[1:] else main()
+    finish_main() if "--finish" in sys.argv[1:] else main()

@@ -152,6 +152,9 @@ LIMITS_STYLEGAN = ("a CPU-sized GAN run: its drafts are smooth blobs in the prom
 LIMITS_PIPELINE = ("the refiner lowers the Fréchet distance but does not sharpen: it replaces the drafts' smooth "
                    "shading with the flat, blotchy texture of its own samples and can lose small features "
                    "(see the sheet).")
+LIMITS_GANFORMER = ("a CPU-sized GAN run, younger than the zoo StyleGAN: its drafts are blobs in the prompt's colours "
+                    "and rough shape; what it adds is its attention, a segmentation of each draft into the regions its "
+                    "components draw.")
 LIMITS_CLIP = ("its images are 64 px emoji only, not the world: a prompt far from every emoji name lands near "
                "whichever emoji sounds closest. Its image tower over-fits the 3,442 training images (compare the "
                "training and held-out retrieval above); the pretrained text tower is what carries it to unseen "
@@ -355,15 +358,55 @@ def _refiners_lines(name: str) -> list[str]:
     ]
 
 
+def card_ganformer(name: str, log: dict) -> str:
+    s, c, f, t, imp = log["settings"], log["config"], log["final"], log["final_psi07"], log.get("importance")
+    syn, first = c["synthesis_kwargs"], log["evals"][0]
+    att = (f"{2 ** syn['start_res']}–{2 ** (syn['end_res'] - 1)} px")
+    lines = [
+        f"### `ganformer/{name}` — GANformer, text-conditioned",
+        f"dorarad/gansformer's generator ({c['k'] - 1} local latent components + the global one, z = w = "
+        f"{c['z_dim']} each; duplex attention with k-means centroids at {att}, {syn['num_heads']} head(s); "
+        f"{syn['architecture']} blocks, {c['img_resolution']} px, channel base {syn['channel_base']}, max "
+        f"{syn['channel_max']}; {log['g_params'] / 1e6:.2f} M parameters), conditional in NVlabs' layout as the zoo "
+        f"StyleGAN is: the label is a {c['c_dim']}-d embedding of the zoo CLIP ({log['style_clip']}). Trained by "
+        f"`scripts/train_zoo_ganformer.py` on the {log['train_images']} training images exactly as the zoo StyleGAN "
+        f"(its discriminator, {log['d_params'] / 1e6:.2f} M parameters, not shipped; losses, DiffAugment, R1, EMA): "
+        f"{log['steps_done']} steps, batch {s['batch']} ({log['steps_done'] * int(s['batch']) / 1000:.0f} k images "
+        f"shown), lr {s['lr']}, seed {s['seed']}. A snapshot in the reference's pickle layout (`Gs`, the EMA), read "
+        "by the GANformer Loader without running code.",
+        f"- text → image on the {f['captions']} held-out captions, judged by the zoo CLIP: CLIP score "
+        f"**{f['prompt_clip_score']:.3f} with the prompt** vs {f['unconditional_clip_score']:.3f} unprompted (real "
+        f"held-out images: {f['real_clip_score']:.3f}; step {first['step']}: {first['prompt_clip_score']:.3f})",
+        f"- Fréchet distance on CLIP image features to the held-out images: **{f['prompt_fd']:.3f}** with the prompt, "
+        f"{f['unconditional_fd']:.3f} unprompted (training images: {f['real_train_fd']:.3f}; step {first['step']}: "
+        f"{first['prompt_fd']:.3f})",
+        f"- with truncation ψ 0.7 toward each prompt's mean w (the workflow's setting): CLIP score "
+        f"{t['prompt_clip_score']:.3f}, Fréchet distance {t['prompt_fd']:.3f}. Samples (ψ 1): "
+        f"`ganformer/{f['samples']}`; drafts over their attention: `ganformer/{log['attention_sheet']}`",
+    ]
+    if imp:
+        lines.append(
+            f"- its attention as importance, on the learned scorer's own held-out metric (Spearman correlation with "
+            f"where the zoo DiT's refinement changes the draft; {imp['drafts']} held-out drafts): ownership map "
+            f"{imp['spearman_attention_owned']:+.3f} (last layer) / {imp['spearman_attention_owned_all_layers']:+.3f} "
+            f"(all layers), its inverse — the borders between components — "
+            f"{imp['spearman_attention_border']:+.3f} / {imp['spearman_attention_border_all_layers']:+.3f}; analytic "
+            f"scorer {imp['spearman_analytic']:+.3f}"
+            + (f", learned scorer {imp['spearman_learned']:+.3f}" if "spearman_learned" in imp else ""))
+    lines.append(f"- limits: {LIMITS_GANFORMER}")
+    return "\n".join(lines)
+
+
 CARDS = {"vae": card_vae, "stylegan": card_stylegan, "clip_style": card_clip, "dit": card_dit,
-         "diffugan_importance": card_scorer, "diffugan_controlnet": card_controlnet, "film_unet": card_unet}
+         "diffugan_importance": card_scorer, "diffugan_controlnet": card_controlnet, "film_unet": card_unet,
+         "ganformer": card_ganformer}
 
 
 def main() -> None:
     meta = json.loads((zoo_data.DEFAULT_OUT / "emoji.json").read_text()) if (
         zoo_data.DEFAULT_OUT / "emoji.json").exists() else None
     files, cards = [], []
-    for path in sorted(ZOO.glob("*/*.safetensors")):
+    for path in sorted([*ZOO.glob("*/*.safetensors"), *ZOO.glob("ganformer/*.pkl")]):
         kind = path.parent.name
         log_path = path.with_suffix(".json")
         log = json.loads(log_path.read_text()) if log_path.exists() else None

@@ -429,6 +429,14 @@ def test_ganformer_trainer_writes_a_loadable_snapshot_resumes_and_compares_atten
     again = train_zoo_ganformer.importance_comparison(G, cs.load_clip(tiny_clip), data, refiner, vae, None, drafts=2)
     assert again["drafts"] == 2 and "spearman_learned" not in again
     assert torch.isfinite(torch.tensor(again["spearman_attention_owned_all_layers"]))
+    # --finish: the end-of-run figures for the mid-run snapshot, written into its own log, which keeps its history
+    train_zoo_ganformer.finish_main(["--finish", str(snap), "--clip", str(tiny_clip), "--data", str(data), "--dit",
+                                     str(refiner), "--vae", str(vae), "--importance-drafts", "2"])
+    snap_log = json.loads(snap.with_suffix(".json").read_text())
+    assert snap_log["steps_done"] == 2 and snap_log["final_psi07"]["psi"] == 0.7 and snap_log["evals"][0]["step"] == 2
+    assert snap_log["importance"]["drafts"] == 2 and snap_log["final"]["samples"] == "ganformer.latest-samples.png"
+    assert all((out.parent / snap_log[k] if k == "attention_sheet" else out.parent / snap_log[k]["samples"]).is_file()
+               for k in ("attention_sheet", "final"))
     capsys.readouterr()
     train_zoo_ganformer.main([*small, "--steps", "4"])  # continues from <out>.train.pt
     assert "resumed at step 3" in capsys.readouterr().out
