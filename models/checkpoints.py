@@ -238,6 +238,41 @@ def tf_variables(net: TFNetworkRecord) -> dict[str, np.ndarray]:
     return out
 
 
+def tf_tensors(expected: dict[str, torch.Tensor], variables: dict[str, np.ndarray], lookup, source: str, what: str,
+               unused=(), supported: str = "") -> dict[str, torch.Tensor]:
+    """Our state dict from a TensorFlow network's variables. For each `expected` key (a meta-device state dict),
+    `lookup(key)` gives (TF variable name, how to turn it into ours), (None, None) for a parameter the settings
+    never read and TF does not create (zeros), or None for a buffer the config computes (left out: see
+    build_checked's `computed`). A variable that is missing or cannot hold the parameter, and one that nothing
+    reads (but those in `unused`), is named; `what` says what the network should have been."""
+    tensors, used, missing = {}, set(), []
+    for key, meta in expected.items():
+        found = lookup(key)
+        if found is None:
+            continue
+        tf_name, convert = found
+        if tf_name is None:
+            tensors[key] = torch.zeros(meta.shape)
+        elif tf_name not in variables:
+            missing.append(tf_name)
+        else:
+            used.add(tf_name)
+            value = np.asarray(variables[tf_name])
+            try:
+                tensors[key] = torch.from_numpy(np.array(convert(value), dtype=np.float32, order="C"))  # 0-d stays 0-d
+            except (IndexError, ValueError) as e:
+                raise CheckpointError(f"{source}: TensorFlow variable '{tf_name}' has shape {list(value.shape)}, "
+                                      f"which cannot hold '{key}' {list(meta.shape)} ({e})") from None
+    if missing:
+        raise CheckpointError(f"{source}: the TensorFlow network lacks {len(missing)} variable(s) its settings need: "
+                              f"{', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}; supported: {supported}")
+    extra = sorted(set(variables) - used - set(unused))
+    if extra:
+        raise CheckpointError(f"{source}: the TensorFlow network has variable(s) {what} does not: "
+                              f"{', '.join(extra[:6])}{' ...' if len(extra) > 6 else ''}; supported: {supported}")
+    return tensors
+
+
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
     t = torch.empty(0, dtype=storage.dtype)
     t.set_(storage.untyped_storage() if hasattr(storage, "untyped_storage") else storage, storage_offset, size, stride)

@@ -19,7 +19,9 @@ convolution optionally followed by the attention over the components ("simplex":
 one extra linear modulated convolution (`conv_last`, kept for compatibility with the TensorFlow version).
 
 Parameter and buffer names are the reference's, so the state dict of its `Generator` loads here with
-`strict=True`. Implemented: the configuration its `--ganformer-default` trains (used for all of its pretrained
+`strict=True`; the reference's TensorFlow pickles `(G, D, Gs)` are converted on load, by TF variable name, as its
+PyTorch version's loader.py converts them (`_from_tf_network`, which lists where that converter is wrong and what
+is refused). Implemented: the configuration its `--ganformer-default` trains (used for all of its pretrained
 networks) and the options around it listed in `_MAPPING_OPTIONS` / `_SYNTHESIS_OPTIONS`; any other option is
 refused by name (`check_options`) rather than guessed. Inference only: attention dropout and component dropout
 are training-time noise and left out; fp16 does not exist in the reference's PyTorch version.
@@ -583,10 +585,11 @@ def attention_masks(attention: torch.Tensor, layer: int | None = -1) -> torch.Te
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Loading: the reference's training snapshots (`Gs`, else `G`)
+# Loading: the reference's training snapshots (`Gs`, else `G`); its TensorFlow pickles further below
 # --------------------------------------------------------------------------------------------------------------
-SUPPORTED = ("GANformer snapshots written by dorarad/gansformer's PyTorch training (network-snapshot-*.pkl), in "
-             "its --ganformer-default configuration and the options around it")
+SUPPORTED = ("GANformer snapshots written by dorarad/gansformer's PyTorch training (network-snapshot-*.pkl) and its "
+             "TensorFlow network pickles (G, D, Gs), in its --ganformer-default configuration and the options around "
+             "it")
 _REQUIRED = ("z_dim", "c_dim", "w_dim", "k", "img_resolution", "img_channels")
 
 
@@ -632,12 +635,20 @@ def config_from_record(record: ck.PersistentRecord, source: str) -> GANformerCon
 
 @ck.user_file_loader("GANformer generator", (".pkl",))
 def load_ganformer(path, device: str | torch.device = "cpu") -> Generator:
-    """Load the EMA generator (`Gs`) of a GANformer training snapshot, strictly, without executing code."""
+    """Load the EMA generator (`Gs`) of a GANformer network pickle, strictly, without executing code: a PyTorch
+    training snapshot (its `Gs` record, else `G`), or a TensorFlow pickle `(G, D, Gs)`, whose `Gs` is converted
+    as the reference's PyTorch loader converts it (`_from_tf_network`: its variables by their TF names, its
+    settings from static_kwargs; the TF build source is dropped unread)."""
     path = Path(path)
     source = path.name
     if path.suffix.lower() != ".pkl":
         raise ck.CheckpointError(f"{source}: a GANformer snapshot is a .pkl file (network-snapshot-*.pkl)")
     data = ck.load_nvidia_pickle(path)
+    if isinstance(data, tuple) and len(data) == 3 and all(isinstance(n, ck.TFNetworkRecord) for n in data):
+        config, tensors = _from_tf_network(data[2], source)  # (G, D, Gs): Gs, the EMA generator
+        G = ck.build_checked(lambda: Generator(config), tensors, source, config,
+                             computed=("resample_kernel", "grid_pos"))
+        return G.eval().requires_grad_(False).to(device)
     record = None
     if isinstance(data, dict):
         record = next((data[k] for k in ("Gs", "G") if isinstance(data.get(k), ck.PersistentRecord)), None)
@@ -655,3 +666,237 @@ def load_ganformer(path, device: str | torch.device = "cpu") -> Generator:
     if isinstance(ours, dict) and isinstance(ours.get("style_clip"), str):
         G.style_clip = ours["style_clip"]
     return G.eval().requires_grad_(False).to(device)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# TensorFlow pickles: the `(G, D, Gs)` networks of dorarad/gansformer's TensorFlow version, converted as its
+# PyTorch version's loader.py (`convert_tf_generator`) converts them, except where that converter is wrong
+# --------------------------------------------------------------------------------------------------------------
+_BOOL = (True, False)
+
+
+def _fixed(default, *allowed):
+    """A TF setting with no counterpart in the PyTorch generator: accepted only at the value(s) it can stand at."""
+    return (None, default, allowed or (default,))
+
+
+# TF kwarg -> (our setting(s) it gives: "name" of the Generator, "mapping.name" / "synthesis.name", several
+# separated by spaces, or None; TF's default; the values converted, or ANY). Both spellings of the two TF versions
+# (training/network.py: latent_size, fmap_base, ...; training/networks.py: z_dim, channel_base, ...) are read.
+# The defaults are those of TF's G_mapping / G_synthesis signatures (where loader.py's differ, TF's are right:
+# a setting missing from the pickle took TF's default when the network was built).
+_TF_KWARGS: dict[str, tuple[str | None, Any, tuple | None]] = {
+    **{name: ("z_dim", 512, ANY) for name in ("latent_size", "z_dim")},
+    **{name: ("w_dim", 512, ANY) for name in ("dlatent_size", "w_dim")},
+    **{name: ("c_dim", 0, (0,)) for name in ("label_size", "c_dim")},
+    "components_num": ("k", 1, ANY), "resolution": ("img_resolution", 1024, ANY),
+    "num_channels": ("img_channels", 3, ANY),
+    **{name: ("mapping.num_layers", 8, ANY) for name in ("mapping_layersnum", "mapping_num_layers")},
+    "mapping_lrmul": ("mapping.lrmul", 0.01, ANY), "mapping_nonlinearity": ("mapping.act", "lrelu", ACTIVATIONS),
+    "mapping_resnet": ("mapping.resnet", False, (True,)), "mapping_ltnt2ltnt": ("mapping.ltnt2ltnt", False, _BOOL),
+    "num_heads": ("mapping.num_heads synthesis.num_heads", 1, ANY),
+    "use_pos": ("mapping.use_pos synthesis.use_pos", False, _BOOL),
+    **{name: ("synthesis.channel_base", 16 << 10, ANY) for name in ("fmap_base", "channel_base")},
+    **{name: ("synthesis.channel_max", 512, ANY) for name in ("fmap_max", "channel_max")},
+    "architecture": ("synthesis.architecture", "skip", ("orig", "skip", "resnet")),
+    "nonlinearity": ("synthesis.act", "lrelu", ACTIVATIONS),
+    "resample_kernel": ("synthesis.resample_kernel", (1, 3, 3, 1), ANY),
+    "style": ("synthesis.style", True, _BOOL), "local_noise": ("synthesis.local_noise", True, _BOOL),
+    "transformer": ("synthesis.transformer", False, (True,)),
+    "integration": ("synthesis.integration", "add", ("add", "mul")),
+    "norm": ("synthesis.norm", None, (None, "layer", "instance", "batch")),
+    "kmeans": ("synthesis.kmeans", False, _BOOL), "kmeans_iters": ("synthesis.kmeans_iters", 1, ANY),
+    "start_res": ("synthesis.start_res", 0, ANY), "end_res": ("synthesis.end_res", 20, ANY),
+    "pos_dim": ("synthesis.pos_dim", None, ANY), "crop_ratio": ("synthesis.crop_ratio", None, (None, 1.0)),
+    "mapping_dim": _fixed(None), "mapping_shared_dim": _fixed(0, 0, None), "normalize_latents": _fixed(True),
+    "fmap_decay": _fixed(1.0), "fmap_min": _fixed(1), "latent_stem": _fixed(False), "tanh": _fixed(False),
+    "iterative": _fixed(False), "ltnt_gate": _fixed(False), "img_gate": _fixed(False), "img2img": _fixed(0),
+    "img2ltnt": _fixed(False), "ltnt2ltnt": _fixed(False), "local_attention": _fixed(0), "merge": _fixed(False),
+    "pos_type": _fixed("sinus"), "pos_directions_num": _fixed(2), "mapping_func": _fixed("G_mapping"),
+    "synthesis_func": _fixed("G_synthesis"),
+    # no effect on a drawn image: training, sampling and k-GAN merging (merge is off) settings
+    **{name: (None, None, ANY) for name in (
+        "pos_init", "merge_layer", "merge_type", "merge_same", "fused_modconv", "randomize_noise", "noise_mode",
+        "attention_dropout", "truncation_psi", "truncation_cutoff", "truncation_psi_val", "truncation_cutoff_val",
+        "dlatent_avg_beta", "w_avg_beta", "style_mixing", "component_mixing", "component_dropout")},
+}
+_TF_WHY = {
+    "label_size": "TF's G_mapping concatenates the label embedding as extra latents (along the component axis), "
+                  "which its own split into local and global latents then rejects: no conditional TF GANformer can "
+                  "be built, and loader.py's mapping of it (LabelConcat as embed, a zero bias) is not TF's",
+    "mapping_resnet": "TF's plain mapping has one layer fewer than the PyTorch generator's",
+    "mapping_dim": "TF then adds map_start / map_end / map_pos layers the PyTorch generator lacks",
+    "mapping_shared_dim": "a shared mapping (inmap / outmap) is not in the PyTorch generator",
+    "normalize_latents": "the PyTorch generator always normalises z",
+    "transformer": _WHY["transformer"], "integration": _WHY["integration"], "iterative": _WHY["iterative"],
+    "latent_stem": _WHY["latent_stem"], "merge": "the k-GAN baseline", "img2img": "the SAGAN baseline",
+}
+_TF_WHY["c_dim"] = _TF_WHY["label_size"]
+_TF_ATTENTION = {"to_queries": "query", "to_keys": "key", "to_values": "value", "from_pos_map": "from_pos",
+                 "to_pos_map": "to_pos", "modulation": "out"}
+
+
+def _one_of(value, allowed) -> bool:
+    try:
+        return bool(value in allowed)
+    except (TypeError, ValueError):  # (e.g. an array: never a valid setting)
+        return False
+
+
+def _tf_config(net, source: str) -> GANformerConfig:
+    """The architecture from a TF generator's static_kwargs: every TF setting the PyTorch generator has a
+    counterpart for is carried over (TF's default where the pickle lacks it), the others must stand at a value
+    the conversion is faithful at; anything else is refused by its TF name."""
+    if net.version < 4:
+        raise ck.CheckpointError(f"{source}: a TensorFlow network pickle of format version {net.version}; "
+                                 f"supported: {SUPPORTED}")
+    kwargs = {name: _plain(value) for name, value in net.static_kwargs.items()}
+    if "components_num" not in kwargs:
+        raise ck.CheckpointError(f"{source}: the TensorFlow network has no components_num: not a GANformer (a "
+                                 f"StyleGAN TensorFlow pickle? use the StyleGAN loader); supported: {SUPPORTED}")
+    unknown = sorted(set(kwargs) - set(_TF_KWARGS))
+    bad = [f"{name} (unknown setting)" for name in unknown]
+    values: dict[str, Any] = {}
+    for tf_name, (targets, default, allowed) in _TF_KWARGS.items():
+        given = tf_name in kwargs
+        value = kwargs.get(tf_name, default)
+        if allowed is not ANY and not _one_of(value, allowed):
+            why = f"; {_TF_WHY[tf_name]}" if tf_name in _TF_WHY else ""
+            bad.append(f"{tf_name}={value!r} (supported: {', '.join(map(repr, allowed))}{why})")
+        for target in (targets or "").split():
+            if given or target not in values:  # (of two spellings, the one given)
+                values[target] = value
+    layers, z_dim, w_dim = values["mapping.num_layers"], values["z_dim"], values["w_dim"]
+    if not (isinstance(layers, int) and layers >= 2 and layers % 2 == 0):
+        bad.append(f"mapping_layersnum / mapping_num_layers={layers!r} (TF's residual mapping has int(n/2) "
+                   "residual layers, the PyTorch one n//2 + n%2: only even counts from 2 convert)")
+    if z_dim != w_dim:
+        bad.append(f"latent_size / z_dim={z_dim!r} with dlatent_size / w_dim={w_dim!r} (a residual mapping needs "
+                   "them equal)")
+    if values["synthesis.kmeans"] and values["synthesis.kmeans_iters"] != 1:
+        bad.append(f"kmeans_iters={values['synthesis.kmeans_iters']!r} with kmeans (TF keeps one st_weights per "
+                   "k-means iteration, the PyTorch generator one for all)")
+    if values["synthesis.use_pos"] and not _one_of(values["synthesis.pos_dim"], (None, w_dim)):
+        bad.append(f"pos_dim={values['synthesis.pos_dim']!r} with use_pos (TF maps the latents' positions from "
+                   "dlatent_size, the PyTorch generator from pos_dim)")
+    resolution, end_res = values["img_resolution"], values["synthesis.end_res"]
+    if isinstance(resolution, int) and resolution > 0 and isinstance(end_res, (int, float)) \
+            and math.log2(resolution) > end_res:
+        bad.append(f"end_res={end_res!r} below log2(resolution) (TF then has no ToRGB/extraLayer, which the "
+                   "PyTorch generator always applies)")
+    if bad:
+        raise ck.CheckpointError(f"{source}: unsupported TensorFlow GANformer settings: {'; '.join(bad)}; "
+                                 f"supported: {SUPPORTED}")
+    top = [values[name] for name in ("z_dim", "c_dim", "w_dim", "k", "img_resolution", "img_channels")]
+    sizes = top + [values["synthesis.channel_base"], values["synthesis.channel_max"]]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in sizes):
+        raise ck.CheckpointError(f"{source}: the TensorFlow network's sizes (latent_size, label_size, dlatent_size, "
+                                 f"components_num, resolution, num_channels, fmap_base, fmap_max) must be integers; "
+                                 f"supported: {SUPPORTED}")
+    top[3] += 1  # TF counts the local components; the PyTorch k the global one too
+    mapping = {name[8:]: v for name, v in values.items() if name.startswith("mapping.")}
+    mapping.update(transformer=True, normalize_global=False, w_avg_beta=0.995)  # (TF always tracks w_avg)
+    synthesis = {name[10:]: v for name, v in values.items() if name.startswith("synthesis.")}
+    synthesis = {name: v for name, v in synthesis.items() if v is not None or name == "norm"}
+    synthesis["channel_base"] = synthesis["channel_base"] * 2  # TF: base / 2^(log2(res) - 1) channels: 2 base / res
+    try:
+        return GANformerConfig(*top, mapping_kwargs=mapping, synthesis_kwargs=synthesis)
+    except ValueError as e:
+        raise ck.CheckpointError(f"{source}: {e}; supported: {SUPPORTED}") from None
+
+
+def _tf_source(key: str, config: GANformerConfig) -> tuple[str | None, Any] | None:
+    """Our parameter `key` -> (the TF variable holding it, how to turn it into ours); None for buffers the config
+    computes (FIR kernels, grid encodings); (None, None) for a parameter these settings never read and TF does not
+    create (the latent-position maps without use_pos): zeros. TF keeps dense weights (in, out), conv weights
+    (kh, kw, in, out), modulation biases without their +1, the const with a leading 1; its upsampling convolutions
+    are transposed ones, so their kernels are flipped."""
+    import re
+
+    dense = lambda a: a.T  # noqa: E731
+    conv = lambda a: a.transpose(3, 2, 0, 1)  # noqa: E731
+    flipped = lambda a: a[::-1, ::-1].transpose(3, 2, 0, 1)  # noqa: E731
+    same = lambda a: a  # noqa: E731
+    if key.endswith(("resample_kernel", "grid_pos")):
+        return None
+    if key in ("pos", "mapping.w_avg", "synthesis.b4.const"):
+        return {"pos": ("ltnt_emb/emb", same), "mapping.w_avg": ("dlatent_avg", same),
+                "synthesis.b4.const": ("synthesis/4x4/Const/const", lambda a: a[0])}[key]
+    use_pos = config.synthesis_kwargs.get("use_pos", False)  # (one TF setting for mapping and synthesis)
+    m = re.fullmatch(r"mapping\.(global_mlp|mlp)\.(?:l(\d+)\.fc([01])|out_layer)\.(weight|bias)", key)
+    if m:  # TF: residual layer i = Dense{i}_0, Dense{i}_1; then Dense{n/2 - 1} (named after the last residual one)
+        dense_scope = f"Dense{m[2]}_{m[3]}" if m[2] else f"Dense{config.mapping_kwargs['num_layers'] // 2 - 1}"
+        scope = "mapping/" + ("global/" if m[1] == "global_mlp" else "") + dense_scope
+        return f"{scope}/{m[4]}", dense if m[4] == "weight" else same
+    m = re.fullmatch(r"mapping\.mlp\.sa(\d+)\.(.+)", key) or re.fullmatch(
+        r"synthesis\.b(\d+)\.conv[01]\.transformer\.(.+)", key)
+    if m:  # an attention layer: mapping/AttLayer_<i>/... or synthesis/<r>x<r>/<Conv>/AttLayer_l2n/...
+        layer, _, leaf = m[2].partition(".")
+        if key.startswith("mapping."):
+            scope, unread = f"mapping/AttLayer_{m[1]}", () if use_pos else ("from_pos_map", "to_pos_map")
+        else:
+            res = int(m[1])
+            conv_scope = "Conv0_up" if ".conv0." in key else ("Conv1" if res > 4 else "Conv")
+            scope, unread = f"synthesis/{res}x{res}/{conv_scope}/AttLayer_l2n", () if use_pos else ("to_pos_map",)
+        if layer in unread:
+            return None, None
+        if layer in _TF_ATTENTION:
+            return f"{scope}/{leaf}_{_TF_ATTENTION[layer]}", dense if leaf == "weight" else same
+        return f"{scope}/" + {"centroids": "toasgn_init", "att_weight": "iter_0/st_weights"}.get(layer, layer), same
+    m = re.fullmatch(r"synthesis\.b(\d+)\.(conv0|conv1|conv_last|torgb|skip)\.(.+)", key)
+    if not m:
+        return key, same  # not a parameter TF networks have: reported as missing
+    res, layer, name = int(m[1]), m[2], m[3]
+    scope = f"synthesis/{res}x{res}/" + {"conv0": "Conv0_up", "conv1": "Conv1" if res > 4 else "Conv",
+                                         "conv_last": "ToRGB/extraLayer", "torgb": "ToRGB", "skip": "Skip"}[layer]
+    if name == "noise_const":  # TF keeps the constant noise of layer i as synthesis/noise<i>, shape (1, 1, r, r)
+        index = 2 * int(math.log2(res)) - (5 if layer == "conv0" else 4)
+        return f"synthesis/noise{index}", lambda a: a[0, 0]
+    return {"weight": (f"{scope}/weight", flipped if layer in ("conv0", "skip") else conv),
+            "affine.weight": (f"{scope}/mod_weight", dense), "affine.bias": (f"{scope}/mod_bias", lambda a: a + 1),
+            "biasAct.bias": (f"{scope}/bias", same)}.get(name, (f"{scope}/{name}", same))  # noise_strength
+
+
+def _from_tf_network(net, source: str) -> tuple[GANformerConfig, dict[str, torch.Tensor]]:
+    """A TensorFlow GANformer generator record (`Gs`) -> our config and state dict (less the buffers the config
+    computes), as the reference's `pytorch_version/loader.py` converts it: the settings from `_tf_config`, every
+    parameter looked up by its TF name (`_tf_source`; a missing one named) and every TF variable accounted for.
+
+    Where that converter is wrong, the TF code (training/network.py, training/networks.py) decides:
+    - the last mapping layer is `Dense{n/2 - 1}` (loader.py reads `Dense3`, right for 8 mapping layers only);
+    - `conv_last` of the last block, whatever the resolution, is `<R>x<R>/ToRGB/extraLayer` (loader.py reads it for
+      256x256 only);
+    - without use_pos TF creates no `to_pos` (nor, in the mapping, `from_pos`) variables; the PyTorch layers exist but
+      are never called then, and are zero here (loader.py fails on their absence);
+    - settings absent from the pickle take TF's defaults (loader.py's end_res default is 8, TF's 20);
+    - refused (`_tf_config`), since no faithful conversion exists: labels (TF's label concatenation cannot be built,
+      and loader.py's embed with a zero bias is not TF's), iterative k-means (loader.py's duplicated
+      `queries2centroids` pattern matches no parameter, so TF's `key2` projection is never converted; nor is it
+      implemented here),
+      several k-means iterations (one TF st_weights per iteration), a plain or odd-depth mapping, mapping_dim,
+      progressive-growing `ToRGB_lod` layers (never built by GANformer's TF code; loader.py's handling of them
+      sets `kwargs.synthesis.kwargs`, which does not exist), and every TF option loader.py silently drops.
+    - TF normalises each local z on its own, the reference's PyTorch generator the k-1 together (as here): loaded as
+      the reference loads it, the two differ slightly unless the z's have equal norms.
+    The unused TF variables accepted are the noise inputs TF creates for every layer index whatever the settings
+    (`synthesis/noise<i>`, i < 2 log2(R) - 2: the last is read by no layer, none of them without local_noise).
+    TF's truncation_cutoff counts W rows from a row 0 no layer reads: cutoff c there is c - 1 here (but for the
+    last block's extra layer and ToRGB)."""
+    from .checkpoints import check_config_sizes, tf_tensors, tf_variables
+
+    config = _tf_config(net, source)
+    check_config_sizes(config, source)
+    variables = tf_variables(net)
+    if any("ToRGB_lod" in name for name in variables):
+        raise ck.CheckpointError(f"{source}: a progressive-growing network (ToRGB_lod layers), which GANformer's "
+                                 f"TensorFlow code never builds; supported: {SUPPORTED}")
+    try:
+        with torch.device("meta"):
+            expected = Generator(config).state_dict()
+    except (TypeError, ValueError) as e:
+        raise ck.CheckpointError(f"{source}: unsupported GANformer configuration ({e}); supported: {SUPPORTED}") \
+            from None
+    noise_inputs = {f"synthesis/noise{i}" for i in range(2 * int(math.log2(config.img_resolution)) - 2)}
+    tensors = tf_tensors(expected, variables, lambda key: _tf_source(key, config), source,
+                         "a GANformer of its settings", noise_inputs, SUPPORTED)
+    return config, tensors

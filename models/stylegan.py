@@ -491,7 +491,7 @@ def _from_tf_network(net, source: str) -> tuple[StyleGANConfig, dict[str, torch.
     filters, which the config makes), as NVIDIA's own port (stylegan2-ada-pytorch's legacy.py) converts it: its
     kwargs refused by name where we do not implement them, every parameter we need looked up by its TF name (a
     missing one named), and every TF variable accounted for."""
-    from .checkpoints import CheckpointError, check_config_sizes, tf_variables
+    from .checkpoints import CheckpointError, check_config_sizes, tf_tensors, tf_variables
 
     config = _tf_config(net, source)
     check_config_sizes(config, source)
@@ -501,31 +501,8 @@ def _from_tf_network(net, source: str) -> tuple[StyleGANConfig, dict[str, torch.
                               f"port does not convert either; supported: {SUPPORTED}")
     with torch.device("meta"):
         expected = build_generator(config, source).state_dict()
-    tensors, used, missing = {}, set(), []
-    for key, meta in expected.items():
-        found = _tf_source(key)
-        if found is None:
-            continue
-        tf_name, convert = found
-        if tf_name not in variables:
-            missing.append(tf_name)
-            continue
-        used.add(tf_name)
-        value = np.asarray(variables[tf_name])
-        try:
-            value = np.array(convert(value), dtype=np.float32, order="C")  # (keeps 0-d arrays 0-d)
-        except (IndexError, ValueError) as e:
-            raise CheckpointError(f"{source}: TensorFlow variable '{tf_name}' has shape {list(value.shape)}, which "
-                                  f"cannot hold '{key}' {list(meta.shape)} ({e})") from None
-        tensors[key] = torch.from_numpy(value)
-    if missing:
-        raise CheckpointError(f"{source}: the TensorFlow network lacks {len(missing)} variable(s) its settings need: "
-                              f"{', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}; supported: {SUPPORTED}")
-    extra = sorted(set(variables) - used - set(_TF_UNUSED_VARIABLES))
-    if extra:
-        raise CheckpointError(f"{source}: the TensorFlow network has variable(s) a {config.img_resolution}px "
-                              f"StyleGAN2 of its settings does not: {', '.join(extra[:6])}"
-                              f"{' ...' if len(extra) > 6 else ''}; supported: {SUPPORTED}")
+    tensors = tf_tensors(expected, variables, _tf_source, source, f"a {config.img_resolution}px StyleGAN2 of its "
+                         "settings", _TF_UNUSED_VARIABLES, SUPPORTED)
     return config, tensors
 
 

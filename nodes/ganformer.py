@@ -152,8 +152,9 @@ class GANformerLoader(io.ComfyNode):
             display_name="DiffuGAN GANformer Loader",
             category="DiffuGAN/GANformer",
             description=("Loads a GANformer generator from models/ganformer: a training snapshot of "
-                         "dorarad/gansformer's PyTorch version (network-snapshot-*.pkl; read without executing the "
-                         "code it carries; its EMA generator Gs is used, or G in a snapshot without one)."),
+                         "dorarad/gansformer's PyTorch version (network-snapshot-*.pkl; its EMA generator Gs is used, "
+                         "or G in a snapshot without one) or one of its TensorFlow network pickles (Gs, converted on "
+                         "load); read without executing the code either carries."),
             inputs=[io.Combo.Input("ckpt_name", options=folder_paths.get_filename_list(FOLDER),
                                    tooltip="A file in ComfyUI/models/ganformer")],
             outputs=[GANformerType.Output(display_name="ganformer")],

@@ -1,10 +1,12 @@
 """GANformer (models/ganformer.py): parity with dorarad/gansformer's own PyTorch code on small deterministic-weight
 snapshots (devkit/ganformer_parity.py ran that code to store its outputs, and the layout of a snapshot its training
-code wrote: ganformer_reference_layout.json), strict and safe loading of its snapshots, and the attention masks."""
+code wrote: ganformer_reference_layout.json), strict and safe loading of its snapshots, and the attention masks;
+and its TensorFlow pickles: parity with its own converter (devkit/ganformer_tf_parity.py), strict and safe loading."""
 import json
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -232,3 +234,122 @@ def test_a_dropout_record_accepts_only_a_state_dictionary(tmp_path):
     path.write_bytes(b"\x80\x04ctorch.nn.modules.dropout\nDropout\n)\x81]b.")
     with pytest.raises(ck.CheckpointError, match="odd_dropout.pkl: .*Dropout module whose state is not a dictionary"):
         ck.load_nvidia_pickle(path)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# TensorFlow pickles (G, D, Gs): parity with the reference's own conversion (pytorch_version/loader.py), whose
+# outputs devkit/ganformer_tf_parity.py stored beside the TF variables they were computed from
+# --------------------------------------------------------------------------------------------------------------
+from devkit import ganformer_tf_parity as tf_parity  # noqa: E402
+
+
+@pytest.mark.parametrize("name", sorted(tf_parity.CONFIGS))
+def test_tensorflow_pickle_matches_the_references_conversion(tmp_path, name):
+    kw, variables, expected = tf_parity.fixture(name)
+    sentinel = tmp_path / "ran"
+    path = tf_parity.tf_pickle(kw, variables, tmp_path / f"{name}.pkl",
+                               build_module_src=f"open({str(sentinel)!r}, 'w').write('x')\n")
+    G = gf.load_ganformer(path)
+    assert not sentinel.exists()  # the networks' build source is dropped unread
+    assert (G.k, G.img_resolution, G.c_dim) == (kw["components_num"] + 1, kw["resolution"], 0)
+    got = tf_parity.outputs(G, kw)
+    assert got.keys() == expected.keys()
+    for key, want in expected.items():  # (seen: ws exact, attention <= 1e-6, images <= 8e-6 at |img| <= 14)
+        torch.testing.assert_close(got[key], want, atol=2e-5, rtol=1e-5, msg=f"{name}: {key}")
+    if not kw.get("use_pos"):  # the latent-position maps TF never creates without use_pos: zero, and never read
+        pos_maps = [v for k, v in G.state_dict().items() if k.endswith(("to_pos_map.weight", "sa0.from_pos_map.bias"))]
+        assert pos_maps and all(not v.any() for v in pos_maps)
+
+
+def _tf_file(tmp_path, name="duplex", kw_update=None, edit=None, drop=()):
+    kw, variables, _ = tf_parity.fixture(name)
+    kw = {k: v for k, v in {**kw, **(kw_update or {})}.items() if k not in drop}
+    if edit:
+        edit(variables)
+    return tf_parity.tf_pickle(kw, variables, tmp_path / "tf.pkl")
+
+
+@pytest.mark.parametrize("update,match", [
+    ({"local_atention": 3}, r"local_atention \(unknown setting\)"),
+    ({"integration": "both"}, r"integration='both' \(supported: 'add', 'mul'"),
+    ({"label_size": 3}, r"label_size=3 .*no conditional TF GANformer can be built"),
+    ({"mapping_resnet": False}, r"mapping_resnet=False .*one layer fewer"),
+    ({"mapping_layersnum": 7}, r"mapping_layersnum / mapping_num_layers=7 .*only even counts"),
+    ({"latent_size": 8}, r"latent_size / z_dim=8 with dlatent_size / w_dim=16"),
+    ({"fmap_base": None}, r"sizes .* must be integers"),
+    ({"kmeans_iters": 2}, r"kmeans_iters=2 with kmeans"),
+    ({"mapping_dim": 32}, r"mapping_dim=32 .*map_start"),
+    ({"transformer": False}, r"transformer=False .*StyleGAN2 baseline"),
+    ({"iterative": True}, r"iterative=True"),
+    ({"end_res": 3}, r"end_res=3 below log2\(resolution\)"),
+    ({"fmap_decay": 0.5}, r"fmap_decay=0.5"),
+    ({"pos_type": "trainable"}, r"pos_type='trainable'"),
+    ({"fmap_max": 1 << 30}, "implausible"),
+])
+def test_tensorflow_pickle_with_unsupported_settings_is_refused_by_name(tmp_path, update, match):
+    with pytest.raises(ck.CheckpointError, match=rf"tf\.pkl: .*{match}"):
+        gf.load_ganformer(_tf_file(tmp_path, kw_update=update))
+
+
+def test_tensorflow_pickles_of_other_networks_are_refused_with_a_hint(tmp_path):
+    from devkit import tf_stylegan_parity
+    from devkit.persistence_pickle import TFNetwork, dump
+    from diffugan.models import stylegan as sg
+
+    kw, variables, _ = tf_stylegan_parity.fixture("skip")
+    path = tf_stylegan_parity.tf_pickle(kw, variables, tmp_path / "stylegan2-tf.pkl")
+    with pytest.raises(ck.CheckpointError, match=r"stylegan2-tf\.pkl: .*no components_num.*use the StyleGAN loader"):
+        gf.load_ganformer(path)
+    with pytest.raises(ck.CheckpointError, match=r"tf\.pkl: .*components_num"):  # and the other way round
+        sg.load_stylegan(_tf_file(tmp_path))
+    kw, variables, _ = tf_parity.fixture("duplex")
+    old = TFNetwork("G", kw, variables["G"], version=3)
+    dump((old, old, old), tmp_path / "v3.pkl")
+    with pytest.raises(ck.CheckpointError, match=r"v3\.pkl: .*format version 3"):
+        gf.load_ganformer(tmp_path / "v3.pkl")
+
+
+def test_tensorflow_pickle_missing_or_extra_variables_are_named(tmp_path):
+    attention = "16x16/Conv1/AttLayer_l2n/iter_0/st_weights"
+    with pytest.raises(ck.CheckpointError, match=rf"tf\.pkl: .*lacks 1 variable.*synthesis/{attention}"):
+        gf.load_ganformer(_tf_file(tmp_path, edit=lambda v: v["synthesis"].pop(attention)))
+    def two(v):
+        del v["mapping"]["global/Dense3/weight"], v["G"]["ltnt_emb/emb"]
+    with pytest.raises(ck.CheckpointError, match=r"lacks 2 variable.*(ltnt_emb/emb|mapping/global/Dense3/weight)"):
+        gf.load_ganformer(_tf_file(tmp_path, edit=two))
+    for extra in ("extra", "noise99", "16x16/Conv1/AttLayer_l2n/iter_1/st_weights"):
+        def add(v, extra=extra):
+            v["synthesis"][extra] = np.zeros(3, np.float32)
+        with pytest.raises(ck.CheckpointError, match=rf"tf\.pkl: .*variable\(s\) a GANformer .* does not: "
+                                                     rf"synthesis/{extra}"):
+            gf.load_ganformer(_tf_file(tmp_path, edit=add))
+    lod = lambda v: v["synthesis"].update({"ToRGB_lod0/weight": np.zeros((1, 1, 8, 3), np.float32)})  # noqa: E731
+    with pytest.raises(ck.CheckpointError, match=r"progressive-growing network \(ToRGB_lod layers\)"):
+        gf.load_ganformer(_tf_file(tmp_path, edit=lod))
+    # the noise input TF creates for a layer index no layer has (and, without local_noise, all of them): accepted
+    # when present (the fixtures have them), and not needed
+    gf.load_ganformer(_tf_file(tmp_path, edit=lambda v: v["synthesis"].pop("noise5")))
+
+
+def test_tensorflow_pickle_wrong_shapes_name_the_key(tmp_path):
+    def edit(v):
+        v["synthesis"]["8x8/Conv1/weight"] = np.zeros((3, 3, 7, 16), np.float32)
+    with pytest.raises(ck.CheckpointError, match=r"tf\.pkl: weights do not fit .*synthesis\.b8\.conv1\.weight: "
+                                                 r"expected \(16, 16, 3, 3\), found \(16, 7, 3, 3\)"):
+        gf.load_ganformer(_tf_file(tmp_path, edit=edit))
+
+    def flat(v):
+        v["synthesis"]["noise0"] = np.zeros(5, np.float32)
+    with pytest.raises(ck.CheckpointError, match=r"tf\.pkl: TensorFlow variable 'synthesis/noise0' has shape \[5\], "
+                                                 r"which cannot hold 'synthesis\.b4\.conv1\.noise_const'"):
+        gf.load_ganformer(_tf_file(tmp_path, edit=flat))
+
+
+def test_tensorflow_network_with_a_payload_in_its_variables_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    kw, variables, _ = tf_parity.fixture("duplex")
+    variables["synthesis"]["8x8/Conv1/AttLayer_l2n/toasgn_init"] = _Payload(marker)
+    path = tf_parity.tf_pickle(kw, variables, tmp_path / "evil.pkl")
+    with pytest.raises(ck.UnsafePickleError, match=r"evil\.pkl: refused to load: .* asks for '(posix|os)\.system'"):
+        gf.load_ganformer(path)
+    assert not marker.exists()
