@@ -14,7 +14,9 @@ refiners of the same drafts, and the FiLM UNet's DDIM step trade-off; everything
    and both again at each of the --sweep strengths (how the trade-off between change and fidelity moves)
    on two kinds of drafts: the zoo StyleGAN's drafts of --captions held-out captions (one per caption, upsampled
    bicubic as the workflows' ImageScale does) and --captions degraded held-out images (down to --degrade-px and
-   back up), each refined with its own caption.
+   back up), each refined with its own caption. Each result (and the VAE round trip) also through DiffuGAN Keep
+   Coarse (`<row>_keep_coarse`): the input's content at its real resolution (the StyleGAN's size; --degrade-px)
+   put back, only the finer detail taken from the refiner.
    Figures (scripts/eval_zoo_pipeline.py's): zoo-CLIP score with each image's own caption, Fréchet distance of
    zoo-CLIP image features to all held-out images, detail ratio (high-frequency energy over that of the held-out
    images); for the degraded images PSNR and SSIM to the clean originals. The draft and its VAE round trip as the
@@ -108,7 +110,7 @@ def run(args) -> dict:
 
     from devkit.drawn import coarsen
     from diffugan.models import clip_style as cs
-    from diffugan.models import dit, film_unet, taesd
+    from diffugan.models import dit, film_unet, region, taesd
     from diffugan.models import stylegan as sg
 
     dit_nodes = comfy_runtime()
@@ -132,7 +134,7 @@ def run(args) -> dict:
               "unet": Sampler(unet_nodes.film_unet_to_comfy_model(unet), unet_conditioning, "ddim", args.cfg)}
     import comfy.sample
 
-    def refine(images: torch.Tensor, equal_steps: int | None, strength: float) -> dict:
+    def refine(images: torch.Tensor, equal_steps: int | None, strength: float, coarse_px: int) -> dict:
         """-> {stage: (decoded images, wall seconds)} for the input, its VAE round trip and each refiner (the UNet
         also at the DiT's wall time, given `equal_steps`)."""
         lat = torch.cat([vae.encode(images[i:i + 32] * 2 - 1) for i in range(0, len(images), 32)])  # as VAEEncode
@@ -148,6 +150,8 @@ def run(args) -> dict:
         for name, model, sigmas in jobs:
             res, wall = model(lat, noise, style, sigmas, args.batch)
             out[name] = (decode(vae, res), wall)
+        for name in ("vae", "dit", "unet"):  # DiffuGAN Keep Coarse: the input's content at its own resolution back
+            out[f"{name}_keep_coarse"] = (region.keep_coarse(out[name][0], images, coarse_px), out[name][1])
         out["sigma_start"] = {"dit": float(dit_sigmas[0]),
                               "unet": float(models["unet"].sigmas(args.steps, strength, "ddim_uniform")[0])}
         return out
@@ -174,44 +178,45 @@ def run(args) -> dict:
         equal_steps = max(1, round(args.steps * walls["dit"] / walls["unet"]))
         results: dict = {}
         sheets = []
+        px = {"stylegan": G.img_resolution, "degraded": args.degrade_px}  # what each kind of input really holds
         for kind, images in (("stylegan", draft), ("degraded", degraded)):
-            stages = refine(images, equal_steps, args.strength)
+            stages = refine(images, equal_steps, args.strength, px[kind])
             results[kind] = figures(kind, stages)
-            sheets.append(torch.cat([stages[k][0][:8] for k in ("input", "dit", "unet")]))
+            sheets.append(torch.cat([stages[k][0][:8] for k in ("input", "dit", "dit_keep_coarse", "unet")]))
         results["unet_equal_wall_steps"] = equal_steps
         results["strength_sweep"] = {}
         for strength in args.sweep:  # both refiners at other strengths, the same drafts and noise
             print(f"strength {strength}:", flush=True)
             results["strength_sweep"][str(strength)] = {
-                kind: figures(kind, refine(images, None, strength))
+                kind: figures(kind, refine(images, None, strength, px[kind]))
                 for kind, images in (("stylegan", draft), ("degraded", degraded))}
-        # text -> image from noise
-        lat = torch.zeros(len(style), 4, size // 8, size // 8)
-        noise = comfy.sample.prepare_noise(lat, args.seed)
-        t2i = {}
-        m = models["unet"]
-        ref, ref_wall = m(lat, noise, style, m.sigmas(args.ref_steps, 1.0, "ddim_uniform"), args.batch)
-        ref_pix = decode(vae, ref)
-        for steps in args.ddim_steps:
-            res, wall = m(lat, noise, style, m.sigmas(steps, 1.0, "ddim_uniform"), args.batch)
+        if not args.skip_text_to_image:  # text -> image from noise
+            lat = torch.zeros(len(style), 4, size // 8, size // 8)
+            noise = comfy.sample.prepare_noise(lat, args.seed)
+            t2i = {}
+            m = models["unet"]
+            ref, ref_wall = m(lat, noise, style, m.sigmas(args.ref_steps, 1.0, "ddim_uniform"), args.batch)
+            ref_pix = decode(vae, ref)
+            for steps in args.ddim_steps:
+                res, wall = m(lat, noise, style, m.sigmas(steps, 1.0, "ddim_uniform"), args.batch)
+                pix = decode(vae, res)
+                t2i[f"unet_ddim_{steps}"] = {"steps": steps, "seconds_per_image": wall / len(lat),
+                                             "psnr_to_reference_db": ezp.psnr(pix, ref_pix),
+                                             **judge(clip, data, pix, style, detail_real)}
+                if steps == args.ddim_steps[0]:
+                    sheets.append(pix[:8])
+            t2i[f"unet_ddim_{args.ref_steps}"] = {"steps": args.ref_steps, "seconds_per_image": ref_wall / len(lat),
+                                                  **judge(clip, data, ref_pix, style, detail_real)}
+            d = models["dit"]
+            res, wall = d(lat, noise, style, d.sigmas(args.steps, 1.0), args.batch)
             pix = decode(vae, res)
-            t2i[f"unet_ddim_{steps}"] = {"steps": steps, "seconds_per_image": wall / len(lat),
-                                         "psnr_to_reference_db": ezp.psnr(pix, ref_pix),
-                                         **judge(clip, data, pix, style, detail_real)}
-            if steps == args.ddim_steps[0]:
-                sheets.append(pix[:8])
-        t2i[f"unet_ddim_{args.ref_steps}"] = {"steps": args.ref_steps, "seconds_per_image": ref_wall / len(lat),
-                                              **judge(clip, data, ref_pix, style, detail_real)}
-        d = models["dit"]
-        res, wall = d(lat, noise, style, d.sigmas(args.steps, 1.0), args.batch)
-        pix = decode(vae, res)
-        t2i[f"dit_euler_{args.steps}"] = {"steps": args.steps, "seconds_per_image": wall / len(lat),
-                                          **judge(clip, data, pix, style, detail_real)}
-        sheets += [ref_pix[:8], pix[:8]]
-        for name, r in t2i.items():
-            print(f"text->image {name:14s} " + "  ".join(f"{k} {v:.4g}" for k, v in r.items()
-                                                          if not k.startswith("real")), flush=True)
-        results["text_to_image"] = t2i
+            t2i[f"dit_euler_{args.steps}"] = {"steps": args.steps, "seconds_per_image": wall / len(lat),
+                                              **judge(clip, data, pix, style, detail_real)}
+            sheets += [ref_pix[:8], pix[:8]]
+            for name, r in t2i.items():
+                print(f"text->image {name:14s} " + "  ".join(f"{k} {v:.4g}" for k, v in r.items()
+                                                              if not k.startswith("real")), flush=True)
+            results["text_to_image"] = t2i
     if args.out:
         tzc.save_grid(torch.cat(sheets), args.out.with_suffix(".png"))
     return {"benchmark": "the zoo DiT and the zoo FiLM UNet as refiners of the same drafts, and text -> image",
@@ -220,9 +225,9 @@ def run(args) -> dict:
             "dit_tokens": (net.config.input_size // net.config.patch_size) ** 2,
             "params": {"dit": sum(p.numel() for p in net.parameters()),
                        "unet": sum(p.numel() for p in unet.parameters())},
-            "sheet_rows": ["stylegan: draft, dit, unet", "degraded: input, dit, unet",
-                           f"unet ddim {args.ddim_steps[0]}", f"unet ddim {args.ref_steps}",
-                           f"dit euler {args.steps}"],
+            "sheet_rows": ["stylegan: draft, dit, dit_keep_coarse, unet", "degraded: input, dit, dit_keep_coarse, unet"]
+            + ([] if args.skip_text_to_image else [f"unet ddim {args.ddim_steps[0]}", f"unet ddim {args.ref_steps}",
+                                                   f"dit euler {args.steps}"]),
             **results}
 
 
@@ -245,6 +250,7 @@ def main(argv=None) -> None:
                     help="other strengths to refine at (both refiners, --steps steps)")
     ap.add_argument("--ddim-steps", type=lambda s: [int(v) for v in s.split(",")], default=[10, 20, 50])
     ap.add_argument("--ref-steps", type=int, default=100)
+    ap.add_argument("--skip-text-to-image", action="store_true", help="only the refinement part (1.)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "refiners_zoo.json")
     args = ap.parse_args(argv)

@@ -10,6 +10,9 @@ One refinement run (`RegionRefinement`) is built from
 - forecasts between a token's evaluations (`TokenForecast`): its clean-latent prediction x0 and, as attention
   context for the others, its keys and values, linear in sigma from its last two evaluations.
 
+Non-destructive refinement (`keep_coarse`): a refined image with the coarse content (colours, layout) of its
+draft or input put back, so only the detail finer than the input's own resolution comes from the refiner.
+
 The network itself is models/dit.py; the FLOP counts models/flops.py. The ComfyUI side (a sampler that creates a
 RegionRefinement when sampling starts and drops it when it ends) is nodes/dit.py.
 """
@@ -339,3 +342,19 @@ class RegionRefinement:
         return (f"{self.total_steps} steps, {100 * self.evaluated_tokens / max(self.total_tokens, 1):.1f}% of token "
                 f"evaluations, transformer FLOPs {self.flops:.3g} of {self.dense_flops:.3g} dense "
                 f"({self.dense_flops / max(self.flops, 1):.2f}x fewer)")
+
+
+def coarse(x: torch.Tensor, px: int) -> torch.Tensor:
+    """What an image holds at `px` pixels a side: down to px (antialiased bilinear) and back up (bicubic)."""
+    small = F.interpolate(x, size=(px, px), mode="bilinear", antialias=True, align_corners=False)
+    return F.interpolate(small, size=x.shape[-2:], mode="bicubic", align_corners=False)
+
+
+def keep_coarse(image: torch.Tensor, reference: torch.Tensor, px: int) -> torch.Tensor:
+    """`image` (N, C, H, W, in 0..1) with the coarse content of `reference` (its own size, batch N or 1): the
+    reference's content at `px` pixels a side plus the image's detail above it (image - coarse(image)), clamped.
+    With px the reference's real resolution (a 64 px draft, a 48 px upscale), the result keeps everything the
+    reference knew and takes from the image only what the reference could not hold."""
+    if reference.shape[-2:] != image.shape[-2:]:
+        reference = F.interpolate(reference, size=image.shape[-2:], mode="bicubic", align_corners=False)
+    return (coarse(reference, px) + image - coarse(image, px)).clamp(0, 1)

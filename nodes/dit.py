@@ -28,8 +28,8 @@ from comfy_api.latest import io, ui
 
 from ..models import dit as dit_model
 from ..models import region
-from ._common import (StyleType, check_style, load_model_file, mask_to_n1hw, missing_model_message, node_errors,
-                      register_model_folder)
+from ._common import (StyleType, check_style, image_to_nchw, load_model_file, mask_to_n1hw, missing_model_message,
+                      nchw_to_image, node_errors, register_model_folder)
 from ._ui import colorize
 
 FOLDER = "dit"
@@ -485,4 +485,41 @@ def _with_step_map(cls, latent: dict, step_map: torch.Tensor | None) -> io.NodeO
     return io.NodeOutput(latent, ui=ui.PreviewImage(step_map, cls=cls))
 
 
-NODES = [DiTLoader, DiTConditioning, RegionSampler, DiTRefine, DiTRefineAdvanced]
+class KeepCoarse(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DiffuGANKeepCoarse",
+            display_name="DiffuGAN Keep Coarse",
+            category="DiffuGAN/DiT",
+            description=("Non-destructive refinement: the refined image with the coarse content (colours, layout) of "
+                         "its draft or input put back, so only the detail finer than the reference's own resolution "
+                         "comes from the refiner: reference at coarse_px + (image − image at coarse_px). Use it after "
+                         "decoding a refinement to stop colour drift, or to restore a blurry or upscaled picture "
+                         "without losing what it shows."),
+            inputs=[
+                io.Image.Input("image", tooltip="The refined image (e.g. VAE Decode of DiT Refine)."),
+                io.Image.Input("reference", tooltip="The draft or input whose coarse content to keep (resized to "
+                                                    "the image's size if it differs; one image or one per image)."),
+                io.Int.Input("coarse_px", default=64, min=1, max=8192,
+                             tooltip="The reference's real resolution, in pixels a side: the scale below which "
+                                     "its content is kept (64 for a 64 px GAN draft, the small side of an "
+                                     "upscaled picture). Higher keeps more of the reference."),
+            ],
+            outputs=[io.Image.Output(display_name="image")],
+        )
+
+    @classmethod
+    def execute(cls, image, reference, coarse_px) -> io.NodeOutput:
+        with node_errors("DiffuGAN Keep Coarse"):
+            x, ref = image_to_nchw(image, "image"), image_to_nchw(reference, "reference")
+            if ref.shape[0] not in (1, x.shape[0]):
+                raise ValueError(f"'reference' has batch {ref.shape[0]} but 'image' has batch {x.shape[0]}; give one "
+                                 "reference per image or a single one")
+            if coarse_px > min(x.shape[-2:]):
+                raise ValueError(f"'coarse_px' ({coarse_px}) is above the image's size {x.shape[-1]}x{x.shape[-2]}: "
+                                 "it would keep the reference whole; use at most the image's smaller side")
+            return io.NodeOutput(nchw_to_image(region.keep_coarse(x, ref, coarse_px)))
+
+
+NODES = [DiTLoader, DiTConditioning, RegionSampler, DiTRefine, DiTRefineAdvanced, KeepCoarse]

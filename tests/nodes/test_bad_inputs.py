@@ -101,6 +101,7 @@ def _nodes(zoo) -> dict[str, tuple[dict, list[str], list[str]]]:
         "DiffuGANControlNetApply": (control, ["image"], ["importance"]),
         "DiffuGANRegionSampler": (dict(importance=mask, min_steps=0, border=0, dense_every=0), [], ["importance"]),
         "DiffuGANDiTRefine": (refine, [], ["importance"]),
+        "DiffuGANKeepCoarse": (dict(image=image, reference=image, coarse_px=1), ["image", "reference"], []),
     }
 
 

@@ -137,3 +137,27 @@ def test_style_conditioning_reaches_a_dit_trained_with_it(comfy, run_node, model
     with pytest.raises(ValueError, match=r"encoded by CLIP DiffuGAN-CLIP-Demo #1, but this DiT was trained on the "
                                          r"embeddings of CLIP DiffuGAN-CLIP-Emoji #0"):
         _sample(comfy, styled_model, pos_other, neg, cfg=2.0)
+
+
+def test_keep_coarse_puts_the_references_coarse_content_back_and_keeps_the_images_detail(run_node):
+    from diffugan.models import region
+
+    g = torch.Generator().manual_seed(0)
+    sharp = torch.rand(2, 64, 64, 3, generator=g)  # (IMAGE layout)
+    reference = region.coarse(sharp.movedim(-1, 1), 16).clamp(0, 1).movedim(1, -1)  # what a 16 px upscale shows
+    refined = (sharp + 0.3).clamp(0, 1)  # the right detail, the colours drifted
+    out = run_node("DiffuGANKeepCoarse", image=refined, reference=reference, coarse_px=16).args[0]
+    assert out.shape == refined.shape and out.min() >= 0 and out.max() <= 1
+    err = lambda x: (x - sharp).square().mean()  # noqa: E731
+    assert err(out) < 0.3 * err(refined) and err(out) < 0.5 * err(reference)
+    # its coarse content is the reference's, its detail the image's
+    low = lambda x: region.coarse(x.movedim(-1, 1), 16)  # noqa: E731
+    unclamped = region.coarse(reference.movedim(-1, 1), 16) + refined.movedim(-1, 1) - low(refined)
+    torch.testing.assert_close(out.movedim(-1, 1), unclamped.clamp(0, 1))
+    # one reference for a batch, of another size; a reference of another batch and a too-large scale are refused
+    small = reference[:1, ::2, ::2]
+    assert run_node("DiffuGANKeepCoarse", image=refined, reference=small, coarse_px=16).args[0].shape == refined.shape
+    with pytest.raises(ValueError, match="'reference' has batch 3 but 'image' has batch 2"):
+        run_node("DiffuGANKeepCoarse", image=refined, reference=torch.rand(3, 8, 8, 3), coarse_px=4)
+    with pytest.raises(ValueError, match="'coarse_px' \\(65\\) is above the image's size 64x64"):
+        run_node("DiffuGANKeepCoarse", image=refined, reference=reference, coarse_px=65)
