@@ -10,7 +10,8 @@ refiner, an importance scorer and a ViT ControlNet, trained on the emoji set), w
 pack copies into ComfyUI's input folder. For each of a few prompts (PROMPTS), text_to_image_hybrid draws StyleGAN
 drafts steered by the prompt, scores where detail matters with the learned scorer (plus a clicked point), steers
 the refiner with the ViT ControlNet on the draft's own edges and refines region-adaptively with the same prompt;
-text_to_image_dit makes its draft with 12 DiT steps instead. The others run once: refine_any_image (a coarse
+text_to_image_dit makes its draft with 12 DiT steps instead; ganformer_draft_dit_refine draws GANformer drafts and
+refines where its components meet (the 256 px wing). The others run once: refine_any_image (a coarse
 drawn smiley, refined with region-adaptive steps), sketch_controlnet_refine (the same, steered to the edges of a
 drawn sketch), user_emphasis (emphasis painted in the mask editor and clicked), style_from_reference_image (a
 reference picture as the style), stylegan_style_mixing, and the zoo FiLM UNet's two (text -> image with DDIM, and
@@ -113,7 +114,8 @@ def run_workflow(server: ComfyServer, name: str, prompt: dict, out: Path, what: 
 
 # Workflows run once per prompt: workflow -> (node, input, prompts)
 TEXTS = ["red heart", "grinning face", "flag of japan", "a noto emoji of a cat", "pizza", "rocket"]
-PROMPTS = {"text_to_image_hybrid": ("2", "text", TEXTS), "text_to_image_dit": ("2", "text", TEXTS)}
+PROMPTS = {"text_to_image_hybrid": ("2", "text", TEXTS), "text_to_image_dit": ("2", "text", TEXTS),
+           "ganformer_draft_dit_refine": ("2", "text", TEXTS)}
 
 
 def main() -> None:

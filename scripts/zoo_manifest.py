@@ -153,8 +153,10 @@ LIMITS_PIPELINE = ("the refiner lowers the Fréchet distance but does not sharpe
                    "shading with the flat, blotchy texture of its own samples and can lose small features "
                    "(see the sheet).")
 LIMITS_GANFORMER = ("a CPU-sized GAN run, younger than the zoo StyleGAN: its drafts are blobs in the prompt's colours "
-                    "and rough shape; what it adds is its attention, a segmentation of each draft into the regions its "
-                    "components draw.")
+                    "and rough shape, and its attention is still diffuse (the ownership map is nearly flat), so as an "
+                    "importance map it does not yet say where the refiner changes a draft (Spearman about 0, against "
+                    "0.4–0.5 for the scorers): in its workflow it shows the mechanism, the analytic or learned scorer "
+                    "is the better importance for now. Its run goes on.")
 LIMITS_CLIP = ("its images are 64 px emoji only, not the world: a prompt far from every emoji name lands near "
                "whichever emoji sounds closest. Its image tower over-fits the 3,442 training images (compare the "
                "training and held-out retrieval above); the pretrained text tower is what carries it to unseen "
@@ -372,8 +374,9 @@ def card_ganformer(name: str, log: dict) -> str:
         f"`scripts/train_zoo_ganformer.py` on the {log['train_images']} training images exactly as the zoo StyleGAN "
         f"(its discriminator, {log['d_params'] / 1e6:.2f} M parameters, not shipped; losses, DiffAugment, R1, EMA): "
         f"{log['steps_done']} steps, batch {s['batch']} ({log['steps_done'] * int(s['batch']) / 1000:.0f} k images "
-        f"shown), lr {s['lr']}, seed {s['seed']}. A snapshot in the reference's pickle layout (`Gs`, the EMA), read "
-        "by the GANformer Loader without running code.",
+        f"shown), lr {s['lr']}, seed {s['seed']}, {log['curve'][-1]['sec'] / 3600:.1f} h on one CPU thread (beside "
+        "other runs). A snapshot in the reference's pickle layout (`Gs`, the EMA), read by the GANformer Loader "
+        "without running code.",
         f"- text → image on the {f['captions']} held-out captions, judged by the zoo CLIP: CLIP score "
         f"**{f['prompt_clip_score']:.3f} with the prompt** vs {f['unconditional_clip_score']:.3f} unprompted (real "
         f"held-out images: {f['real_clip_score']:.3f}; step {first['step']}: {first['prompt_clip_score']:.3f})",
@@ -417,9 +420,11 @@ def main() -> None:
     (ZOO / "manifest.json").write_text(json.dumps({"files": files}, indent=1) + "\n")
     head = ["# DiffuGAN demo model zoo", "",
             "Small models trained by this repository's scripts on a real open data set, so the pack works before you "
-            "download any large checkpoint. They are demonstrations, CPU-sized training: the models the shipped "
+            "download any large checkpoint. They are demonstrations, CPU-sized training: the models most shipped "
             "workflows use work at 128 px and were trained on an earlier set of 64 px emoji bitmaps in two styles; "
-            "the `-256` files, on the set below, at 256 px, are their successors in training. The nodes "
+            "the `-256` files, on the set below, at 256 px, are their successors in training (the GANformer "
+            "workflow and the FiLM UNet's already use them), and the GANformer and FiLM UNet were trained on that "
+            "set. The nodes "
             "find them by default (each `zoo/<folder>/` is searched after your own `models/<folder>/`). "
             "`manifest.json` lists sizes and sha256; `python scripts/zoo_manifest.py` rewrites it and these cards "
             "from the training logs (`<model>.json`).", ""]

@@ -20,7 +20,7 @@ BY_FOLDER = {f["folder"]: ZOO / f["path"] for f in MANIFEST if "-256" not in f["
 
 
 def test_manifest_matches_the_files():
-    on_disk = sorted(p.relative_to(ZOO).as_posix() for p in ZOO.glob("*/*.safetensors"))
+    on_disk = sorted(p.relative_to(ZOO).as_posix() for p in [*ZOO.glob("*/*.safetensors"), *ZOO.glob("*/*.pkl")])
     assert sorted(f["path"] for f in MANIFEST) == on_disk
     for f in MANIFEST:
         data = (ZOO / f["path"]).read_bytes()
@@ -139,3 +139,23 @@ def test_zoo_clip_loads_with_its_locked_tower_and_knows_a_face_from_objects():
     with torch.no_grad():
         sim = clip.encode_images(images) @ clip.encode_texts(faces + things).T
     assert float(sim[:, :2].min()) > float(sim[:, 2:].max()) + 0.05, sim
+
+
+def test_zoo_ganformer_snapshot_loads_follows_the_prompt_and_splits_drafts_among_its_components():
+    """The shipped GANformer, a snapshot in dorarad/gansformer's layout read safely (its EMA): it records its CLIP,
+    its 64 px drafts change with the prompt, and its attention gives every pixel to its k-1 local components."""
+    from diffugan.models import clip_style as cs
+    from diffugan.models import ganformer as gf
+
+    G = gf.load_ganformer(ZOO / "ganformer" / "diffugan-emoji-ganformer.pkl")
+    clip = cs.load_clip(BY_FOLDER["clip_style"])
+    assert G.style_clip == clip.identity and G.img_resolution == 64 and G.c_dim == clip.embed_dim
+    with torch.no_grad():
+        c = clip.encode_texts(["red heart", "grinning face", "green apple"])
+        z = torch.randn(1, G.k, G.z_dim, generator=torch.Generator().manual_seed(0)).expand(3, -1, -1)
+        img, att = G.synthesis(G.mapping(z, c, G.pos), G.pos, noise_mode="const", return_attention=True)
+    assert img.shape == (3, 3, 64, 64) and torch.isfinite(img).all()
+    assert float((img[0] - img[1]).abs().mean()) > 0.05  # the same z, another prompt: another draft
+    masks = gf.attention_masks(att)  # (N, k-1, H, W): each pixel's distribution over the local components
+    assert masks.shape == (3, G.k - 1, 64, 64)
+    torch.testing.assert_close(masks.sum(1), torch.ones(3, 64, 64), atol=1e-4, rtol=0)
