@@ -229,12 +229,20 @@ def test_scorer_trainer_on_coarse_and_generated_drafts(tiny_set, tiny_clip, tmp_
 def _torchrun(script: str, args: list[str], tmp_path: Path) -> None:
     """Runs a trainer unchanged under torchrun with 2 processes on the CPU (gloo), as users with GPUs run it."""
     import os
+    import shutil
     import subprocess
 
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", str(ROOT / "scripts" / script), *args]
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0 and "terminate called without an active exception" in done.stderr:
+        # Seen once in a CI run: a worker aborted in torch's gloo teardown at interpreter exit, after the run had
+        # finished and rank 0 had written its results. A second run must then succeed from scratch.
+        for path in tmp_path.iterdir():
+            if path.is_dir():
+                shutil.rmtree(path)
+        done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
