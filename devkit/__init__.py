@@ -26,3 +26,11 @@ def register_pack() -> None:
 
 register_pack()
 os.environ.setdefault("PYTHONHASHSEED", "0")
+
+
+def reference_commit(checkout: Path) -> str:
+    """The commit of a reference repository's checkout (parity scripts record it), or "unknown"."""
+    import subprocess
+
+    r = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return r.stdout.strip() or "unknown"

@@ -284,16 +284,11 @@ def main(reference: Path) -> None:
             out[f"{name}.img.const"] = img
             out[f"{name}.att.const.0"] = att[:1]  # (the first sample: the maps are image-sized)
             out[f"{name}.img.none"] = Gs(z, c, truncation_psi=psi, noise_mode="none")[0]
+    from devkit import reference_commit
+
     save_file({k: v.contiguous() for k, v in out.items()}, str(FIXTURE),
-              metadata={"reference": "dorarad/gansformer pytorch_version", "commit": _commit(reference)})
+              metadata={"reference": "dorarad/gansformer pytorch_version", "commit": reference_commit(reference)})
     print(f"wrote {FIXTURE} ({len(out)} tensors, {FIXTURE.stat().st_size} bytes)")
-
-
-def _commit(reference: Path) -> str:
-    import subprocess
-
-    r = subprocess.run(["git", "-C", str(reference), "rev-parse", "HEAD"], capture_output=True, text=True)
-    return r.stdout.strip() or "unknown"
 
 
 if __name__ == "__main__":

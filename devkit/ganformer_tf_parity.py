@@ -27,8 +27,6 @@ TF never creates and the converted generator never reads. The loader under test 
 from __future__ import annotations
 
 import copy
-import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -192,23 +190,11 @@ def reference_converter(loader, resolution: int):
 
 def tf_pickle(kw: dict, variables: dict[str, dict[str, np.ndarray]], path: Path, build_module_src: str | None = None
               ) -> Path:
-    """Write `(G, D, Gs)` as a TF-era pickle: G and Gs the generator (components mapping and synthesis), D a
-    stand-in network (the loader reads Gs only)."""
-    from devkit.persistence_pickle import TFNetwork, dump
+    """Write `(G, D, Gs)` as a TF-era GANformer pickle (devkit.persistence_pickle.dump_tf_generator)."""
+    from devkit.persistence_pickle import dump_tf_generator
 
-    def generator():
-        nets = [TFNetwork("G_mapping", kw, variables["mapping"], build_func_name="G_mapping"),
-                TFNetwork("G_synthesis", kw, variables["synthesis"], build_func_name="G_synthesis")]
-        if build_module_src is not None:
-            for n in nets:
-                n.build_module_src = build_module_src
-        return TFNetwork("G", kw, variables["G"], {"mapping": nets[0], "synthesis": nets[1]},
-                         build_func_name="G_GANformer")
-
-    D = TFNetwork("D", {"resolution": kw["resolution"]}, {"Output/bias": np.zeros([1], np.float32)},
-                  build_func_name="D_GANformer")
-    dump((generator(), D, generator()), path, protocol=4)
-    return path
+    return dump_tf_generator(path, kw, variables, build_module_src,
+                             ("G_GANformer", "G_mapping", "G_synthesis", "D_GANformer"))
 
 
 def fixture_variables(name: str) -> dict[str, dict[str, np.ndarray]]:
@@ -251,16 +237,16 @@ def outputs(G, kw: dict) -> dict[str, torch.Tensor]:
 def main(checkout: Path) -> None:
     import tempfile
 
-    from safetensors.torch import save_file
-
+    from devkit import reference_commit
     from devkit.ganformer_parity import _stand_ins
+    from devkit.persistence_pickle import save_tf_fixture
 
     torch.set_num_threads(1)
     _stand_ins()
     sys.path.insert(0, str(checkout / "pytorch_version"))
     import loader  # the reference's converter (pytorch_version/loader.py)
 
-    tensors, meta = {}, {}
+    fixtures = {}
     for name, kw in CONFIGS.items():
         variables = fixture_variables(name)
         with tempfile.TemporaryDirectory() as tmp:
@@ -268,37 +254,18 @@ def main(checkout: Path) -> None:
             with open(path, "rb") as f:
                 tf_G, tf_D, tf_Gs = loader._LegacyUnpickler(f).load()
         Gs = reference_converter(loader, kw["resolution"])(tf_Gs).float().eval()
-        for key, value in reference_outputs(Gs, kw).items():
-            tensors[f"{name}.{key}"] = value.contiguous()
-        for net, vs in variables.items():
-            for var, value in vs.items():
-                tensors[f"{name}.tf.{net}.{var}"] = torch.from_numpy(np.array(value))
-        meta[name] = json.dumps(kw)
-        print(name, {k: tuple(v.shape) for k, v in tensors.items() if k.startswith(name + ".") and ".tf." not in k})
-    commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True)
-    meta["reference"] = f"dorarad/gansformer@{commit.stdout.strip()} pytorch_version/loader.py convert_tf_generator"
-    save_file(tensors, str(FIXTURE), metadata=meta)
+        fixtures[name] = (kw, variables, reference_outputs(Gs, kw))
+        print(name, {k: tuple(v.shape) for k, v in fixtures[name][2].items()})
+    save_tf_fixture(FIXTURE, fixtures, f"dorarad/gansformer@{reference_commit(checkout)} pytorch_version/loader.py "
+                                       "convert_tf_generator")
     print("wrote", FIXTURE.relative_to(ROOT), f"({FIXTURE.stat().st_size // 1024} KiB)")
 
 
 def fixture(name: str) -> tuple[dict, dict[str, dict[str, np.ndarray]], dict[str, torch.Tensor]]:
     """(TF kwargs, TF variables per network, the reference's outputs) of a stored fixture."""
-    from safetensors import safe_open
+    from devkit.persistence_pickle import load_tf_fixture
 
-    with safe_open(str(FIXTURE), "pt") as f:
-        kw = json.loads(f.metadata()[name])
-        variables: dict[str, dict[str, np.ndarray]] = {"G": {}, "mapping": {}, "synthesis": {}}
-        expected = {}
-        for key in f.keys():
-            if not key.startswith(name + "."):
-                continue
-            rest = key[len(name) + 1:]
-            if rest.startswith("tf."):
-                net, var = rest[3:].split(".", 1)
-                variables[net][var] = f.get_tensor(key).numpy()
-            else:
-                expected[rest] = f.get_tensor(key)
-    return kw, variables, expected
+    return load_tf_fixture(FIXTURE, name)
 
 
 if __name__ == "__main__":

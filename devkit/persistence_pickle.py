@@ -105,3 +105,67 @@ def dump(obj, path, protocol: int | None = None) -> None:
     """pickle.dump `obj` (holding Records, TFNetworks and EasyDicts) to `path` under the original module names."""
     with _original_names(), open(path, "wb") as f:
         pickle.dump(obj, f, protocol=protocol)
+
+
+def dump_tf_generator(path, kw: dict, variables: dict, build_module_src: str | None = None,
+                      funcs: tuple[str, str, str, str] = ("G_main", "G_main", "G_main", "D_main")):
+    """Write `(G, D, Gs)` as a TF-era generator pickle: G and Gs the generator (top-level variables
+    `variables["G"]`, components mapping and synthesis), D a stand-in network (loaders read Gs only). `funcs`: the
+    build function names of G, mapping, synthesis and D; `build_module_src` (if given) that of the components."""
+    import numpy as np
+
+    g, mapping, synthesis, d = funcs
+
+    def generator():
+        nets = [TFNetwork("G_mapping", kw, variables["mapping"], build_func_name=mapping),
+                TFNetwork("G_synthesis", kw, variables["synthesis"], build_func_name=synthesis)]
+        if build_module_src is not None:
+            for n in nets:
+                n.build_module_src = build_module_src
+        return TFNetwork("G", kw, variables["G"], {"mapping": nets[0], "synthesis": nets[1]}, build_func_name=g)
+
+    D = TFNetwork("D", {"resolution": kw["resolution"]}, {"Output/bias": np.zeros([1], np.float32)},
+                  build_func_name=d)
+    dump((generator(), D, generator()), path, protocol=4)
+    return path
+
+
+def save_tf_fixture(path, fixtures: dict, reference: str) -> None:
+    """A parity fixture: per config name (kw, TF variables per network, the reference's outputs), stored as
+    `<name>.<output>` and `<name>.tf.<network>.<variable>` tensors with the kwargs as metadata."""
+    import json
+
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    tensors, meta = {}, {"reference": reference}
+    for name, (kw, variables, outputs) in fixtures.items():
+        tensors.update({f"{name}.{key}": value.contiguous() for key, value in outputs.items()})
+        for net, vs in variables.items():
+            tensors.update({f"{name}.tf.{net}.{var}": torch.from_numpy(np.array(v)) for var, v in vs.items()})
+        meta[name] = json.dumps(kw)
+    save_file(tensors, str(path), metadata=meta)
+
+
+def load_tf_fixture(path, name: str) -> tuple[dict, dict, dict]:
+    """(TF kwargs, TF variables per network, the reference's outputs) of config `name` of a save_tf_fixture file."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        kw = json.loads(f.metadata()[name])
+        variables: dict = {"G": {}, "mapping": {}, "synthesis": {}}
+        expected = {}
+        for key in f.keys():
+            if not key.startswith(name + "."):
+                continue
+            rest = key[len(name) + 1:]
+            if rest.startswith("tf."):
+                net, var = rest[3:].split(".", 1)
+                variables[net][var] = f.get_tensor(key).numpy()
+            else:
+                expected[rest] = f.get_tensor(key)
+    return kw, variables, expected
+

@@ -114,16 +114,11 @@ def main(reference: Path) -> None:
                 out[f"{name}.sample.{j}"] = model.autoregressive_infer_cfg(
                     B=len(LABELS), label_B=torch.tensor(LABELS), g_seed=s["seed"], cfg=s["cfg"], top_k=s["top_k"],
                     top_p=s["top_p"])
+    from devkit import reference_commit
+
     save_file({k: v.contiguous() for k, v in out.items()}, str(FIXTURE),
-              metadata={"reference": "FoundationVision/VAR", "commit": _commit(reference)})
+              metadata={"reference": "FoundationVision/VAR", "commit": reference_commit(reference)})
     print(f"wrote {FIXTURE} ({len(out)} tensors)")
-
-
-def _commit(reference: Path) -> str:
-    import subprocess
-
-    r = subprocess.run(["git", "-C", str(reference), "rev-parse", "HEAD"], capture_output=True, text=True)
-    return r.stdout.strip() or "unknown"
 
 
 if __name__ == "__main__":
