@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_refine import comfy_runtime, conditioning, decode, machine, sha  # noqa: E402
+from devkit import metrics  # noqa: E402
 
 ZOO = ROOT / "zoo"
 
@@ -91,19 +92,17 @@ class Sampler:
 def judge(clip, data, images: torch.Tensor, captions: torch.Tensor, detail_real: float) -> dict:
     """CLIP score of each image with its own caption's embedding (`captions`, unit vectors), Fréchet distance of the
     images' zoo-CLIP features to all held-out images, detail ratio."""
-    import eval_zoo_pipeline as ezp
     import train_zoo_clip as tzc
 
     r = tzc.judge_text_to_image(clip, data, lambda _: images, unconditional=False)
     small = F.interpolate(images, size=(tzc.CLIP_SIZE,) * 2, mode="bicubic", antialias=True, align_corners=False)
     score = float((tzc.image_embeddings(clip, small.clamp(0, 1)) * captions).sum(1).mean())
-    return {"clip_score": score, "fd": r["prompt_fd"], "detail_ratio": ezp.high_frequency(images) / detail_real,
+    return {"clip_score": score, "fd": r["prompt_fd"], "detail_ratio": metrics.high_frequency(images) / detail_real,
             "real_train_fd": r["real_train_fd"]}
 
 
 @torch.no_grad()
 def run(args) -> dict:
-    import eval_zoo_pipeline as ezp
     import train_zoo_clip as tzc
     import train_zoo_stylegan as tzs
     import zoo_data
@@ -122,7 +121,7 @@ def run(args) -> dict:
     data = zoo_data.DEFAULT_OUT
     real, records = zoo_data.load(data, "heldout", size)
     real = (real + 1) / 2
-    detail_real = ezp.high_frequency(real)
+    detail_real = metrics.high_frequency(real)
     style = tzc.heldout_captions(clip, data)
     pick = torch.linspace(0, len(records) - 1, args.captions).round().long()
     style, clean = style[pick], real[pick]
@@ -161,7 +160,7 @@ def run(args) -> dict:
         for name, (pix, wall) in stages.items():
             r = {"wall_s": wall, "seconds_per_image": wall / len(pix), **judge(clip, data, pix, style, detail_real)}
             if kind == "degraded":
-                r.update(psnr_db=ezp.psnr(pix, clean), ssim=ezp.ssim(pix, clean))
+                r.update(psnr_db=metrics.psnr(pix, clean), ssim=metrics.ssim(pix, clean))
             rows[name] = r
             print(f"{kind:8s} {name:16s} " + "  ".join(f"{k} {v:.4g}" for k, v in r.items()
                                                        if not k.startswith("real")), flush=True)
@@ -201,7 +200,7 @@ def run(args) -> dict:
                 res, wall = m(lat, noise, style, m.sigmas(steps, 1.0, "ddim_uniform"), args.batch)
                 pix = decode(vae, res)
                 t2i[f"unet_ddim_{steps}"] = {"steps": steps, "seconds_per_image": wall / len(lat),
-                                             "psnr_to_reference_db": ezp.psnr(pix, ref_pix),
+                                             "psnr_to_reference_db": metrics.psnr(pix, ref_pix),
                                              **judge(clip, data, pix, style, detail_real)}
                 if steps == args.ddim_steps[0]:
                     sheets.append(pix[:8])

@@ -1,5 +1,6 @@
-"""Evaluation metrics of the zoo scripts, benchmarks and tests (not part of the node pack): edge F1 of a refinement
-against its control edges, and Spearman rank correlation of importance maps."""
+"""Evaluation metrics of the zoo scripts, benchmarks, the demo and tests (not part of the node pack): edge F1 of a
+refinement against its control edges, Spearman rank correlation of importance maps, PSNR / SSIM to originals and
+the detail (high-frequency energy) of images."""
 from __future__ import annotations
 
 import torch
@@ -37,3 +38,24 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     ra, rb = ra - ra.mean(), rb - rb.mean()
     den = float(ra.norm() * rb.norm())
     return float((ra * rb).sum()) / den if den > 0 else 0.0
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, low: float = 0.0) -> float:
+    """Mean per-image PSNR in dB of images `a` (clamped) to `b`, pixels in low..1 (0..1, or -1..1 with low -1)."""
+    mse = (a.clamp(low, 1) - b).square().flatten(1).mean(1)
+    return float((10 * torch.log10((1 - low) ** 2 / mse.clamp_min(1e-10))).mean())
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean SSIM (kornia, 11 px window) of images `a` (clamped) to `b`, pixels in 0..1."""
+    import kornia
+
+    return float(kornia.metrics.ssim(a.clamp(0, 1), b, 11).mean())
+
+
+def high_frequency(images: torch.Tensor) -> float:
+    """Mean high-frequency energy of images in 0..1: mean squared difference to a Gaussian blur (sigma 1.5 px)."""
+    import kornia
+
+    blurred = kornia.filters.gaussian_blur2d(images, (9, 9), (1.5, 1.5))
+    return float((images - blurred).square().mean())

@@ -34,6 +34,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 import devkit  # noqa: E402,F401  (registers the pack as the package `diffugan`)
 from devkit.harness import ComfyServer  # noqa: E402
@@ -93,6 +94,82 @@ def prompt_sheet(rows: list[tuple[str, list[Path]]], path: Path) -> Path:
     return path
 
 
+def _pixels(path: Path):
+    """A saved PNG as (1, 3, H, W) in 0..1."""
+    import torch
+
+    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)[None]
+
+
+class Judge:
+    """What the demo says about its pictures, measured: the zoo CLIP's score of an image against its prompt
+    (cosine of the two embeddings, as the zoo cards' CLIP score) and its detail (high-frequency energy, as
+    devkit.metrics.high_frequency)."""
+
+    def __init__(self):
+        from diffugan.models import clip_style
+
+        self.clip = clip_style.load_clip(ROOT / "zoo" / "clip_style" / "diffugan-emoji-clip.safetensors")
+
+    def clip_score(self, text: str, path: Path) -> float:
+        import torch.nn.functional as F
+        import train_zoo_clip as tzc
+
+        x = F.interpolate(_pixels(path), size=(tzc.CLIP_SIZE, tzc.CLIP_SIZE), mode="bicubic", antialias=True)
+        t = tzc.text_embeddings(self.clip, tzc.pooled_text(self.clip, [text]))
+        return float((tzc.image_embeddings(self.clip, x.clamp(0, 1)) * t).sum())
+
+    @staticmethod
+    def detail(path: Path) -> float:
+        from devkit import metrics
+
+        return metrics.high_frequency(_pixels(path))
+
+
+def judge_prompted(judge: Judge, name: str, rows: list[tuple[str, dict[str, Path]]]) -> dict:
+    """Per image of a prompted workflow: CLIP score with its prompt and detail, draft vs refined; printed."""
+    scores = []
+    for text, files in rows:
+        draft, refined = files["draft"], files["refined"]
+        scores.append({"prompt": text, "clip_draft": judge.clip_score(text, draft),
+                       "clip_refined": judge.clip_score(text, refined),
+                       "detail_draft": judge.detail(draft), "detail_refined": judge.detail(refined)})
+    closer = sum(s["clip_refined"] >= s["clip_draft"] for s in scores)
+    sharper = sum(s["detail_refined"] > s["detail_draft"] for s in scores)
+    print(f"\n{name}: zoo-CLIP score with the prompt and detail (high-frequency energy), draft -> refined")
+    for s in scores:
+        print(f"  {s['prompt'][:28]:<28} CLIP {s['clip_draft']:.3f} -> {s['clip_refined']:.3f}   "
+              f"detail {s['detail_draft'] * 1e3:.2f} -> {s['detail_refined'] * 1e3:.2f} (x1e-3)")
+    print(f"  refined closer to the prompt on {closer}/{len(scores)} images, sharper on {sharper}/{len(scores)}")
+    return {"images": scores, "closer_to_prompt": closer, "sharper": sharper, "count": len(scores)}
+
+
+def sketch_edge_f1(server: ComfyServer, prompt: dict, saved: dict[str, list[Path]], out: Path) -> dict:
+    """sketch_controlnet_refine's result against its sketch: edge F1 (1 px tolerance) of the Canny edges of the
+    refined image vs the sketch's edges (the workflow's Edges node), with the ControlNet and with the same graph
+    without it (the Refine node given the plain DiT); printed."""
+    import torch
+    from devkit import metrics
+
+    from diffugan.models import vit_controlnet as vc
+
+    refine = next(k for k, v in prompt.items() if v["class_type"] == "DiffuGANDiTRefine")
+    loader = next(k for k, v in prompt.items() if v["class_type"] == "DiffuGANDiTLoader")
+    plain = json.loads(json.dumps(prompt))
+    plain[refine]["inputs"]["model"] = [loader, 0]
+    without = run_workflow(server, "sketch_controlnet_refine_without_controlnet", plain, out)
+    [edges_key] = [k for k in saved if k.endswith("_edges")]
+    [refined_key] = [k for k in saved if k.endswith("_refined")]
+    sketch = torch.cat([_pixels(f).mean(1, keepdim=True) for f in saved[edges_key]]) > 0.5
+    f1 = {}
+    for what, files in (("with_controlnet", saved[refined_key]), ("without_controlnet", without[refined_key])):
+        refined = torch.cat([_pixels(f) for f in files])
+        f1[what] = float(metrics.edge_f1(vc.canny_edges(refined), sketch.float()).mean())
+    print(f"\nsketch_controlnet_refine: edge F1 of the refined image against the sketch's edges: "
+          f"{f1['with_controlnet']:.3f} with the ControlNet, {f1['without_controlnet']:.3f} without")
+    return f1
+
+
 def run_workflow(server: ComfyServer, name: str, prompt: dict, out: Path, what: str = "") -> dict[str, list[Path]]:
     """Queue one workflow, print each node's time, copy its saved images to `out`; returns them per Save prefix."""
     t = time.monotonic()
@@ -131,6 +208,7 @@ def main() -> None:
     server = ComfyServer(base, port=args.port)
     print(f"ComfyUI {server.get('/system_stats')['system']['comfyui_version']} up in {time.monotonic() - t0:.1f}s "
           f"at {server.url} (log: {server.log_path})")
+    judge, scores = Judge(), {}
     try:
         object_info = server.get("/object_info")
         for api_path in sorted((ROOT / "example_workflows" / "api").glob("*.json")):
@@ -144,15 +222,22 @@ def main() -> None:
                 sheet = contact_sheet(saved, args.out / f"{api_path.stem}_contact_sheet.png")
                 if sheet:
                     print(f"  wrote {sheet} ({' | '.join(k.split('/')[-1] for k in saved)})")
+                if api_path.stem == "sketch_controlnet_refine":
+                    scores[api_path.stem] = {"edge_f1": sketch_edge_f1(server, prompt, saved, args.out)}
                 continue
             node, field, texts = PROMPTS[api_path.stem]
-            rows = []
+            rows, judged = [], []
             for k, text in enumerate(texts):
                 prompt[node]["inputs"][field] = text
                 saved = run_workflow(server, f"{api_path.stem}_{k}", prompt, args.out, f"'{text}'")
                 rows += [(text if i == 0 else "", list(files)) for i, files in enumerate(zip(*saved.values()))]
+                judged += [(text, {k.rsplit("_", 1)[-1]: f for k, f in zip(saved, files)})
+                           for files in zip(*saved.values())]
             sheet = prompt_sheet(rows, args.out / f"{api_path.stem}_contact_sheet.png")
             print(f"  wrote {sheet} (prompt | {' | '.join(k.split('/')[-1] for k in saved)})")
+            scores[api_path.stem] = judge_prompted(judge, api_path.stem, judged)
+        (args.out / "scores.json").write_text(json.dumps(scores, indent=1) + "\n")
+        print(f"\nwrote {args.out / 'scores.json'}")
         if args.serve:
             print(f"\nServing ComfyUI at {server.url} — open it in a browser; Ctrl-C stops it.")
             while server.proc.poll() is None:

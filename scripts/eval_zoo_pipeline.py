@@ -10,7 +10,8 @@
    real held-out images (1 = as detailed as real emoji; a blurry draft is below 1).
 2. Degraded real images. The held-out images themselves, downscaled to --degrade-px and back up (blurred, as a
    coarse draft is), refined the same way with their caption: PSNR and SSIM (kornia) to the originals and the same
-   detail ratio, for the degraded input, its VAE round trip and the refined image.
+   detail ratio, for the degraded input, its VAE round trip and the refined image, and for the last two with the
+   input's content at --degrade-px put back (Keep Coarse, as the refine_any_image workflow does).
 Each figure for the input, the VAE round trip alone (what the latent round trip costs) and the refined image; the
 refinement gain is refined minus VAE round trip.
 
@@ -36,8 +37,8 @@ import zoo_data  # noqa: E402
 from download_models import sha256_of  # noqa: E402
 
 from diffugan.models import clip_style as cs  # noqa: E402
-from devkit import sampling  # noqa: E402
-from diffugan.models import dit, taesd  # noqa: E402
+from devkit import metrics, sampling  # noqa: E402
+from diffugan.models import dit, region, taesd  # noqa: E402
 from diffugan.models import stylegan as sg  # noqa: E402
 
 ZOO = ROOT / "zoo"
@@ -49,8 +50,8 @@ def main(argv=None) -> None:
     ap.add_argument("--data", type=Path, default=zoo_data.DEFAULT_OUT)
     ap.add_argument("--stylegan", type=Path, default=ZOO / "stylegan" / "diffugan-emoji-stylegan.safetensors")
     ap.add_argument("--clip", type=Path, default=ZOO / "clip_style" / "diffugan-emoji-clip.safetensors")
-    ap.add_argument("--dit", type=Path, default=ZOO / "dit" / "diffugan-emoji-dit.safetensors")
-    ap.add_argument("--vae", type=Path, default=ZOO / "vae" / "diffugan-emoji-vae.safetensors")
+    ap.add_argument("--dit", type=Path, default=ZOO / "dit" / "diffugan-emoji-dit-256.safetensors")
+    ap.add_argument("--vae", type=Path, default=ZOO / "vae" / "diffugan-emoji-vae-256.safetensors")
     ap.add_argument("--out", type=Path, default=ZOO / "pipeline.json")
     ap.add_argument("--psi", type=float, default=0.7)
     ap.add_argument("--strength", type=float, default=0.3)
@@ -74,21 +75,23 @@ def main(argv=None) -> None:
     stages = dict(zip(("draft", "vae", "refined"), refine(draft, style[:n])))
     results = {"settings": {k: str(v) for k, v in vars(args).items()}, "size": size,
                "sha256": {k: sha256_of(getattr(args, k)) for k in ("stylegan", "clip", "dit", "vae")}}
-    detail_real = high_frequency(real)
+    detail_real = metrics.high_frequency(real)
     for name, images in stages.items():
         results[name] = tzc.judge_text_to_image(clip, args.data, lambda _: images, unconditional=False)
         results[name].pop("samples")
-        results[name]["detail_ratio"] = high_frequency(images) / detail_real
+        results[name]["detail_ratio"] = metrics.high_frequency(images) / detail_real
     for key in ("prompt_clip_score", "prompt_fd", "detail_ratio"):
         results[f"gain_{key}"] = results["refined"][key] - results["vae"][key]
     # degraded real images: blurred copies of the held-out images, refined with their own caption
     degraded = F.interpolate(F.interpolate(real[:n], size=args.degrade_px, mode="bilinear", antialias=True),
                              size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
     restored = dict(zip(("degraded", "vae", "refined"), refine(degraded, style[:n])))
+    for name in ("vae", "refined"):  # as refine_any_image does: Keep Coarse at the input's real resolution
+        restored[f"{name}_keep_coarse"] = region.keep_coarse(restored[name], degraded, args.degrade_px)
     results["degraded"] = {"px": args.degrade_px, "images": n}
     for name, images in restored.items():
-        results["degraded"][name] = {"psnr_db": psnr(images, real[:n]), "ssim": ssim(images, real[:n]),
-                                     "detail_ratio": high_frequency(images) / detail_real}
+        results["degraded"][name] = {"psnr_db": metrics.psnr(images, real[:n]), "ssim": metrics.ssim(images, real[:n]),
+                                     "detail_ratio": metrics.high_frequency(images) / detail_real}
     tzc.save_grid(torch.cat([stages[k][:8] for k in stages] + [real[:8]] + [restored[k][:8] for k in restored]),
                   args.out.with_suffix(".png"))
     args.out.write_text(json.dumps(results, indent=1) + "\n")
@@ -98,7 +101,7 @@ def main(argv=None) -> None:
               f"detail {r['detail_ratio']:.3f}")
     for name in restored:
         r = results["degraded"][name]
-        print(f"degraded {name:8s} PSNR {r['psnr_db']:.2f} dB  SSIM {r['ssim']:.3f}  detail {r['detail_ratio']:.3f}")
+        print(f"degraded {name:20s} PSNR {r['psnr_db']:.2f} dB  SSIM {r['ssim']:.3f}  detail {r['detail_ratio']:.3f}")
     print(f"wrote {args.out}")
 
 
@@ -117,26 +120,6 @@ def _refiner(model: dit.DiT, vae: taesd.TinyAutoencoder, args):
         return images, _decode(vae, z), _decode(vae, refined)
 
     return refine
-
-
-def high_frequency(images: torch.Tensor) -> float:
-    """Mean high-frequency energy of images in 0..1: mean squared difference to a Gaussian blur (sigma 1.5 px)."""
-    import kornia
-
-    blurred = kornia.filters.gaussian_blur2d(images, (9, 9), (1.5, 1.5))
-    return float((images - blurred).square().mean())
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Mean per-image PSNR in dB, images in 0..1."""
-    mse = (a.clamp(0, 1) - b).square().flatten(1).mean(1)
-    return float((10 * torch.log10(1 / mse.clamp_min(1e-10))).mean())
-
-
-def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
-    import kornia
-
-    return float(kornia.metrics.ssim(a.clamp(0, 1), b, 11).mean())
 
 
 def _decode(vae: taesd.TinyAutoencoder, z: torch.Tensor) -> torch.Tensor:

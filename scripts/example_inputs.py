@@ -14,11 +14,12 @@ sys.path.insert(0, str(ROOT))
 from devkit import drawn  # noqa: E402
 
 OUT = ROOT / "example_inputs"
-WRITERS = {
-    "diffugan_emoji_draft.png": drawn.write_coarse_smiley,  # a blurry smiley, as a fast coarse generator draws
-    "diffugan_emoji_sketch.png": drawn.write_sketch,  # a sharp smiley with an open mouth: structure to follow
-    "diffugan_emoji_painted.png": drawn.write_painted_draft,  # the draft with its eyes painted as emphasis
-    "diffugan_reference_heart.png": lambda p: drawn.write_png(drawn.heart(), p),  # a style reference image
+SIZE = 256  # the zoo DiT's working size (the workflows scale any input to it)
+WRITERS = {  # drafts blurred to 48 px, as the zoo StyleGAN's 64 px drafts are after upscaling
+    "diffugan_emoji_draft.png": lambda p: drawn.write_coarse_smiley(p, SIZE, 48),  # a blurry smiley, as drafted
+    "diffugan_emoji_sketch.png": lambda p: drawn.write_sketch(p, SIZE),  # a sharp open-mouthed smiley: structure
+    "diffugan_emoji_painted.png": lambda p: drawn.write_painted_draft(p, SIZE, 48),  # the draft, forehead painted
+    "diffugan_reference_heart.png": lambda p: drawn.write_png(drawn.heart(SIZE), p),  # a style reference image
 }
 
 

@@ -38,9 +38,22 @@ import zoo_data  # noqa: E402
 
 from devkit import sampling  # noqa: E402
 from devkit.train import TrainLoop  # noqa: E402
+from diffugan.models import clip_style as cs  # noqa: E402
 from diffugan.models import dit, taesd  # noqa: E402
 from diffugan.models import vit_controlnet as vc  # noqa: E402
 
+
+
+def cached_edges(data: Path, split: str) -> torch.Tensor:
+    """The Canny edges (the Edges node's default thresholds) of a split's images, (N, 1, H, W) in {0, 1}; cached
+    beside the data (kornia's hysteresis takes minutes for a few thousand 256 px images on one core)."""
+    from safetensors.torch import load_file, save_file
+
+    cache = data / f"edges-{zoo_data.resolution(data)}-{split}.safetensors"
+    if not cache.exists():
+        x, _ = zoo_data.load(data, split)
+        save_file({"edges": vc.canny_edges(x * 0.5 + 0.5).bool().contiguous()}, str(cache))
+    return load_file(str(cache))["edges"].float()
 
 
 def hook(net: vc.ViTControlNet, hint: torch.Tensor, settings: vc.ControlSettings):
@@ -147,12 +160,17 @@ def main(argv=None) -> None:
     ap.add_argument("--budgets", default="1.0,0.5,0.25")
     ap.add_argument("--eval-images", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--style-clip", type=Path, default=None,
+                    help="the zoo CLIP the DiT's style conditioning was trained on: batches then carry styles as in "
+                         "the DiT's training (the branch learns with the prompts the workflows give)")
+    ap.add_argument("--style-dropout", type=float, default=0.2)
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU too (as train_zoo_dit.py's)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads on the CPU (0: torch's default)")
     args = ap.parse_args(argv)
 
     torch.manual_seed(args.seed)
     loop = TrainLoop(args.out, steps=args.steps, seed=args.seed, settings=vars(args), eval_every=args.steps,
-                     warmup=50, final_lr=0.1, grad_clip=1.0, threads=args.threads)
+                     warmup=50, final_lr=0.1, grad_clip=1.0, threads=args.threads, cpu_bf16=args.bf16)
     model = dit.load_dit(args.dit)  # frozen (requires_grad False)
     vae = taesd.load_vae(args.vae)
     size, styles = 8 * model.config.input_size, zoo_data.known_styles(model.config.num_classes)
@@ -161,14 +179,20 @@ def main(argv=None) -> None:
                          f"are {zoo_data.resolution(args.data)} px renders of {zoo_data.STYLES}: train the "
                          "ControlNet for a DiT trained on these data")
     z_train, y_train = train_zoo_dit.cached_latents(args.vae, args.data, "train")
-    x_train, _ = zoo_data.load(args.data, "train")
-    e_train = vc.canny_edges(x_train * 0.5 + 0.5)
+    e_train = cached_edges(args.data, "train")
     z_held, y_held = train_zoo_dit.cached_latents(args.vae, args.data, "heldout")
     x_held, _ = zoo_data.load(args.data, "heldout")
     pick = torch.linspace(0, len(x_held) - 1, args.eval_images).round().long()
     x_eval, y_eval = x_held[pick], y_held[pick]
-    e_held = vc.canny_edges(x_held * 0.5 + 0.5)
+    e_held = cached_edges(args.data, "heldout")
     e_eval = e_held[pick]
+
+    styles = None
+    if args.style_clip is not None:
+        clip = cs.load_clip(args.style_clip)
+        if model.config.style_dim == 0 or getattr(model, "style_clip", "") != clip.identity:
+            raise SystemExit(f"--dit {args.dit} was not trained with the style of --style-clip {args.style_clip}")
+        styles = train_zoo_dit.style_vectors(clip, args.style_clip, args.data, "train")
 
     if args.init is not None:
         net = vc.load_controlnet(args.init)
@@ -198,13 +222,13 @@ def main(argv=None) -> None:
         noise = torch.randn(z0.shape, generator=gen)
         ab = alphas_bar[t][:, None, None, None]
         xt = ab.sqrt() * z0 + (1 - ab).sqrt() * noise
-        drop = torch.rand(args.batch, generator=gen) < model.config.class_dropout_prob
-        y = torch.where(drop, torch.full_like(y, model.config.null_class), y)
+        y, style = train_zoo_dit.draw_conditioning(y, idx, styles, model.config, args.style_dropout, gen)
         # the budget of this step: the same on every process (their branches then train the same token layout)
         budget = budgets[int(torch.randint(0, len(budgets), (1,), generator=torch.Generator().manual_seed(step)))]
         settings = vc.ControlSettings(budget=budget, edge_priority=1.0)
         with loop.autocast():
-            pred = model(xt.to(dev), t.to(dev), y.to(dev), control=hook(net, hint.to(dev), settings))
+            pred = model(xt.to(dev), t.to(dev), y.to(dev), None if style is None else style.to(dev),
+                         control=hook(net, hint.to(dev), settings))
         loss = (pred.float() - noise.to(dev)).square().mean()
         loop.backward(loss, opt)
         loop.record(loss=loss)

@@ -100,6 +100,25 @@ def style_vectors(clip: cs.StyleCLIP, clip_path: Path, data: Path, split: str) -
     return t["text"], t["image"]
 
 
+def draw_conditioning(y: torch.Tensor, idx: torch.Tensor, styles: tuple[torch.Tensor, torch.Tensor] | None,
+                      config: dit.DiTConfig, style_dropout: float, gen: torch.Generator):
+    """The labels and styles of a training batch (rows `idx` of the split): without `styles` the label drops
+    with config.class_dropout_prob (style None); with `styles` = style_vectors' (text, image) each row gets one of
+    its caption phrasings' embeddings or (one in three) its image's, no style with probability `style_dropout`
+    (a zero row, DiT.conditioning), and its label drops half the time when it has a style."""
+    n = len(y)
+    if styles is None:
+        drop = torch.rand(n, generator=gen) < config.class_dropout_prob
+        return torch.where(drop, torch.full_like(y, config.null_class), y), None
+    text, image = styles
+    k = text.shape[1]  # draws 0..k-1: that caption phrasing; k..k+k/2-1: the image (one in three)
+    which = torch.randint(0, k + k // 2, (n,), generator=gen)
+    style = torch.where((which < k)[:, None], text[idx, which.clamp(max=k - 1)], image[idx])
+    has = torch.rand(n, generator=gen) >= style_dropout
+    drop = torch.rand(n, generator=gen) < torch.where(has, 0.5, config.class_dropout_prob)
+    return torch.where(drop, torch.full_like(y, config.null_class), y), style * has[:, None]
+
+
 def _predict(model: dit.DiT, xt, t, y, style=None) -> torch.Tensor:
     d = next(model.parameters()).device
     return torch.cat([model(xt[i:i + 128].to(d), t[i:i + 128].to(d), y[i:i + 128].to(d),
@@ -272,20 +291,10 @@ def main(argv=None) -> None:
         noise = torch.randn(z0.shape, generator=gen)
         ab = alphas_bar[t][:, None, None, None]
         xt = ab.sqrt() * z0 + (1 - ab).sqrt() * noise
-        style = None
-        if style_clip is None:
-            drop = torch.rand(args.batch, generator=gen) < config.class_dropout_prob
-        else:
-            k = text_train.shape[1]  # draws 0..k-1: that caption phrasing; k..k+k/2-1: the image (one in three)
-            which = torch.randint(0, k + k // 2, (args.batch,), generator=gen)
-            style = torch.where((which < k)[:, None], text_train[idx, which.clamp(max=k - 1)], image_train[idx])
-            has = torch.rand(args.batch, generator=gen) >= args.style_dropout
-            drop = torch.rand(args.batch, generator=gen) < torch.where(has, 0.5, config.class_dropout_prob)
-            style = style * has[:, None]  # a zero row: no style (DiT.conditioning)
-            style = style.to(dev)
-        y = torch.where(drop, torch.full_like(y, config.null_class), y)
+        styles = None if style_clip is None else (text_train, image_train)
+        y, style = draw_conditioning(y, idx, styles, config, args.style_dropout, gen)
         with loop.autocast():
-            pred = model(xt.to(dev), t.to(dev), y.to(dev), style)
+            pred = model(xt.to(dev), t.to(dev), y.to(dev), None if style is None else style.to(dev))
         loss = (pred.float() - noise.to(dev)).square().mean()
         loop.backward(loss, opt)
         loop.record(loss=loss)

@@ -31,14 +31,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import devkit  # noqa: E402,F401  (registers the pack as the package `diffugan`)
 import zoo_data  # noqa: E402
 
+from devkit import metrics  # noqa: E402
 from devkit.train import TrainLoop  # noqa: E402
 from diffugan.models import taesd  # noqa: E402
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per image, for pixels in [-1, 1]."""
-    mse = (a.clamp(-1, 1) - b).square().flatten(1).mean(1)
-    return 10 * torch.log10(4.0 / mse.clamp_min(1e-10))
 
 
 @torch.no_grad()
@@ -46,7 +41,7 @@ def evaluate(vae, x: torch.Tensor) -> dict:
     vae.eval()
     out = torch.cat([vae.decode_raw(vae.encode_raw(x[i:i + 64])) for i in range(0, len(x), 64)])
     vae.train()
-    return {"heldout_psnr_db": float(psnr(out, x).mean()), "heldout_l1": float((out.clamp(-1, 1) - x).abs().mean())}
+    return {"heldout_psnr_db": metrics.psnr(out, x, low=-1.0), "heldout_l1": float((out.clamp(-1, 1) - x).abs().mean())}
 
 
 def batch(x: torch.Tensor, n: int, crop: int, gen: torch.Generator) -> torch.Tensor:

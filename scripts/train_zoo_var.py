@@ -38,18 +38,13 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import devkit  # noqa: E402,F401  (registers the pack as the package `diffugan`)
 import zoo_data  # noqa: E402
 
+from devkit import metrics  # noqa: E402
 from devkit.train import TrainLoop  # noqa: E402
 from diffugan.models import var as vm  # noqa: E402
 
 
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(","))
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Mean per-image PSNR, pixels in [-1, 1]."""
-    mse = (a.clamp(-1, 1) - b).square().flatten(1).mean(1)
-    return float((10 * torch.log10(4.0 / mse.clamp_min(1e-10))).mean())
 
 
 @torch.no_grad()
@@ -65,8 +60,8 @@ def evaluate_vqvae(vq: vm.VQVAE, x: torch.Tensor, patch_nums: tuple) -> dict:
         half.append(vq.decode_f_hat(vq.f_hat(idx[:k], side=patch_nums[-1], scales=len(patch_nums))).cpu())
         used.update(torch.cat([j.flatten() for j in idx]).tolist())
     vq.train(was)
-    return {"heldout_psnr_db": psnr(torch.cat(full), x),
-            f"heldout_psnr_db_first_{(len(patch_nums) + 1) // 2}_scales": psnr(torch.cat(half), x),
+    return {"heldout_psnr_db": metrics.psnr(torch.cat(full), x, low=-1.0),
+            f"heldout_psnr_db_first_{(len(patch_nums) + 1) // 2}_scales": metrics.psnr(torch.cat(half), x, low=-1.0),
             "codebook_used": len(used) / vq.config.vocab_size}
 
 

@@ -272,7 +272,8 @@ def card_pipeline(log: dict) -> str:
     return "\n".join([
         "### Coarse to fine: StyleGAN draft → DiT refine (`pipeline.json`)",
         f"`scripts/eval_zoo_pipeline.py`: for each of the {r['captions']} held-out captions the zoo StyleGAN draws a "
-        f"draft (ψ {s['psi']} toward the prompt's mean w, upsampled to 128 px), the zoo VAE encodes it and the zoo DiT "
+        f"draft (ψ {s['psi']} toward the prompt's mean w, upsampled to {log.get('size', 128)} px), the zoo VAE "
+        "encodes it and the zoo DiT "
         f"refines it with the same prompt ({s['steps']} Euler steps from strength {s['strength']}, guidance {s['cfg']}"
         "; what the workflow's region-adaptive Refine gives its most important regions, here to every region). "
         "Judged by the zoo CLIP:",
@@ -298,7 +299,7 @@ def _pipeline_detail_lines(log: dict) -> list[str]:
         f"{log['refined']['detail_ratio']:.2f}",
         f"- degraded held-out images ({d['images']}, down to {d['px']} px and back), refined with their caption: "
         + "; ".join(f"{name} PSNR {d[name]['psnr_db']:.2f} dB, SSIM {d[name]['ssim']:.3f}, detail "
-                    f"{d[name]['detail_ratio']:.2f}" for name in ("degraded", "vae", "refined")),
+                    f"{d[name]['detail_ratio']:.2f}" for name in d if isinstance(d[name], dict)),
     ]
 
 

@@ -98,25 +98,27 @@ def test_click_drag_and_brush_set_the_merge_nodes_points_and_change_the_output(b
     before = _points(browser)
     assert len(before) == 1  # the workflow's own click on the right cheek
 
+    k = rect["nw"] / 128  # the picture's pixels per pixel of a 128 px smiley (positions below are on that)
     # click on the left cheek and drag 14 px to the right: a point there with radius ~14
-    x0, y0 = _offset(rect, 34, 64)
-    drag = round(14 * rect["s"])
+    x0, y0 = _offset(rect, 34 * k, 64 * k)
+    drag = round(14 * k * rect["s"])
     ActionChains(browser).move_to_element_with_offset(canvas, x0, y0).click_and_hold().move_by_offset(drag, 0) \
         .release().perform()
     points = _points(browser)
     assert len(points) == 2, points
     p = points[1]
-    assert abs(p["x"] - 34) < 2 and abs(p["y"] - 64) < 2 and abs(p["radius"] - 14) < 2.5 and p["weight"] == 1, p
+    assert abs(p["x"] - 34 * k) < 2 * k and abs(p["y"] - 64 * k) < 2 * k and abs(p["radius"] - 14 * k) < 2.5 * k, p
+    assert p["weight"] == 1, p
 
     # Shift+click: half weight; Ctrl+drag: a brush stroke of several points (undone again by the Undo button)
-    x1, y1 = _offset(rect, 96, 64)
+    x1, y1 = _offset(rect, 96 * k, 64 * k)
     ActionChains(browser).key_down(Keys.SHIFT).move_to_element_with_offset(canvas, x1, y1).click() \
         .key_up(Keys.SHIFT).perform()
     assert _points(browser)[-1]["weight"] == 0.5
-    ActionChains(browser).key_down(Keys.CONTROL).move_to_element_with_offset(canvas, *_offset(rect, 20, 110)) \
-        .click_and_hold().move_by_offset(round(80 * rect["s"]), 0).release().key_up(Keys.CONTROL).perform()
+    ActionChains(browser).key_down(Keys.CONTROL).move_to_element_with_offset(canvas, *_offset(rect, 20 * k, 110 * k)) \
+        .click_and_hold().move_by_offset(round(80 * k * rect["s"]), 0).release().key_up(Keys.CONTROL).perform()
     stroke = [q for q in _points(browser) if q.get("stroke")]
-    assert len(stroke) >= 5 and all(abs(q["y"] - 110) < 2 for q in stroke), stroke
+    assert len(stroke) >= 5 and all(abs(q["y"] - 110 * k) < 2 * k for q in stroke), stroke
     for _ in range(2):  # undo the stroke and the Shift+click
         browser.execute_script("[...document.querySelectorAll('.diffugan-emphasis button')]"
                                ".find(b => b.textContent === 'Undo').click();")
@@ -158,5 +160,5 @@ def test_click_drag_and_brush_set_the_merge_nodes_points_and_change_the_output(b
     a = np.asarray(Image.open(after_path).convert("RGB"), dtype=np.float32)
     b = np.asarray(Image.open(before_path).convert("RGB"), dtype=np.float32)
     yy, xx = np.mgrid[:a.shape[0], :a.shape[1]]
-    clicked = (xx - 34) ** 2 + (yy - 64) ** 2 < 8 ** 2
+    clicked = (xx - 34 * k) ** 2 + (yy - 64 * k) ** 2 < (8 * k) ** 2
     assert np.abs(a - b)[clicked].mean() > 20, np.abs(a - b)[clicked].mean()  # the heat colours moved there

@@ -168,14 +168,14 @@ def test_user_emphasis_raises_the_work_where_painted_and_clicked(fresh):
     alpha = np.asarray(Image.open(EXAMPLE_INPUTS / "diffugan_emoji_painted.png"))[..., 3]
     painted = alpha == 0
     point = json.loads(api["6"]["inputs"]["points"])[0]
-    yy, xx = np.mgrid[:128, :128]
+    yy, xx = np.mgrid[:painted.shape[0], :painted.shape[1]]
     clicked = (xx - point["x"]) ** 2 + (yy - point["y"]) ** 2 < (point["radius"] / 2) ** 2
     for region, where in (("painted", painted), ("clicked", clicked)):
         gain = levels["emphasis"][where].mean() - levels["plain"][where].mean()
         assert gain > 0.1, (region, gain)  # levels come in steps of 1/3
         full = {k: ((v[..., 0] > 0.8) & (v[..., 1] < 0.3))[where].mean() for k, v in steps.items()}  # red: all steps
         assert full["emphasis"] >= full["plain"], (region, full)  # never fewer steps where the user asked for more
-    # The zoo DiT's 8 x 8 tokens of 16 px each get the mean level of their pixels, so the step map changes less
+    # The zoo DiT's 16 x 16 tokens of 16 px each get the mean level of their pixels, so the step map changes less
     # sharply than the level map above (where the emphasis shows pixel for pixel).
     assert np.abs(steps["emphasis"] - steps["plain"]).max() > 0.1
     rest = ~(painted | clicked)

@@ -22,9 +22,9 @@ def high_freq(img: np.ndarray) -> float:
 
 def test_zoo_models_are_listed_by_default(server):
     info = server.get("/object_info/VAELoader")
-    assert "diffugan-emoji-vae.safetensors" in info["VAELoader"]["input"]["required"]["vae_name"][0]
+    assert "diffugan-emoji-vae-256.safetensors" in info["VAELoader"]["input"]["required"]["vae_name"][0]
     info = server.get("/object_info/DiffuGANDiTLoader")
-    assert "diffugan-emoji-dit.safetensors" in json.dumps(info)
+    assert "diffugan-emoji-dit-256.safetensors" in json.dumps(info)
 
 
 def test_emoji_refine_workflow_on_the_zoo_models(server):
@@ -32,7 +32,7 @@ def test_emoji_refine_workflow_on_the_zoo_models(server):
     assert run.ok, run.error()
     [draft], [levels], [refined] = (run.output_images(n) for n in ("11", "13", "14"))
     d, r = np.asarray(Image.open(draft).convert("RGB")), np.asarray(Image.open(refined).convert("RGB"))
-    assert d.shape == r.shape == (128, 128, 3)
+    assert d.shape == r.shape == (256, 256, 3)
     save_artifact(refined, "e2e_zoo_emoji_refined.png")
     save_artifact(levels, "e2e_zoo_emoji_levels.png")
     assert high_freq(r) > 1.2 * high_freq(d), (high_freq(r), high_freq(d))
@@ -51,6 +51,6 @@ def test_learned_importance_node_with_the_zoo_scorer(server):
     run = server.run_prompt(prompt)
     assert run.ok, run.error()
     [heat] = run.output_images("4")
-    assert np.asarray(Image.open(heat)).shape[:2] == (128, 128)
+    assert np.asarray(Image.open(heat)).shape[:2] == (256, 256)
     save_artifact(heat, "e2e_zoo_learned_importance.png")
 
