@@ -427,10 +427,10 @@ def canny_edges(image: torch.Tensor, low: float = 0.1, high: float = 0.2) -> tor
     # kornia's steps up to the thresholds (0 / 0.5 weak / 1 strong); its hysteresis grows the strong edges one pixel
     # an iteration (seconds per 256 px image), so it is done here in one pass: a weak pixel is an edge when it is
     # 8-connected through weak pixels to a strong one, the same result
-    weak_or_strong = kornia.filters.canny(x, low_threshold=low, high_threshold=high, hysteresis=False)[1] \
-        if len(x) else x[:, :1]
-    edges = _hysteresis(weak_or_strong[..., :h, :w])
-    return edges.to(image.dtype)
+    edges = [_hysteresis(kornia.filters.canny(x[i:i + 32], low_threshold=low, high_threshold=high,
+                                              hysteresis=False)[1][..., :h, :w])
+             for i in range(0, len(x), 32)]  # 32 at a time: kornia's intermediates are ~40x the images' size
+    return torch.cat(edges).to(image.dtype) if edges else image[:, :1, :h, :w].clone()
 
 
 def _hysteresis(levels: torch.Tensor) -> torch.Tensor:
