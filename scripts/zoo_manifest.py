@@ -168,7 +168,8 @@ def card_scorer(name: str, log: dict) -> str:
     return "\n".join([
         f"### `diffugan_importance/{name}` — learned importance scorer",
         f"MobileNetV3-style CNN ({log['params']:,} parameters) predicting at 1/8 resolution where a uniform "
-        "refinement by the zoo DiT changes a draft most. Distilled by `scripts/train_importance_scorer.py`: "
+        f"refinement by the zoo DiT `{Path(s['dit']).name}` changes a draft most. Distilled by "
+        "`scripts/train_importance_scorer.py`: "
         f"{s['train_drafts']} training drafts, targets from {s['steps']}-step refinements at strength "
         f"{s['strength']}, guidance {s['cfg']}; {s['train_steps']} steps, batch {s['batch']}, seed {s['seed']}.",
         f"- held-out ({s['heldout_drafts']} drafts) Spearman rank correlation with the refinement's change: "
