@@ -193,11 +193,12 @@ def card_controlnet(name: str, log: dict) -> str:
     quarter = e.get("with_controlnet_budget_25")
     return "\n".join([
         f"### `diffugan_controlnet/{name}` — ViT ControlNet (edges)",
-        "Control branch of copied DiT blocks for the zoo DiT, one-channel Canny edges (kornia, 0.1 / 0.2) as "
-        "control" + (", with mixed-resolution tokens (2x2-merged where edges are sparse) for short token budgets"
-                     if s.get("coarse_tokens") == "True" else "") +
-        f". Trained by `scripts/train_zoo_controlnet.py` with the DiT frozen (batch {s['batch']}): "
-        f"{history}.",
+        f"Control branch of copied DiT blocks for the zoo DiT `{Path(s['dit']).name}`, one-channel Canny edges "
+        "(kornia, 0.1 / 0.2) as control" + (", with mixed-resolution tokens (2x2-merged where edges are sparse) for "
+                                            "short token budgets" if s.get("coarse_tokens") == "True" else "") +
+        f". Trained by `scripts/train_zoo_controlnet.py` with the DiT frozen (batch {s['batch']}"
+        + (", batches carrying the zoo CLIP's styles as in the DiT's training" if s.get("style_clip") else "")
+        + f"): {history}.",
         f"- held-out ε-MSE (mean over t = 100…900): **{f['eps_mse_with_control']:.4f} with** the ControlNet vs "
         f"{f['eps_mse_without_control']:.4f} without",
         f"- edge F1 ({e['tolerance_px']} px tolerance) of refined held-out drafts ({e['images']} emoji made "

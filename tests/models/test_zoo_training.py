@@ -155,6 +155,28 @@ def test_dit_trainer_adds_style_conditioning_to_a_dit_without_it(tiny_set, tiny_
     assert t2i["captions"] == 4 and (styled.parent / t2i["samples"]).is_file()
 
 
+def test_controlnet_trainer_carries_the_dits_styles_and_refuses_another_clip(tiny_set, tiny_clip, tmp_path):
+    """With --style-clip the branch trains under the DiT's style conditioning (batches draw styles as the DiT's
+    training does); a CLIP other than the one the DiT was trained on is refused by name."""
+    data, vae = tiny_set
+    small = ["--hidden", "32", "--depth", "1", "--heads", "2", "--batch", "4", "--eval-every", "1"]
+    styled = tmp_path / "dit.safetensors"
+    train_zoo_dit.main(["--data", str(data), "--vae", str(vae), "--out", str(styled), "--steps", "1",
+                        "--style-clip", str(tiny_clip), *small])
+    out = tmp_path / "cn" / "controlnet.safetensors"
+    train_zoo_controlnet.main(["--data", str(data), "--dit", str(styled), "--vae", str(vae), "--out", str(out),
+                               "--style-clip", str(tiny_clip), "--depth", "1", "--steps", "2", "--batch", "4",
+                               "--eval-images", "4"])
+    log = json.loads(out.with_suffix(".json").read_text())
+    assert log["settings"]["style_clip"] == str(tiny_clip) and [e["step"] for e in log["evals"]] == [0, 2]
+    assert "styles as in the DiT's training" in zoo_manifest.card_controlnet(out.name, log)
+    plain = tmp_path / "plain.safetensors"  # a DiT without style conditioning: --style-clip makes no sense for it
+    train_zoo_dit.main(["--data", str(data), "--vae", str(vae), "--out", str(plain), "--steps", "1", *small])
+    with pytest.raises(SystemExit, match="was not trained with the style of --style-clip"):
+        train_zoo_controlnet.main(["--data", str(data), "--dit", str(plain), "--vae", str(vae), "--out",
+                                   str(tmp_path / "x.safetensors"), "--style-clip", str(tiny_clip), "--steps", "1"])
+
+
 def test_stylegan_trainer_writes_a_text_conditioned_generator_and_resumes(tiny_set, tiny_clip, tmp_path, capsys):
     data, _ = tiny_set
     out = tmp_path / "sg" / "stylegan.safetensors"
