@@ -33,8 +33,8 @@ ZOO = ROOT / "zoo"
 
 
 def load_models():
-    files = {"vae": ZOO / "vae" / "diffugan-emoji-vae.safetensors",
-             "dit": ZOO / "dit" / "diffugan-emoji-dit.safetensors",
+    files = {"vae": ZOO / "vae" / "diffugan-emoji-vae-256.safetensors",
+             "dit": ZOO / "dit" / "diffugan-emoji-dit-256.safetensors",
              "scorer": ZOO / "diffugan_importance" / "diffugan-emoji-scorer.safetensors"}
     vae = taesd.load_vae(files["vae"]) if files["vae"].exists() else taesd.TinyAutoencoder().eval()
     model = dit.load_dit(files["dit"]) if files["dit"].exists() else dit.DiT(dit.DiTConfig(

@@ -516,8 +516,8 @@ def scale(args, dit_nodes) -> dict:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dit", type=Path, default=ZOO / "dit" / "diffugan-emoji-dit.safetensors")
-    ap.add_argument("--vae", type=Path, default=ZOO / "vae" / "diffugan-emoji-vae.safetensors")
+    ap.add_argument("--dit", type=Path, default=ZOO / "dit" / "diffugan-emoji-dit-256.safetensors")
+    ap.add_argument("--vae", type=Path, default=ZOO / "vae" / "diffugan-emoji-vae-256.safetensors")
     ap.add_argument("--scorer", type=Path, default=ZOO / "diffugan_importance" / "diffugan-emoji-scorer.safetensors")
     ap.add_argument("--stylegan", type=Path, default=ZOO / "stylegan" / "diffugan-emoji-stylegan.safetensors")
     ap.add_argument("--clip", type=Path, default=ZOO / "clip_style" / "diffugan-emoji-clip.safetensors")

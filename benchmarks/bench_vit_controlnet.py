@@ -16,8 +16,8 @@ the top tokens (importance first), scored also within the top quarter of tokens 
 benchmarks/results/vit_controlnet.json (random) or vit_controlnet_zoo.json (trained).
 
     .venv/bin/python benchmarks/bench_vit_controlnet.py [--model DiT-B/2] [--size 256] [--control-depth 6]
-    .venv/bin/python benchmarks/bench_vit_controlnet.py --dit zoo/dit/diffugan-emoji-dit.safetensors \
-        --vae zoo/vae/diffugan-emoji-vae.safetensors \
+    .venv/bin/python benchmarks/bench_vit_controlnet.py --dit zoo/dit/diffugan-emoji-dit-256.safetensors \
+        --vae zoo/vae/diffugan-emoji-vae-256.safetensors \
         --controlnet zoo/diffugan_controlnet/diffugan-emoji-controlnet.safetensors
 """
 from __future__ import annotations

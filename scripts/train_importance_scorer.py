@@ -15,8 +15,8 @@ Held-out figure: Spearman rank correlation with the target on held-out drafts (p
 learned scorer and for the analytic scorer (its map area-pooled to the same 16x16 grid); with generated drafts also
 for the coarse and the generated ones apart.
 
-    python scripts/train_importance_scorer.py --dit zoo/dit/diffugan-emoji-dit.safetensors \\
-        --vae zoo/vae/diffugan-emoji-vae.safetensors --out zoo/diffugan_importance/diffugan-emoji-scorer.safetensors
+    python scripts/train_importance_scorer.py --dit zoo/dit/diffugan-emoji-dit-256.safetensors \\
+        --vae zoo/vae/diffugan-emoji-vae-256.safetensors --out zoo/diffugan_importance/diffugan-emoji-scorer.safetensors
 
 Writes the scorer (safetensors, config in the metadata), <out>.json (settings, loss curve, held-out figures).
 Targets are cached under <data>/ (they cost most of the run).

@@ -15,8 +15,8 @@ Verification on held-out emoji (written to <out>.json):
     strength 0.8 with its own edges as control, then the Canny edges of the decoded result scored against the
     control edges (F1, 1 px tolerance), with the ControlNet (dense, and at a 25 % token budget) vs without.
 
-    python scripts/train_zoo_controlnet.py --dit zoo/dit/diffugan-emoji-dit.safetensors \\
-        --vae zoo/vae/diffugan-emoji-vae.safetensors --out zoo/diffugan_controlnet/diffugan-emoji-controlnet.safetensors
+    python scripts/train_zoo_controlnet.py --dit zoo/dit/diffugan-emoji-dit-256.safetensors \\
+        --vae zoo/vae/diffugan-emoji-vae-256.safetensors --out zoo/diffugan_controlnet/diffugan-emoji-controlnet.safetensors
 """
 from __future__ import annotations
 

@@ -75,8 +75,8 @@ from diffugan.models import ganformer as gf  # noqa: E402
 
 ZOO = ROOT / "zoo"
 # the refiner the learned scorer was distilled from, and its VAE (zoo/README.md, the scorer's card)
-DEFAULT_DIT = ZOO / "dit" / "diffugan-emoji-dit.safetensors"
-DEFAULT_VAE = ZOO / "vae" / "diffugan-emoji-vae.safetensors"
+DEFAULT_DIT = ZOO / "dit" / "diffugan-emoji-dit-256.safetensors"
+DEFAULT_VAE = ZOO / "vae" / "diffugan-emoji-vae-256.safetensors"
 DEFAULT_SCORER = ZOO / "diffugan_importance" / "diffugan-emoji-scorer.safetensors"
 
 
