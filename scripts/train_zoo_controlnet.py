@@ -16,7 +16,8 @@ Verification on held-out emoji (written to <out>.json):
     control edges (F1, 1 px tolerance), with the ControlNet (dense, and at a 25 % token budget) vs without.
 
     python scripts/train_zoo_controlnet.py --dit zoo/dit/diffugan-emoji-dit-256.safetensors \\
-        --vae zoo/vae/diffugan-emoji-vae-256.safetensors --out zoo/diffugan_controlnet/diffugan-emoji-controlnet.safetensors
+        --vae zoo/vae/diffugan-emoji-vae-256.safetensors --style-clip zoo/clip_style/diffugan-emoji-clip.safetensors \\
+        --out zoo/diffugan_controlnet/diffugan-emoji-controlnet.safetensors
 """
 from __future__ import annotations
 

@@ -7,7 +7,8 @@ patch 2. Class label = style x category (`zoo_data.zoo_label`): 30 classes, 0-9 
 openmoji. No learned variance (ComfyUI's samplers use ε only). The loop (resume, EMA, schedule, logging,
 evaluation, `torchrun`) is devkit.train.TrainLoop.
 
-    python scripts/train_zoo_dit.py --vae zoo/vae/diffugan-emoji-vae-256.safetensors --out zoo/dit/diffugan-emoji-dit-256.safetensors
+    python scripts/train_zoo_dit.py --vae zoo/vae/diffugan-emoji-vae-256.safetensors \\
+        --out zoo/dit/diffugan-emoji-dit-256.safetensors
 
 Held-out figure, every --eval-every steps: the ε-MSE of the EMA model on held-out latents at t = 100, 300, 500,
 700, 900 with fixed noise, next to the same figure for predicting ε = 0 (i.e. 1.0), and the clean-latent error
