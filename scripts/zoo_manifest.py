@@ -136,12 +136,11 @@ LIMITS_UNET = ("CPU-sized and young (2,500 steps): text -> image gives blobs in 
                "in the main README (Demo model zoo).")
 
 
-LIMITS_CONTROLNET = ("it steers the zoo DiT, whose refinements are still blotchy (see its card): the structure "
-                     "follows the edges more closely, the pictures are not yet good. At a 25 % token budget it "
-                     "still loses 17.5 % of the dense edge F1 (benchmark, 32 images; the target is 5 %); spent over "
-                     "steps instead (Apply (Advanced)'s 'rotate budget over steps') it loses 2.8 % at 3.5x fewer "
-                     "branch FLOPs per run. "
-                     "See benchmarks/results/vit_controlnet_zoo*.json for edge F1 at each token budget.")
+LIMITS_CONTROLNET = ("trained for the 256-token DiT on 256 px edges, finer than the earlier 128 px ControlNet's, so "
+                     "its edge F1 is not comparable to that one's (0.56 with, 0.23 without). At a 25 % token budget "
+                     "it keeps 78 % of the dense edge F1 (figures above); the benchmarks of token budgets and of "
+                     "budgets spent over steps (benchmarks/results/vit_controlnet_zoo*.json) measured the earlier "
+                     "ControlNet on the 64-token DiT and are still to be rerun for this one.")
 
 
 LIMITS_STYLEGAN = ("a CPU-sized GAN run: its drafts are smooth blobs in the prompt's colours and rough shape (red "
