@@ -9,9 +9,10 @@
    (mean squared difference to a Gaussian-blurred copy, sigma 1.5 px at the working size) as a ratio to that of the
    real held-out images (1 = as detailed as real emoji; a blurry draft is below 1).
 2. Degraded real images. The held-out images themselves, downscaled to --degrade-px and back up (blurred, as a
-   coarse draft is), refined the same way with their caption: PSNR and SSIM (kornia) to the originals and the same
-   detail ratio, for the degraded input, its VAE round trip and the refined image, and for the last two with the
-   input's content at --degrade-px put back (Keep Coarse, as the refine_any_image workflow does).
+   coarse draft is), refined the same way with their caption but at --restore-strength (refine_any_image's): PSNR
+   and SSIM (kornia) to the originals and the same detail ratio, for the degraded input, its VAE round trip and the
+   refined image, and for the last two with the input's content at --degrade-px put back (Keep Coarse, as the
+   refine_any_image workflow does).
 Each figure for the input, the VAE round trip alone (what the latent round trip costs) and the refined image; the
 refinement gain is refined minus VAE round trip.
 
@@ -55,6 +56,8 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=ZOO / "pipeline.json")
     ap.add_argument("--psi", type=float, default=0.7)
     ap.add_argument("--strength", type=float, default=0.3)
+    ap.add_argument("--restore-strength", type=float, default=0.15,
+                    help="strength for the degraded images (the refine_any_image workflow's)")
     ap.add_argument("--steps", type=int, default=20, help="refinement steps (the workflow's Refine: max_steps 20)")
     ap.add_argument("--cfg", type=float, default=3.0)
     ap.add_argument("--seed", type=int, default=0)
@@ -68,7 +71,7 @@ def main(argv=None) -> None:
     real, records = zoo_data.load(args.data, "heldout", size)
     real = (real + 1) / 2
     n = min(len(records), args.limit) if args.limit else len(records)
-    refine = _refiner(model, vae, args)
+    refine = _refiner(model, vae, args, args.strength)
     style = tzc.heldout_captions(clip, args.data)
     draft = tzs.sample_images(G, style, len(style), args.seed, args.psi)[:n]
     draft = F.interpolate(draft, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
@@ -85,10 +88,11 @@ def main(argv=None) -> None:
     # degraded real images: blurred copies of the held-out images, refined with their own caption
     degraded = F.interpolate(F.interpolate(real[:n], size=args.degrade_px, mode="bilinear", antialias=True),
                              size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
-    restored = dict(zip(("degraded", "vae", "refined"), refine(degraded, style[:n])))
+    restored = dict(zip(("degraded", "vae", "refined"), _refiner(model, vae, args, args.restore_strength)(
+        degraded, style[:n])))
     for name in ("vae", "refined"):  # as refine_any_image does: Keep Coarse at the input's real resolution
         restored[f"{name}_keep_coarse"] = region.keep_coarse(restored[name], degraded, args.degrade_px)
-    results["degraded"] = {"px": args.degrade_px, "images": n}
+    results["degraded"] = {"px": args.degrade_px, "images": n, "strength": args.restore_strength}
     for name, images in restored.items():
         results["degraded"][name] = {"psnr_db": metrics.psnr(images, real[:n]), "ssim": metrics.ssim(images, real[:n]),
                                      "detail_ratio": metrics.high_frequency(images) / detail_real}
@@ -105,9 +109,9 @@ def main(argv=None) -> None:
     print(f"wrote {args.out}")
 
 
-def _refiner(model: dit.DiT, vae: taesd.TinyAutoencoder, args):
-    """images in 0..1 and their styles -> (images, VAE round trip, refined), each in 0..1."""
-    sigmas, ts = sampling.img2img_schedule(args.steps, args.strength)
+def _refiner(model: dit.DiT, vae: taesd.TinyAutoencoder, args, strength: float):
+    """images in 0..1 and their styles -> (images, VAE round trip, refined at `strength`), each in 0..1."""
+    sigmas, ts = sampling.img2img_schedule(args.steps, strength)
 
     def refine(images: torch.Tensor, style: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n = len(images)

@@ -291,6 +291,10 @@ def card_pipeline(log: dict) -> str:
     ])
 
 
+_DEGRADED_ROWS = {"degraded": "input", "vae": "VAE round trip", "vae_keep_coarse": "VAE round trip + Keep Coarse",
+                  "refined_keep_coarse": "refined + Keep Coarse"}
+
+
 def _pipeline_detail_lines(log: dict) -> list[str]:
     """The detail ratio of the drafts and the restoration of degraded held-out images (later evaluations only)."""
     d = log["degraded"]
@@ -298,9 +302,10 @@ def _pipeline_detail_lines(log: dict) -> list[str]:
         f"- detail (high-frequency energy as a ratio to real held-out emoji, 1 = as detailed): draft "
         f"{log['draft']['detail_ratio']:.2f}, VAE round trip {log['vae']['detail_ratio']:.2f}, refined "
         f"{log['refined']['detail_ratio']:.2f}",
-        f"- degraded held-out images ({d['images']}, down to {d['px']} px and back), refined with their caption: "
-        + "; ".join(f"{name} PSNR {d[name]['psnr_db']:.2f} dB, SSIM {d[name]['ssim']:.3f}, detail "
-                    f"{d[name]['detail_ratio']:.2f}" for name in d if isinstance(d[name], dict)),
+        f"- degraded held-out images ({d['images']}, down to {d['px']} px and back), refined with their caption"
+        + (f" at strength {d['strength']}" if "strength" in d else "") + ": "
+        + "; ".join(f"{_DEGRADED_ROWS.get(name, name)} PSNR {d[name]['psnr_db']:.2f} dB, SSIM {d[name]['ssim']:.3f}, "
+                    f"detail {d[name]['detail_ratio']:.2f}" for name in d if isinstance(d[name], dict)),
     ]
 
 

@@ -321,17 +321,19 @@ def test_pipeline_evaluation_reports_drafts_and_degraded_images(tiny_set, tiny_c
     out = tmp_path / "pipeline.json"
     eval_zoo_pipeline.main(["--data", str(data), "--stylegan", str(G), "--clip", str(tiny_clip), "--dit", str(D),
                             "--vae", str(vae), "--out", str(out), "--steps", "2", "--limit", "3",
-                            "--degrade-px", "16"])
+                            "--degrade-px", "16", "--restore-strength", "0.5"])
     r = json.loads(out.read_text())
     assert r["size"] == 64
     for stage in ("draft", "vae", "refined"):
         assert r[stage]["detail_ratio"] > 0 and torch.isfinite(torch.tensor(r[stage]["prompt_fd"]))
     d = r["degraded"]
-    assert d["images"] == 3 and d["px"] == 16
-    for stage in ("degraded", "vae", "refined"):
+    assert d["images"] == 3 and d["px"] == 16 and d["strength"] == 0.5
+    for stage in ("degraded", "vae", "refined", "vae_keep_coarse", "refined_keep_coarse"):
         assert 0 < d[stage]["ssim"] <= 1 and d[stage]["psnr_db"] > 0
     assert out.with_suffix(".png").is_file()
-    assert "degraded held-out images (3, down to 16 px" in zoo_manifest.card_pipeline(r)
+    card = zoo_manifest.card_pipeline(r)
+    assert "degraded held-out images (3, down to 16 px and back), refined with their caption at strength 0.5" in card
+    assert "refined + Keep Coarse PSNR" in card
 
 
 def test_unet_trainer_runs_logs_the_dits_figures_snapshots_and_writes_a_loadable_file(tiny_set, tiny_clip, tmp_path):
