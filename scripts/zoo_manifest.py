@@ -113,20 +113,19 @@ def _dit_style_lines(log: dict) -> list[str]:
 
 
 # The sentences in the cards not read from a log: what looking at the outputs showed (update them after a run).
-LIMITS_DIT = ("still CPU-sized and not yet good enough to improve drafts: refined at strength 0.25, held-out emoji and "
-              "the demo's drawn smiley keep their layout but come back blotchy, their detail lost. Prompts steer it "
-              "weakly (text -> image gives blobs in roughly the prompt's colours: yellow discs for faces, "
-              "rectangles for flags), and the style conditioning lowers the held-out ε-MSE by under 1 %. Each run "
-              "lowered the held-out ε-MSE and it was still falling: a long (GPU) run is the next step.")
+LIMITS_DIT = ("superseded by `diffugan-emoji-dit-256.safetensors` (256 tokens, 256 px, the current data set), which "
+              "every shipped workflow now uses; kept so that graphs saved with it still load. CPU-sized: refined "
+              "drafts come back blotchy, and its style conditioning lowers the held-out ε-MSE by under 1 %.")
 
 
 LIMITS_DIT_256 = (
-    "a snapshot of a run in progress, shipped so that a machine without the training state resumes from it "
-    "(`--init` this file): not used by the shipped workflows yet, and its ControlNet and importance scorer are still "
-    "to be retrained for it. On 48 held-out captions' StyleGAN drafts it now beats the draft on CLIP score, Fréchet "
-    "distance and detail (`benchmarks/bench_refiners.py`, see the main README), but to the eye the refined pictures "
-    "are blotchy, and it still moves degraded images away from their originals (17.8 dB from 22.9 at strength 0.3); "
-    "the caption conditions it by under 1 % of the held-out ε-MSE.")
+    "a snapshot of a run in progress (`--init` this file on a machine without the training state). The shipped "
+    "coarse-to-fine workflows use it, with the ControlNet and importance scorer trained for it. On the held-out "
+    "captions' StyleGAN drafts it beats the draft on Fréchet distance and detail and ties it on CLIP score "
+    "(`pipeline.json`, below); to the eye it turns the drafts' blurry blobs into crisp flat shapes in the prompt's "
+    "colours, not yet into recognisable emoji (faces lose their features). Dense at strength 0.3 it moves degraded "
+    "images away from their originals; at strength 0.15 with Keep Coarse it is close to even. The caption conditions "
+    "it by about 1 % of the held-out ε-MSE.")
 
 
 LIMITS_UNET = ("CPU-sized and young (2,500 steps): text -> image gives blobs in roughly the prompt's colours, and the "
@@ -148,9 +147,10 @@ LIMITS_STYLEGAN = ("a CPU-sized GAN run: its drafts are smooth blobs in the prom
                    "squares for 'blue circle'), not yet recognisable emoji, and seeds vary the shape less than the "
                    "prompt does. On 8 prompts (6 drafts each, ψ 0.7) the zoo CLIP ranked the prompt's own text first "
                    "for 3. The FD was still falling at the last evaluation: a longer (GPU) run is the next step.")
-LIMITS_PIPELINE = ("the refiner lowers the Fréchet distance but does not sharpen: it replaces the drafts' smooth "
-                   "shading with the flat, blotchy texture of its own samples and can lose small features "
-                   "(see the sheet).")
+LIMITS_PIPELINE = ("the gains are in sharpness and in the distribution of the images (Fréchet distance), not yet "
+                   "in what they show: the CLIP score barely moves, and on the demo's six prompts the refined image is "
+                   "closer to its prompt for about half of them. Restoring degraded images, the VAE round trip with "
+                   "Keep Coarse beats the refiner (see the figures).")
 LIMITS_GANFORMER = ("a CPU-sized GAN run, younger than the zoo StyleGAN: its drafts are blobs in the prompt's colours "
                     "and rough shape, and its attention is still diffuse (the ownership map is nearly flat), so as an "
                     "importance map it does not yet say where the refiner changes a draft (Spearman about 0, against "
@@ -412,6 +412,15 @@ CARDS = {"vae": card_vae, "stylegan": card_stylegan, "clip_style": card_clip, "d
          "ganformer": card_ganformer}
 
 
+def compute_line(log: dict) -> str:
+    """The training compute of a card's last run, from its log: steps, hours (the last logged step's clock, which
+    carries over when a run resumes) and processes / device."""
+    last, n, device = log["curve"][-1], int(log.get("world_size") or 1), (log.get("device") or "cpu").upper()
+    where = f"{n} {device} processes" if n > 1 else f"one {device} process"
+    return (f"- training compute (its last run): {last['step']:,} steps, {last['sec'] / 3600:.1f} h on {where} "
+            "(a 2-core machine, one thread per run, often beside another run)")
+
+
 def main() -> None:
     meta = json.loads((zoo_data.DEFAULT_OUT / "emoji.json").read_text()) if (
         zoo_data.DEFAULT_OUT / "emoji.json").exists() else None
@@ -423,15 +432,16 @@ def main() -> None:
         files.append({"path": path.relative_to(ZOO).as_posix(), "folder": kind, "bytes": path.stat().st_size,
                       "sha256": sha256_of(path), "log": log_path.relative_to(ZOO).as_posix() if log else None})
         if log and kind in CARDS:
-            cards.append(CARDS[kind](path.name, log))
+            card = CARDS[kind](path.name, log)
+            cards.append(card if " h on " in card or not log.get("curve") else card + "\n" + compute_line(log))
     (ZOO / "manifest.json").write_text(json.dumps({"files": files}, indent=1) + "\n")
     head = ["# DiffuGAN demo model zoo", "",
             "Small models trained by this repository's scripts on a real open data set, so the pack works before you "
-            "download any large checkpoint. They are demonstrations, CPU-sized training: the models most shipped "
-            "workflows use work at 128 px and were trained on an earlier set of 64 px emoji bitmaps in two styles; "
-            "the `-256` files, on the set below, at 256 px, are their successors in training (the GANformer "
-            "workflow and the FiLM UNet's already use them), and the GANformer and FiLM UNet were trained on that "
-            "set. The nodes "
+            "download any large checkpoint. They are demonstrations, CPU-sized training: the shipped "
+            "workflows use the 256 px wing (the `-256` VAE and DiT, trained on the set below, with the ControlNet and "
+            "importance scorer trained for that DiT; the FiLM UNet and the GANformer on the same set); the CLIP and "
+            "the StyleGAN were trained on an earlier set of 64 px emoji bitmaps in two styles, and the 128 px VAE and "
+            "DiT of that set are kept for graphs saved with them. The nodes "
             "find them by default (each `zoo/<folder>/` is searched after your own `models/<folder>/`). "
             "`manifest.json` lists sizes and sha256; `python scripts/zoo_manifest.py` rewrites it and these cards "
             "from the training logs (`<model>.json`).", ""]
