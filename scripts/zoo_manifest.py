@@ -285,7 +285,8 @@ def card_pipeline(log: dict) -> str:
         f"| real held-out images / training images | {r['real_clip_score']:.3f} | {r['real_train_fd']:.3f} |",
         "",
         f"- refinement gain (refined minus VAE round trip): CLIP score {log['gain_prompt_clip_score']:+.3f}, Fréchet "
-        f"distance {log['gain_prompt_fd']:+.3f}. Sheet (rows: draft, VAE round trip, refined): `pipeline.png`",
+        f"distance {log['gain_prompt_fd']:+.3f}. Sheet `pipeline.png` (rows: draft, VAE round trip, refined, real; "
+        "with the degraded images: degraded, VAE round trip, refined, and the last two with Keep Coarse)",
         *(_pipeline_detail_lines(log) if "degraded" in log else []),
         f"- limits: {LIMITS_PIPELINE}",
     ])
