@@ -18,7 +18,9 @@ reference picture as the style), stylegan_style_mixing, and the zoo FiLM UNet's 
 StyleGAN drafts refined with the importance as per-pixel strength). Workflows that need the user's own files (the
 SD 1.5 one, the VAR-d16 -> DiT-XL/2 one) are skipped with a message unless those files are installed. Each writes a
 contact sheet, one row per image: draft |
-importance (or edges) | refined, with the prompt in front for the prompted ones.
+importance (or edges) | refined, with the prompt in front for the prompted ones. Then what it measured: per prompted
+image the zoo-CLIP score with its prompt and the detail of draft and refined, and sketch_controlnet_refine's edge F1
+against its sketch with and without the ControlNet (printed, and in <out>/scores.json).
 """
 from __future__ import annotations
 
