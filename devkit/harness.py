@@ -219,11 +219,12 @@ def read_images(paths) -> torch.Tensor:
                         .permute(2, 0, 1) for p in paths])
 
 
-def run_prompted_refine(server: ComfyServer, workflow: dict, text: str, outputs: tuple[str, str, str], batch: int):
+def run_prompted_refine(server: ComfyServer, workflow: dict, text: str, outputs: tuple[str, str, str], batch: int,
+                        size: int = 256):
     """Queue a zoo draft -> refine workflow with its prompt (node "2") set to `text`; check that each of its three
-    save nodes (draft, level map, refined) wrote `batch` images, that drafts and refinements are 128² RGB, and that
-    the refinement stays near its draft (refined, not replaced). Returns (draft paths, refined paths, drafts,
-    refined), the images as (N, 3, H, W) tensors."""
+    save nodes (draft, level map, refined) wrote `batch` images, that drafts and refinements are `size`² RGB (the
+    zoo DiT's working size), and that the refinement stays near its draft (refined, not replaced). Returns (draft
+    paths, refined paths, drafts, refined), the images as (N, 3, H, W) tensors."""
     prompt = json.loads(json.dumps(workflow))
     prompt["2"]["inputs"]["text"] = text
     run = server.run_prompt(prompt)
@@ -231,7 +232,7 @@ def run_prompted_refine(server: ComfyServer, workflow: dict, text: str, outputs:
     drafts, levels, refined = (run.output_images(n) for n in outputs)
     assert len(drafts) == len(levels) == len(refined) == batch
     d, r = read_images(drafts), read_images(refined)
-    assert d.shape == r.shape == (batch, 3, 128, 128)
+    assert d.shape == r.shape == (batch, 3, size, size)
     assert float((r - d).abs().mean()) < 0.15  # refined from the draft, not replaced
     return drafts, refined, d, r
 
