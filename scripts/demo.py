@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import devkit  # noqa: E402,F401  (registers the pack as the package `diffugan`)
-from devkit.harness import ComfyServer  # noqa: E402
+from devkit.harness import ComfyServer, read_images  # noqa: E402
 
 
 def missing_files(object_info: dict, prompt: dict) -> list[str]:
@@ -96,13 +96,6 @@ def prompt_sheet(rows: list[tuple[str, list[Path]]], path: Path) -> Path:
     return path
 
 
-def _pixels(path: Path):
-    """A saved PNG as (1, 3, H, W) in 0..1."""
-    import torch
-
-    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)[None]
-
-
 class Judge:
     """What the demo says about its pictures, measured: the zoo CLIP's score of an image against its prompt
     (cosine of the two embeddings, as the zoo cards' CLIP score) and its detail (high-frequency energy, as
@@ -117,7 +110,7 @@ class Judge:
         import torch.nn.functional as F
         import train_zoo_clip as tzc
 
-        x = F.interpolate(_pixels(path), size=(tzc.CLIP_SIZE, tzc.CLIP_SIZE), mode="bicubic", antialias=True)
+        x = F.interpolate(read_images([path]), size=(tzc.CLIP_SIZE, tzc.CLIP_SIZE), mode="bicubic", antialias=True)
         t = tzc.text_embeddings(self.clip, tzc.pooled_text(self.clip, [text]))
         return float((tzc.image_embeddings(self.clip, x.clamp(0, 1)) * t).sum())
 
@@ -125,7 +118,7 @@ class Judge:
     def detail(path: Path) -> float:
         from devkit import metrics
 
-        return metrics.high_frequency(_pixels(path))
+        return metrics.high_frequency(read_images([path]))
 
 
 def judge_prompted(judge: Judge, name: str, rows: list[tuple[str, dict[str, Path]]]) -> dict:
@@ -150,7 +143,6 @@ def sketch_edge_f1(server: ComfyServer, prompt: dict, saved: dict[str, list[Path
     """sketch_controlnet_refine's result against its sketch: edge F1 (1 px tolerance) of the Canny edges of the
     refined image vs the sketch's edges (the workflow's Edges node), with the ControlNet and with the same graph
     without it (the Refine node given the plain DiT); printed."""
-    import torch
     from devkit import metrics
 
     from diffugan.models import vit_controlnet as vc
@@ -162,10 +154,10 @@ def sketch_edge_f1(server: ComfyServer, prompt: dict, saved: dict[str, list[Path
     without = run_workflow(server, "sketch_controlnet_refine_without_controlnet", plain, out)
     [edges_key] = [k for k in saved if k.endswith("_edges")]
     [refined_key] = [k for k in saved if k.endswith("_refined")]
-    sketch = torch.cat([_pixels(f).mean(1, keepdim=True) for f in saved[edges_key]]) > 0.5
+    sketch = read_images(saved[edges_key]).mean(1, keepdim=True) > 0.5
     f1 = {}
     for what, files in (("with_controlnet", saved[refined_key]), ("without_controlnet", without[refined_key])):
-        refined = torch.cat([_pixels(f) for f in files])
+        refined = read_images(files)
         f1[what] = float(metrics.edge_f1(vc.canny_edges(refined), sketch.float()).mean())
     print(f"\nsketch_controlnet_refine: edge F1 of the refined image against the sketch's edges: "
           f"{f1['with_controlnet']:.3f} with the ControlNet, {f1['without_controlnet']:.3f} without")
