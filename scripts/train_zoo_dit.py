@@ -242,6 +242,11 @@ def main(argv=None) -> None:
     ap.add_argument("--init", type=Path, default=None, help="start from this saved DiT (tensors whose shape fits)")
     ap.add_argument("--style-clip", type=Path, default=None, help="train style conditioning on this zoo CLIP")
     ap.add_argument("--style-dropout", type=float, default=0.2)
+    ap.add_argument("--style-lr-mult", type=float, default=1.0,
+                    help="learning rate of `style_proj` as a multiple of --lr: its input is a unit CLIP vector (each "
+                         "of D dims about 1/sqrt(D)), so at x1 the style term grows ~sqrt(D) times slower than the "
+                         "timestep's; 16 (sqrt of 256) is the input rescaled to unit variance, without changing the "
+                         "file format")
     args = ap.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -270,7 +275,12 @@ def main(argv=None) -> None:
             loop.log["init"].update(settings=p["settings"], final=p.get("final"), previous=p.get("init"))
     model = loop.module(raw)
     ema = loop.ema(model, args.ema)
-    opt = loop.optimizer(torch.optim.AdamW(raw.parameters(), lr=args.lr, weight_decay=0.0))
+    style_params = list(raw.style_proj.parameters()) if config.style_dim else []
+    rest = [p for p in raw.parameters() if all(p is not q for q in style_params)]
+    groups = [{"params": rest}]
+    if style_params:
+        groups.append({"params": style_params, "lr": args.lr * args.style_lr_mult})
+    opt = loop.optimizer(torch.optim.AdamW(groups, lr=args.lr, weight_decay=0.0))
     alphas_bar = torch.cumprod(1 - dit.linear_betas(), 0).float()
     sub = slice(None, None, max(1, len(z_held) // args.eval_images))
     held = (z_held, y_held, alphas_bar) + ((held_style,) if style_clip else ())

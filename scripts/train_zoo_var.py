@@ -77,7 +77,18 @@ def train_vqvae(args) -> None:
     loop = TrainLoop(args.out, steps=args.steps, seed=args.seed, settings=vars(args), eval_every=args.eval_every,
                      threads=args.threads, cpu_bf16=args.bf16)
     raw = vm.VQVAE(config).train()
-    loop.log.update(config={**config.__dict__}, params=sum(p.numel() for p in raw.parameters()))
+    loop.log.update(config={**config.__dict__}, params=sum(p.numel() for p in raw.parameters()), init=None)
+    if args.init is not None:  # a saved tokenizer of the same architecture (e.g. the shipped one on a fresh machine)
+        old = vm.load_vqvae(args.init)
+        if old.config != config:
+            diff = {k: (v, getattr(config, k)) for k, v in old.config.__dict__.items() if getattr(config, k) != v}
+            raise SystemExit(f"--init {args.init.name} is another tokenizer: (its, these settings') {diff}")
+        raw.load_state_dict(old.state_dict())
+        loop.log["init"] = {"path": str(args.init)}
+        prev_log = args.init.with_suffix(".json")
+        if prev_log.exists():
+            p = json.loads(prev_log.read_text())
+            loop.log["init"].update(steps=p.get("steps_done"), final=p.get("final"), previous=p.get("init"))
     model = loop.module(raw, ddp=False)  # forward_train, not forward: the loop averages its gradients
     ema = loop.ema(model, args.ema)
     opt = loop.optimizer(torch.optim.AdamW(raw.parameters(), lr=args.lr, betas=(0.5, 0.9), weight_decay=0.0))
@@ -284,6 +295,8 @@ def main(argv=None) -> None:
     g.add_argument("--res-blocks", type=int, default=1)
     g.add_argument("--share-phi", type=int, default=4)
     g.add_argument("--beta", type=float, default=0.25)
+    g.add_argument("--init", type=Path, default=None,
+                   help="start from this saved tokenizer (same settings), e.g. the shipped one on a fresh machine")
     g = ap.add_argument_group("var stage")
     g.add_argument("--vqvae", type=Path, help="the tokenizer of stage 1")
     g.add_argument("--style-clip", type=Path, help="the zoo CLIP whose embeddings condition it")

@@ -394,6 +394,18 @@ def test_var_trainer_tokenizer_then_transformer_with_snapshots_and_text_to_image
     assert json.loads(vq_out.with_name("vqvae.latest.json").read_text())["steps_done"] == 2
     vq = vm.load_vqvae(vq_out)
     assert vq.config.vocab_size == 16 and vq.config.scales == 2
+    # a fresh machine goes on from the shipped tokenizer: --init takes its weights (step 0 equals it), another
+    # architecture is refused before any training
+    tok = ["--stage", "vqvae", "--size", "32", "--vocab", "16", "--z-channels", "4", "--ch", "32", *common]
+    again = tmp_path / "again" / "vqvae.safetensors"
+    train_zoo_var.main([*tok, "--out", str(again), "--init", str(vq_out), "--steps", "1", "--lr", "0"])
+    log2 = json.loads(again.with_suffix(".json").read_text())
+    assert log2["init"]["path"] == str(vq_out) and log2["init"]["final"] == log["final"] and log2["init"]["steps"] == 3
+    for k, v in vm.load_vqvae(again).state_dict().items():
+        assert torch.equal(v, vq.state_dict()[k]), k
+    with pytest.raises(SystemExit, match="--init vqvae.safetensors is another tokenizer.*vocab_size"):
+        train_zoo_var.main([*tok[:5], "32", *tok[6:], "--out", str(tmp_path / "x.safetensors"), "--init", str(vq_out),
+                            "--steps", "1"])
     out = tmp_path / "var" / "var.safetensors"
     train_zoo_var.main(["--stage", "var", "--vqvae", str(vq_out), "--style-clip", str(tiny_clip), "--out", str(out),
                         "--depth", "1", "--width", "32", "--heads", "2", "--steps", "3", "--eval-images", "4",
