@@ -148,7 +148,7 @@ def zoo_drafts(args, size: int):
     from diffugan.models import clip_style as cs
     from diffugan.models import stylegan as sg
 
-    from devkit.drawn import coarsen
+    from diffugan.models import region
 
     clip = cs.load_clip(args.clip)
     real, records = zoo_data.load(zoo_data.DEFAULT_OUT, "heldout", size)
@@ -164,7 +164,7 @@ def zoo_drafts(args, size: int):
     gen = F.interpolate(torch.cat(gen), size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
     pick = torch.linspace(1, len(records) - 2, args.degraded).round().long().tolist()
     clean = (real[pick] + 1) / 2
-    degraded = coarsen(clean, args.degrade_px).clamp(0, 1)
+    degraded = region.coarse(clean, args.degrade_px).clamp(0, 1)
     names += [records[i]["name"] for i in pick]
     images = torch.cat([gen, degraded])
     kinds = ["stylegan"] * len(gen) + ["degraded"] * len(degraded)

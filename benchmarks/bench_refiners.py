@@ -107,7 +107,6 @@ def run(args) -> dict:
     import train_zoo_stylegan as tzs
     import zoo_data
 
-    from devkit.drawn import coarsen
     from diffugan.models import clip_style as cs
     from diffugan.models import dit, film_unet, region, taesd
     from diffugan.models import stylegan as sg
@@ -127,7 +126,7 @@ def run(args) -> dict:
     style, clean = style[pick], real[pick]
     draft = tzs.sample_images(G, style, len(style), args.seed, args.psi)
     draft = F.interpolate(draft, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
-    degraded = coarsen(clean, args.degrade_px).clamp(0, 1)
+    degraded = region.coarse(clean, args.degrade_px).clamp(0, 1)
     models = {"dit": Sampler(dit_nodes.dit_to_comfy_model(net), lambda s: conditioning(dit_nodes, s), "euler",
                              args.cfg),
               "unet": Sampler(unet_nodes.film_unet_to_comfy_model(unet), unet_conditioning, "ddim", args.cfg)}

@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+
+from diffugan.models import region
 
 
 def smiley(size: int = 128, mouth: str = "smile") -> torch.Tensor:
@@ -36,17 +37,10 @@ def _rgb8(x: torch.Tensor):
     return (x[0].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
 
 
-def coarsen(x: torch.Tensor, px: int, size: int | None = None) -> torch.Tensor:
-    """Down to `px` (bilinear, antialiased) and back up to `size` (default: x's own; bicubic, unclamped): a blurry
-    draft, as a fast coarse generator gives. (N, C, H, W) -> (N, C, size, size)."""
-    small = F.interpolate(x, size=px, mode="bilinear", antialias=True)
-    return F.interpolate(small, size=size or x.shape[-1], mode="bicubic")
-
-
 def write_coarse_smiley(path: Path, size: int = 128, coarse: int = 24) -> None:
     """The smiley made coarse (down to `coarse` px and back up): a blurry draft, as a fast generator gives."""
     x = smiley(size) * 0.5 + 0.5
-    write_png(coarsen(x, coarse), path)
+    write_png(region.coarse(x, coarse), path)
 
 
 def write_sketch(path: Path, size: int = 128) -> None:
@@ -79,6 +73,6 @@ def write_painted(x: torch.Tensor, painted: torch.Tensor, path: Path) -> None:
 def write_painted_draft(path: Path, size: int = 128, coarse: int = 24) -> None:
     """The coarse smiley with its forehead painted as emphasis (a user's brush stroke over a plain region that the
     image statistics alone would leave to the fewest steps)."""
-    x = coarsen(smiley(size) * 0.5 + 0.5, coarse)
+    x = region.coarse(smiley(size) * 0.5 + 0.5, coarse)
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
     write_painted(x, ((yy + 0.58).abs() < 0.12) & (xx.abs() < 0.4), path)

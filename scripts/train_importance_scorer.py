@@ -39,16 +39,15 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import devkit  # noqa: E402,F401  (registers the pack as the package `diffugan`)
 from devkit import metrics  # noqa: E402
 import zoo_data  # noqa: E402
-from devkit.drawn import coarsen  # noqa: E402
 
 from devkit import sampling  # noqa: E402
 from devkit.train import TrainLoop  # noqa: E402
-from diffugan.models import dit, importance, taesd  # noqa: E402
+from diffugan.models import dit, importance, region, taesd  # noqa: E402
 
 def coarse(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Each image down to a random 16-40 px and back up (bicubic): drafts of varying blurriness."""
     sizes = [int(torch.randint(16, 41, (1,), generator=gen)) for _ in range(len(x))]
-    return torch.cat([coarsen(img[None], px, x.shape[-1]) for img, px in zip(x, sizes)]).clamp(-1, 1)
+    return torch.cat([region.coarse(img[None], px) for img, px in zip(x, sizes)]).clamp(-1, 1)
 
 
 @torch.no_grad()

@@ -34,13 +34,12 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import devkit  # noqa: E402,F401  (registers the pack as the package `diffugan`)
 from devkit import metrics  # noqa: E402
 import train_zoo_dit  # noqa: E402
-from devkit.drawn import coarsen  # noqa: E402
 import zoo_data  # noqa: E402
 
 from devkit import sampling  # noqa: E402
 from devkit.train import TrainLoop  # noqa: E402
 from diffugan.models import clip_style as cs  # noqa: E402
-from diffugan.models import dit, taesd  # noqa: E402
+from diffugan.models import dit, region, taesd  # noqa: E402
 from diffugan.models import vit_controlnet as vc  # noqa: E402
 
 
@@ -100,7 +99,7 @@ def refined_edges(model, net, vae, images, y, hints, settings: vc.ControlSetting
     The drafts, steps and guidance are EDGE_EVAL's, updated by `overrides` (same keys)."""
     e = EDGE_EVAL | overrides
     cfg = e["cfg"]
-    coarse = coarsen(images, e["draft_px"], images.shape[-1]).clamp(-1, 1)
+    coarse = region.coarse(images, e["draft_px"]).clamp(-1, 1)
     sigmas, ts = sampling.img2img_schedule(e["steps"], e["strength"])
     gen = torch.Generator().manual_seed(99)
     edges = []
