@@ -408,9 +408,53 @@ def card_ganformer(name: str, log: dict) -> str:
     return "\n".join(lines)
 
 
+def card_var(name: str, log: dict) -> str:
+    """The zoo VAR's two files: the tokenizer (--stage vqvae) and the transformer on its codes (--stage var)."""
+    s, c, f = log["settings"], log["config"], log["final"]
+    curve = ", ".join(f"{e['heldout_psnr_db']:.1f}" for e in log["evals"] if "heldout_psnr_db" in e)
+    if s["stage"] == "vqvae":
+        pns = s["patch_nums"].split(",")
+        init = log.get("init") or {}
+        lines = [
+            f"### `var/{name}` — VAR tokenizer (multi-scale residual VQVAE)",
+            f"FoundationVision's tokenizer layout, CPU-sized: {log['params'] / 1e6:.2f} M parameters, "
+            f"{c['vocab_size']} codes of width {c['z_channels']}, channels {c['ch']} × {tuple(c['ch_mult'])}, "
+            f"{s['size']} px with {len(pns)} scales ({', '.join(pns)}: the last is {s['size']} / "
+            f"{2 ** (len(c['ch_mult']) - 1)}). Trained by `scripts/train_zoo_var.py --stage vqvae` for "
+            f"{log['steps_done']:,} steps" + (f" (continuing `{Path(init['path']).name}` at its step {init['steps']})"
+                                              if init.get("steps") else "")
+            + f", batch {s['batch']}, lr {s['lr']}: L1 + MSE on pixels plus the quantisation loss (the reference "
+            "adds perceptual and adversarial terms; this CPU run does not).",
+            f"- held-out reconstruction PSNR (every 4th held-out image at the evaluations before the last): "
+            f"**{f['heldout_psnr_db']:.2f} dB** after all scales, "
+            f"{f[next(k for k in f if k.startswith('heldout_psnr_db_first'))]:.2f} dB after the first half; codebook "
+            f"in use {f['codebook_used'] * 100:.0f} %; curve (every {s['eval_every']} steps): {curve} dB",
+        ]
+        if not (ZOO / "var" / "diffugan-emoji-var.safetensors").exists():
+            lines.append("- limits: the tokenizer alone — the transformer that predicts its codes is not trained yet, "
+                         "so the zoo has no VAR pair for the VAR Loader; shipped so its training goes on from here "
+                         "(`--init`) on any machine")
+        return "\n".join(lines)
+    t = log.get("text_to_image", {})
+    lines = [
+        f"### `var/{name}` — VAR transformer, style-conditioned",
+        f"Next-scale prediction (depth {c['depth']}, width {c['embed_dim']}, {c['num_heads']} heads; scales "
+        f"{', '.join(map(str, c['patch_nums']))}) on the codes of `{Path(s['vqvae']).name}`, conditioned on the zoo "
+        f"CLIP's embedding ({log.get('style_clip')}) with the null class. Trained by `scripts/train_zoo_var.py "
+        f"--stage var` for {log['steps_done']:,} steps, batch {s['batch']}, lr {s['lr']}.",
+        f"- held-out token cross-entropy {f['ce']:.3f} with the caption, {f['ce_none']:.3f} without; accuracy "
+        f"{f['accuracy'] * 100:.1f} %",
+    ]
+    if t:
+        lines.append(f"- text → image on the held-out captions (cfg {s['cfg']}, top-p {s['top_p']}), judged by the zoo "
+                     f"CLIP: CLIP score **{t['prompt_clip_score']:.3f}** with the prompt vs "
+                     f"{t['unconditional_clip_score']:.3f} unprompted; Fréchet distance **{t['prompt_fd']:.3f}**")
+    return "\n".join(lines)
+
+
 CARDS = {"vae": card_vae, "stylegan": card_stylegan, "clip_style": card_clip, "dit": card_dit,
          "diffugan_importance": card_scorer, "diffugan_controlnet": card_controlnet, "film_unet": card_unet,
-         "ganformer": card_ganformer}
+         "ganformer": card_ganformer, "var": card_var}
 
 
 def compute_line(log: dict) -> str:

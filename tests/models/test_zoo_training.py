@@ -394,6 +394,8 @@ def test_var_trainer_tokenizer_then_transformer_with_snapshots_and_text_to_image
     assert json.loads(vq_out.with_name("vqvae.latest.json").read_text())["steps_done"] == 2
     vq = vm.load_vqvae(vq_out)
     assert vq.config.vocab_size == 16 and vq.config.scales == 2
+    card = zoo_manifest.card_var("vqvae.safetensors", log)
+    assert "VAR tokenizer" in card and f"**{log['final']['heldout_psnr_db']:.2f} dB** after all scales" in card
     # a fresh machine goes on from the shipped tokenizer: --init takes its weights (step 0 equals it), another
     # architecture is refused before any training
     tok = ["--stage", "vqvae", "--size", "32", "--vocab", "16", "--z-channels", "4", "--ch", "32", *common]
@@ -422,6 +424,9 @@ def test_var_trainer_tokenizer_then_transformer_with_snapshots_and_text_to_image
     assert model.style_clip == log["style_clip"]
     vm.check_pair(vq, model)
     assert out.with_name("var-samples.png").is_file()
+    card = zoo_manifest.card_var("var.safetensors", log)
+    assert f"cross-entropy {log['final']['ce']:.3f} with the caption" in card
+    assert f"CLIP score **{t['prompt_clip_score']:.3f}** with the prompt" in card
     with pytest.raises(SystemExit, match="--patch-nums has 3 scales but the tokenizer vqvae.safetensors .* on 2"):
         train_zoo_var.main(["--stage", "var", "--vqvae", str(vq_out), "--style-clip", str(tiny_clip), "--out",
                             str(tmp_path / "other.safetensors"), "--steps", "1", *common[:2], "--patch-nums", "1,2,3"])
