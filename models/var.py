@@ -20,7 +20,10 @@ Two networks, as FoundationVision/VAR releases them (`vae_ch160v4096z32.pth` and
   filtering; one draw per token from a `torch.Generator`.
 
 Optional (absent from FoundationVision's files): `style_proj`, a map of a style vector (a DIFFUGAN_STYLE embedding)
-into the conditioning (zero-initialised), for zoo models trained with style conditioning (config.style_dim > 0).
+into the conditioning (zero-initialised), for zoo models trained with style conditioning (config.style_dim > 0). The
+style (a unit vector) enters it scaled by sqrt(style_dim), i.e. at about unit variance per dimension: unscaled, its
+entries (std 0.06 for the zoo CLIP's 256) made the projection learn ~16x slower than the rest, which is what kept
+the zoo DiT's and UNet's caption effect near 1 %.
 
 Parameter and buffer names are FoundationVision's, so their files load strictly (`load_vqvae`, `load_var`): depth,
 widths, vocabulary, scales and heads are read off the weights (heads from the per-head temperature; without it, from
@@ -488,7 +491,7 @@ class VAR(nn.Module):
             elif style.shape != (labels.shape[0], self.config.style_dim):
                 raise ValueError(f"the style must be ({labels.shape[0]}, {self.config.style_dim}); got "
                                  f"{tuple(style.shape)}: encode it with the CLIP this VAR was trained with")
-            cond = cond + self.style_proj(style.to(cond.dtype))
+            cond = cond + self.style_proj(style.to(cond.dtype) * self.config.style_dim ** 0.5)
         return cond
 
     def _logits(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:

@@ -77,18 +77,8 @@ def train_vqvae(args) -> None:
     loop = TrainLoop(args.out, steps=args.steps, seed=args.seed, settings=vars(args), eval_every=args.eval_every,
                      threads=args.threads, cpu_bf16=args.bf16)
     raw = vm.VQVAE(config).train()
-    loop.log.update(config={**config.__dict__}, params=sum(p.numel() for p in raw.parameters()), init=None)
-    if args.init is not None:  # a saved tokenizer of the same architecture (e.g. the shipped one on a fresh machine)
-        old = vm.load_vqvae(args.init)
-        if old.config != config:
-            diff = {k: (v, getattr(config, k)) for k, v in old.config.__dict__.items() if getattr(config, k) != v}
-            raise SystemExit(f"--init {args.init.name} is another tokenizer: (its, these settings') {diff}")
-        raw.load_state_dict(old.state_dict())
-        loop.log["init"] = {"path": str(args.init)}
-        prev_log = args.init.with_suffix(".json")
-        if prev_log.exists():
-            p = json.loads(prev_log.read_text())
-            loop.log["init"].update(steps=p.get("steps_done"), final=p.get("final"), previous=p.get("init"))
+    loop.log.update(config={**config.__dict__}, params=sum(p.numel() for p in raw.parameters()))
+    _init_from(raw, args.init, vm.load_vqvae, loop.log)
     model = loop.module(raw, ddp=False)  # forward_train, not forward: the loop averages its gradients
     ema = loop.ema(model, args.ema)
     opt = loop.optimizer(torch.optim.AdamW(raw.parameters(), lr=args.lr, betas=(0.5, 0.9), weight_decay=0.0))
@@ -186,6 +176,7 @@ def train_var(args) -> None:
     raw.style_clip = clip.identity
     loop.log.update(config={**config.__dict__}, style_clip=clip.identity,
                     params=sum(p.numel() for p in raw.parameters()))
+    _init_from(raw, args.init, vm.load_var, loop.log)
     model = loop.module(raw.train())
     ema = loop.ema(model, args.ema)
     # weight decay on the matrices only: not on biases, gains, the position / scale tables or the temperatures
@@ -245,6 +236,27 @@ def train_var(args) -> None:
           f"{log['final']['ce_none']:.3f} without; CLIP score {log['text_to_image']['prompt_clip_score']:.3f}")
 
 
+def _init_from(raw, path: Path | None, load, log: dict) -> None:
+    """Start `raw` from a saved model of the same architecture (e.g. the shipped one on a fresh machine); its
+    training log, beside it, is chained into this one's."""
+    log["init"] = None
+    if path is None:
+        return
+    old = load(path)
+    if old.config != raw.config:
+        diff = {k: (v, getattr(raw.config, k)) for k, v in old.config.__dict__.items() if getattr(raw.config, k) != v}
+        raise SystemExit(f"--init {path.name} is another {type(raw).__name__}: (its, these settings') {diff}")
+    if getattr(old, "style_clip", "") != getattr(raw, "style_clip", ""):
+        raise SystemExit(f"--init {path.name} was trained on the styles of {old.style_clip!r}, not of "
+                         f"{raw.style_clip!r}: give it the --style-clip it was trained with")
+    raw.load_state_dict(old.state_dict())
+    log["init"] = {"path": str(path)}
+    prev_log = path.with_suffix(".json")
+    if prev_log.exists():
+        p = json.loads(prev_log.read_text())
+        log["init"].update(steps=p.get("steps_done"), final=p.get("final"), previous=p.get("init"))
+
+
 def _with_clip(model: vm.VAR, clip) -> vm.VAR:
     model.style_clip = clip.identity
     return model
@@ -286,6 +298,8 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU too")
+    ap.add_argument("--init", type=Path, default=None, help="start from this saved model of the stage (same "
+                    "settings), e.g. the shipped one on a fresh machine")
     g = ap.add_argument_group("vqvae stage")
     g.add_argument("--size", type=int, default=256)
     g.add_argument("--vocab", type=int, default=1024)
@@ -295,8 +309,6 @@ def main(argv=None) -> None:
     g.add_argument("--res-blocks", type=int, default=1)
     g.add_argument("--share-phi", type=int, default=4)
     g.add_argument("--beta", type=float, default=0.25)
-    g.add_argument("--init", type=Path, default=None,
-                   help="start from this saved tokenizer (same settings), e.g. the shipped one on a fresh machine")
     g = ap.add_argument_group("var stage")
     g.add_argument("--vqvae", type=Path, help="the tokenizer of stage 1")
     g.add_argument("--style-clip", type=Path, help="the zoo CLIP whose embeddings condition it")

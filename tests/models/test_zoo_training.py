@@ -405,7 +405,7 @@ def test_var_trainer_tokenizer_then_transformer_with_snapshots_and_text_to_image
     assert log2["init"]["path"] == str(vq_out) and log2["init"]["final"] == log["final"] and log2["init"]["steps"] == 3
     for k, v in vm.load_vqvae(again).state_dict().items():
         assert torch.equal(v, vq.state_dict()[k]), k
-    with pytest.raises(SystemExit, match="--init vqvae.safetensors is another tokenizer.*vocab_size"):
+    with pytest.raises(SystemExit, match="--init vqvae.safetensors is another VQVAE.*vocab_size"):
         train_zoo_var.main([*tok[:5], "32", *tok[6:], "--out", str(tmp_path / "x.safetensors"), "--init", str(vq_out),
                             "--steps", "1"])
     out = tmp_path / "var" / "var.safetensors"
@@ -427,6 +427,18 @@ def test_var_trainer_tokenizer_then_transformer_with_snapshots_and_text_to_image
     card = zoo_manifest.card_var("var.safetensors", log)
     assert f"cross-entropy {log['final']['ce']:.3f} with the caption" in card
     assert f"CLIP score **{t['prompt_clip_score']:.3f}** with the prompt" in card
+    # the transformer goes on from a saved one too (the shipped one on a fresh machine); another width is refused
+    tr = ["--stage", "var", "--vqvae", str(vq_out), "--style-clip", str(tiny_clip), "--depth", "1", "--heads", "2",
+          "--eval-images", "4", *common]
+    again = tmp_path / "again" / "var.safetensors"
+    train_zoo_var.main([*tr, "--width", "32", "--out", str(again), "--init", str(out), "--steps", "1", "--lr", "0"])
+    log2 = json.loads(again.with_suffix(".json").read_text())
+    assert log2["init"]["path"] == str(out) and log2["init"]["steps"] == 3
+    for k, v in vm.load_var(again).state_dict().items():
+        assert torch.equal(v, model.state_dict()[k]), k
+    with pytest.raises(SystemExit, match="--init var.safetensors is another VAR.*embed_dim"):
+        train_zoo_var.main([*tr, "--width", "64", "--out", str(tmp_path / "y.safetensors"), "--init", str(out),
+                            "--steps", "1"])
     with pytest.raises(SystemExit, match="--patch-nums has 3 scales but the tokenizer vqvae.safetensors .* on 2"):
         train_zoo_var.main(["--stage", "var", "--vqvae", str(vq_out), "--style-clip", str(tiny_clip), "--out",
                             str(tmp_path / "other.safetensors"), "--steps", "1", *common[:2], "--patch-nums", "1,2,3"])
