@@ -50,6 +50,13 @@ def test_every_example_has_ui_file_api_source_and_thumbnail():
         api = json.loads(path.read_text())
         workflow = json.loads((EXAMPLES / path.name).read_text())
         assert sorted(n["type"] for n in workflow["nodes"]) == sorted(n["class_type"] for n in api.values()), path
+        # every node says what it does in this graph, and the UI file (regenerated from the API one) says the same
+        untitled = [k for k, n in api.items() if not n.get("_meta", {}).get("title")]
+        assert not untitled, f"{path.name}: nodes {untitled} have no title"
+        # (the frontend leaves out a title that is the node's display name, as "Differential Diffusion")
+        stale = [n["id"] for n in workflow["nodes"] if n.get("title", api[str(n["id"])]["_meta"]["title"])
+                 != api[str(n["id"])]["_meta"]["title"]]
+        assert not stale, f"{path.stem}.json: titles of nodes {stale} are stale: run scripts/ui_workflows.py"
         assert (EXAMPLES / f"{path.stem}.jpg").read_bytes()[:3] == b"\xff\xd8\xff", f"{path.stem}.jpg is no JPEG"
 
 
