@@ -9,7 +9,9 @@ all held-out images (lower is closer to real emoji), detail ratio (high-frequenc
   var_stop_k     the zoo VAR drawing its first k scales (k = 1 … all; the image of those tokens decoded at full size,
                  as DiffuGAN VAR Draft's stop_scale gives), top-k / top-p / cfg as its workflow
   stylegan       the zoo StyleGAN's draft (ψ --psi), as the hybrid workflow's Generate gives
-  chain_*        a draft -> VAE encode -> DiT refine at --strength, --steps Euler, guidance --cfg with the caption
+  chain_*_rS     a draft -> VAE encode -> DiT refine at --strength with S Euler steps (each of --refine-steps, in
+                 KSampler's sense, as the Refine node's max_steps: S steps over the last --strength of the noise
+                 range), guidance --cfg with the caption
                  (ComfyUI's own sampling on the DiT Loader's MODEL, as DiffuGAN DiT Refine without importance) ->
                  decode; for the VAR's full draft, the VAR stopped at --chain-stop and the StyleGAN draft
   dit_alone_S    the DiT from pure noise, S Euler steps, same guidance and caption, decoded
@@ -104,8 +106,8 @@ def run(args) -> dict:
                                        disable_pbar=True, seed=0)
         return decode(vae, z)
 
-    def chain(draft_fn):
-        sigmas = sampler.sigmas(args.steps, args.strength)
+    def chain(draft_fn, steps: int):
+        sigmas = sampler.sigmas(steps, args.strength)
 
         def fn(b: slice) -> torch.Tensor:
             return refine(vae.encode(draft_fn(b) * 2 - 1), b, sigmas)
@@ -133,11 +135,14 @@ def run(args) -> dict:
     for k in range(1, scales + 1):
         measure(f"var_stop_{k}", var_draft(k))
     measure("stylegan", stylegan_draft)
-    chains = {f"chain_var_stop_{scales}": var_draft(scales), "chain_stylegan": stylegan_draft}
+    drafts = {f"var_stop_{scales}": var_draft(scales), "stylegan": stylegan_draft}
     if args.chain_stop and args.chain_stop != scales:
-        chains[f"chain_var_stop_{args.chain_stop}"] = var_draft(args.chain_stop)
-    for name, draft_fn in chains.items():
-        measure(name, chain(draft_fn))
+        drafts[f"var_stop_{args.chain_stop}"] = var_draft(args.chain_stop)
+    chains = []
+    for name, draft_fn in drafts.items():
+        for steps in args.refine_steps:
+            chains.append(f"chain_{name}_r{steps}")
+            measure(chains[-1], chain(draft_fn, steps))
     for steps in args.alone_steps:
         measure(f"dit_alone_{steps}", alone(steps))
     equal = {}
@@ -156,8 +161,8 @@ def run(args) -> dict:
     return {"benchmark": "var_zoo", "command": " ".join(sys.argv), "weights": args.weights, "machine": machine(),
             "captions": n, "size": size, "var_size": vq.config.downsample * tr.config.patch_nums[-1],
             "patch_nums": list(tr.config.patch_nums), "batch": args.batch, "var_cfg": args.var_cfg,
-            "top_k": args.top_k, "top_p": args.top_p, "psi": args.psi, "cfg": args.cfg, "steps": args.steps,
-            "strength": args.strength, "results": results, "equal_quality": equal,
+            "top_k": args.top_k, "top_p": args.top_p, "psi": args.psi, "cfg": args.cfg,
+            "refine_steps": args.refine_steps, "strength": args.strength, "results": results, "equal_quality": equal,
             "sheet": f"{sheet.name}: rows {', '.join(names)}; the first 8 captions"}
 
 
@@ -177,7 +182,8 @@ def main(argv=None) -> None:
     ap.add_argument("--top-p", type=float, default=0.9)
     ap.add_argument("--psi", type=float, default=0.7)
     ap.add_argument("--cfg", type=float, default=3.0, help="the DiT's guidance")
-    ap.add_argument("--steps", type=int, default=20, help="the chain's refine steps")
+    ap.add_argument("--refine-steps", type=lambda v: [int(x) for x in v.split(",")], default=[4, 8, 20],
+                    help="the chains' refine steps (the shipped workflows' Refine: 20)")
     ap.add_argument("--strength", type=float, default=0.3)
     ap.add_argument("--chain-stop", type=int, default=0, help="also chain the VAR stopped at this scale (0: no)")
     ap.add_argument("--alone-steps", type=lambda v: [int(x) for x in v.split(",")], default=[4, 6, 8, 12, 16, 20, 30])
