@@ -5,22 +5,23 @@ results.
     bash scripts/demo.sh --serve    # same, then leave ComfyUI running for a browser at the printed URL
 
 What it runs (said plainly): every workflow in example_workflows/api/, as a fresh install has them: on TRAINED
-weights, the demo zoo shipped in zoo/ (a VAE, a CLIP, a text-conditioned StyleGAN2, a style-conditioned DiT
-refiner, an importance scorer and a ViT ControlNet, trained on the emoji set), with the example input images the
-pack copies into ComfyUI's input folder. For each of a few prompts (PROMPTS), text_to_image_hybrid draws StyleGAN
-drafts steered by the prompt, scores where detail matters with the learned scorer (plus a clicked point), steers
-the refiner with the ViT ControlNet on the draft's own edges and refines region-adaptively with the same prompt;
-text_to_image_dit makes its draft with 12 DiT steps instead; ganformer_draft_dit_refine draws GANformer drafts and
-refines where its components meet (the 256 px wing). The others run once: refine_any_image (a coarse
-drawn smiley, refined with region-adaptive steps), sketch_controlnet_refine (the same, steered to the edges of a
-drawn sketch), user_emphasis (emphasis painted in the mask editor and clicked), style_from_reference_image (a
-reference picture as the style), stylegan_style_mixing, and the zoo FiLM UNet's two (text -> image with DDIM, and
-StyleGAN drafts refined with the importance as per-pixel strength). Workflows that need the user's own files (the
-SD 1.5 one, the VAR-d16 -> DiT-XL/2 one) are skipped with a message unless those files are installed. Each writes a
-contact sheet, one row per image: draft |
-importance (or edges) | refined, with the prompt in front for the prompted ones. Then what it measured: per prompted
-image the zoo-CLIP score with its prompt and the detail of draft and refined, and sketch_controlnet_refine's edge F1
-against its sketch with and without the ControlNet (printed, and in <out>/scores.json).
+weights, the demo zoo shipped in zoo/ (a VAE, a CLIP, a text-conditioned StyleGAN2, GANformer and VAR, a
+style-conditioned DiT refiner and FiLM UNet, an importance scorer and a ViT ControlNet, trained on the emoji set),
+with the example input images the pack copies into ComfyUI's input folder. For each of a few prompts (PROMPTS),
+text_to_image_hybrid draws StyleGAN drafts steered by the prompt, scores where detail matters with the learned
+scorer (plus a clicked point), steers the refiner with the ViT ControlNet on the draft's own edges and refines
+region-adaptively with the same prompt; text_to_image_dit makes its draft with 12 DiT steps instead;
+ganformer_draft_dit_refine draws GANformer drafts and refines where its components meet; var_draft_dit_refine draws
+the zoo VAR's drafts scale by scale and refines them where the learned scorer says. The others run once:
+refine_any_image (a coarse drawn smiley, refined with region-adaptive steps), sketch_controlnet_refine (the same,
+steered to the edges of a drawn sketch), user_emphasis (emphasis painted in the mask editor and clicked),
+style_from_reference_image (a reference picture as the style), stylegan_style_mixing, and the zoo FiLM UNet's two
+(text -> image with DDIM, and StyleGAN drafts refined with the importance as per-pixel strength). Workflows that
+need the user's own files (the SD 1.5 one, the VAR-d16 -> DiT-XL/2 one) are skipped with a message unless those
+files are installed. Each writes a contact sheet, one row per image: draft | importance (or edges) | refined, with
+the prompt in front for the prompted ones. Then what it measured: per prompted image the zoo-CLIP score with its
+prompt and the detail of draft and refined, and sketch_controlnet_refine's edge F1 against its sketch with and
+without the ControlNet (printed, and in <out>/scores.json).
 """
 from __future__ import annotations
 
@@ -186,7 +187,7 @@ def run_workflow(server: ComfyServer, name: str, prompt: dict, out: Path, what: 
 # Workflows run once per prompt: workflow -> (node, input, prompts)
 TEXTS = ["red heart", "grinning face", "flag of japan", "a noto emoji of a cat", "pizza", "rocket"]
 PROMPTS = {"text_to_image_hybrid": ("2", "text", TEXTS), "text_to_image_dit": ("2", "text", TEXTS),
-           "ganformer_draft_dit_refine": ("2", "text", TEXTS)}
+           "ganformer_draft_dit_refine": ("2", "text", TEXTS), "var_draft_dit_refine": ("2", "text", TEXTS)}
 
 
 def main() -> None:

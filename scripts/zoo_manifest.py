@@ -156,6 +156,12 @@ LIMITS_GANFORMER = ("a CPU-sized GAN run, younger than the zoo StyleGAN: its dra
                     "importance map it does not yet say where the refiner changes a draft (Spearman about 0, against "
                     "0.4–0.5 for the scorers): in its workflow it shows the mechanism, the analytic or learned scorer "
                     "is the better importance for now. Its run goes on.")
+LIMITS_VAR = ("a CPU-sized run (4.5 M parameters on one core, a 2,000-step schedule stopped at its step-1,500 "
+              "evaluation): its 128 px drafts are coarse — faces come out as yellow discs with eyes and a mouth, "
+              "hearts as red blobs, flags as banded rectangles, most objects as blotches in the prompt's colours — "
+              "and no finer than its tokenizer (20.5 dB) allows; the caption lowers the held-out token cross-"
+              "entropy by 2 % only. Drafts for the DiT to refine, not pictures on their own; its run goes on "
+              "(`--init` this file).")
 LIMITS_CLIP = ("its images are 64 px emoji only, not the world: a prompt far from every emoji name lands near "
                "whichever emoji sounds closest. Its image tower over-fits the 3,442 training images (compare the "
                "training and held-out retrieval above); the pretrained text tower is what carries it to unseen "
@@ -442,13 +448,18 @@ def card_var(name: str, log: dict) -> str:
         f"{', '.join(map(str, c['patch_nums']))}) on the codes of `{Path(s['vqvae']).name}`, conditioned on the zoo "
         f"CLIP's embedding ({log.get('style_clip')}) with the null class. Trained by `scripts/train_zoo_var.py "
         f"--stage var` for {log['steps_done']:,} steps, batch {s['batch']}, lr {s['lr']}.",
-        f"- held-out token cross-entropy {f['ce']:.3f} with the caption, {f['ce_none']:.3f} without; accuracy "
-        f"{f['accuracy'] * 100:.1f} %",
+        f"- held-out token cross-entropy (its last evaluation, on up to {s['eval_images']} held-out images) "
+        f"{f['ce']:.3f} with the caption, {f['ce_none']:.3f} without; accuracy {f['accuracy'] * 100:.1f} %; curve "
+        f"(every {s['eval_every']} steps): " + ", ".join(f"{e['ce']:.3f}" for e in log["evals"]),
     ]
     if t:
-        lines.append(f"- text → image on the held-out captions (cfg {s['cfg']}, top-p {s['top_p']}), judged by the zoo "
-                     f"CLIP: CLIP score **{t['prompt_clip_score']:.3f}** with the prompt vs "
-                     f"{t['unconditional_clip_score']:.3f} unprompted; Fréchet distance **{t['prompt_fd']:.3f}**")
+        lines.append(f"- text → image on the {t['captions']} held-out captions (cfg {s['cfg']} ramped over the scales, "
+                     f"top-p {s['top_p']}), judged by the zoo CLIP: CLIP score **{t['prompt_clip_score']:.3f}** with "
+                     f"the prompt vs {t['unconditional_clip_score']:.3f} unprompted (real held-out images: "
+                     f"{t['real_clip_score']:.3f}); Fréchet distance **{t['prompt_fd']:.3f}** vs "
+                     f"{t['unconditional_fd']:.3f} unprompted (training images: {t['real_train_fd']:.3f}). Samples "
+                     f"(the first held-out captions, all faces): `var/{Path(name).stem}-samples.png`")
+    lines.append(f"- limits: {LIMITS_VAR}")
     return "\n".join(lines)
 
 

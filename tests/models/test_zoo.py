@@ -162,9 +162,9 @@ def test_zoo_ganformer_snapshot_loads_follows_the_prompt_and_splits_drafts_among
 
 
 def test_zoo_var_tokenizer_reconstructs_a_drawn_emoji_coarse_to_fine():
-    """The zoo VAR's tokenizer (its transformer is still to come): a drawn smiley at its 128 px goes to one index map
-    per scale and back; the finer scales bring the picture closer one by one (the coarse-to-fine property a VAR draft
-    stopped early relies on), and all scales give it back recognisably."""
+    """The zoo VAR's tokenizer: a drawn smiley at its 128 px goes to one index map per scale and back; the finer
+    scales bring the picture closer one by one (the coarse-to-fine property a VAR draft stopped early relies on), and
+    all scales give it back recognisably."""
     from diffugan.models import var as vm
 
     vq = vm.load_vqvae(ZOO / "var" / "diffugan-emoji-var-vqvae.safetensors")
@@ -180,3 +180,34 @@ def test_zoo_var_tokenizer_reconstructs_a_drawn_emoji_coarse_to_fine():
     # either way: 14.2, 13.9 dB here; the held-out mean rises, see the card)
     assert psnr[2] < psnr[3] < psnr[4] and psnr[4] > max(psnr[:2]) + 5, psnr
     assert psnr[-1] > 20, psnr
+
+
+def test_zoo_var_draws_the_prompt_scale_by_scale():
+    """The shipped VAR pair (tokenizer + style-conditioned transformer, found by the VAR Loader in zoo/var): it
+    records the CLIP it was trained on; its drafts follow the prompt (the zoo CLIP puts most prompts' drafts nearer
+    their own text than the other prompts'); and a draw stopped at scale k is the full draw's first k scales, decoded
+    at full size (what VAR Draft's stop_scale gives a refiner)."""
+    from diffugan.models import clip_style as cs
+    from diffugan.models import var as vm
+
+    vq = vm.load_vqvae(ZOO / "var" / "diffugan-emoji-var-vqvae.safetensors")
+    tr = vm.load_var(ZOO / "var" / "diffugan-emoji-var.safetensors")
+    vm.check_pair(vq, tr)
+    clip = cs.load_clip(BY_FOLDER["clip_style"])
+    assert tr.style_clip == clip.identity and tr.config.num_classes == 0
+    prompts = ["red heart", "grinning face", "blue circle"]
+    per = 3
+    with torch.no_grad():
+        text = clip.encode_texts(prompts).float()
+        labels = torch.zeros(len(prompts) * per, dtype=torch.long)
+        images, idx = tr.sample(vq, labels, torch.Generator().manual_seed(0), 3.0, 0, 0.9,
+                                text.repeat_interleave(per, 0))
+        sim = (clip.encode_images(images) @ text.T).view(len(prompts), per, -1).mean(1)  # (prompt, text)
+        stopped, got = tr.sample(vq, labels, torch.Generator().manual_seed(0), 3.0, 0, 0.9,
+                                 text.repeat_interleave(per, 0), stop_scale=5)
+    assert images.shape == (len(prompts) * per, 3, 128, 128) and torch.isfinite(images).all()
+    assert torch.equal(sim.argmax(1), torch.arange(len(prompts))), sim  # each prompt's drafts are nearest their own
+    assert len(got) == 5 and all(torch.equal(a, b) for a, b in zip(got, idx[:5]))
+    pns = tr.config.patch_nums
+    expect = vq.decode_f_hat(vq.f_hat(got, side=pns[-1], scales=len(pns))).float().add(1).div(2).clamp(0, 1)
+    torch.testing.assert_close(stopped.float().clamp(0, 1), expect, atol=2e-3, rtol=0)

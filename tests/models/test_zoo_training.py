@@ -425,7 +425,7 @@ def test_var_trainer_tokenizer_then_transformer_with_snapshots_and_text_to_image
     vm.check_pair(vq, model)
     assert out.with_name("var-samples.png").is_file()
     card = zoo_manifest.card_var("var.safetensors", log)
-    assert f"cross-entropy {log['final']['ce']:.3f} with the caption" in card
+    assert f") {log['final']['ce']:.3f} with the caption" in card and "limits:" in card
     assert f"CLIP score **{t['prompt_clip_score']:.3f}** with the prompt" in card
     # the transformer goes on from a saved one too (the shipped one on a fresh machine); another width is refused
     tr = ["--stage", "var", "--vqvae", str(vq_out), "--style-clip", str(tiny_clip), "--depth", "1", "--heads", "2",
