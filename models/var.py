@@ -22,8 +22,9 @@ Two networks, as FoundationVision/VAR releases them (`vae_ch160v4096z32.pth` and
 Optional (absent from FoundationVision's files): `style_proj`, a map of a style vector (a DIFFUGAN_STYLE embedding)
 into the conditioning (zero-initialised), for zoo models trained with style conditioning (config.style_dim > 0). The
 style (a unit vector) enters it scaled by sqrt(style_dim), i.e. at about unit variance per dimension: unscaled, its
-entries (std 0.06 for the zoo CLIP's 256) made the projection learn ~16x slower than the rest, which is what kept
-the zoo DiT's and UNet's caption effect near 1 %.
+entries (std 0.06 for the zoo CLIP's 256) move the projection's output ~16x less per update than the rest of the
+network's inputs do (the zoo DiT and UNet, trained unscaled, kept a caption effect near 1 % of their loss; the zoo
+VAR, trained scaled, 2 % after 1,500 steps).
 
 Parameter and buffer names are FoundationVision's, so their files load strictly (`load_vqvae`, `load_var`): depth,
 widths, vocabulary, scales and heads are read off the weights (heads from the per-head temperature; without it, from

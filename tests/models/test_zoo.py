@@ -184,8 +184,8 @@ def test_zoo_var_tokenizer_reconstructs_a_drawn_emoji_coarse_to_fine():
 
 def test_zoo_var_draws_the_prompt_scale_by_scale():
     """The shipped VAR pair (tokenizer + style-conditioned transformer, found by the VAR Loader in zoo/var): it
-    records the CLIP it was trained on; its drafts follow the prompt (the zoo CLIP puts most prompts' drafts nearer
-    their own text than the other prompts'); and a draw stopped at scale k is the full draw's first k scales, decoded
+    records the CLIP it was trained on; its drafts follow the prompt (the zoo CLIP puts each prompt's drafts nearer its
+    own text than the others'); and a draw stopped at scale k is the full draw's first k scales, decoded
     at full size (what VAR Draft's stop_scale gives a refiner)."""
     from diffugan.models import clip_style as cs
     from diffugan.models import var as vm
