@@ -417,9 +417,9 @@ def card_ganformer(name: str, log: dict) -> str:
 def card_var(name: str, log: dict) -> str:
     """The zoo VAR's two files: the tokenizer (--stage vqvae) and the transformer on its codes (--stage var)."""
     s, c, f = log["settings"], log["config"], log["final"]
-    curve = ", ".join(f"{e['heldout_psnr_db']:.1f}" for e in log["evals"] if "heldout_psnr_db" in e)
     if s["stage"] == "vqvae":
         pns = s["patch_nums"].split(",")
+        curve = ", ".join(f"{e['heldout_psnr_db']:.1f}" for e in log["evals"])
         init = log.get("init") or {}
         lines = [
             f"### `var/{name}` — VAR tokenizer (multi-scale residual VQVAE)",
