@@ -245,7 +245,8 @@ def _init_from(raw, path: Path | None, load, log: dict) -> None:
     old = load(path)
     if old.config != raw.config:
         diff = {k: (v, getattr(raw.config, k)) for k, v in old.config.__dict__.items() if getattr(raw.config, k) != v}
-        raise SystemExit(f"--init {path.name} is another {type(raw).__name__}: (its, these settings') {diff}")
+        raise SystemExit(f"--init {path.name} is another {type(raw).__name__}: (its, these settings') {diff}; give "
+                         "the settings it was trained with (its .json beside it lists them), or leave out --init")
     if getattr(old, "style_clip", "") != getattr(raw, "style_clip", ""):
         raise SystemExit(f"--init {path.name} was trained on the styles of {old.style_clip!r}, not of "
                          f"{raw.style_clip!r}: give it the --style-clip it was trained with")
