@@ -4,9 +4,12 @@
    caption's zoo-CLIP embedding (truncation --psi toward the prompt's mean w, as the Generate node does), upsampled to
    the DiT's working size; the zoo VAE encodes it; the zoo DiT refines it with the same prompt (dense Euler img2img at
    --strength, the schedule the region-adaptive sampler spends on its most important regions, guidance --cfg); the
-   VAE decodes it. Judged by the zoo CLIP (train_zoo_clip.judge_text_to_image): CLIP score with the caption and
-   Fréchet distance of CLIP image features to the held-out images; and a detail measure: the high-frequency energy
-   (mean squared difference to a Gaussian-blurred copy, sigma 1.5 px at the working size) as a ratio to that of the
+   VAE decodes it; with --keep-coarse PX the draft's content below PX pixels is put back (a Keep Coarse node
+   after the refine, which the text_to_image_hybrid workflow does not have). Judged by the zoo CLIP
+   (train_zoo_clip.judge_text_to_image): CLIP score with the caption, the share of images whose CLIP score with
+   their caption is at least their draft's (the demo's "closer to the prompt", per image), and Fréchet distance of
+   CLIP image features to the held-out images; and a detail measure: the high-frequency energy (mean squared
+   difference to a Gaussian-blurred copy, sigma 1.5 px at the working size) as a ratio to that of the
    real held-out images (1 = as detailed as real emoji; a blurry draft is below 1).
 2. Degraded real images. The held-out images themselves, downscaled to --degrade-px and back up (blurred, as a
    coarse draft is), refined the same way with their caption but at --restore-strength (refine_any_image's): PSNR
@@ -55,7 +58,9 @@ def main(argv=None) -> None:
     ap.add_argument("--vae", type=Path, default=ZOO / "vae" / "diffugan-emoji-vae-256.safetensors")
     ap.add_argument("--out", type=Path, default=ZOO / "pipeline.json")
     ap.add_argument("--psi", type=float, default=0.7)
-    ap.add_argument("--strength", type=float, default=0.3)
+    ap.add_argument("--strength", type=float, default=0.3, help="the text_to_image_hybrid workflow's Refine")
+    ap.add_argument("--keep-coarse", type=int, default=0, help="put the draft's content below this many pixels back "
+                    "into the refined image (a Keep Coarse node after the refine; 0: not, as the workflow)")
     ap.add_argument("--restore-strength", type=float, default=0.15,
                     help="strength for the degraded images (the refine_any_image workflow's)")
     ap.add_argument("--steps", type=int, default=20, help="refinement steps (the workflow's Refine: max_steps 20)")
@@ -76,6 +81,8 @@ def main(argv=None) -> None:
     draft = tzs.sample_images(G, style, len(style), args.seed, args.psi)[:n]
     draft = F.interpolate(draft, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
     stages = dict(zip(("draft", "vae", "refined"), refine(draft, style[:n])))
+    if args.keep_coarse:
+        stages["refined"] = region.keep_coarse(stages["refined"], draft, args.keep_coarse)
     results = {"settings": {k: str(v) for k, v in vars(args).items()}, "size": size,
                "sha256": {k: sha256_of(getattr(args, k)) for k in ("stylegan", "clip", "dit", "vae")}}
     detail_real = metrics.high_frequency(real)
@@ -83,6 +90,9 @@ def main(argv=None) -> None:
         results[name] = tzc.judge_text_to_image(clip, args.data, lambda _: images, unconditional=False)
         results[name].pop("samples")
         results[name]["detail_ratio"] = metrics.high_frequency(images) / detail_real
+        if name != "draft":
+            closer = _clip_scores(clip, images, style[:n]) >= _clip_scores(clip, stages["draft"], style[:n])
+            results[name]["closer_to_prompt"] = float(closer.float().mean())
     for key in ("prompt_clip_score", "prompt_fd", "detail_ratio"):
         results[f"gain_{key}"] = results["refined"][key] - results["vae"][key]
     # degraded real images: blurred copies of the held-out images, refined with their own caption
@@ -101,8 +111,9 @@ def main(argv=None) -> None:
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     for name in stages:
         r = results[name]
+        closer = f"  closer to the prompt than the draft {r['closer_to_prompt']:.0%}" if name != "draft" else ""
         print(f"{name:8s} CLIP score {r['prompt_clip_score']:.3f}  FD {r['prompt_fd']:.3f}  "
-              f"detail {r['detail_ratio']:.3f}")
+              f"detail {r['detail_ratio']:.3f}{closer}")
     for name in restored:
         r = results["degraded"][name]
         print(f"degraded {name:20s} PSNR {r['psnr_db']:.2f} dB  SSIM {r['ssim']:.3f}  detail {r['detail_ratio']:.3f}")
@@ -124,6 +135,12 @@ def _refiner(model: dit.DiT, vae: taesd.TinyAutoencoder, args, strength: float):
         return images, _decode(vae, z), _decode(vae, refined)
 
     return refine
+
+
+def _clip_scores(clip: cs.StyleCLIP, images: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    """Per image (0..1), the zoo CLIP's cosine with its own caption's embedding, as the judge and the demo score it."""
+    x = F.interpolate(images, size=(tzc.CLIP_SIZE, tzc.CLIP_SIZE), mode="bicubic", antialias=True, align_corners=False)
+    return (tzc.image_embeddings(clip, x.clamp(0, 1)) * style).sum(1)
 
 
 def _decode(vae: taesd.TinyAutoencoder, z: torch.Tensor) -> torch.Tensor:

@@ -282,8 +282,9 @@ def card_pipeline(log: dict) -> str:
         f"draft (ψ {s['psi']} toward the prompt's mean w, upsampled to {log.get('size', 128)} px), the zoo VAE "
         "encodes it and the zoo DiT "
         f"refines it with the same prompt ({s['steps']} Euler steps from strength {s['strength']}, guidance {s['cfg']}"
-        "; what the workflow's region-adaptive Refine gives its most important regions, here to every region). "
-        "Judged by the zoo CLIP:",
+        "; what the workflow's region-adaptive Refine gives its most important regions, here to every region)"
+        + (f", then the draft's content below {s['keep_coarse']} px is put back (Keep Coarse)"
+           if s.get("keep_coarse", "0") != "0" else "") + ". Judged by the zoo CLIP:",
         "",
         "| images | CLIP score | Fréchet distance |",
         "|---|---|---|",
@@ -293,6 +294,9 @@ def card_pipeline(log: dict) -> str:
         f"- refinement gain (refined minus VAE round trip): CLIP score {log['gain_prompt_clip_score']:+.3f}, Fréchet "
         f"distance {log['gain_prompt_fd']:+.3f}. Sheet `pipeline.png` (rows: draft, VAE round trip, refined, real; "
         "with the degraded images: degraded, VAE round trip, refined, and the last two with Keep Coarse)",
+        *([f"- per image, CLIP score with its caption at least the draft's (the demo's \"closer to the prompt\"): "
+           f"refined {r['closer_to_prompt']:.0%} of the images, the VAE round trip alone {v['closer_to_prompt']:.0%}"]
+          if "closer_to_prompt" in r else []),
         *(_pipeline_detail_lines(log) if "degraded" in log else []),
         f"- limits: {LIMITS_PIPELINE}",
     ])
