@@ -86,12 +86,13 @@ def main(argv=None) -> None:
     results = {"settings": {k: str(v) for k, v in vars(args).items()}, "size": size,
                "sha256": {k: sha256_of(getattr(args, k)) for k in ("stylegan", "clip", "dit", "vae")}}
     detail_real = metrics.high_frequency(real)
+    draft_scores = _clip_scores(clip, stages["draft"], style[:n])
     for name, images in stages.items():
         results[name] = tzc.judge_text_to_image(clip, args.data, lambda _: images, unconditional=False)
         results[name].pop("samples")
         results[name]["detail_ratio"] = metrics.high_frequency(images) / detail_real
         if name != "draft":
-            closer = _clip_scores(clip, images, style[:n]) >= _clip_scores(clip, stages["draft"], style[:n])
+            closer = _clip_scores(clip, images, style[:n]) >= draft_scores
             results[name]["closer_to_prompt"] = float(closer.float().mean())
     for key in ("prompt_clip_score", "prompt_fd", "detail_ratio"):
         results[f"gain_{key}"] = results["refined"][key] - results["vae"][key]
