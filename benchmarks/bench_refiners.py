@@ -95,8 +95,7 @@ def judge(clip, data, images: torch.Tensor, captions: torch.Tensor, detail_real:
     import train_zoo_clip as tzc
 
     r = tzc.judge_text_to_image(clip, data, lambda _: images, unconditional=False)
-    small = F.interpolate(images, size=(tzc.CLIP_SIZE,) * 2, mode="bicubic", antialias=True, align_corners=False)
-    score = float((tzc.image_embeddings(clip, small.clamp(0, 1)) * captions).sum(1).mean())
+    score = float((tzc.judged_features(clip, images) * captions).sum(1).mean())
     return {"clip_score": score, "fd": r["prompt_fd"], "detail_ratio": metrics.high_frequency(images) / detail_real,
             "real_train_fd": r["real_train_fd"]}
 

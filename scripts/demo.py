@@ -109,12 +109,10 @@ class Judge:
         self.clip = clip_style.load_clip(ROOT / "zoo" / "clip_style" / "diffugan-emoji-clip.safetensors")
 
     def clip_score(self, text: str, path: Path) -> float:
-        import torch.nn.functional as F
         import train_zoo_clip as tzc
 
-        x = F.interpolate(read_images([path]), size=(tzc.CLIP_SIZE, tzc.CLIP_SIZE), mode="bicubic", antialias=True)
         t = tzc.text_embeddings(self.clip, tzc.pooled_text(self.clip, [text]))
-        return float((tzc.image_embeddings(self.clip, x.clamp(0, 1)) * t).sum())
+        return float((tzc.judged_features(self.clip, read_images([path])) * t).sum())
 
     @staticmethod
     def detail(path: Path) -> float:

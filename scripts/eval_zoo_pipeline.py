@@ -140,8 +140,7 @@ def _refiner(model: dit.DiT, vae: taesd.TinyAutoencoder, args, strength: float):
 
 def _clip_scores(clip: cs.StyleCLIP, images: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
     """Per image (0..1), the zoo CLIP's cosine with its own caption's embedding, as the judge and the demo score it."""
-    x = F.interpolate(images, size=(tzc.CLIP_SIZE, tzc.CLIP_SIZE), mode="bicubic", antialias=True, align_corners=False)
-    return (tzc.image_embeddings(clip, x.clamp(0, 1)) * style).sum(1)
+    return (tzc.judged_features(clip, images) * style).sum(1)
 
 
 def _decode(vae: taesd.TinyAutoencoder, z: torch.Tensor) -> torch.Tensor:

@@ -95,6 +95,19 @@ def image_embeddings(clip: cs.StyleCLIP, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([clip.encode_images(x[i:i + 256]) for i in range(0, len(x), 256)])
 
 
+def judged_images(images: torch.Tensor) -> torch.Tensor:
+    """Images (N, 3, H, W) in 0..1 as every judge of the zoo sees them (judge_text_to_image, the demo,
+    eval_zoo_pipeline): resized to the CLIP's CLIP_SIZE (bicubic, antialiased) and clamped to 0..1."""
+    if images.shape[-2:] != (CLIP_SIZE, CLIP_SIZE):
+        images = F.interpolate(images, size=(CLIP_SIZE, CLIP_SIZE), mode="bicubic", antialias=True, align_corners=False)
+    return images.clamp(0, 1)
+
+
+def judged_features(clip: cs.StyleCLIP, images: torch.Tensor) -> torch.Tensor:
+    """Unit embeddings of images (N, 3, H, W) in 0..1 as the judges see them (judged_images)."""
+    return image_embeddings(clip, judged_images(images))
+
+
 def text_embeddings(clip: cs.StyleCLIP, pooled: torch.Tensor) -> torch.Tensor:
     proj = clip.clip.text.proj
     return F.normalize(proj(pooled.to(next(proj.parameters()).device)), dim=-1)
@@ -153,15 +166,12 @@ def judge_text_to_image(clip: cs.StyleCLIP, data: Path, generate, unconditional:
     text, real, references = _JUDGE_REFERENCES[key]
     out = dict(references)
     for name, style in (("prompt", text), ("unconditional", None))[:2 if unconditional else 1]:
-        images = generate(style)
-        size = CLIP_SIZE
-        if images.shape[-1] != size:
-            images = F.interpolate(images, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
-        feats = image_embeddings(clip, images.clamp(0, 1))
+        images = judged_images(generate(style))
+        feats = image_embeddings(clip, images)
         out[f"{name}_clip_score"] = float((feats * text[: len(feats)]).sum(1).mean())  # the first captions
         out[f"{name}_fd"] = frechet_distance(feats, real)
         if name == "prompt":
-            out["samples"] = images[:16].clamp(0, 1)
+            out["samples"] = images[:16]
     return out
 
 

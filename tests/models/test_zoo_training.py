@@ -226,6 +226,23 @@ def test_frechet_distance_matches_the_closed_form():
     assert train_zoo_clip.frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
 
 
+def test_every_judge_sees_images_at_the_clips_size_whatever_size_they_come_in(tiny_clip):
+    """judged_images: a render at the CLIP's own 64 px is only clamped; a 128 px one is downscaled (antialiased), so
+    a flat colour stays that colour; judged_features embeds exactly those images (the demo, eval_zoo_pipeline and
+    bench_refiners score with it, judge_text_to_image too)."""
+    size = train_zoo_clip.CLIP_SIZE
+    x = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(0)) * 1.4 - 0.2
+    assert torch.equal(train_zoo_clip.judged_images(x), x.clamp(0, 1))
+    flat = torch.full((2, 3, 2 * size, 2 * size), 0.25)
+    assert train_zoo_clip.judged_images(flat).shape == (2, 3, size, size)
+    assert torch.allclose(train_zoo_clip.judged_images(flat), torch.full((2, 3, size, size), 0.25), atol=1e-5)
+    clip = cs.load_clip(tiny_clip)
+    big = torch.nn.functional.interpolate(x.clamp(0, 1), scale_factor=2, mode="nearest")
+    expected = train_zoo_clip.image_embeddings(clip, train_zoo_clip.judged_images(big))
+    assert torch.allclose(train_zoo_clip.judged_features(clip, big), expected)
+    assert torch.allclose(expected.norm(dim=1), torch.ones(3), atol=1e-5)
+
+
 def test_scorer_trainer_on_coarse_and_generated_drafts(tiny_set, tiny_clip, tmp_path):
     """Targets from the refiner on a mix of coarse drafts and text -> image drafts; the held-out figures come for
     both kinds apart."""
