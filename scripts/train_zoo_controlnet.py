@@ -218,10 +218,7 @@ def main(argv=None) -> None:
     for step in loop:
         idx = torch.randint(0, len(z_train), (args.batch,), generator=gen)
         z0, y, hint = z_train[idx], y_train[idx], e_train[idx]
-        t = torch.randint(0, len(alphas_bar), (args.batch,), generator=gen)
-        noise = torch.randn(z0.shape, generator=gen)
-        ab = alphas_bar[t][:, None, None, None]
-        xt = ab.sqrt() * z0 + (1 - ab).sqrt() * noise
+        t, noise, xt = train_zoo_dit.noised_batch(z0, alphas_bar, gen)
         y, style = train_zoo_dit.draw_conditioning(y, idx, styles, model.config, args.style_dropout, gen)
         # the budget of this step: the same on every process (their branches then train the same token layout)
         budget = budgets[int(torch.randint(0, len(budgets), (1,), generator=torch.Generator().manual_seed(step)))]

@@ -101,23 +101,46 @@ def style_vectors(clip: cs.StyleCLIP, clip_path: Path, data: Path, split: str) -
     return t["text"], t["image"]
 
 
+def noised_batch(z0: torch.Tensor, alphas_bar: torch.Tensor, gen: torch.Generator, low_noise: float = 0.0,
+                 low_noise_t: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A training batch's timesteps t (uniform over the schedule; with probability `low_noise` uniform below
+    `low_noise_t` instead, the refiner emphasis), its noise and x_t = sqrt(ab_t) z0 + sqrt(1 - ab_t) noise.
+    The DiT, ControlNet and FiLM UNet trainers all noise their batches with it."""
+    n = len(z0)
+    t = torch.randint(0, len(alphas_bar), (n,), generator=gen)
+    if low_noise > 0:
+        low = torch.rand(n, generator=gen) < low_noise
+        t = torch.where(low, torch.randint(0, low_noise_t, (n,), generator=gen), t)
+    noise = torch.randn(z0.shape, generator=gen)
+    ab = alphas_bar[t][:, None, None, None]
+    return t, noise, ab.sqrt() * z0 + (1 - ab).sqrt() * noise
+
+
+def draw_styles(idx: torch.Tensor, styles: tuple[torch.Tensor, torch.Tensor], style_dropout: float,
+                gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The styles of a training batch (rows `idx` of the split) from style_vectors' (text, image): each row one of
+    its caption phrasings' embeddings or (one in three) its image's, and no style (a zero row, DiT.conditioning)
+    with probability `style_dropout`. Returns the styles and which rows have one."""
+    text, image = styles
+    k = text.shape[1]  # draws 0..k-1: that caption phrasing; k..k+k/2-1: the image (one in three)
+    which = torch.randint(0, k + k // 2, (len(idx),), generator=gen)
+    style = torch.where((which < k)[:, None], text[idx, which.clamp(max=k - 1)], image[idx])
+    has = torch.rand(len(idx), generator=gen) >= style_dropout
+    return style * has[:, None], has
+
+
 def draw_conditioning(y: torch.Tensor, idx: torch.Tensor, styles: tuple[torch.Tensor, torch.Tensor] | None,
                       config: dit.DiTConfig, style_dropout: float, gen: torch.Generator):
     """The labels and styles of a training batch (rows `idx` of the split): without `styles` the label drops
-    with config.class_dropout_prob (style None); with `styles` = style_vectors' (text, image) each row gets one of
-    its caption phrasings' embeddings or (one in three) its image's, no style with probability `style_dropout`
-    (a zero row, DiT.conditioning), and its label drops half the time when it has a style."""
+    with config.class_dropout_prob (style None); with `styles` the rows' styles as draw_styles draws them, and a
+    row's label drops half the time when it has a style."""
     n = len(y)
     if styles is None:
         drop = torch.rand(n, generator=gen) < config.class_dropout_prob
         return torch.where(drop, torch.full_like(y, config.null_class), y), None
-    text, image = styles
-    k = text.shape[1]  # draws 0..k-1: that caption phrasing; k..k+k/2-1: the image (one in three)
-    which = torch.randint(0, k + k // 2, (n,), generator=gen)
-    style = torch.where((which < k)[:, None], text[idx, which.clamp(max=k - 1)], image[idx])
-    has = torch.rand(n, generator=gen) >= style_dropout
+    style, has = draw_styles(idx, styles, style_dropout, gen)
     drop = torch.rand(n, generator=gen) < torch.where(has, 0.5, config.class_dropout_prob)
-    return torch.where(drop, torch.full_like(y, config.null_class), y), style * has[:, None]
+    return torch.where(drop, torch.full_like(y, config.null_class), y), style
 
 
 def _predict(model: dit.DiT, xt, t, y, style=None) -> torch.Tensor:
@@ -295,13 +318,7 @@ def main(argv=None) -> None:
     for step in loop:
         idx = torch.randint(0, len(z_train), (args.batch,), generator=gen)
         z0, y = z_train[idx], y_train[idx]
-        t = torch.randint(0, len(alphas_bar), (args.batch,), generator=gen)
-        if args.low_noise > 0:
-            low = torch.rand(args.batch, generator=gen) < args.low_noise
-            t = torch.where(low, torch.randint(0, args.low_noise_t, (args.batch,), generator=gen), t)
-        noise = torch.randn(z0.shape, generator=gen)
-        ab = alphas_bar[t][:, None, None, None]
-        xt = ab.sqrt() * z0 + (1 - ab).sqrt() * noise
+        t, noise, xt = noised_batch(z0, alphas_bar, gen, args.low_noise, args.low_noise_t)
         styles = None if style_clip is None else (text_train, image_train)
         y, style = draw_conditioning(y, idx, styles, config, args.style_dropout, gen)
         with loop.autocast():

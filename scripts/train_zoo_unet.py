@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 import devkit  # noqa: E402,F401  (registers the pack as the package `diffugan`)
 import zoo_data  # noqa: E402
-from train_zoo_dit import EVAL_T, X0_T, cached_latents, style_vectors  # noqa: E402
+from train_zoo_dit import EVAL_T, X0_T, cached_latents, draw_styles, noised_batch, style_vectors  # noqa: E402
 
 from devkit.train import TrainLoop  # noqa: E402
 from diffugan.models import clip_style as cs  # noqa: E402
@@ -134,18 +134,8 @@ def main(argv=None) -> None:
     gen, dev = loop.gen, loop.device
     for step in loop:
         idx = torch.randint(0, len(z_train), (args.batch,), generator=gen)
-        z0 = z_train[idx]
-        t = torch.randint(0, len(alphas_bar), (args.batch,), generator=gen)
-        if args.low_noise > 0:
-            low = torch.rand(args.batch, generator=gen) < args.low_noise
-            t = torch.where(low, torch.randint(0, args.low_noise_t, (args.batch,), generator=gen), t)
-        noise = torch.randn(z0.shape, generator=gen)
-        ab = alphas_bar[t][:, None, None, None]
-        xt = ab.sqrt() * z0 + (1 - ab).sqrt() * noise
-        k = text_train.shape[1]  # 0..k-1: that caption phrasing; k..k+k/2-1: the image itself (one in three)
-        which = torch.randint(0, k + k // 2, (args.batch,), generator=gen)
-        style = torch.where((which < k)[:, None], text_train[idx, which.clamp(max=k - 1)], image_train[idx])
-        style = style * (torch.rand(args.batch, generator=gen) >= args.style_dropout)[:, None]
+        t, noise, xt = noised_batch(z_train[idx], alphas_bar, gen, args.low_noise, args.low_noise_t)
+        style = draw_styles(idx, (text_train, image_train), args.style_dropout, gen)[0]
         with loop.autocast():
             pred = model(xt.to(dev), t.float().to(dev), style.to(dev))
         loss = (pred.float() - noise.to(dev)).square().mean()
