@@ -5,7 +5,9 @@ Half of each batch is decoded from latents with added Gaussian noise (σ = --lat
 decoder stays sensible on the slightly-off latents a diffusion model produces. Images are the data set's renders at
 --size (256: the zoo's working size). Training runs on random crops (--crop) for speed, the last --full-frac of the
 steps on larger crops (--full-crop). Afterwards scale/shift are calibrated so that SD1-scaled latents (× 0.18215)
-have zero mean and unit std on the training set. --init fine-tunes a saved VAE. The loop (resume, schedule,
+have zero mean and unit std on the training set. --init fine-tunes a saved VAE; with --decoder-only its encoder and
+scale/shift stay as they are, so its latents do not change and every model trained on them (the DiT, its ControlNet
+and importance scorer) stays valid: only the decoding improves. The loop (resume, schedule,
 logging, evaluation, `torchrun`) is devkit.train.TrainLoop.
 
     python scripts/train_zoo_vae.py --init zoo/vae/diffugan-emoji-vae.safetensors \\
@@ -73,7 +75,11 @@ def main(argv=None) -> None:
     ap.add_argument("--latent-penalty", type=float, default=1e-3)
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--decoder-only", action="store_true",
+                    help="with --init: train the decoder only; the encoder and latent calibration stay the file's")
     args = ap.parse_args(argv)
+    if args.decoder_only and args.init is None:
+        ap.error("--decoder-only fine-tunes the decoder of a saved VAE: give that VAE with --init")
 
     torch.manual_seed(args.seed)
     train, _ = zoo_data.load(args.data, "train", args.size)
@@ -82,22 +88,29 @@ def main(argv=None) -> None:
     loop = TrainLoop(args.out, steps=args.steps, seed=args.seed, settings=vars(args), eval_every=args.eval_every,
                      log_every=25, warmup=100, final_lr=0.0, grad_clip=None, threads=args.threads)
     vae = loop.module(vae, "vae", ddp=False)  # encode_raw / decode_raw, not forward: gradients averaged by the loop
-    opt = loop.optimizer(torch.optim.Adam([p for n, p in vae.named_parameters() if not n.startswith("vae_")],
-                                          lr=args.lr))
+    trained = ("taesd_decoder.",) if args.decoder_only else ("taesd_encoder.", "taesd_decoder.")
+    for n, p in vae.named_parameters():
+        p.requires_grad_(n.startswith(trained))
+    opt = loop.optimizer(torch.optim.Adam([p for p in vae.parameters() if p.requires_grad], lr=args.lr))
+    if args.init is not None and args.init.with_suffix(".json").exists():  # the runs this one continues
+        before_log = json.loads(args.init.with_suffix(".json").read_text())
+        loop.log["previous_runs"] = before_log.get("previous_runs", []) + [
+            {**before_log["settings"], "heldout_psnr_db": before_log["final"]["heldout_psnr_db"]}]
     train, held = train.to(loop.device), held.to(loop.device)
     loop.evaluate = lambda: evaluate(vae, held if loop.step == args.steps else held[::4])
     gen = loop.gen
     for step in loop:
         full = step >= args.steps * (1 - args.full_frac)
         x = batch(train, args.full_batch if full else args.batch, args.full_crop if full else args.crop, gen)
-        r = vae.encode_raw(x)
+        with torch.set_grad_enabled(not args.decoder_only):
+            r = vae.encode_raw(x)
         half = len(x) // 2
         noise = torch.randn(r.shape, generator=gen).to(r.device) * args.latent_noise * r.detach().std()
         noise[:half] = 0
         y = vae.decode_raw(r + noise)
         loss_px = (y - x).abs().mean() + (y - x).square().mean()
-        loss = loss_px + args.latent_penalty * F.relu(r.abs() - 2.5).square().mean() * 100 \
-            + args.latent_penalty * r.square().mean()
+        loss = loss_px if args.decoder_only else loss_px + args.latent_penalty * (
+            F.relu(r.abs() - 2.5).square().mean() * 100 + r.square().mean())
         loop.backward(loss, opt)
         loop.record(loss=loss_px)
     if not loop.finish():
@@ -106,7 +119,8 @@ def main(argv=None) -> None:
     vae.eval()
     with torch.no_grad():
         raw = torch.cat([vae.encode_raw(train[i:i + 128]) for i in range(0, len(train), 128)])
-        vae.calibrate(raw)
+        if not args.decoder_only:  # the decoder-only fine-tune keeps the latents, and so their calibration
+            vae.calibrate(raw)
         sd1 = (raw / vae.vae_scale + vae.vae_shift) * taesd.SD1_SCALE
         log["latent_sd1_mean"], log["latent_sd1_std"] = float(sd1.mean()), float(sd1.std())
         log["latent_raw_absmax_p999"] = float(raw.abs().flatten().quantile(0.999)) if raw.numel() < 2 ** 24 else None

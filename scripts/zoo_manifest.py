@@ -25,20 +25,29 @@ DATA = ("Data: the DiffuGAN emoji set (`scripts/zoo_data.py`): {images} images o
         "(attribution as above, share-alike), and so do the zoo models trained on them.")
 
 
+def _vae_run(s: dict) -> str:
+    return (f"{s['steps']} steps (batch {s['batch']} crops of {s['crop']} px, then batch {s['full_batch']} crops of "
+            f"{s['full_crop']} px; lr {s.get('lr')}; seed {s['seed']})"
+            + (f", fine-tuned from `{Path(s['init']).name}` on the {s.get('size')} px renders"
+               if s.get("init") not in (None, "None") else "")
+            + (" (its decoder only: the encoder and the latent calibration are that file's, so its latents, and the "
+               "models trained on them, are unchanged)" if s.get("decoder_only") == "True" else ""))
+
+
 def card_vae(name: str, log: dict) -> str:
     s = log["settings"]
+    earlier = "".join(f" It continues a run of {_vae_run(r)}, held-out PSNR {r['heldout_psnr_db']:.2f} dB."
+                      for r in log.get("previous_runs", []))
     return "\n".join([
         f"### `vae/{name}` — VAE (TAESD layout, SD1 latents)",
         "Loads with the stock **Load VAE** node (ComfyUI recognises the layout): 4 latent channels at 1/8 size. "
-        f"Trained by `scripts/train_zoo_vae.py` for {s['steps']} steps (batch {s['batch']} crops of {s['crop']} px, "
-        f"then batch {s['full_batch']} crops of {s['full_crop']} px; lr {s.get('lr')}; seed {s['seed']})"
-        + (f", fine-tuned from `{Path(s['init']).name}` on the {s.get('size')} px renders"
-           if s.get("init") not in (None, "None") else "") + ".",
+        f"Trained by `scripts/train_zoo_vae.py` for {_vae_run(s)}.{earlier}",
         f"- held-out reconstruction PSNR (all held-out images, {s.get('size', 128)} px): "
         f"**{log['final']['heldout_psnr_db']:.2f} dB**, "
         f"L1 {log['final']['heldout_l1']:.4f} (pixels in [-1, 1])",
         f"- latents × 0.18215 on the training set: mean {log['latent_sd1_mean']:.3f}, std {log['latent_sd1_std']:.3f} "
-        "(calibrated scale/shift)",
+        + ("(the calibration of the file it was fine-tuned from)" if s.get("decoder_only") == "True"
+           else "(calibrated scale/shift)"),
     ])
 
 

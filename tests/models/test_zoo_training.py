@@ -198,6 +198,24 @@ def test_stylegan_trainer_writes_a_text_conditioned_generator_and_resumes(tiny_s
     capsys.readouterr()
     train_zoo_stylegan.main([*small, "--steps", "3"])  # continues from <out>.train.pt
     assert "resumed at step 2" in capsys.readouterr().out
+
+
+def test_vae_trainer_decoder_only_keeps_the_latents_the_dit_was_trained_on(tiny_set, tmp_path):
+    """--decoder-only: the encoder and scale/shift are the --init file's, bit for bit (so a DiT trained on its
+    latents stays valid); the decoder changes; without --init it is refused, saying what to give."""
+    data, vae = tiny_set
+    out = tmp_path / "dec" / "vae.safetensors"
+    train_zoo_vae.main(["--data", str(data), "--out", str(out), "--init", str(vae), "--size", "64", "--batch", "2",
+                        "--crop", "32", "--full-crop", "64", "--full-batch", "2", "--eval-every", "2", "--steps", "3",
+                        "--decoder-only", "--lr", "1e-2"])
+    before, after = taesd.load_vae(vae).state_dict(), taesd.load_vae(out).state_dict()
+    enc = [k for k in before if not k.startswith("taesd_decoder.")]
+    assert enc and all(torch.equal(before[k], after[k]) for k in enc)  # encoder, vae_scale, vae_shift
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("taesd_decoder."))
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    assert torch.equal(taesd.load_vae(vae).encode(x), taesd.load_vae(out).encode(x))
+    with pytest.raises(SystemExit):
+        train_zoo_vae.main(["--data", str(data), "--out", str(tmp_path / "x.safetensors"), "--decoder-only"])
     assert json.loads(out.with_suffix(".json").read_text())["steps_done"] == 3
 
 
