@@ -96,7 +96,7 @@ def image_embeddings(clip: cs.StyleCLIP, x: torch.Tensor) -> torch.Tensor:
 
 
 def judged_images(images: torch.Tensor) -> torch.Tensor:
-    """Images (N, 3, H, W) in 0..1 as every judge of the zoo sees them (judge_text_to_image, the demo,
+    """Images (N, 3, H, W) in 0..1 as every judge of the zoo sees them (judge_text_to_image, the demo, bench_refiners,
     eval_zoo_pipeline): resized to the CLIP's CLIP_SIZE (bicubic, antialiased) and clamped to 0..1."""
     if images.shape[-2:] != (CLIP_SIZE, CLIP_SIZE):
         images = F.interpolate(images, size=(CLIP_SIZE, CLIP_SIZE), mode="bicubic", antialias=True, align_corners=False)
