@@ -92,6 +92,7 @@ def main(argv=None) -> None:
     for n, p in vae.named_parameters():
         p.requires_grad_(n.startswith(trained))
     opt = loop.optimizer(torch.optim.Adam([p for p in vae.parameters() if p.requires_grad], lr=args.lr))
+    before_log = None
     if args.init is not None and args.init.with_suffix(".json").exists():  # the runs this one continues
         before_log = json.loads(args.init.with_suffix(".json").read_text())
         loop.log["previous_runs"] = before_log.get("previous_runs", []) + [
@@ -117,13 +118,19 @@ def main(argv=None) -> None:
         return
     log = loop.log
     vae.eval()
-    with torch.no_grad():
-        raw = torch.cat([vae.encode_raw(train[i:i + 128]) for i in range(0, len(train), 128)])
-        if not args.decoder_only:  # the decoder-only fine-tune keeps the latents, and so their calibration
-            vae.calibrate(raw)
-        sd1 = (raw / vae.vae_scale + vae.vae_shift) * taesd.SD1_SCALE
-        log["latent_sd1_mean"], log["latent_sd1_std"] = float(sd1.mean()), float(sd1.std())
-        log["latent_raw_absmax_p999"] = float(raw.abs().flatten().quantile(0.999)) if raw.numel() < 2 ** 24 else None
+    stats = ("latent_sd1_mean", "latent_sd1_std", "latent_raw_absmax_p999")
+    if args.decoder_only and before_log is not None and all(k in before_log for k in stats):
+        # the encoder and its calibration are the --init file's, bit for bit: so are the latents' statistics
+        log.update({k: before_log[k] for k in stats})
+    else:
+        with torch.no_grad():
+            raw = torch.cat([vae.encode_raw(train[i:i + 128]) for i in range(0, len(train), 128)])
+            if not args.decoder_only:  # the decoder-only fine-tune keeps the latents, and so their calibration
+                vae.calibrate(raw)
+            sd1 = (raw / vae.vae_scale + vae.vae_shift) * taesd.SD1_SCALE
+            log["latent_sd1_mean"], log["latent_sd1_std"] = float(sd1.mean()), float(sd1.std())
+            log["latent_raw_absmax_p999"] = (float(raw.abs().flatten().quantile(0.999)) if raw.numel() < 2 ** 24
+                                             else None)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     vae = vae.cpu()
     taesd.save_vae(vae, args.out, {"trained_on": f"DiffuGAN emoji at {args.size} px "
