@@ -224,9 +224,9 @@ def gan_setup(loop: TrainLoop, G: nn.Module, D: nn.Module, args) -> tuple:
 
 
 def gan_step(loop: TrainLoop, step: int, D: nn.Module, opt_g, opt_d, fake_images, x_train: torch.Tensor,
-             text: torch.Tensor, image: torch.Tensor, args, train_g: bool = True) -> None:
-    """One training step of both networks (of D alone with train_g False). `fake_images(c)` generates a batch for
-    labels c on the graph (and updates the generator's tracked w_avg)."""
+             text: torch.Tensor, image: torch.Tensor, args) -> None:
+    """One training step of both networks. `fake_images(c)` generates a batch for labels c on the graph (and
+    updates the generator's tracked w_avg)."""
     gen, dev = loop.gen, loop.device
     # one generated batch (labels drawn apart from the real batch's) serves both updates: D sees it detached
     idx = torch.randint(0, len(x_train), (args.batch,), generator=gen)
@@ -247,48 +247,17 @@ def gan_step(loop: TrainLoop, step: int, D: nn.Module, opt_g, opt_d, fake_images
         loss_d = loss_d + r1 * (args.r1_gamma / 2) * args.r1_every
         loop.record(r1=r1)
     loop.backward(loss_d, opt_d)
-    loop.record(d=loss_d, real=real_logits.detach().mean(), fake=fake_logits.detach().mean())
-    if not train_g:
-        return
     # generator: non-saturating loss through the updated (augmented) discriminator
     D.requires_grad_(False)
     loss_g = F.softplus(-D(diff_augment(fake, gen), c_fake)).mean()
     loop.backward(loss_g, opt_g)
     D.requires_grad_(True)
-    loop.record(g=loss_g)
-
-
-def init_generator(G: sg.Generator, path: Path, clip_identity: str) -> list[dict]:
-    """Load the saved generator at `path` into G (strictly: same architecture, same CLIP) -> the runs it comes from,
-    each as its settings, steps, training images, hours and final figures (from <path>.json where it exists)."""
-    old = sg.load_stylegan(path)
-    if old.config != G.config:
-        raise SystemExit(f"--init {path}: its generator is {old.config}, this run's {G.config}; give the same "
-                         "--channel-base/--channel-max (or leave out --init)")
-    if old.style_clip != clip_identity:
-        raise SystemExit(f"--init {path}: it was trained on the labels of CLIP {old.style_clip!r}, this run uses "
-                         f"{clip_identity!r}; give that CLIP as --clip")
-    G.load_state_dict(old.state_dict())
-    log_path = path.with_suffix(".json")
-    if not log_path.exists():
-        return [{"init": str(path)}]
-    before = json.loads(log_path.read_text())
-    run = {"settings": before["settings"], "steps": before.get("steps_done"), "train_images": before["train_images"],
-           "hours": before["curve"][-1]["sec"] / 3600 if before.get("curve") else None,
-           "final": {k: v for k, v in before.get("final", {}).items() if k != "samples"},
-           "final_psi07": before.get("final_psi07")}
-    return before.get("previous_runs", []) + [run]
+    loop.record(g=loss_g, d=loss_d, real=real_logits.detach().mean(), fake=fake_logits.detach().mean())
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     gan_arguments(ap)
-    ap.add_argument("--init", type=Path, default=None,
-                    help="continue a saved generator (e.g. the shipped zoo StyleGAN) with a fresh discriminator; its "
-                         "architecture and CLIP must be this run's")
-    ap.add_argument("--d-warmup", type=int, default=0,
-                    help="first train the fresh discriminator alone for this many steps (with --init: so that the "
-                         "generator's first updates come from a discriminator that has learnt something)")
     args = ap.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -300,8 +269,6 @@ def main(argv=None) -> None:
     config = generator_config(text.shape[-1], args.channel_base, args.channel_max, x_train.shape[-1])
     G = sg.Generator(config).train()
     G.style_clip = clip.identity
-    if args.init is not None:
-        loop.log["previous_runs"] = init_generator(G, args.init, clip.identity)
     D = Discriminator(config.img_resolution, config.c_dim, args.channel_base, args.channel_max).train()
     loop.log.update(config=config.__dict__, style_clip=clip.identity, train_images=len(x_train),
                     g_params=sum(p.numel() for p in G.parameters()), d_params=sum(p.numel() for p in D.parameters()))
@@ -320,7 +287,7 @@ def main(argv=None) -> None:
 
     loop.evaluate = evaluate_ema
     for step in loop:
-        gan_step(loop, step, D, opt_g, opt_d, fake_images, x_train, text, image, args, train_g=step >= args.d_warmup)
+        gan_step(loop, step, D, opt_g, opt_d, fake_images, x_train, text, image, args)
     if not loop.finish():
         return
     log, G_ema = loop.log, G_ema.cpu()

@@ -254,12 +254,6 @@ def card_stylegan(name: str, log: dict) -> str:
     s, c, f, t = log["settings"], log["config"], log["final"], log["final_psi07"]
     syn = c["synthesis_kwargs"]
     first = log["evals"][0]
-    earlier = "".join(
-        f" It continues a run of {r['steps']} steps (batch {r['settings']['batch']}, lr {r['settings']['lr']}) on "
-        f"{r['train_images']} training images" + (f", {r['hours']:.1f} h" if r.get("hours") else "")
-        + (f", whose held-out CLIP score was {r['final']['prompt_clip_score']:.3f} and Fréchet distance "
-           f"{r['final']['prompt_fd']:.3f} on its data split" if r.get("final") else "") + "."
-        for r in log.get("previous_runs", []))
     return "\n".join([
         f"### `stylegan/{name}` — StyleGAN2, text-conditioned",
         f"StyleGAN2 ({syn['architecture']} generator, {c['img_resolution']} px, channel base {syn['channel_base']}, "
@@ -273,9 +267,7 @@ def card_stylegan(name: str, log: dict) -> str:
         f"style mixing {s['mixing']}, DiffAugment colour/translation/cutout, a residual discriminator "
         f"({log['d_params'] / 1e6:.2f} M parameters, not shipped) with projection conditioning; labels: a caption "
         f"phrasing or one time in three the image's own CLIP embedding, none {100 * float(s['label_dropout']):.0f} % "
-        f"of the time; EMA half-life {s['ema_kimg']} k images; seed {s['seed']}."
-        + (f" The discriminator (fresh) trained alone for the first {s['d_warmup']} steps." if int(
-            s.get("d_warmup", "0")) else "") + earlier,
+        f"of the time; EMA half-life {s['ema_kimg']} k images; seed {s['seed']}.",
         f"- text → image on the {f['captions']} held-out captions, judged by the zoo CLIP (no training loss uses its "
         f"image tower): CLIP score **{f['prompt_clip_score']:.3f} with the prompt** vs "
         f"{f['unconditional_clip_score']:.3f} unprompted (real held-out images: {f['real_clip_score']:.3f}; "
