@@ -150,30 +150,39 @@ def _predict(model: dit.DiT, xt, t, y, style=None) -> torch.Tensor:
                       for i in range(0, len(xt), 128)])
 
 
-@torch.no_grad()
-def evaluate(model: dit.DiT, z: torch.Tensor, y: torch.Tensor, alphas_bar: torch.Tensor,
-             style: torch.Tensor | None = None) -> dict:
-    """Held-out ε-MSE per timestep and x0-MSE (label given, no style); with `style` (the held-out captions'
-    embeddings) also the ε-MSE with the null label with and without that style."""
-    gen = torch.Generator().manual_seed(1234)
-    noise = torch.randn(z.shape, generator=gen)
-    null = torch.full_like(y, model.config.null_class)
+def noise_figures(z: torch.Tensor, alphas_bar: torch.Tensor, predict, variants: dict | None = None) -> dict:
+    """Held-out figures of a noise predictor on clean latents z: ε-MSE at each of EVAL_T and its mean, and the
+    x0-MSE at X0_T (what a refiner sees: the clean-latent estimate x0 = (x_t - sqrt(1 - ab) ε) / sqrt(ab)), for
+    `predict(x_t, t)`; each of `variants` ({suffix: predict}, other conditionings) adds its ε-MSE as
+    eps_mse_t{t}{suffix} and eps_mse_mean{suffix}. The same noise (seed 1234) for every model."""
+    noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(1234))
+    variants = variants or {}
     out = {}
     for t in sorted(set(EVAL_T) | set(X0_T)):
         ab = alphas_bar[t]
         xt = ab.sqrt() * z + (1 - ab).sqrt() * noise
-        tt = torch.full((len(z),), t, dtype=torch.long)
-        pred = _predict(model, xt, tt, y)
+        pred = predict(xt, t)
         if t in EVAL_T:
             out[f"eps_mse_t{t}"] = float((pred - noise).square().mean())
-            if style is not None:
-                out[f"eps_mse_t{t}_prompt"] = float((_predict(model, xt, tt, null, style) - noise).square().mean())
-                out[f"eps_mse_t{t}_none"] = float((_predict(model, xt, tt, null) - noise).square().mean())
-        if t in X0_T:  # what the refiner sees: the clean-latent estimate x0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab)
+            for suffix, other in variants.items():
+                out[f"eps_mse_t{t}{suffix}"] = float((other(xt, t) - noise).square().mean())
+        if t in X0_T:
             out[f"x0_mse_t{t}"] = float(((xt - (1 - ab).sqrt() * pred) / ab.sqrt() - z).square().mean())
-    for suffix in ("", "_prompt", "_none") if style is not None else ("",):
+    for suffix in ("", *variants):
         out[f"eps_mse_mean{suffix}"] = sum(out[f"eps_mse_t{t}{suffix}"] for t in EVAL_T) / len(EVAL_T)
     return out
+
+
+@torch.no_grad()
+def evaluate(model: dit.DiT, z: torch.Tensor, y: torch.Tensor, alphas_bar: torch.Tensor,
+             style: torch.Tensor | None = None) -> dict:
+    """noise_figures with the label given and no style; with `style` (the held-out captions' embeddings) also the
+    ε-MSE with the null label with (_prompt) and without (_none) that style."""
+    null = torch.full_like(y, model.config.null_class)
+    tt = lambda t: torch.full((len(z),), t, dtype=torch.long)  # noqa: E731
+    variants = None if style is None else {"_prompt": lambda xt, t: _predict(model, xt, tt(t), null, style),
+                                           "_none": lambda xt, t: _predict(model, xt, tt(t), null)}
+    return noise_figures(z, alphas_bar, lambda xt, t: _predict(model, xt, tt(t), y), variants)
 
 
 @torch.no_grad()

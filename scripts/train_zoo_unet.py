@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 import devkit  # noqa: E402,F401  (registers the pack as the package `diffugan`)
 import zoo_data  # noqa: E402
-from train_zoo_dit import EVAL_T, X0_T, cached_latents, draw_styles, noised_batch, style_vectors  # noqa: E402
+from train_zoo_dit import cached_latents, draw_styles, noise_figures, noised_batch, style_vectors  # noqa: E402
 
 from devkit.train import TrainLoop  # noqa: E402
 from diffugan.models import clip_style as cs  # noqa: E402
@@ -48,23 +48,11 @@ def _predict(model: fu.FiLMUNet, xt, t, style) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model: fu.FiLMUNet, z: torch.Tensor, style: torch.Tensor, alphas_bar: torch.Tensor) -> dict:
-    gen = torch.Generator().manual_seed(1234)
-    noise = torch.randn(z.shape, generator=gen)
+    """train_zoo_dit.noise_figures with the held-out styles, and without any (_none)."""
+    tt = lambda t: torch.full((len(z),), float(t))  # noqa: E731
     none = torch.zeros_like(style)
-    out = {}
-    for t in sorted(set(EVAL_T) | set(X0_T)):
-        ab = alphas_bar[t]
-        xt = ab.sqrt() * z + (1 - ab).sqrt() * noise
-        tt = torch.full((len(z),), float(t))
-        pred = _predict(model, xt, tt, style)
-        if t in EVAL_T:
-            out[f"eps_mse_t{t}"] = float((pred - noise).square().mean())
-            out[f"eps_mse_t{t}_none"] = float((_predict(model, xt, tt, none) - noise).square().mean())
-        if t in X0_T:
-            out[f"x0_mse_t{t}"] = float(((xt - (1 - ab).sqrt() * pred) / ab.sqrt() - z).square().mean())
-    for suffix in ("", "_none"):
-        out[f"eps_mse_mean{suffix}"] = sum(out[f"eps_mse_t{t}{suffix}"] for t in EVAL_T) / len(EVAL_T)
-    return out
+    return noise_figures(z, alphas_bar, lambda xt, t: _predict(model, xt, tt(t), style),
+                         {"_none": lambda xt, t: _predict(model, xt, tt(t), none)})
 
 
 def main(argv=None) -> None:
