@@ -119,8 +119,11 @@ def main(argv=None) -> None:
     log = loop.log
     vae.eval()
     stats = ("latent_sd1_mean", "latent_sd1_std", "latent_raw_absmax_p999")
-    if args.decoder_only and before_log is not None and all(k in before_log for k in stats):
-        # the encoder and its calibration are the --init file's, bit for bit: so are the latents' statistics
+    same_data = before_log is not None and all(before_log["settings"].get(k) == str(getattr(args, k))
+                                               for k in ("data", "size"))
+    if args.decoder_only and same_data and all(k in before_log for k in stats):
+        # the encoder and its calibration are the --init file's, bit for bit, and the images are the ones its
+        # statistics were taken on: so the statistics are its
         log.update({k: before_log[k] for k in stats})
     else:
         with torch.no_grad():
