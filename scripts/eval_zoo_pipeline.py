@@ -61,7 +61,7 @@ def main(argv=None) -> None:
     ap.add_argument("--strength", type=float, default=0.3, help="the text_to_image_hybrid workflow's Refine")
     ap.add_argument("--keep-coarse", type=int, default=0, help="put the draft's content below this many pixels back "
                     "into the refined image (a Keep Coarse node after the refine; 0: not, as the workflow)")
-    ap.add_argument("--restore-strength", type=float, default=0.15,
+    ap.add_argument("--restore-strength", type=float, default=0.1,
                     help="strength for the degraded images (the refine_any_image workflow's)")
     ap.add_argument("--steps", type=int, default=20, help="refinement steps (the workflow's Refine: max_steps 20)")
     ap.add_argument("--cfg", type=float, default=3.0)

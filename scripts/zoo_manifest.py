@@ -130,11 +130,12 @@ LIMITS_DIT = ("superseded by `diffugan-emoji-dit-256.safetensors` (256 tokens, 2
 LIMITS_DIT_256 = (
     "a snapshot of a run in progress (`--init` this file on a machine without the training state). The shipped "
     "coarse-to-fine workflows use it, with the ControlNet and importance scorer trained for it. On the held-out "
-    "captions' StyleGAN drafts it beats the draft on Fréchet distance and detail and ties it on CLIP score "
-    "(`pipeline.json`, below); to the eye it turns the drafts' blurry blobs into crisp flat shapes in the prompt's "
-    "colours, not yet into recognisable emoji (faces lose their features). Dense at strength 0.3 it moves degraded "
-    "images away from their originals; at strength 0.15 with Keep Coarse it is close to even. The caption conditions "
-    "it by about 1 % of the held-out ε-MSE.")
+    "captions' StyleGAN drafts it beats the draft on Fréchet distance and detail but lowers its CLIP score "
+    "(`pipeline.json`, below); to the eye it makes the drafts' soft shapes crisp and flat, but it does not make "
+    "them more recognisable: the smileys' eyes and mouths come back as blotches. Dense at strength 0.3 it moves "
+    "degraded images away from their originals; at strength 0.10 with Keep Coarse (`refine_any_image`) it raises "
+    "PSNR and SSIM a little, but the VAE round trip with Keep Coarse raises them more. The caption conditions it "
+    "by about 1 % of the held-out ε-MSE.")
 
 
 LIMITS_UNET = ("CPU-sized and young (2,500 steps): text -> image gives blobs in roughly the prompt's colours, and the "
@@ -151,15 +152,16 @@ LIMITS_CONTROLNET = ("trained for the 256-token DiT on 256 px edges, finer than 
                      "ControlNet on the 64-token DiT and are still to be rerun for this one.")
 
 
-LIMITS_STYLEGAN = ("a CPU-sized GAN run: its drafts are smooth blobs in the prompt's colours and rough shape (red "
-                   "heart-like shapes for 'red heart', yellow discs for faces, banded rectangles for flags, blue "
-                   "squares for 'blue circle'), not yet recognisable emoji, and seeds vary the shape less than the "
-                   "prompt does. On 8 prompts (6 drafts each, ψ 0.7) the zoo CLIP ranked the prompt's own text first "
-                   "for 3. The FD was still falling at the last evaluation: a longer (GPU) run is the next step.")
-LIMITS_PIPELINE = ("the gains are in sharpness and in the distribution of the images (Fréchet distance), not yet "
-                   "in what they show: the CLIP score barely moves, and on the demo's six prompts the refined image is "
-                   "closer to its prompt for about half of them. Restoring degraded images, the VAE round trip with "
-                   "Keep Coarse beats the refiner (see the figures).")
+LIMITS_STYLEGAN = ("a CPU-sized GAN run (from scratch on the three-style set): its drafts are soft-edged shapes in the "
+                   "prompt's colours and rough outline (yellow discs with dark eye patches for faces, red blobs for "
+                   "'red heart' and 'pizza', banded rectangles for flags), not yet recognisable emoji. Held-out "
+                   "Fréchet distance was still falling at the last evaluation (0.175 at step 6,400, 0.154 at 9,600); "
+                   "the CLIP score moved between 0.090 and 0.109 over the last five evaluations.")
+LIMITS_PIPELINE = ("the gains are in sharpness and in the distribution of the images (Fréchet distance), not in "
+                   "what they show: the StyleGAN's drafts now score higher with their prompt than their refined "
+                   "images do (the refiner breaks the drafts' eyes and mouths into blotches), and per image the "
+                   "refined one is closer to its prompt for under half of the captions. Restoring degraded "
+                   "images, the VAE round trip with Keep Coarse beats the refiner (see the figures).")
 LIMITS_GANFORMER = ("a CPU-sized GAN run, younger than the zoo StyleGAN: its drafts are blobs in the prompt's colours "
                     "and rough shape, and its attention is still diffuse (the ownership map is nearly flat), so as an "
                     "importance map it does not yet say where the refiner changes a draft (Spearman about 0, against "
@@ -508,8 +510,8 @@ def main() -> None:
             "Small models trained by this repository's scripts on a real open data set, so the pack works before you "
             "download any large checkpoint. They are demonstrations, CPU-sized training: the shipped "
             "workflows use the 256 px wing (the `-256` VAE and DiT, trained on the set below, with the ControlNet and "
-            "importance scorer trained for that DiT; the FiLM UNet and the GANformer on the same set); the CLIP and "
-            "the StyleGAN were trained on an earlier set of 64 px emoji bitmaps in two styles, and the 128 px VAE and "
+            "importance scorer trained for that DiT; the StyleGAN, the FiLM UNet and the GANformer on the same set); "
+            "the CLIP was trained on an earlier set of 64 px emoji bitmaps in two styles, and the 128 px VAE and "
             "DiT of that set are kept for graphs saved with them. The nodes "
             "find them by default (each `zoo/<folder>/` is searched after your own `models/<folder>/`). "
             "`manifest.json` lists sizes and sha256; `python scripts/zoo_manifest.py` rewrites it and these cards "
