@@ -61,6 +61,8 @@ def _dit_run(s: dict, done: int, eps: float | None) -> str:
                if float(s.get("low_noise", 0)) > 0 else ", t uniform over 0…999")
             + (", with style conditioning from the zoo CLIP added (a zero-initialised style projection)"
                if s.get("style_clip", "None") != "None" else "")
+            + (f", {float(s['degrade']) * 100:.0f} % of the samples on the refiner's task (restoring a blurred "
+               f"latent, fully blurred from t {s['degrade_t']})" if float(s.get("degrade", 0)) > 0 else "")
             + (f" (held-out ε-MSE {eps:.4f})" if eps is not None else ""))
 
 
@@ -97,8 +99,20 @@ def card_dit(name: str, log: dict) -> str:
             + ", ".join(f"t={k[8:]}: {v:.3f}" for k, v in first.items() if k.startswith("x0_mse_t")) + ")")]
           if x0 else []),
         *(_dit_style_lines(log) if log.get("style_clip") else []),
+        *([_dit_restore_line(log)] if "restore_x0_mse_t300" in f else []),
         f"- limits: {LIMITS_DIT_256 if '-256' in name else LIMITS_DIT}",
     ])
+
+
+def _dit_restore_line(log: dict) -> str:
+    """What a --degrade run adds: how far the x0 it reads off a blurred start is from the clean latent."""
+    f, first = log["final"], log["evals"][0]
+    ts = sorted(int(k[len("restore_x0_mse_t"):]) for k in f if k.startswith("restore_x0_mse_t"))
+    return ("- the refiner's task on held-out latents (blurred to 32–128 px in latent space, noised as a refine "
+            "starts; the x0 it reads off against the clean latent, MSE): "
+            + ", ".join(f"t={t}: **{f[f'restore_x0_mse_t{t}']:.3f}** (the blurred start itself "
+                        f"{f[f'restore_start_mse_t{t}']:.3f}; first evaluation of the last run "
+                        f"{first.get(f'restore_x0_mse_t{t}', float('nan')):.3f})" for t in ts))
 
 
 def _dit_style_lines(log: dict) -> list[str]:

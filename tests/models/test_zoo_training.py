@@ -87,6 +87,61 @@ def test_dit_trainer_runs_continues_with_init_and_the_card_tells_both_runs(tiny_
                             "--init", str(first), "--hidden", "64", "--depth", "1", "--heads", "2"])
 
 
+def test_restoration_batch_leads_back_to_the_clean_latent_along_the_path_an_euler_refine_takes():
+    ab = torch.cumprod(1 - dit.linear_betas(), 0).float()
+    gen = torch.Generator().manual_seed(0)
+    z0 = torch.randn(6, 4, 32, 32, generator=gen)
+    z_deg = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(z0, 4), scale_factor=4)
+    noise = torch.randn(z0.shape, generator=gen)
+    t = torch.tensor([5, 50, 150, 300, 500, 900])
+    rows = torch.tensor([1.0, 1, 1, 1, 1, 0])
+    xt, target = train_zoo_dit.restoration_batch(z0, t, noise, ab, z_deg, rows, 300)
+    a = ab[t][:, None, None, None]
+    # the x0 read off the target is the clean latent, for every row
+    assert torch.allclose((xt - (1 - a).sqrt() * target) / a.sqrt(), z0, atol=1e-3)
+    # a row left out is the plain noised latent and its noise
+    assert torch.equal(target[5], noise[5])
+    assert torch.allclose(xt[5], a[5].sqrt() * z0[5] + (1 - a[5]).sqrt() * noise[5])
+    # at and above full_t x_t starts from the degraded latent itself, as a refine started there does
+    for i in (3, 4):
+        assert torch.allclose(xt[i], a[i].sqrt() * z_deg[i] + (1 - a[i]).sqrt() * noise[i], atol=1e-5)
+    # below it the degradation left is the share an Euler step with the right x0 leaves: sigma(t) / sigma(full_t)
+    sigma = ((1 - ab) / ab).sqrt()
+    for i in (0, 1, 2):
+        left = (xt[i] - (1 - a[i]).sqrt() * noise[i]) / a[i].sqrt() - z0[i]
+        assert torch.allclose(left, (sigma[t[i]] / sigma[300]) * (z_deg[i] - z0[i]), atol=1e-3)
+    # so the extra target stays bounded by d / sigma(full_t), however small t is
+    extra = (target[:5] - noise[:5]).abs().max()
+    assert float(extra) <= float((z_deg - z0).abs().max() / sigma[300]) + 1e-4
+
+
+def test_dit_trainer_with_the_refiners_task_logs_how_far_it_restores(tiny_set, tmp_path):
+    data, vae = tiny_set
+    out = tmp_path / "dit.safetensors"
+    train_zoo_dit.main(["--data", str(data), "--vae", str(vae), "--out", str(out), "--steps", "2", "--hidden", "32",
+                        "--depth", "1", "--heads", "2", "--batch", "4", "--eval-every", "2", "--degrade", "0.5"])
+    final = json.loads(out.with_suffix(".json").read_text())["final"]
+    for t in (100, 300):
+        # doing nothing (the degraded start) is the baseline the model's x0 is measured against
+        assert final[f"restore_start_mse_t{t}"] > 0 and torch.isfinite(torch.tensor(final[f"restore_x0_mse_t{t}"]))
+    assert final["restore_start_mse_t100"] < final["restore_start_mse_t300"]  # less of d is left at t 100
+    # the degraded latents: every image of the split blurred to one of DEGRADE_PX and encoded, cached
+    cached = list(data.glob("latents-*-train-*-degraded.safetensors"))
+    assert len(cached) == 1
+    from safetensors.torch import load_file
+    t = load_file(str(cached[0]))
+    z_clean, _ = train_zoo_dit.cached_latents(vae, data, "train")
+    assert t["latents"].shape == z_clean.shape and set(t["px"].tolist()) <= set(train_zoo_dit.DEGRADE_PX)
+    blurred = t["px"] < 64  # the tiny set is 64 px: at 64 the image is unchanged, below it blurred
+    assert blurred.any() and (~blurred).any()
+    scale = z_clean.abs().mean()
+    rounding = (t["latents"][~blurred] - z_clean[~blurred]).abs().mean() / scale
+    blur = (t["latents"][blurred] - z_clean[blurred]).abs().mean() / scale
+    assert rounding < 0.02 and blur > 3 * rounding, (rounding, blur)  # bf16 rounding only / the blur's change
+    card = zoo_manifest.card_dit("dit.safetensors", json.loads(out.with_suffix(".json").read_text()))
+    assert "restor" in card
+
+
 def test_controlnet_trainer_runs_and_logs_before_and_after(tiny_set, tmp_path):
     data, vae = tiny_set
     base = tmp_path / "dit.safetensors"
