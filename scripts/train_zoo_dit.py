@@ -366,7 +366,7 @@ def main(argv=None) -> None:
     ap.add_argument("--degrade", type=float, default=0.0, help="share of samples trained on the refiner's task: "
                     "x_t from a blurred latent, the target leading back to the clean one (restoration_batch)")
     ap.add_argument("--degrade-t", type=int, default=300, help="timestep from which the degradation is fully in "
-                    "x_t (below it, in proportion to t)")
+                    "x_t (below it, the share sigma(t) / sigma(degrade_t) an Euler refine leaves)")
     args = ap.parse_args(argv)
 
     torch.manual_seed(args.seed)

@@ -108,8 +108,8 @@ def _dit_restore_line(log: dict) -> str:
     """What a --degrade run adds: how far the x0 it reads off a blurred start is from the clean latent."""
     f, first = log["final"], log["evals"][0]
     ts = sorted(int(k[len("restore_x0_mse_t"):]) for k in f if k.startswith("restore_x0_mse_t"))
-    return ("- the refiner's task on held-out latents (blurred to 32–128 px in latent space, noised as a refine "
-            "starts; the x0 it reads off against the clean latent, MSE): "
+    return ("- the refiner's task on held-out images (blurred to 24–64 px and encoded, noised as a refine starts; "
+            "the x0 it reads off against the clean latent, MSE): "
             + ", ".join(f"t={t}: **{f[f'restore_x0_mse_t{t}']:.3f}** (the blurred start itself "
                         f"{f[f'restore_start_mse_t{t}']:.3f}; first evaluation of the last run "
                         f"{first.get(f'restore_x0_mse_t{t}', float('nan')):.3f})" for t in ts))
