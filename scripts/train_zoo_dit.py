@@ -73,39 +73,40 @@ def encode_latents(vae: taesd.TinyAutoencoder, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([vae.encode(x[i:i + 32]) for i in range(0, len(x), 32)]) * taesd.SD1_SCALE
 
 
-def cached_latents(vae_path: Path, data: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _sha_cache(data: Path, name: str, key_file: Path, build) -> dict:
+    """The tensors `build()` makes, cached in `data` as `name` with "{sha}" filled in by the first 12 hex digits
+    of `key_file`'s sha256 (the model they were made with), and loaded from there."""
     import hashlib
 
     from safetensors.torch import load_file, save_file
 
-    key = hashlib.sha256(vae_path.read_bytes()).hexdigest()[:12]
-    cache = data / f"latents-{zoo_data.resolution(data)}-{split}-{key}.safetensors"
+    cache = data / name.format(sha=hashlib.sha256(key_file.read_bytes()).hexdigest()[:12])
     if not cache.exists():
+        save_file({k: v.contiguous() for k, v in build().items()}, str(cache))
+    return load_file(str(cache))
+
+
+def cached_latents(vae_path: Path, data: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def build() -> dict:
         x, records = zoo_data.load(data, split)
-        z = encode_latents(taesd.load_vae(vae_path), x)
-        labels = torch.tensor([zoo_data.zoo_label(r) for r in records])
-        save_file({"latents": z.contiguous(), "labels": labels}, str(cache))
-    t = load_file(str(cache))
+        return {"latents": encode_latents(taesd.load_vae(vae_path), x),
+                "labels": torch.tensor([zoo_data.zoo_label(r) for r in records])}
+
+    t = _sha_cache(data, f"latents-{zoo_data.resolution(data)}-{split}-{{sha}}.safetensors", vae_path, build)
     return t["latents"], t["labels"]
 
 
 def style_vectors(clip: cs.StyleCLIP, clip_path: Path, data: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Embeddings by `clip` (loaded from `clip_path`) per image of a split, in zoo_data.load's order:
     (N, len(CAPTIONS), D) of its caption phrasings and (N, D) of the image itself; cached by the CLIP file's sha256."""
-    import hashlib
-
-    from safetensors.torch import load_file, save_file
-
-    key = hashlib.sha256(clip_path.read_bytes()).hexdigest()[:12]
-    cache = data / f"styles-{split}-{key}.safetensors"
-    if not cache.exists():
+    def build() -> dict:
         x, records = zoo_data.load(data, split, tzc.CLIP_SIZE)
         with torch.no_grad():
             texts = [c(r) for r in records for c in tzc.CAPTIONS]
             text = tzc.text_embeddings(clip, tzc.pooled_text(clip, texts)).view(len(records), len(tzc.CAPTIONS), -1)
-            image = tzc.image_embeddings(clip, (x + 1) / 2)
-        save_file({"text": text.contiguous(), "image": image.contiguous()}, str(cache))
-    t = load_file(str(cache))
+            return {"text": text, "image": tzc.image_embeddings(clip, (x + 1) / 2)}
+
+    t = _sha_cache(data, f"styles-{split}-{{sha}}.safetensors", clip_path, build)
     return t["text"], t["image"]
 
 
@@ -134,14 +135,9 @@ def degraded_latents(vae_path: Path, data: Path, split: str) -> torch.Tensor:
     this CPU; the rounding is about 1 % of the change the blur makes to a latent). Blurring the latents instead
     does not stand in for this: measured on 48 held-out images at 48 px, it changes them 6x as much as encoding
     the blurred image does, and in another direction (cosine 0.56)."""
-    import hashlib
-
     import torch.nn.functional as F
-    from safetensors.torch import load_file, save_file
 
-    key = hashlib.sha256(vae_path.read_bytes()).hexdigest()[:12]
-    cache = data / f"latents-{zoo_data.resolution(data)}-{split}-{key}-degraded.safetensors"
-    if not cache.exists():
+    def build() -> dict:
         x, _ = zoo_data.load(data, split)
         px = torch.tensor(DEGRADE_PX)[torch.randint(0, len(DEGRADE_PX), (len(x),),
                                                     generator=torch.Generator().manual_seed(0))]
@@ -155,8 +151,10 @@ def degraded_latents(vae_path: Path, data: Path, split: str) -> torch.Tensor:
                 chunk[rows] = F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False)
             with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
                 out.append(vae.encode(chunk).float() * taesd.SD1_SCALE)
-        save_file({"latents": torch.cat(out).contiguous(), "px": px}, str(cache))
-    return load_file(str(cache))["latents"]
+        return {"latents": torch.cat(out), "px": px}
+
+    name = f"latents-{zoo_data.resolution(data)}-{split}-{{sha}}-degraded.safetensors"
+    return _sha_cache(data, name, vae_path, build)["latents"]
 
 
 def restoration_batch(z0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, alphas_bar: torch.Tensor,
@@ -188,9 +186,9 @@ def restoration_figures(z: torch.Tensor, z_degraded: torch.Tensor, alphas_bar: t
         xt, _ = restoration_batch(z, tt, noise, alphas_bar, z_degraded, torch.ones(len(z)), full_t)
         ab = alphas_bar[t]
         x0 = (xt - (1 - ab).sqrt() * predict(xt, t)) / ab.sqrt()
-        lam = min(1.0, float((1 / alphas_bar[t] - 1) / (1 / alphas_bar[full_t] - 1)) ** 0.5)
+        start = (xt - (1 - ab).sqrt() * noise) / ab.sqrt()  # the degraded latent x_t was noised from
         out[f"restore_x0_mse_t{t}"] = float((x0 - z).square().mean())
-        out[f"restore_start_mse_t{t}"] = float((lam * (z_degraded - z)).square().mean())
+        out[f"restore_start_mse_t{t}"] = float((start - z).square().mean())
     return out
 
 
