@@ -39,7 +39,8 @@ starts instead from the latent of its image blurred to 24-64 px (degraded_latent
 leads back to the clean latent, with the blur shrinking over t as it does along an Euler refine
 (restoration_batch); the rest of the samples keep the plain objective, so text -> image and the stock samplers
 still work. It is still an ε-predicting DiT in the same format. The held-out figures then add the x0-MSE from a
-blurred start at t 100 and 300 beside that of the blurred start itself.
+blurred start at t 100 and 300 beside that of the blurred start itself, and whole refines of blurred held-out latents
+at the workflows' strengths 0.1 and 0.3 (refine_figures: latent MSE to the clean latent, beside the blurred one's).
 """
 from __future__ import annotations
 
@@ -192,6 +193,28 @@ def restoration_figures(z: torch.Tensor, z_degraded: torch.Tensor, alphas_bar: t
     return out
 
 
+REFINE_STRENGTHS = (0.1, 0.3)  # refine_any_image's and the coarse-to-fine workflows' Refine strengths
+REFINE_IMAGES = 32  # held-out latents refine_figures refines at each evaluation
+
+
+def refine_figures(model: dit.DiT, z: torch.Tensor, z_degraded: torch.Tensor, style: torch.Tensor | None,
+                   steps: int = 20, cfg: float = 3.0) -> dict:
+    """The refiner's task end to end: each degraded latent refined as the workflows' Refine does (dense Euler
+    img2img over `steps` from each of REFINE_STRENGTHS, null label, the caption's style with guidance `cfg`; fixed
+    noise, seed 7), as latent MSE to the clean latent (refine_mse_s<strength>), beside the degraded latent's own
+    (refine_start_mse: what doing nothing gives). Below refine_start_mse, refining restores."""
+    d = next(model.parameters()).device
+    noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(7)).to(d)
+    null = torch.full((len(z),), model.config.null_class, dtype=torch.long, device=d)
+    out = {"refine_start_mse": float((z_degraded - z).square().mean())}
+    for s in REFINE_STRENGTHS:
+        sigmas, ts = sampling.img2img_schedule(steps, s)
+        refined = sampling.euler_img2img(model, z_degraded.to(d), null, sigmas, ts, cfg, noise,
+                                         style=None if style is None else style.to(d))[0]
+        out[f"refine_mse_s{s}"] = float((refined.float().cpu() - z).square().mean())
+    return out
+
+
 def draw_styles(idx: torch.Tensor, styles: tuple[torch.Tensor, torch.Tensor], style_dropout: float,
                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """The styles of a training batch (rows `idx` of the split) from style_vectors' (text, image): each row one of
@@ -255,7 +278,7 @@ def evaluate(model: dit.DiT, z: torch.Tensor, y: torch.Tensor, alphas_bar: torch
     """noise_figures with the label given and no style; with `style` (the held-out captions' embeddings) also the
     ε-MSE with the null label with (_prompt) and without (_none) that style; with `degraded` (a --degrade run: the
     held-out degraded latents and --degrade-t) also restoration_figures, with the prompt as a refine gives it
-    (null label and the style, if any)."""
+    (null label and the style, if any), and refine_figures on REFINE_IMAGES of them."""
     null = torch.full_like(y, model.config.null_class)
     tt = lambda t: torch.full((len(z),), t, dtype=torch.long)  # noqa: E731
     variants = None if style is None else {"_prompt": lambda xt, t: _predict(model, xt, tt(t), null, style),
@@ -264,6 +287,8 @@ def evaluate(model: dit.DiT, z: torch.Tensor, y: torch.Tensor, alphas_bar: torch
     if degraded is not None:
         out.update(restoration_figures(z, degraded[0], alphas_bar,
                                        lambda xt, t: _predict(model, xt, tt(t), null, style), degraded[1]))
+        rows = slice(None, None, max(1, len(z) // REFINE_IMAGES))  # a whole refine costs ~8 steps x 2 per image
+        out.update(refine_figures(model, z[rows], degraded[0][rows], None if style is None else style[rows]))
     return out
 
 

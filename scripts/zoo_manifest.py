@@ -112,7 +112,19 @@ def _dit_restore_line(log: dict) -> str:
             "the x0 it reads off against the clean latent, MSE): "
             + ", ".join(f"t={t}: **{f[f'restore_x0_mse_t{t}']:.3f}** (the blurred start itself "
                         f"{f[f'restore_start_mse_t{t}']:.3f}; first evaluation of the last run "
-                        f"{first.get(f'restore_x0_mse_t{t}', float('nan')):.3f})" for t in ts))
+                        f"{first.get(f'restore_x0_mse_t{t}', float('nan')):.3f})" for t in ts)
+            + _dit_refine_clause(f, first))
+
+
+def _dit_refine_clause(f: dict, first: dict) -> str:
+    """refine_figures' whole refines of blurred held-out latents, where the run logged them."""
+    strengths = sorted(float(k[len("refine_mse_s"):]) for k in f if k.startswith("refine_mse_s"))
+    if not strengths:
+        return ""
+    return ("; refined end to end (20 Euler steps, guidance 3, the caption as style; latent MSE to the clean latent, "
+            f"the blurred latent itself {f['refine_start_mse']:.4f}): "
+            + ", ".join(f"strength {s:g}: **{f[f'refine_mse_s{s}']:.4f}** (first evaluation of the last run "
+                        f"{first.get(f'refine_mse_s{s}', float('nan')):.4f})" for s in strengths))
 
 
 def _dit_style_lines(log: dict) -> list[str]:

@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -115,6 +117,34 @@ def test_restoration_batch_leads_back_to_the_clean_latent_along_the_path_an_eule
     assert float(extra) <= float((z_deg - z0).abs().max() / sigma[300]) + 1e-4
 
 
+class _Oracle(torch.nn.Module):
+    """An ε-predictor that always points at `target`: the x0 it implies at every step is `target` itself."""
+
+    def __init__(self, target: torch.Tensor):
+        super().__init__()
+        self.target, self.config = target, SimpleNamespace(null_class=0)
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives the module a device
+        ab = torch.cumprod(1 - dit.linear_betas(), 0).double()
+        self.sigma = ((1 - ab) / ab).sqrt()
+
+    def forward(self, xc, t, y, style=None):
+        sigma = float(np.interp(float(t[0]), np.arange(len(self.sigma)), self.sigma.numpy()))
+        return (xc * (sigma ** 2 + 1) ** 0.5 - self.target[: len(xc)]) / sigma
+
+
+def test_refine_figures_measure_a_whole_refine_against_doing_nothing():
+    gen = torch.Generator().manual_seed(0)
+    z, z_deg = torch.randn(3, 4, 8, 8, generator=gen), torch.randn(3, 4, 8, 8, generator=gen)
+    style = torch.zeros(3, 4)
+    start = float((z_deg - z).square().mean())
+    perfect = train_zoo_dit.refine_figures(_Oracle(z), z, z_deg, style)
+    idle = train_zoo_dit.refine_figures(_Oracle(z_deg), z, z_deg, style)  # every step's x0: the degraded start
+    assert perfect["refine_start_mse"] == pytest.approx(start) == idle["refine_start_mse"]
+    for s in train_zoo_dit.REFINE_STRENGTHS:
+        assert perfect[f"refine_mse_s{s}"] < 1e-6 * start  # a refiner that knows the clean latent restores it
+        assert idle[f"refine_mse_s{s}"] == pytest.approx(start, rel=1e-4)  # one that keeps the start changes nothing
+
+
 def test_dit_trainer_with_the_refiners_task_logs_how_far_it_restores(tiny_set, tmp_path):
     data, vae = tiny_set
     out = tmp_path / "dit.safetensors"
@@ -125,6 +155,9 @@ def test_dit_trainer_with_the_refiners_task_logs_how_far_it_restores(tiny_set, t
         # doing nothing (the degraded start) is the baseline the model's x0 is measured against
         assert final[f"restore_start_mse_t{t}"] > 0 and torch.isfinite(torch.tensor(final[f"restore_x0_mse_t{t}"]))
     assert final["restore_start_mse_t100"] < final["restore_start_mse_t300"]  # less of d is left at t 100
+    # and whole refines at the workflows' strengths, beside the blurred latents' own distance
+    assert final["refine_start_mse"] > 0
+    assert all(torch.isfinite(torch.tensor(final[f"refine_mse_s{s}"])) for s in train_zoo_dit.REFINE_STRENGTHS)
     # the degraded latents: every image of the split blurred to one of DEGRADE_PX and encoded, cached
     cached = list(data.glob("latents-*-train-*-degraded.safetensors"))
     assert len(cached) == 1
