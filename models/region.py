@@ -358,3 +358,15 @@ def keep_coarse(image: torch.Tensor, reference: torch.Tensor, px: int) -> torch.
     if reference.shape[-2:] != image.shape[-2:]:
         reference = F.interpolate(reference, size=image.shape[-2:], mode="bicubic", align_corners=False)
     return (coarse(reference, px) + image - coarse(image, px)).clamp(0, 1)
+
+
+def add_refinement(original: torch.Tensor, refined: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+    """What a latent refiner changed, put onto the original pixels: original + (refined - reconstruction), clamped
+    to 0..1. `refined` is the decode of the refined latent, `reconstruction` the decode of the latent the refiner
+    started from (the original's VAE round trip), all (N, C, H, W) in 0..1 of one size (`original` batch N or 1).
+    The VAE's own reconstruction error (its colour drift and texture on pictures it does not know) is in both
+    decodes and cancels; only the refiner's change reaches the result."""
+    if not original.shape[-2:] == refined.shape[-2:] == reconstruction.shape[-2:]:
+        raise ValueError(f"sizes differ: original {tuple(original.shape[-2:])}, refined {tuple(refined.shape[-2:])}, "
+                         f"reconstruction {tuple(reconstruction.shape[-2:])}")
+    return (original + refined - reconstruction).clamp(0, 1)

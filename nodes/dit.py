@@ -522,4 +522,53 @@ class KeepCoarse(io.ComfyNode):
             return io.NodeOutput(nchw_to_image(region.keep_coarse(x, ref, coarse_px)))
 
 
-NODES = [DiTLoader, DiTConditioning, RegionSampler, DiTRefine, DiTRefineAdvanced, KeepCoarse]
+class DecodeRefinement(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DiffuGANDecodeRefinement",
+            display_name="DiffuGAN Decode Refinement",
+            category="DiffuGAN/DiT",
+            description=("VAE Decode that keeps your picture: decodes the refined latent and the latent the refiner "
+                         "started from, and adds the difference (what the refiner changed) to the original image: "
+                         "original + (decode(refined) - decode(start)). The VAE's own round-trip error (colour "
+                         "drift, texture on pictures it was not trained on) is in both decodes and cancels, so only "
+                         "the refinement reaches the result; 'decoded' is the plain VAE Decode of the refined latent. "
+                         "Costs one more decode than VAE Decode."),
+            inputs=[
+                io.Vae.Input("vae", tooltip="The VAE that encoded the original (the one the refiner was trained with)."),
+                io.Latent.Input("refined", tooltip="The refined latent (DiffuGAN Refine, or any sampler's output)."),
+                io.Latent.Input("start", tooltip="The latent the refiner started from: VAE Encode of the original."),
+                io.Image.Input("original", tooltip="The image that was encoded to 'start' (e.g. the scaled draft; "
+                                                   "another size is scaled to the decoded one, bicubic)."),
+            ],
+            outputs=[io.Image.Output(display_name="image"), io.Image.Output(display_name="decoded")],
+        )
+
+    @classmethod
+    def execute(cls, vae, refined, start, original) -> io.NodeOutput:
+        with node_errors("DiffuGAN Decode Refinement"):
+            x = image_to_nchw(original, "original")
+            r, s = (_latent_samples(v, name) for v, name in ((refined, "refined"), (start, "start")))
+            if r.shape[1:] != s.shape[1:] or s.shape[0] not in (1, r.shape[0]):
+                raise ValueError(f"'start' has shape {tuple(s.shape)} but 'refined' {tuple(r.shape)}: connect the "
+                                 "latent the refiner started from (VAE Encode of the original), one or one per image")
+            if x.shape[0] not in (1, r.shape[0]):
+                raise ValueError(f"'original' has batch {x.shape[0]} but 'refined' has batch {r.shape[0]}; give one "
+                                 "original per refined latent or a single one")
+            decoded, recon = (image_to_nchw(vae.decode(z), name) for z, name in ((r, "refined"), (s, "start")))
+            if x.shape[-2:] != decoded.shape[-2:]:  # e.g. the draft before its ImageScale: scaled as that would
+                x = torch.nn.functional.interpolate(x, size=decoded.shape[-2:], mode="bicubic", align_corners=False)
+            out = region.add_refinement(x.to(decoded), decoded, recon)
+            return io.NodeOutput(nchw_to_image(out), nchw_to_image(decoded))
+
+
+def _latent_samples(latent, name: str) -> torch.Tensor:
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    if not isinstance(samples, torch.Tensor) or samples.ndim != 4:
+        raise ValueError(f"'{name}' is not an image LATENT with samples [B, C, H, W]; connect a VAE Encode or a "
+                         "sampler's output")
+    return samples
+
+
+NODES = [DiTLoader, DiTConditioning, RegionSampler, DiTRefine, DiTRefineAdvanced, KeepCoarse, DecodeRefinement]

@@ -3,9 +3,11 @@
 1. Drafts. For each held-out caption (the data set's own caption): the zoo StyleGAN draws a draft steered by the
    caption's zoo-CLIP embedding (truncation --psi toward the prompt's mean w, as the Generate node does), upsampled to
    the DiT's working size; the zoo VAE encodes it; the zoo DiT refines it with the same prompt (dense Euler img2img at
-   --strength, the schedule the region-adaptive sampler spends on its most important regions, guidance --cfg); the
-   VAE decodes it; with --keep-coarse PX the draft's content below PX pixels is put back (a Keep Coarse node
-   after the refine, which the text_to_image_hybrid workflow does not have). Judged by the zoo CLIP
+   --strength, the schedule the region-adaptive sampler spends on its most important regions, guidance --cfg); then
+   decoded as the workflow's DiffuGAN Decode Refinement does: the draft plus what the refiner changed,
+   decode(refined) - decode(the draft's latent), so the VAE's round-trip error cancels ("refined"; the plain VAE
+   Decode of the refined latent is "refined_plain"); with --keep-coarse PX the draft's content below PX pixels is
+   put back (a Keep Coarse node after the refine, which the text_to_image_hybrid workflow does not have). Judged by the zoo CLIP
    (train_zoo_clip.judge_text_to_image): CLIP score with the caption, the share of images whose CLIP score with
    their caption is at least their draft's (the demo's "closer to the prompt", per image), and Fréchet distance of
    CLIP image features to the held-out images; and a detail measure: the high-frequency energy (mean squared
@@ -13,9 +15,10 @@
    real held-out images (1 = as detailed as real emoji; a blurry draft is below 1).
 2. Degraded real images. The held-out images themselves, downscaled to --degrade-px and back up (blurred, as a
    coarse draft is), refined the same way with their caption but at --restore-strength (refine_any_image's): PSNR
-   and SSIM (kornia) to the originals and the same detail ratio, for the degraded input, its VAE round trip and the
-   refined image, and for the last two with the input's content at --degrade-px put back (Keep Coarse, as the
-   refine_any_image workflow does).
+   and SSIM (kornia) to the originals and the same detail ratio, for the degraded input, its VAE round trip, the
+   refined image decoded plainly ("refined") and by Decode Refinement ("refined_added"), and for the round trip and
+   the plain refined with the input's content at --degrade-px put back (Keep Coarse, as the refine_any_image
+   workflow does).
 Each figure for the input, the VAE round trip alone (what the latent round trip costs) and the refined image; the
 refinement gain is refined minus VAE round trip.
 
@@ -80,7 +83,8 @@ def main(argv=None) -> None:
     style = tzc.heldout_captions(clip, args.data)
     draft = tzs.sample_images(G, style, len(style), args.seed, args.psi)[:n]
     draft = F.interpolate(draft, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
-    stages = dict(zip(("draft", "vae", "refined"), refine(draft, style[:n])))
+    stages = dict(zip(("draft", "vae", "refined_plain"), refine(draft, style[:n])))
+    stages["refined"] = region.add_refinement(draft, stages["refined_plain"], stages["vae"])  # Decode Refinement
     if args.keep_coarse:
         stages["refined"] = region.keep_coarse(stages["refined"], draft, args.keep_coarse)
     results = {"settings": {k: str(v) for k, v in vars(args).items()}, "size": size,
@@ -101,6 +105,7 @@ def main(argv=None) -> None:
                              size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
     restored = dict(zip(("degraded", "vae", "refined"), _refiner(model, vae, args, args.restore_strength)(
         degraded, style[:n])))
+    restored["refined_added"] = region.add_refinement(degraded, restored["refined"], restored["vae"])
     for name in ("vae", "refined"):  # as refine_any_image does: Keep Coarse at the input's real resolution
         restored[f"{name}_keep_coarse"] = region.keep_coarse(restored[name], degraded, args.degrade_px)
     results["degraded"] = {"px": args.degrade_px, "images": n, "strength": args.restore_strength}

@@ -459,11 +459,11 @@ def test_pipeline_evaluation_reports_drafts_and_degraded_images(tiny_set, tiny_c
                             "--degrade-px", "16", "--restore-strength", "0.5"])
     r = json.loads(out.read_text())
     assert r["size"] == 64
-    for stage in ("draft", "vae", "refined"):
+    for stage in ("draft", "vae", "refined_plain", "refined"):
         assert r[stage]["detail_ratio"] > 0 and torch.isfinite(torch.tensor(r[stage]["prompt_fd"]))
     d = r["degraded"]
     assert d["images"] == 3 and d["px"] == 16 and d["strength"] == 0.5
-    for stage in ("degraded", "vae", "refined", "vae_keep_coarse", "refined_keep_coarse"):
+    for stage in ("degraded", "vae", "refined", "refined_added", "vae_keep_coarse", "refined_keep_coarse"):
         assert 0 < d[stage]["ssim"] <= 1 and d[stage]["psnr_db"] > 0
     assert out.with_suffix(".png").is_file()
     card = zoo_manifest.card_pipeline(r)

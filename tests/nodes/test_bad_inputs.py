@@ -75,14 +75,21 @@ def zoo(run_node):
     controlnet = run_node("DiffuGANControlNetLoader", controlnet_name="diffugan-emoji-controlnet.safetensors").args[0]
     stylegan = run_node("DiffuGANStyleGANLoader", ckpt_name="diffugan-emoji-stylegan.safetensors").args[0]
     positive, negative = run_node("DiffuGANDiTConditioning", class_label=0).args
+    import comfy.sd
+    import comfy.utils
+    import folder_paths
+
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(folder_paths.get_full_path_or_raise(
+        "vae", "diffugan-emoji-vae-256.safetensors")))  # as the stock Load VAE gives it
     return dict(clip=clip, model=model, controlnet=controlnet, stylegan=stylegan, positive=positive,
-                negative=negative)
+                negative=negative, vae=vae)
 
 
 def _nodes(zoo) -> dict[str, tuple[dict, list[str], list[str]]]:
     """node id -> (valid inputs, IMAGE inputs, MASK inputs). The picture is batch 3 so batch rules are exercised."""
     image, mask = _rand(3, 32, 32, 3, seed=1), _rand(3, 32, 32, seed=2)
     latent = {"samples": torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(3))}
+    small_latent = {"samples": torch.randn(3, 4, 4, 4, generator=torch.Generator().manual_seed(5))}  # 32 px
     refine = dict(model=zoo["model"], positive=zoo["positive"], negative=zoo["negative"], latent=latent, seed=1,
                   max_steps=2, strength=0.3, cfg=2.0, importance=_rand(3, 128, 128, seed=4), min_steps=0)
     control = dict(model=zoo["model"], controlnet=zoo["controlnet"], image=image, strength=1.0, budget=0.5,
@@ -102,6 +109,8 @@ def _nodes(zoo) -> dict[str, tuple[dict, list[str], list[str]]]:
         "DiffuGANRegionSampler": (dict(importance=mask, min_steps=0, border=0, dense_every=0), [], ["importance"]),
         "DiffuGANDiTRefine": (refine, [], ["importance"]),
         "DiffuGANKeepCoarse": (dict(image=image, reference=image, coarse_px=1), ["image", "reference"], []),
+        "DiffuGANDecodeRefinement": (dict(vae=zoo["vae"], refined=small_latent, start=small_latent, original=image),
+                                     ["original"], []),
     }
 
 

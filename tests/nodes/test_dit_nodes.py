@@ -1,5 +1,6 @@
 """The DiT as a stock MODEL inside the real ComfyUI: loader, conditioning, and ComfyUI's own samplers on it."""
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -161,3 +162,39 @@ def test_keep_coarse_puts_the_references_coarse_content_back_and_keeps_the_image
         run_node("DiffuGANKeepCoarse", image=refined, reference=torch.rand(3, 8, 8, 3), coarse_px=4)
     with pytest.raises(ValueError, match="'coarse_px' \\(65\\) is above the image's size 64x64"):
         run_node("DiffuGANKeepCoarse", image=refined, reference=reference, coarse_px=65)
+
+
+def test_decode_refinement_puts_only_the_refiners_change_onto_the_original(run_node):
+    import comfy.sd
+    import comfy.utils
+
+    zoo_vae = Path(__file__).parents[2] / "zoo" / "vae" / "diffugan-emoji-vae-256.safetensors"
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(zoo_vae)))  # the stock Load VAE's object
+    g = torch.Generator().manual_seed(0)
+    original = torch.nn.functional.interpolate(torch.rand(2, 3, 8, 8, generator=g), size=64, mode="bicubic",
+                                               align_corners=False).clamp(0.05, 0.95).movedim(1, -1)
+    start = {"samples": vae.encode(original)}
+    plain = lambda z: vae.decode(z["samples"])  # noqa: E731  (what the stock VAE Decode gives)
+    # a refiner that changes nothing leaves the original as it was, not its VAE round trip
+    image, decoded = run_node("DiffuGANDecodeRefinement", vae=vae, refined=start, start=start, original=original).args
+    torch.testing.assert_close(image, original)
+    torch.testing.assert_close(decoded, plain(start))
+    assert (plain(start) - original).abs().mean() > 0.01  # the round trip it spared the picture
+    # a real change arrives whole: the result minus the original is decode(refined) - decode(start)
+    refined = {"samples": start["samples"] + 0.3 * torch.randn(start["samples"].shape, generator=g)}
+    image, decoded = run_node("DiffuGANDecodeRefinement", vae=vae, refined=refined, start=start, original=original).args
+    torch.testing.assert_close(decoded, plain(refined))
+    torch.testing.assert_close(image, (original + plain(refined) - plain(start)).clamp(0, 1))
+    # one original for a batch is used for each image; mismatched inputs are refused, naming them
+    one, _ = run_node("DiffuGANDecodeRefinement", vae=vae, refined=start, start=start, original=original[:1]).args
+    assert one.shape == original.shape
+    # an original of another size (the draft before its ImageScale) is scaled to the decoded size
+    half = run_node("DiffuGANDecodeRefinement", vae=vae, refined=start, start=start, original=original[:, ::2, ::2])
+    assert half.args[0].shape == original.shape and (half.args[0] - original).abs().mean() < 0.05
+    with pytest.raises(ValueError, match=r"'start' has shape \(2, 4, 4, 4\) but 'refined' \(2, 4, 8, 8\)"):
+        run_node("DiffuGANDecodeRefinement", vae=vae, refined=refined, start={"samples": torch.zeros(2, 4, 4, 4)},
+                 original=original)
+    with pytest.raises(ValueError, match="'original' has batch 3 but 'refined' has batch 2"):
+        run_node("DiffuGANDecodeRefinement", vae=vae, refined=refined, start=start, original=torch.rand(3, 64, 64, 3))
+    with pytest.raises(ValueError, match="'start' is not an image LATENT"):
+        run_node("DiffuGANDecodeRefinement", vae=vae, refined=refined, start={"samples": None}, original=original)
