@@ -536,7 +536,7 @@ class DecodeRefinement(io.ComfyNode):
                          "the refinement reaches the result; 'decoded' is the plain VAE Decode of the refined latent. "
                          "Costs one more decode than VAE Decode."),
             inputs=[
-                io.Vae.Input("vae", tooltip="The VAE that encoded the original (the one the refiner was trained with)."),
+                io.Vae.Input("vae", tooltip="The VAE that encoded the original (the refiner's own VAE)."),
                 io.Latent.Input("refined", tooltip="The refined latent (DiffuGAN Refine, or any sampler's output)."),
                 io.Latent.Input("start", tooltip="The latent the refiner started from: VAE Encode of the original."),
                 io.Image.Input("original", tooltip="The image that was encoded to 'start' (e.g. the scaled draft; "

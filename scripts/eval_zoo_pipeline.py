@@ -7,8 +7,8 @@
    decoded as the workflow's DiffuGAN Decode Refinement does: the draft plus what the refiner changed,
    decode(refined) - decode(the draft's latent), so the VAE's round-trip error cancels ("refined"; the plain VAE
    Decode of the refined latent is "refined_plain"); with --keep-coarse PX the draft's content below PX pixels is
-   put back (a Keep Coarse node after the refine, which the text_to_image_hybrid workflow does not have). Judged by the zoo CLIP
-   (train_zoo_clip.judge_text_to_image): CLIP score with the caption, the share of images whose CLIP score with
+   put back (a Keep Coarse node after the refine, which the text_to_image_hybrid workflow does not have). Judged by
+   the zoo CLIP (train_zoo_clip.judge_text_to_image): CLIP score with the caption, the share of images whose CLIP score with
    their caption is at least their draft's (the demo's "closer to the prompt", per image), and Fréchet distance of
    CLIP image features to the held-out images; and a detail measure: the high-frequency energy (mean squared
    difference to a Gaussian-blurred copy, sigma 1.5 px at the working size) as a ratio to that of the
