@@ -8,10 +8,10 @@
    decode(refined) - decode(the draft's latent), so the VAE's round-trip error cancels ("refined"; the plain VAE
    Decode of the refined latent is "refined_plain"); with --keep-coarse PX the draft's content below PX pixels is
    put back (a Keep Coarse node after the refine, which the text_to_image_hybrid workflow does not have). Judged by
-   the zoo CLIP (train_zoo_clip.judge_text_to_image): CLIP score with the caption, the share of images whose CLIP score with
-   their caption is at least their draft's (the demo's "closer to the prompt", per image), and Fréchet distance of
-   CLIP image features to the held-out images; and a detail measure: the high-frequency energy (mean squared
-   difference to a Gaussian-blurred copy, sigma 1.5 px at the working size) as a ratio to that of the
+   the zoo CLIP (train_zoo_clip.judge_text_to_image): CLIP score with the caption, the share of images whose CLIP
+   score with their caption is at least their draft's (the demo's "closer to the prompt", per image), and Fréchet
+   distance of CLIP image features to the held-out images; and a detail measure: the high-frequency energy (mean
+   squared difference to a Gaussian-blurred copy, sigma 1.5 px at the working size) as a ratio to that of the
    real held-out images (1 = as detailed as real emoji; a blurry draft is below 1).
 2. Degraded real images. The held-out images themselves, downscaled to --degrade-px and back up (blurred, as a
    coarse draft is), refined the same way with their caption but at --restore-strength (refine_any_image's): PSNR
