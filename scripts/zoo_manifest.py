@@ -69,12 +69,15 @@ def _dit_run(s: dict, done: int, eps: float | None) -> str:
 def card_dit(name: str, log: dict) -> str:
     s, c, f = log["settings"], log["config"], log["final"]
     first = log["evals"][0]
-    runs = []
+    runs, origin = [], ""
     run = log
-    while run and run.get("settings"):  # this run, then the earlier runs it continued from
+    while run and run.get("settings"):  # this run, then the earlier runs it continued from (--init, their own inits)
+        if run.get("config", c)["input_size"] != c["input_size"]:  # a DiT of another size: its blocks were copied
+            origin = f" Its blocks started from `dit/{Path(run['path']).name}` ({run['config']['input_size']}² latents)."
+            break
         runs.insert(0, _dit_run(run["settings"], run.get("steps_done", run["final"].get("step")),
                                 run["final"]["eps_mse_mean"] if run is not log else None))
-        run = run.get("init")
+        run = run.get("init") if run is log else run.get("previous")
     x0 = {k[8:]: v for k, v in f.items() if k.startswith("x0_mse_t")}
     grid = c["input_size"]
     vae_note = " — use it with this DiT" if grid * 8 != 128 else ""
@@ -88,7 +91,7 @@ def card_dit(name: str, log: dict) -> str:
         f"style × category ({labels}, in the order Smileys & Emotion, People & Body, Animals & Nature, "
         "Food & Drink, Travel & Places, Activities, Objects, Symbols, Flags, Component); null class "
         f"{c['num_classes']} for guidance. Trained by `scripts/train_zoo_dit.py`, EMA {s['ema']}, seed {s['seed']}"
-        + (", in runs each continuing the last: " if len(runs) > 1 else ": ") + "; then ".join(runs) + ".",
+        + (", in runs each continuing the last: " if len(runs) > 1 else ": ") + "; then ".join(runs) + "." + origin,
         f"- held-out ε-MSE (EMA, mean over t = 100…900, fixed noise): **{f['eps_mse_mean']:.4f}** "
         f"(first evaluation of the last run, step {first['step']}: {first['eps_mse_mean']:.4f}); small t, where "
         "the image rather than the noise dominates, is where the model must know emoji",
@@ -113,18 +116,21 @@ def _dit_restore_line(log: dict) -> str:
             + ", ".join(f"t={t}: **{f[f'restore_x0_mse_t{t}']:.3f}** (the blurred start itself "
                         f"{f[f'restore_start_mse_t{t}']:.3f}; first evaluation of the last run "
                         f"{first.get(f'restore_x0_mse_t{t}', float('nan')):.3f})" for t in ts)
-            + _dit_refine_clause(f, first))
+            + _dit_refine_clause(f, log["evals"]))
 
 
-def _dit_refine_clause(f: dict, first: dict) -> str:
-    """refine_figures' whole refines of blurred held-out latents, where the run logged them."""
+def _dit_refine_clause(f: dict, evals: list[dict]) -> str:
+    """refine_figures' whole refines of blurred held-out latents, where the run logged them (beside the first
+    evaluation that did)."""
     strengths = sorted(float(k[len("refine_mse_s"):]) for k in f if k.startswith("refine_mse_s"))
     if not strengths:
         return ""
+    first = next(e for e in evals if "refine_start_mse" in e)
     return ("; refined end to end (20 Euler steps, guidance 3, the caption as style; latent MSE to the clean latent, "
             f"the blurred latent itself {f['refine_start_mse']:.4f}): "
-            + ", ".join(f"strength {s:g}: **{f[f'refine_mse_s{s}']:.4f}** (first evaluation of the last run "
-                        f"{first.get(f'refine_mse_s{s}', float('nan')):.4f})" for s in strengths))
+            + ", ".join(f"strength {s:g}: **{f[f'refine_mse_s{s}']:.4f}**" for s in strengths)
+            + f" (at step {first['step']}, the first evaluation that measured them: "
+            + ", ".join(f"{first[f'refine_mse_s{s}']:.4f}" for s in strengths) + ")")
 
 
 def _dit_style_lines(log: dict) -> list[str]:
@@ -320,17 +326,27 @@ def card_pipeline(log: dict) -> str:
         "encodes it and the zoo DiT "
         f"refines it with the same prompt ({s['steps']} Euler steps from strength {s['strength']}, guidance {s['cfg']}"
         "; what the workflow's region-adaptive Refine gives its most important regions, here to every region)"
+        + (", decoded as the workflow's DiffuGAN Decode Refinement does (the draft plus what the refiner changed: "
+           "decode(refined) − decode(the draft's latent), so the VAE's round-trip error cancels)"
+           if "refined_plain" in log else "")
         + (f", then the draft's content below {s['keep_coarse']} px is put back (Keep Coarse)"
            if s.get("keep_coarse", "0") != "0" else "") + ". Judged by the zoo CLIP:",
         "",
         "| images | CLIP score | Fréchet distance |",
         "|---|---|---|",
-        row("draft", d), row("draft through the VAE alone", v), row("refined", r),
+        row("draft", d), row("draft through the VAE alone", v),
+        *([row("refined, plain VAE Decode", log["refined_plain"])] if "refined_plain" in log else []),
+        row("refined" + (" (Decode Refinement)" if "refined_plain" in log else ""), r),
         f"| real held-out images / training images | {r['real_clip_score']:.3f} | {r['real_train_fd']:.3f} |",
         "",
         f"- refinement gain (refined minus VAE round trip): CLIP score {log['gain_prompt_clip_score']:+.3f}, Fréchet "
-        f"distance {log['gain_prompt_fd']:+.3f}. Sheet `pipeline.png` (rows: draft, VAE round trip, refined, real; "
-        "with the degraded images: degraded, VAE round trip, refined, and the last two with Keep Coarse)",
+        f"distance {log['gain_prompt_fd']:+.3f}; refined minus draft: CLIP score "
+        f"{r['prompt_clip_score'] - d['prompt_clip_score']:+.3f}, Fréchet distance "
+        f"{r['prompt_fd'] - d['prompt_fd']:+.3f}. Sheet `pipeline.png` (rows: draft, VAE round trip, "
+        + ("refined (plain decode), refined (Decode Refinement), real; with the degraded images: degraded, VAE round "
+           "trip, refined, refined by Decode Refinement, and the round trip and the refined with Keep Coarse)"
+           if "refined_plain" in log else "refined, real; with the degraded images: degraded, VAE round trip, "
+           "refined, and the last two with Keep Coarse)"),
         *([f"- per image, CLIP score with its caption at least the draft's (the demo's \"closer to the prompt\"): "
            f"refined {r['closer_to_prompt']:.0%} of the images, the VAE round trip alone {v['closer_to_prompt']:.0%}"]
           if "closer_to_prompt" in r else []),
@@ -339,8 +355,8 @@ def card_pipeline(log: dict) -> str:
     ])
 
 
-_DEGRADED_ROWS = {"degraded": "input", "vae": "VAE round trip", "vae_keep_coarse": "VAE round trip + Keep Coarse",
-                  "refined_keep_coarse": "refined + Keep Coarse"}
+_DEGRADED_ROWS = {"degraded": "input", "vae": "VAE round trip", "refined_added": "refined by Decode Refinement",
+                  "vae_keep_coarse": "VAE round trip + Keep Coarse", "refined_keep_coarse": "refined + Keep Coarse"}
 
 
 def _pipeline_detail_lines(log: dict) -> list[str]:

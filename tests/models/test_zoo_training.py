@@ -82,6 +82,12 @@ def test_dit_trainer_runs_continues_with_init_and_the_card_tells_both_runs(tiny_
     card = zoo_manifest.card_dit("dit.safetensors", log2)
     assert "in runs each continuing the last" in card and "refiner emphasis" in card
     assert "x0-MSE" in card
+    # an init of another latent size (blocks copied from a smaller DiT) is named as the origin, not as a run of this
+    other = json.loads(json.dumps(log2))
+    other["init"]["config"]["input_size"] = 4
+    card = zoo_manifest.card_dit("dit.safetensors", other)
+    assert "Its blocks started from `dit/dit.safetensors` (4² latents)" in card
+    assert "in runs each continuing the last" not in card
 
     wrong = tmp_path / "c" / "dit.safetensors"
     with pytest.raises(SystemExit, match="--init"):  # another architecture is refused before any training
