@@ -71,9 +71,10 @@ def card_dit(name: str, log: dict) -> str:
     first = log["evals"][0]
     runs, origin = [], ""
     run = log
-    while run and run.get("settings"):  # this run, then the earlier runs it continued from (--init, their own inits)
-        if run.get("config", c)["input_size"] != c["input_size"]:  # a DiT of another size: its blocks were copied
-            origin = f" Its blocks started from `dit/{Path(run['path']).name}` ({run['config']['input_size']}² latents)."
+    while run and run.get("settings"):  # this run, then the runs it continued (--init and theirs)
+        if run.get("config", c)["input_size"] != c["input_size"]:  # another size: its blocks were copied
+            grid_from = run["config"]["input_size"]
+            origin = f" Its blocks started from `dit/{Path(run['path']).name}` ({grid_from}² latents)."
             break
         runs.insert(0, _dit_run(run["settings"], run.get("steps_done", run["final"].get("step")),
                                 run["final"]["eps_mse_mean"] if run is not log else None))
