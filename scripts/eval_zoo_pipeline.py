@@ -61,7 +61,7 @@ def main(argv=None) -> None:
     ap.add_argument("--vae", type=Path, default=ZOO / "vae" / "diffugan-emoji-vae-256.safetensors")
     ap.add_argument("--out", type=Path, default=ZOO / "pipeline.json")
     ap.add_argument("--psi", type=float, default=0.7)
-    ap.add_argument("--strength", type=float, default=0.3, help="the text_to_image_hybrid workflow's Refine")
+    ap.add_argument("--strength", type=float, default=0.1, help="the text_to_image_hybrid workflow's Refine")
     ap.add_argument("--keep-coarse", type=int, default=0, help="put the draft's content below this many pixels back "
                     "into the refined image (a Keep Coarse node after the refine; 0: not, as the workflow)")
     ap.add_argument("--restore-strength", type=float, default=0.1,

@@ -78,7 +78,7 @@ def card_dit(name: str, log: dict) -> str:
             break
         runs.insert(0, _dit_run(run["settings"], run.get("steps_done", run["final"].get("step")),
                                 run["final"]["eps_mse_mean"] if run is not log else None))
-        run = run.get("init") if run is log else run.get("previous")
+        run = run.get("init") if run is log else (run.get("previous") or run.get("init"))
     x0 = {k[8:]: v for k, v in f.items() if k.startswith("x0_mse_t")}
     grid = c["input_size"]
     vae_note = " — use it with this DiT" if grid * 8 != 128 else ""
@@ -162,13 +162,12 @@ LIMITS_DIT = ("superseded by `diffugan-emoji-dit-256.safetensors` (256 tokens, 2
 
 LIMITS_DIT_256 = (
     "a snapshot of a run in progress (`--init` this file on a machine without the training state). The shipped "
-    "coarse-to-fine workflows use it, with the ControlNet and importance scorer trained for it. On the held-out "
-    "captions' StyleGAN drafts it beats the draft on Fréchet distance and detail but lowers its CLIP score "
-    "(`pipeline.json`, below); to the eye it makes the drafts' soft shapes crisp and flat, but it does not make "
-    "them more recognisable: the smileys' eyes and mouths come back as blotches. Dense at strength 0.3 it moves "
-    "degraded images away from their originals; at strength 0.10 with Keep Coarse (`refine_any_image`) it raises "
-    "PSNR and SSIM a little, but the VAE round trip with Keep Coarse raises them more. The caption conditions it "
-    "by about 1 % of the held-out ε-MSE.")
+    "coarse-to-fine workflows use it, with the ControlNet fine-tuned for it; the importance scorer was distilled from "
+    "its parent (the step-6,000 model its last run continued) and is still to be re-distilled from it. Its last run "
+    "spent half its samples restoring blurred latents: a whole refine at strength 0.1 ends closer to the clean latent "
+    "than the blurred start (figures above), at strength 0.3 it does not. To the eye it makes the drafts' soft shapes "
+    "crisp, not more recognisable, so `text_to_image_hybrid` refines at strength 0.1 and decodes with Decode "
+    "Refinement (`pipeline.json`, below). The caption conditions it by about 1 % of the held-out ε-MSE.")
 
 
 LIMITS_UNET = ("CPU-sized and young (2,500 steps): text -> image gives blobs in roughly the prompt's colours, and the "
@@ -178,11 +177,12 @@ LIMITS_UNET = ("CPU-sized and young (2,500 steps): text -> image gives blobs in 
                "in the main README (Demo model zoo).")
 
 
-LIMITS_CONTROLNET = ("trained for the 256-token DiT on 256 px edges, finer than the earlier 128 px ControlNet's, so "
-                     "its edge F1 is not comparable to that one's (0.56 with, 0.23 without). At a 25 % token budget "
-                     "it keeps 78 % of the dense edge F1 (figures above); the benchmarks of token budgets and of "
-                     "budgets spent over steps (benchmarks/results/vit_controlnet_zoo*.json) measured the earlier "
-                     "ControlNet on the 64-token DiT and are still to be rerun for this one.")
+LIMITS_CONTROLNET = ("trained for the 256-token DiT on 256 px edges, then fine-tuned for its current snapshot (the "
+                     "runs above); its edge F1 is not comparable to the earlier 128 px ControlNet's (0.56 with, 0.23 "
+                     "without). At a 25 % token budget it keeps 80 % of the dense edge F1 (figures above); the "
+                     "benchmarks of token budgets and of budgets spent over steps (benchmarks/results/"
+                     "vit_controlnet_zoo*.json) measured the earlier ControlNet on the 64-token DiT and are still to "
+                     "be rerun for this one.")
 
 
 LIMITS_STYLEGAN = ("a CPU-sized GAN run (from scratch on the three-style set): its drafts are soft-edged shapes in the "
@@ -190,11 +190,12 @@ LIMITS_STYLEGAN = ("a CPU-sized GAN run (from scratch on the three-style set): i
                    "'red heart' and 'pizza', banded rectangles for flags), not yet recognisable emoji. Held-out "
                    "Fréchet distance was still falling at the last evaluation (0.175 at step 6,400, 0.154 at 9,600); "
                    "the CLIP score moved between 0.090 and 0.109 over the last five evaluations.")
-LIMITS_PIPELINE = ("the gains are in sharpness and in the distribution of the images (Fréchet distance), not in "
-                   "what they show: the StyleGAN's drafts now score higher with their prompt than their refined "
-                   "images do (the refiner breaks the drafts' eyes and mouths into blotches), and per image the "
-                   "refined one is closer to its prompt for under half of the captions. Restoring degraded "
-                   "images, the VAE round trip with Keep Coarse beats the refiner (see the figures).")
+LIMITS_PIPELINE = ("the margins are small: the refined images beat their drafts on CLIP score and Fréchet distance by "
+                   "a few thousandths, and per image the refined one is closer to its prompt for about half of the "
+                   "captions. The plain VAE Decode of the same refinement loses CLIP score (most of it in the VAE "
+                   "round trip itself); Decode Refinement is what keeps it. On degraded images Decode Refinement does "
+                   "not help (the blur is what the VAE round trip should change); Keep Coarse does (see the figures).")
+
 LIMITS_GANFORMER = ("a CPU-sized GAN run, younger than the zoo StyleGAN: its drafts are blobs in the prompt's colours "
                     "and rough shape, and its attention is still diffuse (the ownership map is nearly flat), so as an "
                     "importance map it does not yet say where the refiner changes a draft (Spearman about 0, against "

@@ -1,7 +1,8 @@
 """The shipped full-hybrid workflow (text_to_image_hybrid) on the real server with the zoo's trained models: CLIP
 Style Loader -> Style Encode (the prompt) -> the text-conditioned zoo StyleGAN2 draws the drafts -> stock ImageScale
 / VAEEncode -> learned importance + a clicked point (Merge Emphasis) -> budget levels -> the zoo ViT ControlNet on
-the draft's edges -> region-adaptive DiT Refine with the same prompt -> stock VAE Decode.
+the draft's edges -> region-adaptive DiT Refine with the same prompt -> Decode Refinement (the draft + what the
+refiner changed).
 
 What this checks: the graph runs on the zoo files where the pack ships them; the prompt steers the StyleGAN (the
 same seed gives other drafts for another prompt, and the zoo CLIP, which no StyleGAN loss used, matches each
@@ -27,7 +28,7 @@ def test_coarse_to_fine_workflow_runs_on_the_zoo_and_the_prompt_steers_the_draft
     batch = WORKFLOW["4"]["inputs"]["batch_size"]
     drafts_by_prompt = []
     for k, text in enumerate(PROMPTS):
-        drafts, refined, d, r = run_prompted_refine(server, WORKFLOW, text, ("14", "16", "17"), batch)  # strength 0.3
+        drafts, refined, d, r = run_prompted_refine(server, WORKFLOW, text, ("14", "16", "17"), batch)  # strength 0.1
         drafts_by_prompt.append(d)
         save_artifact(drafts[0], f"e2e_zoo_c2f_draft_{k}.png")
         save_artifact(refined[0], f"e2e_zoo_c2f_refined_{k}.png")
