@@ -553,8 +553,9 @@ def main() -> None:
     head = ["# DiffuGAN demo model zoo", "",
             "Small models trained by this repository's scripts on a real open data set, so the pack works before you "
             "download any large checkpoint. They are demonstrations, CPU-sized training: the shipped "
-            "workflows use the 256 px wing (the `-256` VAE and DiT, trained on the set below, with the ControlNet and "
-            "importance scorer trained for that DiT; the StyleGAN, the FiLM UNet and the GANformer on the same set); "
+            "workflows use the 256 px wing (the `-256` VAE and DiT, trained on the set below, with the ControlNet "
+            "trained for that DiT and the importance scorer for its parent; the StyleGAN, the FiLM UNet and the "
+            "GANformer on the same set); "
             "the CLIP was trained on an earlier set of 64 px emoji bitmaps in two styles, and the 128 px VAE and "
             "DiT of that set are kept for graphs saved with them. The nodes "
             "find them by default (each `zoo/<folder>/` is searched after your own `models/<folder>/`). "
