@@ -371,10 +371,7 @@ def check_refine_inputs(model, positive, negative, latent, importance) -> None:
         if not ok:
             raise ValueError(f"'{name}' is not DiT conditioning: connect DiffuGAN DiT Conditioning (a text encoder's "
                              "CONDITIONING, e.g. CLIPTextEncode, is something a DiT cannot read)")
-    samples = latent.get("samples") if isinstance(latent, dict) else None
-    if not isinstance(samples, torch.Tensor) or samples.ndim != 4:
-        raise ValueError("'latent' is not a LATENT of images (a dict with 'samples' [B, C, H, W]); connect VAE "
-                         "Encode's output")
+    samples = _latent_samples(latent, "latent")
     b, c, h, w = samples.shape
     p = dit.config.patch_size
     if b == 0 or h == 0 or w == 0:
@@ -478,6 +475,15 @@ class DiTRefineAdvanced(io.ComfyNode):
         return _with_step_map(cls, out, step_map)
 
 
+def _latent_samples(latent, name: str) -> torch.Tensor:
+    """The samples [B, C, H, W] of an image LATENT input, or a refusal naming it."""
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    if not isinstance(samples, torch.Tensor) or samples.ndim != 4:
+        raise ValueError(f"'{name}' is not an image LATENT (a dict with 'samples' [B, C, H, W]); connect VAE "
+                         "Encode's output or a sampler's")
+    return samples
+
+
 def _with_step_map(cls, latent: dict, step_map: torch.Tensor | None) -> io.NodeOutput:
     """The refined latent, with the run's step map shown on the node (a preview, not an output)."""
     if step_map is None:
@@ -561,14 +567,6 @@ class DecodeRefinement(io.ComfyNode):
                 x = torch.nn.functional.interpolate(x, size=decoded.shape[-2:], mode="bicubic", align_corners=False)
             out = region.add_refinement(x.to(decoded), decoded, recon)
             return io.NodeOutput(nchw_to_image(out), nchw_to_image(decoded))
-
-
-def _latent_samples(latent, name: str) -> torch.Tensor:
-    samples = latent.get("samples") if isinstance(latent, dict) else None
-    if not isinstance(samples, torch.Tensor) or samples.ndim != 4:
-        raise ValueError(f"'{name}' is not an image LATENT with samples [B, C, H, W]; connect a VAE Encode or a "
-                         "sampler's output")
-    return samples
 
 
 NODES = [DiTLoader, DiTConditioning, RegionSampler, DiTRefine, DiTRefineAdvanced, KeepCoarse, DecodeRefinement]
