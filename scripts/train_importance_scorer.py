@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import devkit  # noqa: E402,F401  (registers the pack as the package `diffugan`)
 from devkit import metrics  # noqa: E402
 import zoo_data  # noqa: E402
+from download_models import sha256_of  # noqa: E402
 
 from devkit import sampling  # noqa: E402
 from devkit.train import TrainLoop  # noqa: E402
@@ -192,6 +193,7 @@ def main(argv=None) -> None:
     if not loop.finish():
         return
     scorer, log = raw.cpu(), loop.log
+    log["dit_sha256"] = sha256_of(args.dit)  # which DiT the targets came from (the zoo card checks it is shipped)
     scorer.eval()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     kinds = "coarse and generated" if args.generated_share > 0 else "coarse"

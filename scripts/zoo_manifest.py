@@ -162,8 +162,7 @@ LIMITS_DIT = ("superseded by `diffugan-emoji-dit-256.safetensors` (256 tokens, 2
 
 LIMITS_DIT_256 = (
     "a snapshot of a run in progress (`--init` this file on a machine without the training state). The shipped "
-    "coarse-to-fine workflows use it, with the ControlNet fine-tuned for it; the importance scorer was distilled from "
-    "its parent (the step-6,000 model its last run continued) and is still to be re-distilled from it. Its last run "
+    "coarse-to-fine workflows use it, with the ControlNet fine-tuned for it. Its last run "
     "spent half its samples restoring blurred latents: a whole refine at strength 0.1 ends closer to the clean latent "
     "than the blurred start (figures above), at strength 0.3 it does not. To the eye it makes the drafts' soft shapes "
     "crisp, not more recognisable, so `text_to_image_hybrid` refines at strength 0.1 and decodes with Decode "
@@ -213,12 +212,24 @@ LIMITS_CLIP = ("its images are 64 px emoji only, not the world: a prompt far fro
                "prompts. Use it to steer and judge emoji-like images.")
 
 
+def scorer_dit(log: dict) -> str:
+    """Whether an importance scorer's targets came from the DiT now shipped under its DiT's name: 'shipped',
+    'earlier' (another file of that name: re-distil it) or 'unknown' (a log from before the scorer recorded it)."""
+    shipped = ZOO / "dit" / Path(log["settings"]["dit"]).name
+    if "dit_sha256" not in log or not shipped.is_file():
+        return "unknown"
+    return "shipped" if log["dit_sha256"] == sha256_of(shipped) else "earlier"
+
+
 def card_scorer(name: str, log: dict) -> str:
     s, f = log["settings"], log["final"]
+    which = {"shipped": f" (sha256 {log.get('dit_sha256', '')[:12]}…, the shipped one)",
+             "earlier": f" (sha256 {log.get('dit_sha256', '')[:12]}…, an earlier one than the shipped DiT: "
+                        "re-distil it)", "unknown": " (an earlier one than the shipped DiT)"}[scorer_dit(log)]
     return "\n".join([
         f"### `diffugan_importance/{name}` — learned importance scorer",
         f"MobileNetV3-style CNN ({log['params']:,} parameters) predicting at 1/8 resolution where a uniform "
-        f"refinement by the zoo DiT `{Path(s['dit']).name}` changes a draft most. Distilled by "
+        f"refinement by the zoo DiT `{Path(s['dit']).name}`{which} changes a draft most. Distilled by "
         "`scripts/train_importance_scorer.py`: "
         f"{s['train_drafts']} training drafts, targets from {s['steps']}-step refinements at strength "
         f"{s['strength']}, guidance {s['cfg']}; {s['train_steps']} steps, batch {s['batch']}, seed {s['seed']}.",
@@ -550,12 +561,15 @@ def main() -> None:
             card = CARDS[kind](path.name, log)
             cards.append(card if " h on " in card or not log.get("curve") else card + "\n" + compute_line(log))
     (ZOO / "manifest.json").write_text(json.dumps({"files": files}, indent=1) + "\n")
+    scorer_log = ZOO / "diffugan_importance" / "diffugan-emoji-scorer.json"
+    scorer = scorer_dit(json.loads(scorer_log.read_text())) if scorer_log.exists() else "unknown"
+    trained_for = ("with the ControlNet and the importance scorer trained for that DiT" if scorer == "shipped" else
+                   "with the ControlNet trained for that DiT and the importance scorer for an earlier one")
     head = ["# DiffuGAN demo model zoo", "",
             "Small models trained by this repository's scripts on a real open data set, so the pack works before you "
             "download any large checkpoint. They are demonstrations, CPU-sized training: the shipped "
-            "workflows use the 256 px wing (the `-256` VAE and DiT, trained on the set below, with the ControlNet "
-            "trained for that DiT and the importance scorer for its parent; the StyleGAN, the FiLM UNet and the "
-            "GANformer on the same set); "
+            f"workflows use the 256 px wing (the `-256` VAE and DiT, trained on the set below, {trained_for}; the "
+            "StyleGAN, the FiLM UNet and the GANformer on the same set); "
             "the CLIP was trained on an earlier set of 64 px emoji bitmaps in two styles, and the 128 px VAE and "
             "DiT of that set are kept for graphs saved with them. The nodes "
             "find them by default (each `zoo/<folder>/` is searched after your own `models/<folder>/`). "

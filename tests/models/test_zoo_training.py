@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -367,7 +368,7 @@ def test_every_judge_sees_images_at_the_clips_size_whatever_size_they_come_in(ti
     assert torch.allclose(expected.norm(dim=1), torch.ones(3), atol=1e-5)
 
 
-def test_scorer_trainer_on_coarse_and_generated_drafts(tiny_set, tiny_clip, tmp_path):
+def test_scorer_trainer_on_coarse_and_generated_drafts(tiny_set, tiny_clip, tmp_path, monkeypatch):
     """Targets from the refiner on a mix of coarse drafts and text -> image drafts; the held-out figures come for
     both kinds apart."""
     data, vae = tiny_set
@@ -380,19 +381,30 @@ def test_scorer_trainer_on_coarse_and_generated_drafts(tiny_set, tiny_clip, tmp_
                                   "--train-drafts", "8", "--heldout-drafts", "4", "--steps", "2", "--train-steps", "2",
                                   "--batch", "4", "--generated-share", "0.5", "--generated-clip", str(tiny_clip),
                                   "--generated-steps", "2"])
-    f = json.loads(out.with_suffix(".json").read_text())["final"]
+    log = json.loads(out.with_suffix(".json").read_text())
+    f = log["final"]
     assert f["drafts_generated"] == f["drafts_coarse"] == 2
     for key in ("spearman_learned", "spearman_analytic", "spearman_learned_generated", "spearman_analytic_coarse"):
         assert -1 <= f[key] <= 1, key
     with pytest.raises(SystemExit):  # generated drafts need the CLIP the DiT was trained with
         train_importance_scorer.main(["--data", str(data), "--dit", str(base), "--vae", str(vae), "--out", str(out),
                                       "--generated-share", "0.5"])
+    # the log names the DiT its targets came from; the zoo card says whether that is the DiT shipped under its name
+    zoo = tmp_path / "zoo"
+    (zoo / "dit").mkdir(parents=True)
+    monkeypatch.setattr(zoo_manifest, "ZOO", zoo)
+    assert zoo_manifest.scorer_dit(log) == "unknown"  # no DiT of that name shipped
+    shutil.copyfile(base, zoo / "dit" / "dit.safetensors")
+    assert zoo_manifest.scorer_dit(log) == "shipped"
+    assert "the shipped one" in zoo_manifest.card_scorer(out.name, log)
+    (zoo / "dit" / "dit.safetensors").write_bytes(base.read_bytes() + b" ")  # another file under the same name
+    assert zoo_manifest.scorer_dit(log) == "earlier"
+    assert "re-distil it" in zoo_manifest.card_scorer(out.name, log)
 
 
 def _torchrun(script: str, args: list[str], tmp_path: Path) -> None:
     """Runs a trainer unchanged under torchrun with 2 processes on the CPU (gloo), as users with GPUs run it."""
     import os
-    import shutil
     import subprocess
 
     torchrun = Path(sys.executable).with_name("torchrun")
