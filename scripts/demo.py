@@ -4,6 +4,7 @@ results.
     bash scripts/demo.sh            # run once, write output/demo/, print timings, stop the server
     bash scripts/demo.sh --serve    # same, then leave ComfyUI running for a browser at the printed URL
     bash scripts/demo.sh --only text_to_image_hybrid   # just these workflows (scores.json keeps the others')
+    bash scripts/demo.sh --only text_to_image_hybrid --seeds 4   # 4 runs per prompt, every seed +0..+3: 96 images
 
 What it runs (said plainly): every workflow in example_workflows/api/, as a fresh install has them: on TRAINED
 weights, the demo zoo shipped in zoo/ (a VAE, a CLIP, a text-conditioned StyleGAN2, GANformer and VAR, a
@@ -131,12 +132,17 @@ def judge_prompted(judge: Judge, name: str, rows: list[tuple[str, dict[str, Path
                        "detail_draft": judge.detail(draft), "detail_refined": judge.detail(refined)})
     closer = sum(s["clip_refined"] >= s["clip_draft"] for s in scores)
     sharper = sum(s["detail_refined"] > s["detail_draft"] for s in scores)
+    per_prompt = {}
+    for s in scores:
+        per_prompt.setdefault(s["prompt"], []).append(s["clip_refined"] >= s["clip_draft"])
     print(f"\n{name}: zoo-CLIP score with the prompt and detail (high-frequency energy), draft -> refined")
     for s in scores:
         print(f"  {s['prompt'][:28]:<28} CLIP {s['clip_draft']:.3f} -> {s['clip_refined']:.3f}   "
               f"detail {s['detail_draft'] * 1e3:.2f} -> {s['detail_refined'] * 1e3:.2f} (x1e-3)")
-    print(f"  refined closer to the prompt on {closer}/{len(scores)} images, sharper on {sharper}/{len(scores)}")
-    return {"images": scores, "closer_to_prompt": closer, "sharper": sharper, "count": len(scores)}
+    print(f"  refined closer to the prompt on {closer}/{len(scores)} images, sharper on {sharper}/{len(scores)}; "
+          f"closer per prompt: {', '.join(f'{t} {sum(c)}/{len(c)}' for t, c in per_prompt.items())}")
+    return {"images": scores, "closer_to_prompt": closer, "sharper": sharper, "count": len(scores),
+            "closer_per_prompt": {t: sum(c) for t, c in per_prompt.items()}}
 
 
 def sketch_edge_f1(server: ComfyServer, prompt: dict, saved: dict[str, list[Path]], out: Path) -> dict:
@@ -183,6 +189,15 @@ def run_workflow(server: ComfyServer, name: str, prompt: dict, out: Path, what: 
     return saved
 
 
+def with_seed_offset(prompt: dict, offset: int) -> dict:
+    """A copy of an API prompt with every node's integer `seed` input raised by `offset` (0: the graph as shipped)."""
+    run = json.loads(json.dumps(prompt))
+    for node in run.values():
+        if isinstance(node["inputs"].get("seed"), int):
+            node["inputs"]["seed"] += offset
+    return run
+
+
 # Workflows run once per prompt: workflow -> (node, input, prompts)
 TEXTS = ["red heart", "grinning face", "flag of japan", "a noto emoji of a cat", "pizza", "rocket"]
 PROMPTS = {"text_to_image_hybrid": ("2", "text", TEXTS), "text_to_image_dit": ("2", "text", TEXTS),
@@ -196,6 +211,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "output" / "demo")
     ap.add_argument("--only", nargs="+", default=None, metavar="WORKFLOW",
                     help="run only these workflows (names in example_workflows/api/, without .json)")
+    ap.add_argument("--seeds", type=int, default=1, metavar="N",
+                    help="run each prompted workflow N times, every seed input of its graph +0 .. +N-1: a larger "
+                         "sample for the figures (the contact sheet gets every image)")
     args = ap.parse_args()
     names = sorted(p.stem for p in (ROOT / "example_workflows" / "api").glob("*.json"))
     unknown = sorted(set(args.only or ()) - set(names))
@@ -228,12 +246,17 @@ def main() -> None:
                 continue
             node, field, texts = PROMPTS[api_path.stem]
             rows, judged = [], []
-            for k, text in enumerate(texts):
-                prompt[node]["inputs"][field] = text
-                saved = run_workflow(server, f"{api_path.stem}_{k}", prompt, args.out, f"'{text}'")
-                rows += [(text if i == 0 else "", list(files)) for i, files in enumerate(zip(*saved.values()))]
-                judged += [(text, {k.rsplit("_", 1)[-1]: f for k, f in zip(saved, files)})
-                           for files in zip(*saved.values())]
+            for seed in range(args.seeds):
+                for k, text in enumerate(texts):
+                    prompt[node]["inputs"][field] = text
+                    run = with_seed_offset(prompt, seed)
+                    tag, what = f"{api_path.stem}_{k}", f"'{text}'"
+                    if seed:
+                        tag, what = f"{tag}_seed{seed}", f"{what} (seeds +{seed})"
+                    saved = run_workflow(server, tag, run, args.out, what)
+                    rows += [(text if i == 0 else "", list(files)) for i, files in enumerate(zip(*saved.values()))]
+                    judged += [(text, {k.rsplit("_", 1)[-1]: f for k, f in zip(saved, files)})
+                               for files in zip(*saved.values())]
             sheet = prompt_sheet(rows, args.out / f"{api_path.stem}_contact_sheet.png")
             print(f"  wrote {sheet} (prompt | {' | '.join(k.split('/')[-1] for k in saved)})")
             scores[api_path.stem] = judge_prompted(judge, api_path.stem, judged)

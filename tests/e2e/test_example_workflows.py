@@ -60,6 +60,22 @@ def test_every_example_has_ui_file_api_source_and_thumbnail():
         assert (EXAMPLES / f"{path.stem}.jpg").read_bytes()[:3] == b"\xff\xd8\xff", f"{path.stem}.jpg is no JPEG"
 
 
+def test_demo_seed_offset_moves_every_seed_of_a_prompted_workflow():
+    """`scripts/demo.py --seeds N` runs the shipped graph with every seed input (the draft's and the refiner's)
+    raised by 0 .. N-1, and never changes the graph it was given."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import demo
+
+    api = json.loads((EXAMPLES / "api" / "text_to_image_hybrid.json").read_text())
+    seeded = {k for k, n in api.items() if isinstance(n["inputs"].get("seed"), int)}
+    assert {api[k]["class_type"] for k in seeded} == {"DiffuGANStyleGANGenerate", "DiffuGANDiTRefine"}
+    before = json.dumps(api)
+    moved = demo.with_seed_offset(api, 3)
+    assert json.dumps(api) == before and demo.with_seed_offset(api, 0) == api
+    assert all(moved[k]["inputs"]["seed"] == api[k]["inputs"]["seed"] + 3 for k in seeded)
+    assert all(moved[k] == api[k] for k in api if k not in seeded)
+
+
 def test_template_browser_lists_the_examples_with_thumbnails(fresh):
     import requests
 
