@@ -6,8 +6,8 @@ zoo/README.md)."""
 from __future__ import annotations
 
 import json
-import sys
 import shutil
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
