@@ -226,9 +226,11 @@ def scorer_dit(log: dict) -> str:
 
 def card_scorer(name: str, log: dict) -> str:
     s, f = log["settings"], log["final"]
-    which = {"shipped": f" (sha256 {log.get('dit_sha256', '')[:12]}…, the shipped one)",
-             "earlier": f" (sha256 {log.get('dit_sha256', '')[:12]}…, an earlier one than the shipped DiT: "
-                        "re-distil it)", "unknown": " (an earlier one than the shipped DiT)"}[scorer_dit(log)]
+    sha = log.get("dit_sha256", "")[:12]
+    which = {"shipped": f" (sha256 {sha}…, the shipped one)",
+             "earlier": f" (sha256 {sha}…, an earlier one than the shipped DiT: re-distil it)",
+             "unknown": " (not checked against the shipped DiT: its log has no sha256, or the zoo no DiT of that "
+                        "name)"}[scorer_dit(log)]
     return "\n".join([
         f"### `diffugan_importance/{name}` — learned importance scorer",
         f"MobileNetV3-style CNN ({log['params']:,} parameters) predicting at 1/8 resolution where a uniform "
@@ -567,8 +569,11 @@ def main() -> None:
     (ZOO / "manifest.json").write_text(json.dumps({"files": files}, indent=1) + "\n")
     scorer_log = ZOO / "diffugan_importance" / "diffugan-emoji-scorer.json"
     scorer = scorer_dit(json.loads(scorer_log.read_text())) if scorer_log.exists() else "unknown"
-    trained_for = ("with the ControlNet and the importance scorer trained for that DiT" if scorer == "shipped" else
-                   "with the ControlNet trained for that DiT and the importance scorer for an earlier one")
+    trained_for = "with the ControlNet " + {"shipped": "and the importance scorer trained for that DiT",
+                                            "earlier": "trained for that DiT and the importance scorer for an "
+                                                       "earlier one",
+                                            "unknown": "trained for that DiT and the importance scorer for the "
+                                                       "DiT its card names"}[scorer]
     head = ["# DiffuGAN demo model zoo", "",
             "Small models trained by this repository's scripts on a real open data set, so the pack works before you "
             "download any large checkpoint. They are demonstrations, CPU-sized training: the shipped "
