@@ -219,6 +219,8 @@ def main() -> None:
     unknown = sorted(set(args.only or ()) - set(names))
     if unknown:
         ap.error(f"--only: no workflow named {', '.join(unknown)}; the shipped ones are {', '.join(names)}")
+    if args.seeds < 1:
+        ap.error(f"--seeds: {args.seeds} runs nothing; give 1 (the shipped seeds) or more")
 
     base = ROOT / ".comfyui" / "demo_base"
     args.out.mkdir(parents=True, exist_ok=True)
