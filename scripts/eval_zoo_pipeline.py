@@ -89,15 +89,8 @@ def main(argv=None) -> None:
         stages["refined"] = region.keep_coarse(stages["refined"], draft, args.keep_coarse)
     results = {"settings": {k: str(v) for k, v in vars(args).items()}, "size": size,
                "sha256": {k: sha256_of(getattr(args, k)) for k in ("stylegan", "clip", "dit", "vae")}}
+    results.update(judge_stages(clip, args.data, stages, style[:n], real))
     detail_real = metrics.high_frequency(real)
-    draft_scores = _clip_scores(clip, stages["draft"], style[:n])
-    for name, images in stages.items():
-        results[name] = tzc.judge_text_to_image(clip, args.data, lambda _: images, unconditional=False)
-        results[name].pop("samples")
-        results[name]["detail_ratio"] = metrics.high_frequency(images) / detail_real
-        if name != "draft":
-            closer = _clip_scores(clip, images, style[:n]) >= draft_scores
-            results[name]["closer_to_prompt"] = float(closer.float().mean())
     for key in ("prompt_clip_score", "prompt_fd", "detail_ratio"):
         results[f"gain_{key}"] = results["refined"][key] - results["vae"][key]
     # degraded real images: blurred copies of the held-out images, refined with their own caption
@@ -138,9 +131,30 @@ def _refiner(model: dit.DiT, vae: taesd.TinyAutoencoder, args, strength: float):
         refined = torch.cat([sampling.euler_img2img(model, z[i:i + 64], null[i:i + 64], sigmas, ts, args.cfg,
                                                     noise[i:i + 64], style=style[i:i + 64])[0]
                              for i in range(0, n, 64)])
-        return images, _decode(vae, z), _decode(vae, refined)
+        return images, decode(vae, z), decode(vae, refined)
 
     return refine
+
+
+def judge_stages(clip: cs.StyleCLIP, data: Path, stages: dict[str, torch.Tensor], style: torch.Tensor,
+                 real: torch.Tensor) -> dict[str, dict]:
+    """Figures per stage (images in 0..1, one per caption, the first stage the draft) for captions with these
+    embeddings `style`: zoo-CLIP score with the caption, Fréchet distance of CLIP image features to the held-out
+    images (tzc.judge_text_to_image), the detail ratio to the `real` held-out images and, after the draft, the share of
+    images at least as close to their caption as their draft."""
+    detail_real = metrics.high_frequency(real)
+    first, out = None, {}
+    for name, images in stages.items():
+        scores = _clip_scores(clip, images, style)
+        out[name] = tzc.judge_text_to_image(clip, data, lambda _: images, unconditional=False)
+        out[name].pop("samples")
+        out[name]["prompt_clip_score"] = float(scores.mean())  # each image with its own caption, in any order
+        out[name]["detail_ratio"] = metrics.high_frequency(images) / detail_real
+        if first is None:
+            first = scores
+        else:
+            out[name]["closer_to_prompt"] = float((scores >= first).float().mean())
+    return out
 
 
 def _clip_scores(clip: cs.StyleCLIP, images: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
@@ -148,7 +162,7 @@ def _clip_scores(clip: cs.StyleCLIP, images: torch.Tensor, style: torch.Tensor) 
     return (tzc.judged_features(clip, images) * style).sum(1)
 
 
-def _decode(vae: taesd.TinyAutoencoder, z: torch.Tensor) -> torch.Tensor:
+def decode(vae: taesd.TinyAutoencoder, z: torch.Tensor) -> torch.Tensor:
     return torch.cat([vae.decode(z[i:i + 64] / taesd.SD1_SCALE).clamp(-1, 1) * 0.5 + 0.5 for i in range(0, len(z), 64)])
 
 

@@ -262,3 +262,63 @@ def test_var_draft_refined_by_dit_xl_with_the_published_files(fresh):
     draft, refined = (read_images(run.output_images(saves[s])) for s in ("draft", "refined"))
     assert draft.shape == refined.shape == (1, 3, 256, 256)
     assert not torch.equal(draft, refined)
+
+
+def _held_out_set(root: Path) -> Path:
+    """12 drawn smileys at 256 px in the emoji set's file format (8 training, 4 held-out records)."""
+    from safetensors.torch import save_file
+
+    from devkit.drawn import smiley
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import zoo_data
+
+    images, records = [], []
+    for i in range(12):
+        img = torch.roll(smiley(256, "open" if i % 2 else "smile")[0], shifts=(4 * (i % 3), 0), dims=(1, 2))
+        images.append(((img * 0.5 + 0.5) * 255).round().byte().permute(1, 2, 0))
+        style, category = zoo_data.STYLES[i % 2], zoo_data.CATEGORIES[i % 3]
+        records.append({"name": f"smiley {i}", "style": style, "category": category,
+                        "caption": f"smiley {i}, {category.lower()}, {style} style",
+                        "split": "heldout" if i >= 8 else "train"})
+    root.mkdir(parents=True)
+    save_file({"images": torch.stack(images).contiguous()}, str(root / "emoji.safetensors"))
+    (root / "emoji.json").write_text(json.dumps({"resolution": 256, "records": records}))
+    return root
+
+
+def test_workflow_evaluation_runs_the_shipped_graph_once_per_held_out_caption(fresh, tmp_path):
+    """scripts/eval_workflows.py: the shipped hybrid graph, changed only in prompt, batch size, seeds and what --set
+    says, run in the real server for two held-out captions and judged per stage (draft, VAE round trip, refined)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import eval_workflows as ew
+    import train_zoo_clip as tzc
+
+    from diffugan.models import clip_style as cs
+    from diffugan.models import taesd
+
+    prompt = json.loads((EXAMPLES / "api" / "text_to_image_hybrid.json").read_text())
+    changes = ew.parse_set(["12.min_steps=0", "12.strength=0.2"], prompt)
+    assert changes == {"12": {"min_steps": 0, "strength": 0.2}}
+    for bad, why in (("12.min_steps", "NODE.INPUT=VALUE"), ("99.seed=1", "no input 'seed' on node '99'"),
+                     ("12.model=1", "a link")):
+        with pytest.raises(ValueError, match=why):
+            ew.parse_set([bad], prompt)
+    graph = ew.caption_graph(prompt, ("2", "text"), "a caption", 5, changes)
+    assert graph["2"]["inputs"]["text"] == "a caption" and graph["4"]["inputs"]["batch_size"] == 1
+    assert graph["4"]["inputs"]["seed"] == prompt["4"]["inputs"]["seed"] + 5 and graph["12"]["inputs"]["min_steps"] == 0
+    assert prompt["12"]["inputs"]["min_steps"] == 3 and prompt["4"]["inputs"]["batch_size"] == 4  # shipped: untouched
+
+    data = _held_out_set(tmp_path / "data")
+    clip = cs.load_clip(ROOT / "zoo" / "clip_style" / "diffugan-emoji-clip.safetensors")
+    vae = taesd.load_vae(ROOT / "zoo" / "vae" / "diffugan-emoji-vae-256.safetensors")
+    figures, sheet = ew.evaluate(fresh, "text_to_image_hybrid", prompt, {}, data, clip, vae, [0, 2])
+    assert figures["captions"] == 2 and figures["size"] == 256 and sheet.shape == (6, 3, 256, 256)
+    assert figures["graph"]["12"]["min_steps"] == 3 and figures["seconds_per_image"] > 0
+    style = tzc.heldout_captions(clip, data)[[0, 2]]
+    draft_scores = (tzc.judged_features(clip, sheet[:2]) * style).sum(1)
+    assert figures["draft"]["prompt_clip_score"] == pytest.approx(float(draft_scores.mean()), abs=1e-5)
+    for stage in ("vae", "refined"):
+        assert figures[stage]["closer_to_prompt"] in (0.0, 0.5, 1.0)
+        assert figures[stage]["detail_ratio"] > 0 and torch.isfinite(torch.tensor(figures[stage]["prompt_fd"]))
+    assert not torch.equal(sheet[4:], sheet[:2])  # the refined images are not the drafts
