@@ -123,7 +123,9 @@ class Judge:
 
 
 def judge_prompted(judge: Judge, name: str, rows: list[tuple[str, dict[str, Path]]]) -> dict:
-    """Per image of a prompted workflow: CLIP score with its prompt and detail, draft vs refined; printed."""
+    """Per image of a prompted workflow: CLIP score with its prompt and detail, draft vs refined; per prompt: on how
+    many of its images the refined one is at least as close to the prompt as its draft, and the mean change of the
+    CLIP score; and for how many prompts that is most of their images. Printed."""
     scores = []
     for text, files in rows:
         draft, refined = files["draft"], files["refined"]
@@ -132,17 +134,25 @@ def judge_prompted(judge: Judge, name: str, rows: list[tuple[str, dict[str, Path
                        "detail_draft": judge.detail(draft), "detail_refined": judge.detail(refined)})
     closer = sum(s["clip_refined"] >= s["clip_draft"] for s in scores)
     sharper = sum(s["detail_refined"] > s["detail_draft"] for s in scores)
-    per_prompt = {}
+    per_prompt: dict[str, dict] = {}
     for s in scores:
-        per_prompt.setdefault(s["prompt"], []).append(s["clip_refined"] >= s["clip_draft"])
+        p = per_prompt.setdefault(s["prompt"], {"closer": 0, "count": 0, "mean_clip_change": 0.0})
+        p["closer"] += s["clip_refined"] >= s["clip_draft"]
+        p["count"] += 1
+        p["mean_clip_change"] += s["clip_refined"] - s["clip_draft"]
+    for p in per_prompt.values():
+        p["mean_clip_change"] /= p["count"]
+    prompts_closer = sum(2 * p["closer"] > p["count"] for p in per_prompt.values())
     print(f"\n{name}: zoo-CLIP score with the prompt and detail (high-frequency energy), draft -> refined")
     for s in scores:
         print(f"  {s['prompt'][:28]:<28} CLIP {s['clip_draft']:.3f} -> {s['clip_refined']:.3f}   "
               f"detail {s['detail_draft'] * 1e3:.2f} -> {s['detail_refined'] * 1e3:.2f} (x1e-3)")
-    print(f"  refined closer to the prompt on {closer}/{len(scores)} images, sharper on {sharper}/{len(scores)}; "
-          f"closer per prompt: {', '.join(f'{t} {sum(c)}/{len(c)}' for t, c in per_prompt.items())}")
+    print(f"  refined closer to the prompt on {closer}/{len(scores)} images, sharper on {sharper}/{len(scores)}")
+    for t, p in per_prompt.items():
+        print(f"    {t[:28]:<28} closer on {p['closer']}/{p['count']}, mean CLIP change {p['mean_clip_change']:+.3f}")
+    print(f"  closer on most of its images for {prompts_closer} of {len(per_prompt)} prompts")
     return {"images": scores, "closer_to_prompt": closer, "sharper": sharper, "count": len(scores),
-            "closer_per_prompt": {t: sum(c) for t, c in per_prompt.items()}}
+            "per_prompt": per_prompt, "prompts_closer": prompts_closer, "prompts": len(per_prompt)}
 
 
 def sketch_edge_f1(server: ComfyServer, prompt: dict, saved: dict[str, list[Path]], out: Path) -> dict:
@@ -262,6 +272,14 @@ def main() -> None:
             sheet = prompt_sheet(rows, args.out / f"{api_path.stem}_contact_sheet.png")
             print(f"  wrote {sheet} (prompt | {' | '.join(k.split('/')[-1] for k in saved)})")
             scores[api_path.stem] = judge_prompted(judge, api_path.stem, judged)
+        prompted = {k: v for k, v in scores.items() if "prompts" in v}
+        if prompted:
+            print("\nrefined closer to the prompt than the draft on most of a prompt's images:")
+            for k, v in prompted.items():
+                print(f"  {k:<28} {v['prompts_closer']} of {v['prompts']} prompts, {v['closer_to_prompt']} of "
+                      f"{v['count']} images (sharper: {v['sharper']} of {v['count']})")
+            print(f"  all: {sum(v['prompts_closer'] for v in prompted.values())} of "
+                  f"{sum(v['prompts'] for v in prompted.values())} prompts")
         if args.only and (args.out / "scores.json").exists():  # the other workflows' figures from an earlier run
             scores = {**json.loads((args.out / "scores.json").read_text()), **scores}
         (args.out / "scores.json").write_text(json.dumps(scores, indent=1) + "\n")

@@ -76,6 +76,34 @@ def test_demo_seed_offset_moves_every_seed_of_a_prompted_workflow():
     assert all(moved[k] == api[k] for k in api if k not in seeded)
 
 
+def test_demo_counts_per_prompt_where_the_refined_column_is_closer(capsys):
+    """The demo's figures per prompt: on how many images the refined one is at least as close to the prompt as its
+    draft, the mean CLIP change, and for how many prompts that is most of their images (a tie is not most)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import demo
+
+    clip = {("heart", "d0"): 0.1, ("heart", "r0"): 0.2, ("heart", "d1"): 0.3, ("heart", "r1"): 0.3,
+            ("heart", "d2"): 0.5, ("heart", "r2"): 0.1, ("cat", "d0"): 0.4, ("cat", "r0"): 0.3,
+            ("cat", "d1"): 0.2, ("cat", "r1"): 0.3}
+
+    class Scores:  # the demo's Judge, read off the table above instead of the zoo CLIP
+        def clip_score(self, text, path):
+            return clip[(text, path.name)]
+
+        @staticmethod
+        def detail(path):
+            return 2.0 if path.name.startswith("r") else 1.0
+
+    rows = [(t, {"draft": Path(f"d{i}"), "refined": Path(f"r{i}")}) for t, n in (("heart", 3), ("cat", 2))
+            for i in range(n)]
+    out = demo.judge_prompted(Scores(), "wf", rows)
+    assert out["closer_to_prompt"] == 3 and out["sharper"] == 5 and out["count"] == 5
+    assert out["per_prompt"]["heart"]["closer"] == 2 and out["per_prompt"]["cat"]["closer"] == 1
+    assert out["per_prompt"]["heart"]["mean_clip_change"] == pytest.approx((0.1 + 0 - 0.4) / 3)
+    assert out["prompts_closer"] == 1 and out["prompts"] == 2  # heart 2 of 3; cat 1 of 2 is a tie
+    assert "closer on most of its images for 1 of 2 prompts" in capsys.readouterr().out
+
+
 def test_template_browser_lists_the_examples_with_thumbnails(fresh):
     import requests
 
