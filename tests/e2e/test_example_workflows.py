@@ -350,3 +350,8 @@ def test_workflow_evaluation_runs_the_shipped_graph_once_per_held_out_caption(fr
         assert figures[stage]["closer_to_prompt"] in (0.0, 0.5, 1.0)
         assert figures[stage]["detail_ratio"] > 0 and torch.isfinite(torch.tensor(figures[stage]["prompt_fd"]))
     assert not torch.equal(sheet[4:], sheet[:2])  # the refined images are not the drafts
+    import zoo_manifest
+
+    card = zoo_manifest.card_workflows({"text_to_image_hybrid 12.min_steps=0": figures})
+    assert "| `text_to_image_hybrid 12.min_steps=0` (2 captions," in card
+    assert f"| refined | {figures['refined']['prompt_clip_score']:.4f} |" in card
