@@ -352,6 +352,6 @@ def test_workflow_evaluation_runs_the_shipped_graph_once_per_held_out_caption(fr
     assert not torch.equal(sheet[4:], sheet[:2])  # the refined images are not the drafts
     import zoo_manifest
 
-    card = zoo_manifest.card_workflows({"text_to_image_hybrid 12.min_steps=0": figures})
-    assert "| `text_to_image_hybrid 12.min_steps=0` (2 captions," in card
+    card = zoo_manifest.card_workflows({"text_to_image_hybrid 12.min_steps=0": {**figures, "changes": changes}})
+    assert "| `text_to_image_hybrid`, node 12's min_steps set to 0, node 12's strength set to 0.2 (2 captions," in card
     assert f"| refined | {figures['refined']['prompt_clip_score']:.4f} |" in card
