@@ -36,6 +36,7 @@ import devkit  # noqa: E402,F401  (registers the pack as the package `diffugan`)
 import eval_zoo_pipeline  # noqa: E402
 import train_zoo_clip as tzc  # noqa: E402
 import zoo_data  # noqa: E402
+from devkit import metrics  # noqa: E402
 from devkit.harness import ComfyServer, read_images  # noqa: E402
 
 from diffugan.models import clip_style as cs  # noqa: E402
@@ -100,10 +101,10 @@ def evaluate(server: ComfyServer, name: str, prompt: dict, changes: dict, data: 
             print(f"  {name}: {k + 1}/{len(rows)} {text!r} {seconds[-1]:.1f}s", flush=True)
     draft, refined = torch.cat(draft), torch.cat(refined)
     size = draft.shape[-1]
-    z = torch.cat([vae.encode(draft[i:i + 64] * 2 - 1) for i in range(0, len(draft), 64)]) * taesd.SD1_SCALE
-    stages = {"draft": draft, "vae": eval_zoo_pipeline.decode(vae, z), "refined": refined}
-    real = (zoo_data.load(data, "heldout", size)[0] + 1) / 2
-    figures = eval_zoo_pipeline.judge_stages(clip, data, stages, style, real)
+    stages = {"draft": draft, "vae": eval_zoo_pipeline.decode(vae, eval_zoo_pipeline.encode(vae, draft)),
+              "refined": refined}
+    detail_real = metrics.high_frequency((zoo_data.load(data, "heldout", size)[0] + 1) / 2)
+    figures = eval_zoo_pipeline.judge_stages(clip, data, stages, style, detail_real)
     figures.update(captions=len(rows), size=size, seconds_per_image=sum(seconds) / len(seconds),
                    changes=changes, graph={n: {k: v for k, v in prompt[n]["inputs"].items() if not isinstance(v, list)}
                                            for n in prompt if prompt[n]["class_type"].startswith("DiffuGANDiTRefine")})

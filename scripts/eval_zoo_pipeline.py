@@ -89,8 +89,8 @@ def main(argv=None) -> None:
         stages["refined"] = region.keep_coarse(stages["refined"], draft, args.keep_coarse)
     results = {"settings": {k: str(v) for k, v in vars(args).items()}, "size": size,
                "sha256": {k: sha256_of(getattr(args, k)) for k in ("stylegan", "clip", "dit", "vae")}}
-    results.update(judge_stages(clip, args.data, stages, style[:n], real))
     detail_real = metrics.high_frequency(real)
+    results.update(judge_stages(clip, args.data, stages, style[:n], detail_real))
     for key in ("prompt_clip_score", "prompt_fd", "detail_ratio"):
         results[f"gain_{key}"] = results["refined"][key] - results["vae"][key]
     # degraded real images: blurred copies of the held-out images, refined with their own caption
@@ -126,7 +126,7 @@ def _refiner(model: dit.DiT, vae: taesd.TinyAutoencoder, args, strength: float):
     def refine(images: torch.Tensor, style: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n = len(images)
         null = torch.full((n,), model.config.null_class, dtype=torch.long)
-        z = torch.cat([vae.encode(images[i:i + 64] * 2 - 1) for i in range(0, n, 64)]) * taesd.SD1_SCALE
+        z = encode(vae, images)
         noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(args.seed))
         refined = torch.cat([sampling.euler_img2img(model, z[i:i + 64], null[i:i + 64], sigmas, ts, args.cfg,
                                                     noise[i:i + 64], style=style[i:i + 64])[0]
@@ -137,12 +137,11 @@ def _refiner(model: dit.DiT, vae: taesd.TinyAutoencoder, args, strength: float):
 
 
 def judge_stages(clip: cs.StyleCLIP, data: Path, stages: dict[str, torch.Tensor], style: torch.Tensor,
-                 real: torch.Tensor) -> dict[str, dict]:
+                 detail_real: float) -> dict[str, dict]:
     """Figures per stage (images in 0..1, one per caption, the first stage the draft) for captions with these
     embeddings `style`: zoo-CLIP score with the caption, Fréchet distance of CLIP image features to the held-out
-    images (tzc.judge_text_to_image), the detail ratio to the `real` held-out images and, after the draft, the share of
-    images at least as close to their caption as their draft."""
-    detail_real = metrics.high_frequency(real)
+    images (tzc.judge_text_to_image), the detail ratio to `detail_real` (the real held-out images' high-frequency
+    energy) and, after the draft, the share of images at least as close to their caption as their draft."""
     first, out = None, {}
     for name, images in stages.items():
         scores = _clip_scores(clip, images, style)
@@ -160,6 +159,11 @@ def judge_stages(clip: cs.StyleCLIP, data: Path, stages: dict[str, torch.Tensor]
 def _clip_scores(clip: cs.StyleCLIP, images: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
     """Per image (0..1), the zoo CLIP's cosine with its own caption's embedding, as the judge and the demo score it."""
     return (tzc.judged_features(clip, images) * style).sum(1)
+
+
+def encode(vae: taesd.TinyAutoencoder, images: torch.Tensor) -> torch.Tensor:
+    """Images in 0..1 -> SD1-scaled latents, 64 at a time."""
+    return torch.cat([vae.encode(images[i:i + 64] * 2 - 1) for i in range(0, len(images), 64)]) * taesd.SD1_SCALE
 
 
 def decode(vae: taesd.TinyAutoencoder, z: torch.Tensor) -> torch.Tensor:

@@ -386,11 +386,11 @@ def card_workflows(log: dict) -> str:
              "| workflow | images | CLIP score | Fréchet distance | detail | closer to the prompt than the draft |",
              "|---|---|---|---|---|---|"]
     for key, w in log.items():
+        changed = "".join(f", node {n}'s {k} set to {v}" for n, values in w["changes"].items()
+                          for k, v in values.items())
         for stage, label in (("draft", "draft"), ("vae", "VAE round trip"), ("refined", "refined")):
             x = w[stage]
             closer = f"{x['closer_to_prompt']:.0%}" if "closer_to_prompt" in x else "—"
-            changed = "".join(f", node {n}'s {k} set to {v}" for n, values in w["changes"].items()
-                              for k, v in values.items())
             head = f"`{key.split()[0]}`{changed} ({w['captions']} captions, {w['seconds_per_image']:.1f} s an image)" \
                 if stage == "draft" else ""
             lines.append(f"| {head} | {label} | {x['prompt_clip_score']:.4f} | {x['prompt_fd']:.4f} | "
