@@ -54,6 +54,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """In the server's process before it starts (Linux): ask the kernel to send it SIGTERM when the process that
+    started it dies, however that dies. A script or test run killed by SIGTERM or SIGKILL skips its `finally:
+    server.stop()`, and would otherwise leave ComfyUI running, holding its port, memory and CPU threads."""
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1  # <linux/prctl.h>
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 class ComfyServer:
     """A real ComfyUI process (`main.py --cpu`) on 127.0.0.1:<free port>, with its own base directory."""
 
@@ -72,7 +83,8 @@ class ComfyServer:
             "--database-url", "sqlite:///:memory:",
         ]
         self.proc = subprocess.Popen(cmd, cwd=COMFY_DIR, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                     preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         deadline = time.monotonic() + startup_timeout
         while True:
             if self.proc.poll() is not None:

@@ -57,3 +57,41 @@ def test_bad_input_gives_a_clear_error_not_a_crash(server):
     assert not run.ok
     assert "opacity" in run.error() and "bigger than max of 1.0" in run.error()
     assert server.get("/system_stats")  # the server survived
+
+
+def test_a_killed_script_takes_its_comfyui_server_with_it(tmp_path):
+    """A script that started a server (demo.py, eval_workflows.py, a test run) and is then killed outright, with no
+    chance to stop the server itself, must not leave ComfyUI running: the server gets SIGTERM from the kernel when
+    its parent dies (harness._die_with_parent)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from devkit.harness import ROOT
+
+    script = ("import sys, time; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+              "from devkit.harness import ComfyServer; s = ComfyServer(Path(sys.argv[2])); "
+              "print(s.proc.pid, flush=True); time.sleep(600)")
+    parent = subprocess.Popen([sys.executable, "-c", script, str(ROOT), str(tmp_path / "base")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        server_pid = int(parent.stdout.readline())
+        os.kill(server_pid, 0)  # up
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:  # gone, or a zombie not yet reaped by whoever adopted it (a container's PID 1 may never reap)
+                if Path(f"/proc/{server_pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+            except FileNotFoundError:
+                break
+            time.sleep(0.2)
+        else:
+            os.kill(server_pid, signal.SIGKILL)
+            raise AssertionError(f"the ComfyUI server (pid {server_pid}) outlived its killed parent by 30 s")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
