@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 import devkit  # noqa: E402,F401  (registers the pack as the package `diffugan`)
 import train_zoo_clip as tzc  # noqa: E402
+import train_zoo_dit as tzd  # noqa: E402
 import train_zoo_stylegan as tzs  # noqa: E402
 import zoo_data  # noqa: E402
 from download_models import sha256_of  # noqa: E402
@@ -162,8 +163,8 @@ def _clip_scores(clip: cs.StyleCLIP, images: torch.Tensor, style: torch.Tensor) 
 
 
 def encode(vae: taesd.TinyAutoencoder, images: torch.Tensor) -> torch.Tensor:
-    """Images in 0..1 -> SD1-scaled latents, 64 at a time."""
-    return torch.cat([vae.encode(images[i:i + 64] * 2 - 1) for i in range(0, len(images), 64)]) * taesd.SD1_SCALE
+    """Images in 0..1 -> SD1-scaled latents, as the DiT was trained on them (train_zoo_dit.encode_latents)."""
+    return tzd.encode_latents(vae, images * 2 - 1)
 
 
 def decode(vae: taesd.TinyAutoencoder, z: torch.Tensor) -> torch.Tensor:
