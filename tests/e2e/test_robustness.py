@@ -145,7 +145,8 @@ def fresh_server(tmp_path):
     """A server that has run nothing yet. On the session's server, which has run every earlier e2e test (other
     models, batch sizes, interrupted prompts), the resident size of the same soak moves between plateaus 8-60 MiB
     apart (seen: medians 1,350 -> 1,397 MiB, +3.5 %, here, and +8.4 % on a CI machine); a fresh server running 200
-    soak prompts stayed within 1,320-1,405 MiB, its lowest sample rising 0.1 MiB per ten prompts. So how far the
+    soak prompts stayed within 1,320-1,405 MiB, the lowest sample of each ten prompts rising 1,340 -> 1,346 MiB from
+    prompt 40 to 200 (0.4 MiB per ten prompts, under 1 % over this test's 90). So how far the
     soak's memory climbs depends on what the server ran before it; what the soak is after is what each of its
     prompts leaves behind, so it starts clean."""
     srv = ComfyServer(tmp_path / "comfy_soak")
