@@ -179,7 +179,7 @@ LIMITS_UNET = ("CPU-sized and young (2,500 steps): text -> image gives blobs in 
 LIMITS_CONTROLNET = ("trained for the 256-token DiT on 256 px edges, then fine-tuned for its current snapshot (the "
                      "runs above); its edge F1 is not comparable to the earlier 128 px ControlNet's (0.56 with, 0.23 "
                      "without). A 25 % token budget in every step keeps 80 % of the dense edge F1 (figures above); "
-                     "spent over steps it keeps all of it (benchmarks/results/vit_controlnet_zoo.json, 32 held-out "
+                     "spent over steps it keeps 99 % of it (benchmarks/results/vit_controlnet_zoo.json, 32 held-out "
                      "emoji: dense 0.400, 25 % in every step 0.323, the same budget rotated over steps 0.397 at 3.76x "
                      "fewer branch FLOPs, the dense branch every 4th step 0.417 at 4x fewer).")
 
