@@ -145,10 +145,11 @@ def _descriptors(pid: int) -> tuple[int, int]:
 def fresh_server(tmp_path):
     """A server that has run nothing yet, so what the soak measures is its own prompts, whatever ran before it.
     On the session's server, after every earlier e2e test, the soak's resident size moved back and forth between
-    plateaus (1,350-1,460 MiB) and its per-prompt growth read 0.30 MiB; on fresh servers 0.05-0.10 MiB. Most of
-    that is ComfyUI's own history, which keeps every prompt and its outputs (the last 10,000): over 200 prompts on
-    a fresh server the growth read 0.045 MiB a prompt, and 0.009 with the history cleared after each (POST
-    /history {"clear": true}); this test's prompt takes about 24 KiB as Python objects."""
+    plateaus (1,350-1,460 MiB) and its per-prompt growth over its 90 prompts after the warm-up read 0.30 MiB; on
+    fresh servers 0.05-0.10 MiB. Most of that is ComfyUI's own history, which keeps every prompt and its outputs
+    (the last 10,000): over 200 prompts on a fresh server the growth read 0.045 MiB a prompt, and 0.009 with the
+    history cleared after each (POST /history {"clear": true}); this test's prompt takes about 24 KiB as Python
+    objects."""
     srv = ComfyServer(tmp_path / "comfy_soak")
     yield srv
     srv.stop()
