@@ -360,13 +360,31 @@ def keep_coarse(image: torch.Tensor, reference: torch.Tensor, px: int) -> torch.
     return (coarse(reference, px) + image - coarse(image, px)).clamp(0, 1)
 
 
-def add_refinement(original: torch.Tensor, refined: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601: the luminance (Y) of RGB, as in YCbCr
+
+
+def luminance(x: torch.Tensor) -> torch.Tensor:
+    """Y of RGB images (N, 3, H, W) as (N, 1, H, W)."""
+    return (x * x.new_tensor(LUMA)[:, None, None]).sum(1, keepdim=True)
+
+
+def add_refinement(original: torch.Tensor, refined: torch.Tensor, reconstruction: torch.Tensor,
+                   keep_colour: bool = False) -> torch.Tensor:
     """What a latent refiner changed, put onto the original pixels: original + (refined - reconstruction), clamped
     to 0..1. `refined` is the decode of the refined latent, `reconstruction` the decode of the latent the refiner
     started from (the original's VAE round trip), all (N, C, H, W) in 0..1 of one size (`original` batch N or 1).
     The VAE's own reconstruction error (its colour drift and texture on pictures it does not know) is in both
-    decodes and cancels; only the refiner's change reaches the result."""
+    decodes and cancels; only the refiner's change reaches the result.
+
+    keep_colour: add only the change's luminance, the same amount to R, G and B, so the original's colours (the
+    Cb and Cr of YCbCr) stay as they were and the refinement brings light and shade (edges, outlines, shading)
+    but no hue, as super-resolution methods that refine Y alone do. RGB images only."""
     if not original.shape[-2:] == refined.shape[-2:] == reconstruction.shape[-2:]:
         raise ValueError(f"sizes differ: original {tuple(original.shape[-2:])}, refined {tuple(refined.shape[-2:])}, "
                          f"reconstruction {tuple(reconstruction.shape[-2:])}")
-    return (original + refined - reconstruction).clamp(0, 1)
+    change = refined - reconstruction
+    if keep_colour:
+        if change.shape[1] != 3:
+            raise ValueError(f"keep_colour needs RGB images (3 channels); these have {change.shape[1]}")
+        change = luminance(change).expand_as(change)
+    return (original + change).clamp(0, 1)

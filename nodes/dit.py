@@ -540,6 +540,7 @@ class DecodeRefinement(io.ComfyNode):
                          "original + (decode(refined) - decode(start)). The VAE's own round-trip error (colour "
                          "drift, texture on pictures it was not trained on) is in both decodes and cancels, so only "
                          "the refinement reaches the result; 'decoded' is the plain VAE Decode of the refined latent. "
+                         "With keep_colour only the change's light and shade is added and the original's colours stay. "
                          "Costs one more decode than VAE Decode."),
             inputs=[
                 io.Vae.Input("vae", tooltip="The VAE that encoded the original (the refiner's own VAE)."),
@@ -547,12 +548,17 @@ class DecodeRefinement(io.ComfyNode):
                 io.Latent.Input("start", tooltip="The latent the refiner started from: VAE Encode of the original."),
                 io.Image.Input("original", tooltip="The image that was encoded to 'start' (e.g. the scaled draft; "
                                                    "another size is scaled to the decoded one, bicubic)."),
+                io.Boolean.Input("keep_colour", default=False, optional=True,
+                                 tooltip="Add only the refinement's luminance (light and shade: edges, outlines, "
+                                         "shading), the same to R, G and B, so the original's colours stay as they "
+                                         "were: no hue drift (a yellow face going green in its dark mouth). Off: "
+                                         "the whole change, colour included."),
             ],
             outputs=[io.Image.Output(display_name="image"), io.Image.Output(display_name="decoded")],
         )
 
     @classmethod
-    def execute(cls, vae, refined, start, original) -> io.NodeOutput:
+    def execute(cls, vae, refined, start, original, keep_colour=False) -> io.NodeOutput:
         with node_errors("DiffuGAN Decode Refinement"):
             x = image_to_nchw(original, "original")
             r, s = (_latent_samples(v, name) for v, name in ((refined, "refined"), (start, "start")))
@@ -565,7 +571,10 @@ class DecodeRefinement(io.ComfyNode):
             decoded, recon = (image_to_nchw(vae.decode(z), name) for z, name in ((r, "refined"), (s, "start")))
             if x.shape[-2:] != decoded.shape[-2:]:  # e.g. the draft before its ImageScale: scaled as that would
                 x = torch.nn.functional.interpolate(x, size=decoded.shape[-2:], mode="bicubic", align_corners=False)
-            out = region.add_refinement(x.to(decoded), decoded, recon)
+            if keep_colour and decoded.shape[1] != 3:
+                raise ValueError(f"'keep_colour' needs RGB images, but the VAE decodes {decoded.shape[1]} channels; "
+                                 "turn keep_colour off")
+            out = region.add_refinement(x.to(decoded), decoded, recon, keep_colour=bool(keep_colour))
             return io.NodeOutput(nchw_to_image(out), nchw_to_image(decoded))
 
 

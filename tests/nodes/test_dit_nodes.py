@@ -185,6 +185,11 @@ def test_decode_refinement_puts_only_the_refiners_change_onto_the_original(run_n
     image, decoded = run_node("DiffuGANDecodeRefinement", vae=vae, refined=refined, start=start, original=original).args
     torch.testing.assert_close(decoded, plain(refined))
     torch.testing.assert_close(image, (original + plain(refined) - plain(start)).clamp(0, 1))
+    # keep_colour: only the change's luminance, the same on R, G and B (the original's hues stay)
+    kept, _ = run_node("DiffuGANDecodeRefinement", vae=vae, refined=refined, start=start, original=original,
+                       keep_colour=True).args
+    y = ((plain(refined) - plain(start)) * torch.tensor([0.299, 0.587, 0.114])).sum(-1, keepdim=True)
+    torch.testing.assert_close(kept, (original + y).clamp(0, 1))
     # one original for a batch is used for each image; mismatched inputs are refused, naming them
     one, _ = run_node("DiffuGANDecodeRefinement", vae=vae, refined=start, start=start, original=original[:1]).args
     assert one.shape == original.shape
