@@ -71,6 +71,7 @@ class ComfyServer:
     def __init__(self, base: Path, startup_timeout: float = 300.0, port: int | None = None):
         import requests
 
+        base = Path(base).resolve()  # ComfyUI runs in its own folder: a relative base would land there
         self.base = make_base_dir(base)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
