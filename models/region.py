@@ -360,14 +360,6 @@ def keep_coarse(image: torch.Tensor, reference: torch.Tensor, px: int) -> torch.
     return (coarse(reference, px) + image - coarse(image, px)).clamp(0, 1)
 
 
-LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601: the luminance (Y) of RGB, as in YCbCr
-
-
-def luminance(x: torch.Tensor) -> torch.Tensor:
-    """Y of RGB images (N, 3, H, W) as (N, 1, H, W)."""
-    return (x * x.new_tensor(LUMA)[:, None, None]).sum(1, keepdim=True)
-
-
 def add_refinement(original: torch.Tensor, refined: torch.Tensor, reconstruction: torch.Tensor,
                    keep_colour: bool = False) -> torch.Tensor:
     """What a latent refiner changed, put onto the original pixels: original + (refined - reconstruction), clamped
@@ -376,15 +368,18 @@ def add_refinement(original: torch.Tensor, refined: torch.Tensor, reconstruction
     The VAE's own reconstruction error (its colour drift and texture on pictures it does not know) is in both
     decodes and cancels; only the refiner's change reaches the result.
 
-    keep_colour: add only the change's luminance, the same amount to R, G and B, so the original's colours (the
-    Cb and Cr of YCbCr) stay as they were and the refinement brings light and shade (edges, outlines, shading)
-    but no hue, as super-resolution methods that refine Y alone do. RGB images only."""
+    keep_colour: add only the change's luminance (BT.601 Y), the same amount to R, G and B, so the original's
+    colours (the Cb and Cr of YCbCr) stay as they were and the refinement brings light and shade (edges, outlines,
+    shading) but no hue, as super-resolution methods that refine Y alone do. RGB images only."""
     if not original.shape[-2:] == refined.shape[-2:] == reconstruction.shape[-2:]:
         raise ValueError(f"sizes differ: original {tuple(original.shape[-2:])}, refined {tuple(refined.shape[-2:])}, "
                          f"reconstruction {tuple(reconstruction.shape[-2:])}")
     change = refined - reconstruction
     if keep_colour:
+        from kornia.color import rgb_to_grayscale
+
         if change.shape[1] != 3:
-            raise ValueError(f"keep_colour needs RGB images (3 channels); these have {change.shape[1]}")
-        change = luminance(change).expand_as(change)
+            raise ValueError(f"keep_colour needs RGB images (3 channels), but these have {change.shape[1]}; turn "
+                             "keep_colour off")
+        change = rgb_to_grayscale(change).expand_as(change)
     return (original + change).clamp(0, 1)

@@ -571,9 +571,6 @@ class DecodeRefinement(io.ComfyNode):
             decoded, recon = (image_to_nchw(vae.decode(z), name) for z, name in ((r, "refined"), (s, "start")))
             if x.shape[-2:] != decoded.shape[-2:]:  # e.g. the draft before its ImageScale: scaled as that would
                 x = torch.nn.functional.interpolate(x, size=decoded.shape[-2:], mode="bicubic", align_corners=False)
-            if keep_colour and decoded.shape[1] != 3:
-                raise ValueError(f"'keep_colour' needs RGB images, but the VAE decodes {decoded.shape[1]} channels; "
-                                 "turn keep_colour off")
             out = region.add_refinement(x.to(decoded), decoded, recon, keep_colour=bool(keep_colour))
             return io.NodeOutput(nchw_to_image(out), nchw_to_image(decoded))
 
